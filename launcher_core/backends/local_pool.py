@@ -1,0 +1,209 @@
+"""``local_pool``: run jobs as forked processes on this machine, ``n_jobs`` at a time.
+
+Each job is forked from the controller (which already imported everything and holds the task
+function, so a no-op job costs a fork instead of a fresh interpreter), calls ``setsid()`` to
+lead its own process group and session, and writes stdout/stderr to its ``.launcher`` dir.
+When a job ends (or times out), its whole process group is terminated (SIGTERM, then SIGKILL
+after ``kill_grace_s``), so grandchildren it left behind do not outlive it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher_core.jobs import PID_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
+from launcher_core.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
+
+
+@dataclass
+class _Running:
+    spec: JobSpec
+    pid: int
+    started: float
+    timeout_kill: GroupKill | None = None
+
+
+class LocalPoolBackend:
+    name = "local_pool"
+    poll_interval_s = 0.01
+
+    def __init__(
+        self,
+        *,
+        n_jobs: int,
+        timeout_s: float | None,
+        kill_grace_s: float,
+        task_function: Any,
+        hydra_context: Any,
+    ) -> None:
+        self.n_jobs = n_jobs
+        self.timeout_s = timeout_s
+        self.kill_grace_s = kill_grace_s
+        self._task_function = task_function
+        self._hydra_context = hydra_context
+        self._queue: deque[JobSpec] = deque()
+        self._running: dict[str, _Running] = {}
+        self._done: dict[str, JobStatus] = {}
+        self._cleanups: list[GroupKill] = []
+
+    # --- contract -----------------------------------------------------------------------
+    def prepare(self, sweep: SweepInfo) -> None:
+        become_subreaper()
+
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+        self._queue.extend(jobs)
+        self._start_queued()
+        return {j.job_id: {"host": "localhost", "pid_file": str(j.launcher_dir / PID_FILE)} for j in jobs}
+
+    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+        self._reap_finished()
+        self._enforce_timeouts()
+        self._start_queued()
+        self._cleanups = [c for c in self._cleanups if not c.step()]
+        return {job_id: self._status(job_id) for job_id in handles}
+
+    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path]) -> None:
+        """Results are written locally by the job itself: nothing to fetch."""
+
+    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
+        wanted = set(handles)
+        self._queue = deque(j for j in self._queue if j.job_id not in wanted)
+        for job_id in wanted:
+            run = self._running.get(job_id)
+            if run is not None:
+                kill_group_blocking(run.pid, self.kill_grace_s)
+                self._reap_finished()
+            self._done.setdefault(job_id, JobStatus(JobState.CANCELLED, "cancelled"))
+            self._running.pop(job_id, None)
+        # stale handles from an earlier controller that died: kill by pid if it is still ours
+        for job_id, handle in handles.items():
+            if job_id not in self._done or self._done[job_id].state is JobState.CANCELLED:
+                kill_stale_handle(handle, self.kill_grace_s)
+
+    def close(self) -> None:
+        if self._running or self._queue:
+            self.cancel({j: {} for j in [*self._running, *(q.job_id for q in self._queue)]})
+        deadline = time.monotonic() + self.kill_grace_s + 5
+        while self._cleanups and time.monotonic() < deadline:
+            self._cleanups = [c for c in self._cleanups if not c.step()]
+            time.sleep(0.02)
+
+    # --- internals ----------------------------------------------------------------------
+    def _status(self, job_id: str) -> JobStatus:
+        if job_id in self._done:
+            return self._done[job_id]
+        if job_id in self._running:
+            return JobStatus(JobState.RUNNING, host="localhost")
+        return JobStatus(JobState.SUBMITTED)
+
+    def _start_queued(self) -> None:
+        while self._queue and len(self._running) < self.n_jobs:
+            spec = self._queue.popleft()
+            pid = self._fork_job(spec)
+            self._running[spec.job_id] = _Running(spec, pid, time.monotonic())
+
+    def _fork_job(self, spec: JobSpec) -> int:
+        spec.launcher_dir.mkdir(parents=True, exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            _child_main(self._task_function, self._hydra_context, spec)
+        return pid
+
+    def _reap_finished(self) -> None:
+        for job_id, run in list(self._running.items()):
+            try:
+                pid, status = os.waitpid(run.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = run.pid, 0
+            if pid == 0:
+                continue
+            del self._running[job_id]
+            self._done[job_id] = self._final_status(run, status)
+            # the job leader is gone; anything left in its group is an orphan: clean it up
+            self._cleanups.append(GroupKill(run.pid, self.kill_grace_s))
+
+    def _final_status(self, run: _Running, status: int) -> JobStatus:
+        if run.timeout_kill is not None:
+            return JobStatus(JobState.FAILED, f"timeout: killed after {self.timeout_s:g} s")
+        has_result = run.spec.result_path.exists()
+        if os.WIFSIGNALED(status):
+            sig = signal.Signals(os.WTERMSIG(status)).name
+            return JobStatus(JobState.FAILED, f"killed by {sig}")
+        code = os.WEXITSTATUS(status)
+        if not has_result:
+            return JobStatus(JobState.FAILED, f"exited with code {code} without writing a result")
+        if code == 0:
+            return JobStatus(JobState.COMPLETED)
+        return JobStatus(JobState.FAILED, "task raised an exception")
+
+    def _enforce_timeouts(self) -> None:
+        if self.timeout_s is None:
+            return
+        now = time.monotonic()
+        for run in self._running.values():
+            if run.timeout_kill is None and now - run.started > self.timeout_s:
+                run.timeout_kill = GroupKill(run.pid, self.kill_grace_s)
+            if run.timeout_kill is not None:
+                run.timeout_kill.step(now)
+
+
+def kill_stale_handle(handle: Mapping[str, Any], grace_s: float) -> None:
+    """Kill a job left running by a controller that died, if its PID still is that job.
+
+    The job wrote "PID START_TIME" to its pid file; comparing the start time guards against
+    the PID having been reused by an unrelated process since.
+    """
+    pid_file = handle.get("pid_file")
+    if not pid_file:
+        return
+    try:
+        pid_text, start_text = Path(pid_file).read_text().split()
+    except (OSError, ValueError):
+        return
+    if process_start_time(int(pid_text)) == int(start_text):
+        kill_group_blocking(int(pid_text), grace_s)
+
+
+def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec) -> None:
+    code = 1
+    try:
+        os.setsid()
+        _write_pid_file(spec.launcher_dir / PID_FILE)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        _redirect(1, spec.launcher_dir / STDOUT_FILE)
+        _redirect(2, spec.launcher_dir / STDERR_FILE)
+        from launcher_core.worker import run_and_save
+
+        code = run_and_save(task_function, spec.config, hydra_context, spec.idx, spec.result_path)
+    except BaseException:  # noqa: BLE001 - report anything, then leave without cleanup
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _write_pid_file(path: Path) -> None:
+    pid = os.getpid()
+    path.write_text(f"{pid} {process_start_time(pid)}\n")
+
+
+def _redirect(fd: int, path: Path) -> None:
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(target, fd)
+    os.close(target)

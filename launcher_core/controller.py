@@ -1,0 +1,376 @@
+"""The launch loop shared by every backend: compose, record, submit, watch, collect.
+
+The Hydra launchers in ``hydra_plugins.remote_launcher`` are thin shells that build a backend
+from their config and call :func:`launch_batch`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher_core.jobs import Backend, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
+from launcher_core.progress import SweepProgress, print_summary
+from launcher_core.state import JobRow, StateStore, SweepIndex
+
+log = logging.getLogger("launcher_core")
+
+MAX_LOGGED_JOBS = 50
+
+
+@dataclass
+class LaunchOptions:
+    wait: bool = True
+    skip_completed: bool = False
+    poll_interval_s: float = 1.0
+    fetch_retries: int = 3
+
+
+def sweep_id_for(sweep_dir: Path) -> str:
+    """Readable, stable id of a sweep dir: its last two path parts plus a short hash."""
+    tail = "_".join(sweep_dir.parts[-2:])
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", tail).strip("-")[:40] or "sweep"
+    return f"{readable}-{hashlib.sha256(str(sweep_dir).encode()).hexdigest()[:6]}"
+
+
+def build_job_specs(
+    *, hydra_context: Any, config: Any, sweep_id: str, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> list[JobSpec]:
+    """Compose every job's config (see :mod:`launcher_core.compose`) and name its output dir."""
+    from launcher_core.compose import SweepComposer, job_output_dir, set_job_identity
+
+    composer = SweepComposer(hydra_context, config)
+    specs = []
+    for offset, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + offset
+        cfg = composer.compose(list(overrides))
+        set_job_identity(cfg, idx)
+        specs.append(
+            JobSpec(
+                job_id=job_id_for(sweep_id, list(overrides)),
+                idx=idx,
+                overrides=list(overrides),
+                output_dir=Path(job_output_dir(cfg)),
+                config=cfg,
+            )
+        )
+    log.debug("composed %d job configs with %d full compositions", len(specs), composer.full_compositions)
+    return specs
+
+
+def _log_jobs(label: str, sweep_dir: Path, specs: Sequence[JobSpec]) -> None:
+    from hydra.core.utils import filter_overrides
+
+    log.info("%s is launching %d jobs, sweep output dir: %s", label, len(specs), sweep_dir)
+    for spec in specs[:MAX_LOGGED_JOBS]:
+        log.info("\t#%d : %s", spec.idx, " ".join(filter_overrides(spec.overrides)))
+    if len(specs) > MAX_LOGGED_JOBS:
+        log.info("\t... and %d more (see `launcher-core status`)", len(specs) - MAX_LOGGED_JOBS)
+
+
+class SweepController:
+    """Drives one batch of jobs through a backend and keeps the state store current."""
+
+    def __init__(self, backend: Backend, store: StateStore, options: LaunchOptions, sweep: SweepInfo) -> None:
+        self.backend = backend
+        self.store = store
+        self.options = options
+        self.sweep = sweep
+        self.states: dict[str, JobState] = {}
+        self.reasons: dict[str, str] = {}
+
+    def plan(self, specs: Sequence[JobSpec]) -> tuple[list[JobSpec], dict[str, dict[str, Any]]]:
+        """Split jobs into those to submit and those already running on the backend.
+
+        Jobs completed earlier are skipped when ``skip_completed``; jobs an earlier launch
+        already handed to a backend that keeps them running without us (``detached``) are
+        re-attached, never submitted twice. Everything else is (re)submitted.
+        """
+        known = {r.job_id: r for r in self.store.jobs(job_ids=[s.job_id for s in specs])}
+        to_submit: list[JobSpec] = []
+        reattach: dict[str, dict[str, Any]] = {}
+        stale: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            row = known.get(spec.job_id)
+            if row is not None and self._reusable(row, spec):
+                self.states[spec.job_id] = row.state
+                continue
+            if row is not None and row.state.is_active and row.handle:
+                if getattr(self.backend, "detached", False):
+                    reattach[spec.job_id] = row.handle
+                    self.states[spec.job_id] = row.state
+                    continue
+                stale[spec.job_id] = row.handle
+            to_submit.append(spec)
+        if stale:
+            log.warning("%d jobs of an earlier launch were left running; stopping them", len(stale))
+            self.backend.cancel(stale)
+        self.store.add_jobs(specs)
+        self.store.reset_to_pending([s.job_id for s in to_submit])
+        return to_submit, reattach
+
+    def _reusable(self, row: JobRow, spec: JobSpec) -> bool:
+        return (
+            self.options.skip_completed
+            and row.outcome is JobState.COMPLETED
+            and (row.output_dir / ".launcher" / "result.pkl").exists()
+            and row.output_dir == spec.output_dir
+        )
+
+    def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
+        handles = dict(self.backend.submit(specs)) if specs else {}
+        missing = [s.job_id for s in specs if s.job_id not in handles]
+        self.store.mark_submitted(handles)
+        for job_id in handles:
+            self.states[job_id] = JobState.SUBMITTED
+        if missing:
+            raise RuntimeError(f"backend {self.backend.name} did not start {len(missing)} jobs")
+        return handles
+
+    def watch(self, active: dict[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec], progress: SweepProgress) -> None:
+        """Poll until every active job is terminal (and fetched), updating store and progress."""
+        interval = max(getattr(self.backend, "poll_interval_s", self.options.poll_interval_s), 0.001)
+        progress.update(self._counts())
+        try:
+            while active:
+                statuses = self.backend.poll(active)
+                changed = self._record(statuses)
+                finished = {j: active[j] for j, st in statuses.items() if st.state.is_terminal}
+                if finished:
+                    self._fetch(finished, specs_by_id)
+                    for job_id in finished:
+                        del active[job_id]
+                if changed or finished:
+                    progress.update(self._counts())
+                else:
+                    time.sleep(interval)
+        except KeyboardInterrupt:
+            self._interrupted(active)
+            raise
+
+    def _interrupted(self, active: dict[str, dict[str, Any]]) -> None:
+        if getattr(self.backend, "detached", False):
+            log.warning(
+                "interrupted: %d jobs keep running on %s. Collect them with `python -m "
+                "launcher_core.pull %s`, stop them with `python -m launcher_core cancel %s`.",
+                len(active), self.backend.name, self.sweep.sweep_dir, self.sweep.sweep_id,
+            )
+            return
+        log.warning("interrupted: cancelling %d running jobs", len(active))
+        self.backend.cancel(active)
+        self.store.update_states({j: (JobState.CANCELLED, "interrupted (Ctrl-C)") for j in active})
+
+    def _record(self, statuses: Mapping[str, JobStatus]) -> bool:
+        updates: dict[str, tuple[JobState, str | None]] = {}
+        hosts: dict[str, str] = {}
+        for job_id, st in statuses.items():
+            if self.states.get(job_id) is not st.state:
+                self.states[job_id] = st.state
+                updates[job_id] = (st.state, st.exit_reason)
+                if st.exit_reason:
+                    self.reasons[job_id] = st.exit_reason
+                if st.host:
+                    hosts[job_id] = st.host
+        if updates:
+            self.store.update_states(updates, hosts)
+        return bool(updates)
+
+    def _fetch(self, finished: Mapping[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec]) -> None:
+        if getattr(self.backend, "results_are_local", False):
+            return
+        dirs = {j: specs_by_id[j].output_dir for j in finished}
+        for attempt in range(1, self.options.fetch_retries + 1):
+            try:
+                self.backend.fetch(finished, dirs)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried, then reported with the fix
+                if attempt == self.options.fetch_retries:
+                    raise RuntimeError(
+                        f"could not fetch results of {len(finished)} finished jobs from "
+                        f"{self.backend.name} after {attempt} attempts ({exc}). They are safe on "
+                        f"the backend: run `python -m launcher_core.pull {self.sweep.sweep_dir}`."
+                    ) from exc
+                log.warning("fetch failed (attempt %d): %s; retrying", attempt, exc)
+                time.sleep(min(2.0**attempt, 10.0))
+        pulled = {j: (JobState.PULLED, None) for j in finished if self.states[j] is not JobState.CANCELLED}
+        self.store.update_states(pulled)
+
+    def _counts(self) -> dict[JobState, int]:
+        counts: dict[JobState, int] = {}
+        for state in self.states.values():
+            key = JobState.COMPLETED if state is JobState.PULLED else state
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def collect_returns(specs: Sequence[JobSpec], store: StateStore) -> list[Any]:
+    """One ``JobReturn`` per spec, in order; jobs without a result become FAILED returns."""
+    from launcher_core.worker import JobLostError, JobTimeoutError, failed_job_return, load_job_return
+
+    rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
+    returns = []
+    for spec in specs:
+        row = rows.get(spec.job_id)
+        reason = (row.exit_reason if row else None) or "no result was written"
+        result_path = (row.output_dir if row else spec.output_dir) / ".launcher" / "result.pkl"
+        if row is not None and row.outcome is JobState.CANCELLED:
+            returns.append(failed_job_return(spec.config, JobLostError(f"job #{spec.idx} was cancelled"), str(spec.output_dir)))
+        elif result_path.exists() and not reason.startswith("timeout"):
+            returns.append(load_job_return(result_path))
+        else:
+            err_cls = JobTimeoutError if reason.startswith("timeout") else JobLostError
+            message = f"job #{spec.idx} ({' '.join(spec.overrides)}) failed: {reason}"
+            stderr_tail = _tail(spec.launcher_dir / "stderr.log")
+            if stderr_tail:
+                message += f"\n--- last lines of {spec.launcher_dir / 'stderr.log'} ---\n{stderr_tail}"
+            returns.append(failed_job_return(spec.config, err_cls(message), str(spec.output_dir)))
+    return returns
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _summarise(label: str, sweep_dir: Path, specs: Sequence[JobSpec], returns: Sequence[Any], store: StateStore, elapsed: float) -> None:
+    from hydra.core.utils import JobStatus as HydraJobStatus
+
+    rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
+    table_rows = []
+    for spec, ret in zip(specs, returns):
+        row = rows[spec.job_id]
+        state = (row.outcome or row.state).value
+        reason = row.exit_reason or ""
+        if ret is not None and ret.status == HydraJobStatus.FAILED:
+            state = "cancelled" if state == "cancelled" else "failed"
+            err = ret._return_value
+            reason = reason or f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        table_rows.append((spec.idx, " ".join(spec.overrides), state, row.duration_s, reason))
+    print_summary(label=label, sweep_dir=str(sweep_dir), rows=table_rows, elapsed_s=elapsed)
+    failed = [r for r in table_rows if r[2] in ("failed", "cancelled")]
+    if failed:
+        log.error(
+            "%d of %d jobs failed: %s", len(failed), len(table_rows),
+            "; ".join(f"#{num} ({ov}): {reason}" for num, ov, _s, _d, reason in failed[:20]),
+        )
+
+
+def launch_batch(
+    *,
+    backend_factory: Callable[[], Backend],
+    options: LaunchOptions,
+    hydra_context: Any,
+    config: Any,
+    task_function: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    code_dir: Path | None = None,
+) -> list[Any]:
+    """Run one batch of a sweep through a backend; return Hydra ``JobReturn``s in order.
+
+    With ``options.wait=False`` (detached backends) it returns as soon as every job was
+    started, after printing the command that collects the results later.
+    """
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    started = time.monotonic()
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = sweep_id_for(sweep_dir)
+    specs = build_job_specs(
+        hydra_context=hydra_context, config=config, sweep_id=sweep_id,
+        job_overrides=job_overrides, initial_job_idx=initial_job_idx,
+    )
+    backend = backend_factory()
+    label = backend.name
+    _log_jobs(label, sweep_dir, specs)
+    sweep = SweepInfo(
+        sweep_id=sweep_id, sweep_dir=sweep_dir, code_dir=code_dir or Path(os.getcwd()),
+        task_name=str(config.hydra.job.name),
+    )
+    store = StateStore.for_sweep_dir(sweep_dir)
+    try:
+        store.set_meta({"sweep_id": sweep_id, "backend": backend.name, "sweep_dir": str(sweep_dir),
+                        "task_name": sweep.task_name, "launched_at": time.time()})
+        _register(sweep_id, sweep_dir, backend.name)
+        controller = SweepController(backend, store, options, sweep)
+        to_submit, reattached = controller.plan(specs)
+        if len(to_submit) < len(specs):
+            log.info("%d jobs already completed or running: not launched again", len(specs) - len(to_submit))
+        backend.prepare(sweep)
+        active = {**reattached, **controller.submit(to_submit)}
+        if not options.wait:
+            return _detached_returns(specs, sweep, backend.name)
+        progress = SweepProgress(len(specs), label)
+        try:
+            controller.watch(active, {s.job_id: s for s in specs}, progress)
+        finally:
+            progress.close()
+        returns = collect_returns(specs, store)
+        _summarise(label, sweep_dir, specs, returns, store, time.monotonic() - started)
+        return returns
+    finally:
+        try:
+            backend.close()
+        finally:
+            store.close()
+
+
+def _register(sweep_id: str, sweep_dir: Path, backend: str) -> None:
+    try:
+        index = SweepIndex()
+    except OSError as exc:  # an unwritable home must not stop a launch
+        log.warning("could not record sweep %s in the sweep index: %s", sweep_id, exc)
+        return
+    try:
+        index.register(sweep_id, sweep_dir, backend)
+    finally:
+        index.close()
+
+
+@dataclass(frozen=True)
+class DetachedResult:
+    """Return value of a job launched with ``wait=false``: where its result will appear."""
+
+    sweep_id: str
+    job_id: str
+    output_dir: str
+
+    def __str__(self) -> str:
+        return f"<not collected yet: job {self.job_id} of sweep {self.sweep_id} -> {self.output_dir}>"
+
+
+def _detached_returns(specs: Sequence[JobSpec], sweep: SweepInfo, backend: str) -> list[Any]:
+    """Returns for a ``wait=false`` launch, after telling the user how to collect results.
+
+    Each is COMPLETED (launching succeeded, so Hydra's sweeper goes on) with a
+    :class:`DetachedResult` as its return value instead of the task's.
+    """
+    from hydra.core.utils import JobReturn, JobStatus
+
+    log.info(
+        "%d jobs started on %s (sweep id %s). Collect results with:\n  python -m launcher_core.pull %s",
+        len(specs), backend, sweep.sweep_id, sweep.sweep_dir,
+    )
+    returns = []
+    for spec in specs:
+        ret = JobReturn(overrides=list(spec.overrides), working_dir=str(spec.output_dir))
+        ret.status = JobStatus.COMPLETED
+        ret.task_name = sweep.task_name
+        ret.return_value = DetachedResult(sweep.sweep_id, spec.job_id, str(spec.output_dir))
+        returns.append(ret)
+    return returns

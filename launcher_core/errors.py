@@ -1,0 +1,19 @@
+"""Errors users see. Each names the offending key or value and says what would be accepted."""
+
+from __future__ import annotations
+
+
+class LauncherError(Exception):
+    """Base class of every error raised by hydra-remote-launcher on purpose."""
+
+
+class ConfigError(LauncherError, ValueError):
+    """A launcher or sweeper setting is invalid; raised before anything is launched."""
+
+
+class SweepDefinitionError(ConfigError):
+    """The sweep (grid or paired groups) cannot be expanded as written."""
+
+
+class BackendError(LauncherError, RuntimeError):
+    """A backend could not do what was asked (connection, submission, fetch)."""

@@ -1,0 +1,128 @@
+"""The job model and the one contract every backend implements.
+
+A sweep is a list of :class:`JobSpec` (what to run) that the controller turns into rows of the
+state store (what happened). Backends only ever see specs and the handles they returned
+themselves, so the controller, the pull daemon, ``status`` and ``cancel`` never care which
+backend ran a job.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+class JobState(str, enum.Enum):
+    PENDING = "pending"  # known, not yet handed to the backend
+    SUBMITTED = "submitted"  # the backend accepted it (queued, not known to run yet)
+    RUNNING = "running"
+    COMPLETED = "completed"  # finished, results still on the backend side (remote) or local
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PULLED = "pulled"  # completed or failed and its files are in the local sweep dir
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        return self in (JobState.SUBMITTED, JobState.RUNNING)
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.PULLED})
+
+# Subdirectory of every job's output dir holding the launcher's own files.
+LAUNCHER_DIR = ".launcher"
+RESULT_FILE = "result.pkl"
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
+PID_FILE = "pid"
+
+
+def job_id_for(sweep_id: str, overrides: Sequence[str]) -> str:
+    """Stable id of a job: the same sweep and the same overrides always give the same id.
+
+    Overrides are hashed in order and separated by a byte that cannot occur in an override,
+    so ``["a=1,b"]`` and ``["a=1", "b"]`` never collide.
+    """
+    digest = hashlib.sha256()
+    digest.update(sweep_id.encode())
+    for override in overrides:
+        digest.update(b"\x00")
+        digest.update(override.encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class JobSpec:
+    """One job of a sweep as the controller knows it before launch."""
+
+    job_id: str
+    idx: int  # hydra.job.num
+    overrides: list[str]
+    output_dir: Path  # absolute local output dir (hydra.runtime.output_dir)
+    config: Any = field(default=None, repr=False)  # composed DictConfig, controller-side only
+
+    @property
+    def launcher_dir(self) -> Path:
+        return self.output_dir / LAUNCHER_DIR
+
+    @property
+    def result_path(self) -> Path:
+        return self.launcher_dir / RESULT_FILE
+
+
+@dataclass
+class JobStatus:
+    """What a backend reports about one job in :meth:`Backend.poll`."""
+
+    state: JobState
+    exit_reason: str | None = None
+    host: str | None = None
+
+
+@dataclass
+class SweepInfo:
+    """Sweep-level facts a backend may need in :meth:`Backend.prepare`."""
+
+    sweep_id: str
+    sweep_dir: Path
+    code_dir: Path
+    task_name: str
+    payload_path: Path | None = None  # sweep-level cloudpickle payload (task fn, context, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The contract: prepare once, submit in batches, poll many at once, fetch, cancel.
+
+    ``handle`` values are whatever the backend needs to find a job again later (a PID and host,
+    a SLURM job id, an instance id); they must be JSON-serialisable because they are stored in
+    the state store and used by another process (the pull daemon) after a restart.
+    """
+
+    name: str
+
+    def prepare(self, sweep: SweepInfo) -> None:
+        """Once per sweep: sync code, create remote dirs, start connections."""
+
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+        """Start (or queue) the jobs; return ``{job_id: handle}`` for every job started."""
+
+    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+        """States of many jobs in one round trip per host / scheduler call."""
+
+    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path]) -> None:
+        """Bring the files of finished jobs into their local output dirs."""
+
+    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
+        """Stop the given jobs; they are marked cancelled by the caller."""
+
+    def close(self) -> None:
+        """Release connections and local resources."""

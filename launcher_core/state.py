@@ -1,0 +1,312 @@
+"""Per-sweep state store and the user-level index of known sweeps.
+
+SQLite (standard library) in WAL mode: every change is one transaction, so a kill -9 at any
+point leaves either the old or the new state, never a torn file; WAL lets one writer and any
+number of readers (``status`` while a launch or the pull daemon writes) work at once.
+``synchronous=NORMAL`` in WAL mode is durable against process death (the case we guard
+against); only an OS crash or power loss could drop the last transactions, which the pull
+daemon recovers from by polling again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher_core.jobs import LAUNCHER_DIR, JobSpec, JobState
+
+STATE_FILE = "state.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    idx INTEGER NOT NULL,
+    overrides TEXT NOT NULL,
+    output_dir TEXT NOT NULL,
+    state TEXT NOT NULL,
+    handle TEXT,
+    host TEXT,
+    exit_reason TEXT,
+    outcome TEXT,
+    created_at REAL NOT NULL,
+    submitted_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    pulled_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+
+@dataclass
+class JobRow:
+    job_id: str
+    idx: int
+    overrides: list[str]
+    output_dir: Path
+    state: JobState
+    handle: dict[str, Any] | None
+    host: str | None
+    exit_reason: str | None
+    outcome: JobState | None  # completed/failed/cancelled, kept once the job is pulled
+    created_at: float
+    submitted_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    pulled_at: float | None
+
+    @property
+    def duration_s(self) -> float | None:
+        start = self.started_at or self.submitted_at
+        if start is None:
+            return None
+        end = self.finished_at or (None if not self.state.is_terminal else self.pulled_at)
+        return (end or time.time()) - start
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    else:
+        # autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE in _tx()
+        conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` with mode 0600 before SQLite opens it (SQLite would use the umask)."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class StateStore:
+    """State of one sweep: meta data and one row per job."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        if not readonly:
+            _private_dir(path.parent)
+            if not path.exists():
+                _create_private_file(path)
+        self._conn = _connect(path, readonly=readonly)
+        if not readonly:
+            self._conn.executescript(_SCHEMA)
+
+    @classmethod
+    def for_sweep_dir(cls, sweep_dir: Path, readonly: bool = False) -> StateStore:
+        return cls(Path(sweep_dir) / LAUNCHER_DIR / STATE_FILE, readonly=readonly)
+
+    @staticmethod
+    def exists_in(sweep_dir: Path) -> bool:
+        return (Path(sweep_dir) / LAUNCHER_DIR / STATE_FILE).exists()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        cur = self._conn.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+
+    # --- meta -------------------------------------------------------------------------------
+    def set_meta(self, values: Mapping[str, Any]) -> None:
+        with self._tx() as cur:
+            cur.executemany(
+                "INSERT INTO meta(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
+
+    def meta(self) -> dict[str, Any]:
+        rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    # --- jobs -------------------------------------------------------------------------------
+    def add_jobs(self, specs: Sequence[JobSpec]) -> None:
+        """Insert jobs as pending; jobs already known keep their state (relaunch)."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "INSERT INTO jobs(job_id, idx, overrides, output_dir, state, created_at, "
+                "updated_at) VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "idx=excluded.idx, output_dir=excluded.output_dir "
+                "WHERE jobs.state IN ('pending', 'cancelled', 'failed')",
+                [
+                    (
+                        s.job_id,
+                        s.idx,
+                        json.dumps(s.overrides),
+                        str(s.output_dir),
+                        JobState.PENDING.value,
+                        now,
+                        now,
+                    )
+                    for s in specs
+                ],
+            )
+
+    def reset_to_pending(self, job_ids: Iterable[str]) -> None:
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET state='pending', handle=NULL, host=NULL, exit_reason=NULL, "
+                "outcome=NULL, "
+                "submitted_at=NULL, started_at=NULL, finished_at=NULL, pulled_at=NULL, "
+                "updated_at=? WHERE job_id=?",
+                [(now, j) for j in job_ids],
+            )
+
+    def mark_submitted(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, "
+                "updated_at=? WHERE job_id=?",
+                [(json.dumps(h), h.get("host"), now, now, j) for j, h in handles.items()],
+            )
+
+    def update_states(
+        self, updates: Mapping[str, tuple[JobState, str | None]], host: Mapping[str, str] | None = None
+    ) -> None:
+        """Record new states; sets started/finished timestamps on the transitions."""
+        now = time.time()
+        rows = []
+        for job_id, (state, reason) in updates.items():
+            rows.append(
+                (
+                    state.value,
+                    reason,
+                    state.value if state.is_terminal and state is not JobState.PULLED else None,
+                    now if state is JobState.RUNNING else None,
+                    now if state.is_terminal else None,
+                    now if state is JobState.PULLED else None,
+                    (host or {}).get(job_id),
+                    now,
+                    job_id,
+                )
+            )
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET state=?, exit_reason=COALESCE(?, exit_reason), "
+                "outcome=COALESCE(?, outcome), "
+                "started_at=COALESCE(started_at, ?), finished_at=COALESCE(finished_at, ?), "
+                "pulled_at=COALESCE(?, pulled_at), host=COALESCE(?, host), updated_at=? "
+                "WHERE job_id=?",
+                rows,
+            )
+
+    def jobs(self, states: Iterable[JobState] | None = None, job_ids: Iterable[str] | None = None) -> list[JobRow]:
+        sql = "SELECT * FROM jobs"
+        params: list[Any] = []
+        clauses = []
+        if states is not None:
+            values = [s.value for s in states]
+            clauses.append(f"state IN ({','.join('?' * len(values))})")
+            params.extend(values)
+        if job_ids is not None:
+            ids = list(job_ids)
+            clauses.append(f"job_id IN ({','.join('?' * len(ids))})")
+            params.extend(ids)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY idx"
+        cur = self._conn.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [_row_to_job(dict(zip(names, r))) for r in cur.fetchall()]
+
+    def counts(self) -> dict[JobState, int]:
+        rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {JobState(s): n for s, n in rows}
+
+
+def _row_to_job(r: dict[str, Any]) -> JobRow:
+    return JobRow(
+        job_id=r["job_id"],
+        idx=r["idx"],
+        overrides=json.loads(r["overrides"]),
+        output_dir=Path(r["output_dir"]),
+        state=JobState(r["state"]),
+        handle=json.loads(r["handle"]) if r["handle"] else None,
+        host=r["host"],
+        exit_reason=r["exit_reason"],
+        outcome=JobState(r["outcome"]) if r["outcome"] else None,
+        created_at=r["created_at"],
+        submitted_at=r["submitted_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        pulled_at=r["pulled_at"],
+    )
+
+
+# --- user-level index of sweeps ------------------------------------------------------------
+def launcher_home() -> Path:
+    """Where the index of known sweeps lives (``HYDRA_REMOTE_LAUNCHER_HOME`` overrides)."""
+    env = os.environ.get("HYDRA_REMOTE_LAUNCHER_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "hydra-remote-launcher"
+
+
+class SweepIndex:
+    """Index sweep id -> sweep dir, so ``pull`` and ``list`` find every sweep ever launched."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        home = home or launcher_home()
+        _private_dir(home)
+        path = home / "sweeps.sqlite"
+        if not path.exists():
+            _create_private_file(path)
+        self._conn = _connect(path)
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS sweeps (sweep_id TEXT PRIMARY KEY, sweep_dir TEXT NOT NULL,"
+            " backend TEXT NOT NULL, launched_at REAL NOT NULL)"
+        )
+
+    def register(self, sweep_id: str, sweep_dir: Path, backend: str) -> None:
+        self._conn.execute(
+            "INSERT INTO sweeps VALUES(?, ?, ?, ?) ON CONFLICT(sweep_id) DO UPDATE SET "
+            "sweep_dir=excluded.sweep_dir, backend=excluded.backend",
+            (sweep_id, str(sweep_dir), backend, time.time()),
+        )
+
+    def sweeps(self) -> list[tuple[str, Path, str, float]]:
+        rows = self._conn.execute(
+            "SELECT sweep_id, sweep_dir, backend, launched_at FROM sweeps ORDER BY launched_at DESC"
+        ).fetchall()
+        return [(s, Path(d), b, t) for s, d, b, t in rows]
+
+    def close(self) -> None:
+        self._conn.close()

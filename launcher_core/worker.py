@@ -1,0 +1,177 @@
+"""Run one job and write its pickled ``JobReturn`` next to its output.
+
+Used in two ways:
+* in-process by ``local_pool`` (a forked child calls :func:`run_and_save`), and
+* as ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD`` on a remote machine, where
+  the sweep payload (task function, Hydra context, ``Singleton`` state; cloudpickle) and the
+  job payload (the composed job config) were shipped by a backend.
+
+A task that raises comes back as a FAILED ``JobReturn`` whose ``return_value`` is the original
+exception when it can be pickled (with the remote traceback attached as a note), or a
+:class:`RemoteJobError` naming the exception type, message and traceback when it cannot.
+The process exit code is 0 for a completed job and 1 for a failed one, so schedulers that only
+see exit codes (SLURM's sacct) report the same state as Hydra does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+
+
+class RemoteJobError(RuntimeError):
+    """A job failed with an exception that could not be shipped back as itself."""
+
+
+class JobTimeoutError(RuntimeError):
+    """A job ran longer than ``timeout_s`` and was killed."""
+
+
+class JobLostError(RuntimeError):
+    """A job's process died without writing a result (killed, crashed, out of disk, ...)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _picklable_failure(exc: BaseException) -> BaseException:
+    """The exception itself if it survives a pickle round trip, else a RemoteJobError."""
+    import cloudpickle
+
+    tb_text = _format_exception(exc)
+    try:
+        clone = cloudpickle.loads(cloudpickle.dumps(exc))
+        if isinstance(clone, BaseException):
+            clone.add_note(f"Traceback on the job side:\n{tb_text}")
+            return clone
+    except Exception:  # noqa: BLE001 - any pickling problem means: ship the text instead
+        pass
+    return RemoteJobError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}\n{tb_text}")
+
+
+def dump_job_return(ret: Any) -> bytes:
+    """Pickle a ``JobReturn``; unpicklable return values/exceptions are replaced by text."""
+    import cloudpickle
+    from hydra.core.utils import JobStatus
+
+    if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
+        ret._return_value = _picklable_failure(ret._return_value)
+    try:
+        return cloudpickle.dumps(ret)
+    except Exception as exc:  # noqa: BLE001 - the return value itself could not be pickled
+        ret.status = JobStatus.FAILED
+        ret._return_value = RemoteJobError(
+            f"the job completed but its return value could not be pickled: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        return cloudpickle.dumps(ret)
+
+
+def load_job_return(path: Path) -> Any:
+    import cloudpickle
+
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -> Any:
+    """Run one composed job config through ``hydra.core.utils.run_job``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job, setup_globals
+
+    from launcher_core.compose import set_job_identity
+
+    setup_globals()
+    set_job_identity(config, idx)
+    HydraConfig.instance().set_config(config)
+    return run_job(
+        hydra_context=hydra_context,
+        config=config,
+        task_function=task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+def run_and_save(task_function: Any, config: Any, hydra_context: Any, idx: int, result_path: Path) -> int:
+    """Run the job, write its result atomically, return the process exit code to use."""
+    from hydra.core.utils import JobStatus
+
+    try:
+        ret = execute_job(task_function, config, hydra_context, idx)
+    except BaseException as exc:  # noqa: BLE001 - Hydra itself failed (bad config, disk full)
+        ret = failed_job_return(config, exc)
+    atomic_write_bytes(result_path, dump_job_return(ret))
+    return EXIT_COMPLETED if ret.status == JobStatus.COMPLETED else EXIT_FAILED
+
+
+def failed_job_return(config: Any, exc: BaseException, working_dir: str | None = None) -> Any:
+    """A FAILED ``JobReturn`` for a job that never produced its own (timeout, crash, ...)."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    ret = JobReturn()
+    ret.status = JobStatus.FAILED
+    ret._return_value = exc
+    if config is not None:
+        task_cfg = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+        with read_write(task_cfg), open_dict(task_cfg):
+            task_cfg.pop("hydra", None)
+        ret.cfg = task_cfg
+        ret.hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(config.hydra)})
+        ret.overrides = list(config.hydra.overrides.task)
+        ret.task_name = str(config.hydra.job.name)
+    ret.working_dir = working_dir or os.getcwd()
+    return ret
+
+
+def _load_payload(path: str) -> Any:
+    import cloudpickle
+
+    with open(path, "rb") as f:
+        return cloudpickle.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point on the job side: ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD", file=sys.stderr)
+        return 2
+    from hydra.core.singleton import Singleton
+
+    sweep = _load_payload(args[0])
+    job = _load_payload(args[1])
+    Singleton.set_state(sweep["singleton_state"])
+    sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
+    return run_and_save(
+        sweep["task_function"], job["config"], sweep["hydra_context"], job["idx"], Path(job["result_path"])
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
