@@ -134,7 +134,9 @@ class SweepController:
             raise RuntimeError(f"backend {self.backend.name} did not start {len(missing)} jobs")
         return handles
 
-    def watch(self, active: dict[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec], progress: SweepProgress) -> None:
+    def watch(
+        self, active: dict[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec], progress: SweepProgress
+    ) -> None:
         """Poll until every active job is terminal (and fetched), updating store and progress."""
         interval = max(getattr(self.backend, "poll_interval_s", self.options.poll_interval_s), 0.001)
         progress.update(self._counts())
@@ -160,7 +162,10 @@ class SweepController:
             log.warning(
                 "interrupted: %d jobs keep running on %s. Collect them with `python -m "
                 "launcher_core.pull %s`, stop them with `python -m launcher_core cancel %s`.",
-                len(active), self.backend.name, self.sweep.sweep_dir, self.sweep.sweep_id,
+                len(active),
+                self.backend.name,
+                self.sweep.sweep_dir,
+                self.sweep.sweep_id,
             )
             return
         log.warning("interrupted: cancelling %d running jobs", len(active))
@@ -221,7 +226,9 @@ def collect_returns(specs: Sequence[JobSpec], store: StateStore) -> list[Any]:
         reason = (row.exit_reason if row else None) or "no result was written"
         result_path = (row.output_dir if row else spec.output_dir) / ".launcher" / "result.pkl"
         if row is not None and row.outcome is JobState.CANCELLED:
-            returns.append(failed_job_return(spec.config, JobLostError(f"job #{spec.idx} was cancelled"), str(spec.output_dir)))
+            returns.append(
+                failed_job_return(spec.config, JobLostError(f"job #{spec.idx} was cancelled"), str(spec.output_dir))
+            )
         elif result_path.exists() and not reason.startswith("timeout"):
             returns.append(load_job_return(result_path))
         else:
@@ -245,7 +252,9 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _summarise(label: str, sweep_dir: Path, specs: Sequence[JobSpec], returns: Sequence[Any], store: StateStore, elapsed: float) -> None:
+def _summarise(
+    label: str, sweep_dir: Path, specs: Sequence[JobSpec], returns: Sequence[Any], store: StateStore, elapsed: float
+) -> None:
     from hydra.core.utils import JobStatus as HydraJobStatus
 
     rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
@@ -263,7 +272,9 @@ def _summarise(label: str, sweep_dir: Path, specs: Sequence[JobSpec], returns: S
     failed = [r for r in table_rows if r[2] in ("failed", "cancelled")]
     if failed:
         log.error(
-            "%d of %d jobs failed: %s", len(failed), len(table_rows),
+            "%d of %d jobs failed: %s",
+            len(failed),
+            len(table_rows),
             "; ".join(f"#{num} ({ov}): {reason}" for num, ov, _s, _d, reason in failed[:20]),
         )
 
@@ -292,20 +303,32 @@ def launch_batch(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     sweep_id = sweep_id_for(sweep_dir)
     specs = build_job_specs(
-        hydra_context=hydra_context, config=config, sweep_id=sweep_id,
-        job_overrides=job_overrides, initial_job_idx=initial_job_idx,
+        hydra_context=hydra_context,
+        config=config,
+        sweep_id=sweep_id,
+        job_overrides=job_overrides,
+        initial_job_idx=initial_job_idx,
     )
     backend = backend_factory()
     label = backend.name
     _log_jobs(label, sweep_dir, specs)
     sweep = SweepInfo(
-        sweep_id=sweep_id, sweep_dir=sweep_dir, code_dir=code_dir or Path(os.getcwd()),
+        sweep_id=sweep_id,
+        sweep_dir=sweep_dir,
+        code_dir=code_dir or Path(os.getcwd()),
         task_name=str(config.hydra.job.name),
     )
     store = StateStore.for_sweep_dir(sweep_dir)
     try:
-        store.set_meta({"sweep_id": sweep_id, "backend": backend.name, "sweep_dir": str(sweep_dir),
-                        "task_name": sweep.task_name, "launched_at": time.time()})
+        store.set_meta(
+            {
+                "sweep_id": sweep_id,
+                "backend": backend.name,
+                "sweep_dir": str(sweep_dir),
+                "task_name": sweep.task_name,
+                "launched_at": time.time(),
+            }
+        )
         _register(sweep_id, sweep_dir, backend.name)
         controller = SweepController(backend, store, options, sweep)
         to_submit, reattached = controller.plan(specs)
@@ -364,7 +387,10 @@ def _detached_returns(specs: Sequence[JobSpec], sweep: SweepInfo, backend: str) 
 
     log.info(
         "%d jobs started on %s (sweep id %s). Collect results with:\n  python -m launcher_core.pull %s",
-        len(specs), backend, sweep.sweep_id, sweep.sweep_dir,
+        len(specs),
+        backend,
+        sweep.sweep_id,
+        sweep.sweep_dir,
     )
     returns = []
     for spec in specs:

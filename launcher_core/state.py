@@ -144,8 +144,7 @@ class StateStore:
     def set_meta(self, values: Mapping[str, Any]) -> None:
         with self._tx() as cur:
             cur.executemany(
-                "INSERT INTO meta(key, value) VALUES(?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                 [(k, json.dumps(v)) for k, v in values.items()],
             )
 
@@ -192,8 +191,7 @@ class StateStore:
         now = time.time()
         with self._tx() as cur:
             cur.executemany(
-                "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, "
-                "updated_at=? WHERE job_id=?",
+                "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, updated_at=? WHERE job_id=?",
                 [(json.dumps(h), h.get("host"), now, now, j) for j, h in handles.items()],
             )
 

@@ -99,9 +99,7 @@ def _values_for(key: str, values: Any, parser: Any, group_no: int) -> list[str]:
         override = parser.parse_override(f"{key}={values}")
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
-                raise SweepDefinitionError(
-                    f"paired group {group_no}: '{key}: {values}' is not a discrete sweep"
-                )
+                raise SweepDefinitionError(f"paired group {group_no}: '{key}: {values}' is not a discrete sweep")
             rendered = list(override.sweep_string_iterator())
         else:
             rendered = [override.get_value_element_as_str()]
@@ -143,7 +141,9 @@ def _group_as_dict(group: Any, group_no: int, grid: dict[str, Dimension], parser
     )
 
 
-def paired_dimensions(groups: Sequence[Any] | None, grid: list[Dimension], parser: Any) -> tuple[list[Dimension], list[Dimension]]:
+def paired_dimensions(
+    groups: Sequence[Any] | None, grid: list[Dimension], parser: Any
+) -> tuple[list[Dimension], list[Dimension]]:
     """Validate the paired groups; return (remaining grid dims, one dim per paired group)."""
     if not groups:
         return grid, []

@@ -85,8 +85,7 @@ def dump_job_return(ret: Any) -> bytes:
     except Exception as exc:  # noqa: BLE001 - the return value itself could not be pickled
         ret.status = JobStatus.FAILED
         ret._return_value = RemoteJobError(
-            f"the job completed but its return value could not be pickled: "
-            f"{type(exc).__name__}: {exc}"
+            f"the job completed but its return value could not be pickled: {type(exc).__name__}: {exc}"
         )
         return cloudpickle.dumps(ret)
 
@@ -147,6 +146,26 @@ def failed_job_return(config: Any, exc: BaseException, working_dir: str | None =
         ret.task_name = str(config.hydra.job.name)
     ret.working_dir = working_dir or os.getcwd()
     return ret
+
+
+def sweep_payload_bytes(task_function: Any, hydra_context: Any) -> bytes:
+    """What every job of a sweep shares: task function, Hydra context, ``Singleton`` state.
+
+    Written once per sweep (not once per job) and shipped next to the job payloads.
+    """
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+
+    return cloudpickle.dumps(
+        {"task_function": task_function, "hydra_context": hydra_context, "singleton_state": Singleton.get_state()}
+    )
+
+
+def job_payload_bytes(config: Any, idx: int, result_path: str) -> bytes:
+    """One job: its composed config, ``hydra.job.num`` and where to write its result."""
+    import cloudpickle
+
+    return cloudpickle.dumps({"config": config, "idx": idx, "result_path": result_path})
 
 
 def _load_payload(path: str) -> Any:
