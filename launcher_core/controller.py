@@ -265,8 +265,7 @@ def _summarise(
         reason = row.exit_reason or ""
         if ret is not None and ret.status == HydraJobStatus.FAILED:
             state = "cancelled" if state == "cancelled" else "failed"
-            err = ret._return_value
-            reason = reason or f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            reason = _error_line(ret._return_value) or reason
         table_rows.append((spec.idx, " ".join(spec.overrides), state, row.duration_s, reason))
     print_summary(label=label, sweep_dir=str(sweep_dir), rows=table_rows, elapsed_s=elapsed)
     failed = [r for r in table_rows if r[2] in ("failed", "cancelled")]
@@ -277,6 +276,14 @@ def _summarise(
             len(table_rows),
             "; ".join(f"#{num} ({ov}): {reason}" for num, ov, _s, _d, reason in failed[:20]),
         )
+
+
+def _error_line(err: Any) -> str:
+    """``Type: first line of message`` of a job's exception, for tables and logs."""
+    if not isinstance(err, BaseException):
+        return ""
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def launch_batch(

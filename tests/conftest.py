@@ -1,0 +1,40 @@
+"""Fixtures shared by every test module.
+
+Backend-specific fixtures (the loopback sshd, the Slurm cluster, the moto server) live in their
+own modules (tests/sshd.py, tests/slurm_cluster.py, tests/ec2_fixtures.py) and are imported by
+the test modules that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_launcher_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the user-level sweep index of the test run away from the real home dir."""
+    home = tmp_path_factory.mktemp("launcher-home")
+    os.environ["HYDRA_REMOTE_LAUNCHER_HOME"] = str(home)
+
+
+def run_app(
+    script: Path, args: list[str], cwd: Path, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a Hydra app in a subprocess (as a user would) and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
