@@ -23,6 +23,7 @@ from typing import Any
 from launcher_core.jobs import LAUNCHER_DIR, JobSpec, JobState
 
 STATE_FILE = "state.sqlite"
+_MAX_SQL_VARIABLES = 900
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -226,6 +227,17 @@ class StateStore:
             )
 
     def jobs(self, states: Iterable[JobState] | None = None, job_ids: Iterable[str] | None = None) -> list[JobRow]:
+        """Rows ordered by job number, optionally only some states and/or some job ids."""
+        if job_ids is None:
+            return self._select(states, None)
+        ids = list(job_ids)
+        rows: list[JobRow] = []
+        for start in range(0, len(ids), _MAX_SQL_VARIABLES):  # SQLite caps bound variables
+            rows.extend(self._select(states, ids[start : start + _MAX_SQL_VARIABLES]))
+        rows.sort(key=lambda r: r.idx)
+        return rows
+
+    def _select(self, states: Iterable[JobState] | None, ids: list[str] | None) -> list[JobRow]:
         sql = "SELECT * FROM jobs"
         params: list[Any] = []
         clauses = []
@@ -233,8 +245,7 @@ class StateStore:
             values = [s.value for s in states]
             clauses.append(f"state IN ({','.join('?' * len(values))})")
             params.extend(values)
-        if job_ids is not None:
-            ids = list(job_ids)
+        if ids is not None:
             clauses.append(f"job_id IN ({','.join('?' * len(ids))})")
             params.extend(ids)
         if clauses:
