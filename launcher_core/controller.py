@@ -327,8 +327,10 @@ def launch_batch(
     )
     store = StateStore.for_sweep_dir(sweep_dir)
     try:
+        stored_config = getattr(backend, "stored_config", None)
         store.set_meta(
             {
+                "backend_config": stored_config() if stored_config else {},
                 "sweep_id": sweep_id,
                 "backend": backend.name,
                 "sweep_dir": str(sweep_dir),

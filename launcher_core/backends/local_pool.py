@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher_core.jobs import PID_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
+from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
 
 
@@ -68,7 +68,7 @@ class LocalPoolBackend:
         self._enforce_timeouts()
         self._start_queued()
         self._cleanups = [c for c in self._cleanups if not c.step()]
-        return {job_id: self._status(job_id) for job_id in handles}
+        return {job_id: self._status(job_id, handle) for job_id, handle in handles.items()}
 
     def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path]) -> None:
         """Results are written locally by the job itself: nothing to fetch."""
@@ -97,12 +97,18 @@ class LocalPoolBackend:
             time.sleep(0.02)
 
     # --- internals ----------------------------------------------------------------------
-    def _status(self, job_id: str) -> JobStatus:
+    def stored_config(self) -> dict[str, Any]:
+        """What ``status``/``cancel`` in another process need (see :func:`from_config`)."""
+        return {"kill_grace_s": self.kill_grace_s}
+
+    def _status(self, job_id: str, handle: Mapping[str, Any]) -> JobStatus:
         if job_id in self._done:
             return self._done[job_id]
         if job_id in self._running:
             return JobStatus(JobState.RUNNING, host="localhost")
-        return JobStatus(JobState.SUBMITTED)
+        if any(q.job_id == job_id for q in self._queue):
+            return JobStatus(JobState.SUBMITTED)
+        return _stale_status(handle)
 
     def _start_queued(self) -> None:
         while self._queue and len(self._running) < self.n_jobs:
@@ -157,21 +163,54 @@ class LocalPoolBackend:
                 run.timeout_kill.step(now)
 
 
+def from_config(config: Mapping[str, Any]) -> LocalPoolBackend:
+    """A backend for looking at (and cancelling) jobs of a local sweep from another process.
+
+    It cannot start jobs (it has no task function); it knows jobs only by their pid files.
+    """
+    return LocalPoolBackend(
+        n_jobs=1, timeout_s=None, kill_grace_s=float(config.get("kill_grace_s", 5.0)), task_function=None,
+        hydra_context=None,
+    )
+
+
+def _read_pid_file(handle: Mapping[str, Any]) -> tuple[int, int] | None:
+    try:
+        pid_text, start_text = Path(str(handle.get("pid_file"))).read_text().split()
+        return int(pid_text), int(start_text)
+    except (OSError, ValueError):
+        return None
+
+
+def _stale_status(handle: Mapping[str, Any]) -> JobStatus:
+    """State of a job started by another (possibly dead) controller, from its files."""
+    pid_info = _read_pid_file(handle)
+    if pid_info is None:
+        return JobStatus(JobState.SUBMITTED)
+    pid, start = pid_info
+    if process_start_time(pid) == start:
+        return JobStatus(JobState.RUNNING, host="localhost")
+    result_path = Path(str(handle["pid_file"])).with_name(RESULT_FILE)
+    if not result_path.exists():
+        return JobStatus(JobState.FAILED, "process gone without writing a result")
+    from hydra.core.utils import JobStatus as HydraJobStatus
+
+    from launcher_core.worker import load_job_return
+
+    if load_job_return(result_path).status == HydraJobStatus.COMPLETED:
+        return JobStatus(JobState.COMPLETED)
+    return JobStatus(JobState.FAILED, "task raised an exception")
+
+
 def kill_stale_handle(handle: Mapping[str, Any], grace_s: float) -> None:
     """Kill a job left running by a controller that died, if its PID still is that job.
 
     The job wrote "PID START_TIME" to its pid file; comparing the start time guards against
     the PID having been reused by an unrelated process since.
     """
-    pid_file = handle.get("pid_file")
-    if not pid_file:
-        return
-    try:
-        pid_text, start_text = Path(pid_file).read_text().split()
-    except (OSError, ValueError):
-        return
-    if process_start_time(int(pid_text)) == int(start_text):
-        kill_group_blocking(int(pid_text), grace_s)
+    pid_info = _read_pid_file(handle)
+    if pid_info is not None and process_start_time(pid_info[0]) == pid_info[1]:
+        kill_group_blocking(pid_info[0], grace_s)
 
 
 def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec) -> None:
