@@ -188,8 +188,6 @@ class SweepController:
         return bool(updates)
 
     def _fetch(self, finished: Mapping[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec]) -> None:
-        if getattr(self.backend, "results_are_local", False):
-            return
         dirs = {j: specs_by_id[j].output_dir for j in finished}
         for attempt in range(1, self.options.fetch_retries + 1):
             try:
@@ -204,8 +202,10 @@ class SweepController:
                     ) from exc
                 log.warning("fetch failed (attempt %d): %s; retrying", attempt, exc)
                 time.sleep(min(2.0**attempt, 10.0))
-        pulled = {j: (JobState.PULLED, None) for j in finished if self.states[j] is not JobState.CANCELLED}
-        self.store.update_states(pulled)
+        pulled = [j for j in finished if self.states[j] is not JobState.CANCELLED]
+        self.store.mark_pulled(pulled)
+        for job_id in pulled:
+            self.states[job_id] = JobState.PULLED
 
     def _counts(self) -> dict[JobState, int]:
         counts: dict[JobState, int] = {}
@@ -257,16 +257,23 @@ def _summarise(
 ) -> None:
     from hydra.core.utils import JobStatus as HydraJobStatus
 
+    from launcher_core.worker import JobLostError, JobTimeoutError
+
     rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
     table_rows = []
+    new_reasons: dict[str, str] = {}
     for spec, ret in zip(specs, returns):
         row = rows[spec.job_id]
         state = (row.outcome or row.state).value
         reason = row.exit_reason or ""
         if ret is not None and ret.status == HydraJobStatus.FAILED:
             state = "cancelled" if state == "cancelled" else "failed"
-            reason = _error_line(ret._return_value) or reason
+            if not isinstance(ret._return_value, (JobLostError, JobTimeoutError)):  # those keep the backend's reason
+                reason = _error_line(ret._return_value) or reason
+            if reason != row.exit_reason:
+                new_reasons[spec.job_id] = reason
         table_rows.append((spec.idx, " ".join(spec.overrides), state, row.duration_s, reason))
+    store.set_exit_reasons(new_reasons)
     print_summary(label=label, sweep_dir=str(sweep_dir), rows=table_rows, elapsed_s=elapsed)
     failed = [r for r in table_rows if r[2] in ("failed", "cancelled")]
     if failed:

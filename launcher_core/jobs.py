@@ -86,6 +86,19 @@ class JobStatus:
     host: str | None = None
 
 
+@dataclass(frozen=True)
+class PullFilter:
+    """Which files ``fetch`` may skip (``pull --bare``): larger than ``max_size_bytes`` or
+    matching one of the rsync-style ``exclude`` patterns. Launcher files are never skipped."""
+
+    max_size_bytes: int | None = None
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def is_bare(self) -> bool:
+        return self.max_size_bytes is not None or bool(self.exclude)
+
+
 @dataclass
 class SweepInfo:
     """Sweep-level facts a backend may need in :meth:`Backend.prepare`."""
@@ -105,6 +118,16 @@ class Backend(Protocol):
     ``handle`` values are whatever the backend needs to find a job again later (a PID and host,
     a SLURM job id, an instance id); they must be JSON-serialisable because they are stored in
     the state store and used by another process (the pull daemon) after a restart.
+
+    Optional members a backend may have:
+
+    * ``detached: bool`` — jobs keep running without the launching process; a relaunch
+      re-attaches to them instead of submitting them again, and Ctrl-C does not cancel them.
+    * ``poll_interval_s: float`` — how often the launch loop polls.
+    * ``stored_config() -> dict`` — the (secret-free) settings :func:`from_config` of the
+      backend's module needs to rebuild it in another process.
+    * ``read_log(handle, stream, offset) -> bytes`` — live log bytes from ``offset`` on, for
+      ``launcher-core logs`` on jobs not pulled yet (``stream`` is "stdout" or "stderr").
     """
 
     name: str
@@ -118,8 +141,15 @@ class Backend(Protocol):
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
         """States of many jobs in one round trip per host / scheduler call."""
 
-    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path]) -> None:
-        """Bring the files of finished jobs into their local output dirs."""
+    def fetch(
+        self,
+        jobs: Mapping[str, dict[str, Any]],
+        local_dirs: Mapping[str, Path],
+        pull_filter: PullFilter | None = None,
+    ) -> None:
+        """Bring the files of finished jobs into their local output dirs (incrementally: files
+        already there and unchanged are not transferred again). Must be safe to repeat after
+        an interruption at any point: a file is either absent, the old one, or complete."""
 
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
         """Stop the given jobs; they are marked cancelled by the caller."""

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     host TEXT,
     exit_reason TEXT,
     outcome TEXT,
+    pull_mode TEXT,
     created_at REAL NOT NULL,
     submitted_at REAL,
     started_at REAL,
@@ -46,6 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
+# columns added after the first release, with their types (see StateStore._add_missing_columns)
+_OPTIONAL_COLUMNS = {"outcome": "TEXT", "pull_mode": "TEXT"}
 
 
 @dataclass
@@ -59,6 +62,7 @@ class JobRow:
     host: str | None
     exit_reason: str | None
     outcome: JobState | None  # completed/failed/cancelled, kept once the job is pulled
+    pull_mode: str | None  # "full", or "bare" when large files were skipped
     created_at: float
     submitted_at: float | None
     started_at: float | None
@@ -109,6 +113,14 @@ class StateStore:
         self._conn = _connect(path, readonly=readonly)
         if not readonly:
             self._conn.executescript(_SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a store written by an older version: add columns it does not have yet."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for name, sql_type in _OPTIONAL_COLUMNS.items():
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
 
     @classmethod
     def for_sweep_dir(cls, sweep_dir: Path, readonly: bool = False) -> StateStore:
@@ -182,7 +194,7 @@ class StateStore:
         with self._tx() as cur:
             cur.executemany(
                 "UPDATE jobs SET state='pending', handle=NULL, host=NULL, exit_reason=NULL, "
-                "outcome=NULL, "
+                "outcome=NULL, pull_mode=NULL, "
                 "submitted_at=NULL, started_at=NULL, finished_at=NULL, pulled_at=NULL, "
                 "updated_at=? WHERE job_id=?",
                 [(now, j) for j in job_ids],
@@ -255,6 +267,23 @@ class StateStore:
         names = [d[0] for d in cur.description]
         return [_row_to_job(dict(zip(names, r))) for r in cur.fetchall()]
 
+    def mark_pulled(self, job_ids: Iterable[str], mode: str = "full") -> None:
+        """Record that the files of these finished jobs are in the local sweep dir."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET state='pulled', pull_mode=?, pulled_at=?, updated_at=?, "
+                "outcome=COALESCE(outcome, state) WHERE job_id=?",
+                [(mode, now, now, j) for j in job_ids],
+            )
+
+    def set_exit_reasons(self, reasons: Mapping[str, str]) -> None:
+        """Replace exit reasons, e.g. with the exception line once a failed job's result is read."""
+        if not reasons:
+            return
+        with self._tx() as cur:
+            cur.executemany("UPDATE jobs SET exit_reason=? WHERE job_id=?", [(r, j) for j, r in reasons.items()])
+
     def counts(self) -> dict[JobState, int]:
         rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(s): n for s, n in rows}
@@ -271,6 +300,7 @@ def _row_to_job(r: dict[str, Any]) -> JobRow:
         host=r["host"],
         exit_reason=r["exit_reason"],
         outcome=JobState(r["outcome"]) if r["outcome"] else None,
+        pull_mode=r["pull_mode"],
         created_at=r["created_at"],
         submitted_at=r["submitted_at"],
         started_at=r["started_at"],

@@ -97,6 +97,21 @@ def load_job_return(path: Path) -> Any:
         return cloudpickle.load(f)
 
 
+def failure_summary(result_path: Path) -> str | None:
+    """``ExceptionType: first line`` of a failed job's result, None if it completed/is missing."""
+    from hydra.core.utils import JobStatus
+
+    try:
+        ret = load_job_return(result_path)
+    except Exception:  # noqa: BLE001 - missing or unreadable result: nothing to say
+        return None
+    err = ret._return_value
+    if ret.status != JobStatus.FAILED or not isinstance(err, BaseException):
+        return None
+    lines = str(err).splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -> Any:
     """Run one composed job config through ``hydra.core.utils.run_job``."""
     from hydra.core.hydra_config import HydraConfig
@@ -124,6 +139,11 @@ def run_and_save(task_function: Any, config: Any, hydra_context: Any, idx: int, 
         ret = execute_job(task_function, config, hydra_context, idx)
     except BaseException as exc:  # noqa: BLE001 - Hydra itself failed (bad config, disk full)
         ret = failed_job_return(config, exc)
+    if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
+        # the job's stderr.log is where users look first: put the traceback there too
+        sys.stderr.write(f"Error executing job with overrides: {list(ret.overrides or [])}\n")
+        sys.stderr.write(_format_exception(ret._return_value))
+        sys.stderr.flush()
     atomic_write_bytes(result_path, dump_job_return(ret))
     return EXIT_COMPLETED if ret.status == JobStatus.COMPLETED else EXIT_FAILED
 

@@ -70,7 +70,9 @@ class LocalPoolBackend:
         self._cleanups = [c for c in self._cleanups if not c.step()]
         return {job_id: self._status(job_id, handle) for job_id, handle in handles.items()}
 
-    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path]) -> None:
+    def fetch(
+        self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
+    ) -> None:
         """Results are written locally by the job itself: nothing to fetch."""
 
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
@@ -169,7 +171,10 @@ def from_config(config: Mapping[str, Any]) -> LocalPoolBackend:
     It cannot start jobs (it has no task function); it knows jobs only by their pid files.
     """
     return LocalPoolBackend(
-        n_jobs=1, timeout_s=None, kill_grace_s=float(config.get("kill_grace_s", 5.0)), task_function=None,
+        n_jobs=1,
+        timeout_s=None,
+        kill_grace_s=float(config.get("kill_grace_s", 5.0)),
+        task_function=None,
         hydra_context=None,
     )
 

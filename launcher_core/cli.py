@@ -1,0 +1,328 @@
+"""``launcher-core`` / ``python -m launcher_core``: status, list, logs, cancel, pull.
+
+Every command works the same for every backend: it reads the sweep's state store and, where it
+needs the backend (fresh states, live logs, cancelling), rebuilds it from the stored config
+through the Backend contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from launcher_core.errors import ConfigError, LauncherError
+from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
+from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
+
+STATE_STYLE = {
+    "pending": "dim",
+    "submitted": "cyan",
+    "running": "blue",
+    "completed": "green",
+    "pulled": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(width=160 if not sys.stdout.isatty() else None)
+
+
+def _fmt_time(ts: float | None) -> str:
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _latest_sweep() -> list[str]:
+    index = SweepIndex()
+    try:
+        sweeps = index.sweeps()
+    finally:
+        index.close()
+    if not sweeps:
+        raise ConfigError("no sweeps are known yet: launch one, or give a sweep dir")
+    return [str(sweeps[0][1])]
+
+
+def _one_sweep(target: str | None) -> Path:
+    from launcher_core.pull import resolve_sweeps
+
+    return resolve_sweeps([target] if target else _latest_sweep())[0]
+
+
+def _find_job(rows: list[JobRow], job: str) -> JobRow:
+    """A job by its number (hydra.job.num) or a unique prefix of its id."""
+    if job.isdigit():
+        matches = [r for r in rows if r.idx == int(job)]
+    else:
+        matches = [r for r in rows if r.job_id.startswith(job)]
+    if len(matches) != 1:
+        raise ConfigError(f"no job {job!r} in this sweep (give its number or id; see `status`)")
+    return matches[0]
+
+
+def refresh_states(sweep_dir: Path) -> None:
+    """One batched poll of the backend for the sweep's active jobs (skipped for local sweeps)."""
+    from launcher_core.pull import poll_into_store
+
+    with StateStore.for_sweep_dir(sweep_dir) as store:
+        meta = store.meta()
+        if not store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]):
+            return
+        from launcher_core.backends import backend_for_meta
+
+        backend = backend_for_meta(meta)
+        try:
+            poll_into_store(backend, store)
+        finally:
+            backend.close()
+
+
+# --- status ----------------------------------------------------------------------------------
+def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None:
+    from rich.table import Table
+
+    with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
+        meta = store.meta()
+        rows = store.jobs()
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = (r.outcome or r.state).value if r.state is JobState.PULLED else r.state.value
+        counts[key] = counts.get(key, 0) + 1
+    pulled = sum(r.state is JobState.PULLED for r in rows)
+    summary = Table(title=f"sweep {meta.get('sweep_id', '?')} ({meta.get('backend', '?')})", show_header=True)
+    for state in STATE_STYLE:
+        if state != "pulled":
+            summary.add_column(state, justify="right")
+    summary.add_column("pulled", justify="right")
+    summary.add_column("total", justify="right")
+    summary.add_row(*[str(counts.get(s, 0)) for s in STATE_STYLE if s != "pulled"], str(pulled), str(len(rows)))
+    console.print(summary)
+    console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}")
+    if not show_jobs:
+        return
+    jobs = Table(show_header=True)
+    for col in ("#", "job id", "state", "where", "duration", "exit reason", "overrides"):
+        jobs.add_column(col)
+    for r in rows:
+        state = r.state.value if r.state is not JobState.PULLED else f"{(r.outcome or r.state).value} (pulled)"
+        style = STATE_STYLE.get((r.outcome or r.state).value, "")
+        jobs.add_row(
+            str(r.idx),
+            r.job_id[:10],
+            f"[{style}]{state}[/]",
+            _where(r),
+            _fmt_duration(r.duration_s),
+            r.exit_reason or "",
+            " ".join(r.overrides),
+        )
+    console.print(jobs)
+
+
+def _where(row: JobRow) -> str:
+    handle = row.handle or {}
+    for key in ("slurm_job_id", "instance_id"):
+        if handle.get(key):
+            return str(handle[key])
+    return row.host or handle.get("host") or "-"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    console = _console()
+    sweep_dir = _one_sweep(args.sweep)
+    while True:
+        if not args.offline:
+            refresh_states(sweep_dir)
+        if args.watch:
+            console.clear()
+        render_status(sweep_dir, console, show_jobs=not args.summary)
+        if not args.watch:
+            return 0
+        time.sleep(args.interval)
+
+
+# --- list / history --------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    index = SweepIndex()
+    try:
+        sweeps = index.sweeps()[: args.limit]
+    finally:
+        index.close()
+    table = Table(title="sweeps (newest first)")
+    for col in ("sweep id", "backend", "jobs", "states", "launched", "code commit", "dir"):
+        table.add_column(col)
+    for sweep_id, sweep_dir, backend, launched in sweeps:
+        if not StateStore.exists_in(sweep_dir):
+            table.add_row(
+                sweep_id, backend, "?", "[dim]state store missing[/]", _fmt_time(launched), "-", str(sweep_dir)
+            )
+            continue
+        with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
+            counts = store.counts()
+            meta = store.meta()
+        states = ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items(), key=lambda kv: kv[0].value))
+        commit = str(meta.get("code_commit") or "-")[:10] + (" +dirty" if meta.get("code_dirty") else "")
+        table.add_row(sweep_id, backend, str(sum(counts.values())), states, _fmt_time(launched), commit, str(sweep_dir))
+    _console().print(table)
+    return 0
+
+
+# --- logs ------------------------------------------------------------------------------------
+def cmd_logs(args: argparse.Namespace) -> int:
+    sweep_dir = _one_sweep(args.sweep)
+    stream = "stderr" if args.stderr else "stdout"
+    with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
+        row = _find_job(store.jobs(), args.job)
+        meta = store.meta()
+    local = row.output_dir / LAUNCHER_DIR / (STDERR_FILE if args.stderr else STDOUT_FILE)
+    if row.state is JobState.PULLED or meta.get("backend") == "local_pool":
+        return _print_local(local, args.follow, row, sweep_dir)
+    return _print_live(meta, row, stream, args.follow, sweep_dir)
+
+
+def _print_local(path: Path, follow: bool, row: JobRow, sweep_dir: Path) -> int:
+    offset = 0
+    for _ in range(10**9 if follow else 1):
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            offset += len(data)
+            sys.stdout.write(data.decode(errors="replace"))
+            sys.stdout.flush()
+        elif not follow:
+            print(f"no log at {path}", file=sys.stderr)
+            return 1
+        if not follow or _job_finished(sweep_dir, row.job_id):
+            return 0
+        time.sleep(1.0)
+    return 0
+
+
+def _print_live(meta: dict, row: JobRow, stream: str, follow: bool, sweep_dir: Path) -> int:
+    from launcher_core.backends import backend_for_meta
+
+    backend = backend_for_meta(meta)
+    try:
+        read_log = getattr(backend, "read_log", None)
+        if read_log is None:
+            local = row.output_dir / LAUNCHER_DIR / (STDERR_FILE if stream == "stderr" else STDOUT_FILE)
+            return _print_local(local, follow, row, sweep_dir)
+        offset = 0
+        while True:
+            data = read_log(row.handle or {}, stream, offset)
+            offset += len(data)
+            sys.stdout.write(data.decode(errors="replace"))
+            sys.stdout.flush()
+            if not follow:
+                return 0
+            refresh_states(sweep_dir)
+            if _job_finished(sweep_dir, row.job_id):
+                sys.stdout.write(read_log(row.handle or {}, stream, offset).decode(errors="replace"))
+                return 0
+            time.sleep(1.0)
+    finally:
+        backend.close()
+
+
+def _job_finished(sweep_dir: Path, job_id: str) -> bool:
+    with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
+        rows = store.jobs(job_ids=[job_id])
+    return bool(rows) and rows[0].state.is_terminal
+
+
+# --- cancel ----------------------------------------------------------------------------------
+def cancel_jobs(sweep_dir: Path, jobs: Sequence[str]) -> list[JobRow]:
+    """Cancel jobs (all unfinished ones when ``jobs`` is empty) on the backend, then mark them."""
+    from launcher_core.backends import backend_for_meta
+
+    with StateStore.for_sweep_dir(sweep_dir) as store:
+        rows = store.jobs()
+        targets = [_find_job(rows, j) for j in jobs] if jobs else rows
+        targets = [r for r in targets if not r.state.is_terminal]
+        if not targets:
+            return []
+        backend = backend_for_meta(store.meta())
+        try:
+            backend.cancel({r.job_id: r.handle or {} for r in targets})
+        finally:
+            backend.close()
+        store.update_states({r.job_id: (JobState.CANCELLED, "cancelled by user") for r in targets})
+    return targets
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    sweep_dir = _one_sweep(args.sweep)
+    cancelled = cancel_jobs(sweep_dir, args.jobs)
+    if not cancelled:
+        print("nothing to cancel: every selected job has already finished")
+    else:
+        print(f"cancelled {len(cancelled)} jobs: {' '.join('#' + str(r.idx) for r in cancelled)}")
+    return 0
+
+
+# --- entry point -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launcher-core", description="Inspect and control sweeps.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    status = sub.add_parser("status", help="states of a sweep's jobs (default: the latest sweep)")
+    status.add_argument("sweep", nargs="?", help="sweep dir or sweep id")
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=float, default=5.0)
+    status.add_argument("--summary", action="store_true", help="counts only, no per-job table")
+    status.add_argument("--offline", action="store_true", help="do not ask the backend, show the state store only")
+    status.set_defaults(func=cmd_status)
+
+    for name in ("list", "history"):
+        lst = sub.add_parser(name, help="recent sweeps")
+        lst.add_argument("--limit", type=int, default=20)
+        lst.set_defaults(func=cmd_list)
+
+    logs = sub.add_parser("logs", help="a job's stdout (or stderr)")
+    logs.add_argument("sweep", help="sweep dir or sweep id")
+    logs.add_argument("job", help="job number or job id prefix")
+    logs.add_argument("--stderr", action="store_true")
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+
+    cancel = sub.add_parser("cancel", help="cancel a sweep's unfinished jobs (or the given ones)")
+    cancel.add_argument("sweep", help="sweep dir or sweep id")
+    cancel.add_argument("jobs", nargs="*", help="job numbers or id prefixes (default: all unfinished)")
+    cancel.set_defaults(func=cmd_cancel)
+
+    pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", add_help=False)
+    pull.add_argument("rest", nargs=argparse.REMAINDER)
+    pull.set_defaults(func=lambda a: __import__("launcher_core.pull").pull.main(a.rest))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

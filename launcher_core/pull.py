@@ -1,0 +1,403 @@
+"""``python -m launcher_core.pull``: collect the results of detached sweeps.
+
+Each cycle, for every watched sweep: one batched poll of the backend for the jobs still active,
+then one batched fetch of the jobs that finished (completed or failed: failed jobs bring their
+logs and traceback home too), then those jobs are marked ``pulled``. A job is marked pulled only
+after its fetch returned, and fetches are incremental and atomic per file (rsync, S3 downloads
+to a temp name), so a kill -9 at any point leaves every finished job either pulled with complete
+files or still to pull — the next run finishes it, and never pulls a pulled job again.
+
+One pull process per sweep at a time: a sweep is locked (``flock`` on
+``<sweep>/.launcher/pull.lock``) while it is processed; a second daemon skips locked sweeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher_core.errors import ConfigError, LauncherError
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
+from launcher_core.state import JobRow, JobState, StateStore, SweepIndex, launcher_home
+
+log = logging.getLogger("launcher_core.pull")
+
+FETCH_BATCH = 50
+_UNPULLED = (JobState.COMPLETED, JobState.FAILED)
+
+
+@dataclass
+class PullOptions:
+    once: bool = False
+    interval_s: float = 60.0
+    pull_filter: PullFilter = field(default_factory=PullFilter)
+    dry_run: bool = False
+    notify: str | None = None
+    max_cycles: int | None = None  # bound for tests and scripts; None = until done
+
+
+@dataclass
+class SweepReport:
+    sweep_dir: Path
+    skipped: str | None = None  # why nothing was done (locked, local sweep, ...)
+    pulled: int = 0
+    would_pull: list[int] = field(default_factory=list)
+    finished: bool = False  # every job terminal and pulled
+
+
+# --- finding sweeps --------------------------------------------------------------------------
+def resolve_sweeps(targets: Sequence[str]) -> list[Path]:
+    """Sweep dirs from paths, sweep ids or id prefixes; all known sweeps when none are given."""
+    index = SweepIndex()
+    try:
+        known = index.sweeps()
+    finally:
+        index.close()
+    if not targets:
+        return [d for _sid, d, _b, _t in known if StateStore.exists_in(d)]
+    found = []
+    for target in targets:
+        path = Path(target).expanduser()
+        if StateStore.exists_in(path):
+            found.append(path.resolve())
+            continue
+        matches = [d for sid, d, _b, _t in known if sid == target or sid.startswith(target)]
+        if len(matches) != 1:
+            what = "no sweep" if not matches else f"{len(matches)} sweeps"
+            raise ConfigError(f"{what} known as {target!r}: give a sweep dir or a unique sweep id (see `list`)")
+        found.append(matches[0])
+    return found
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[bool]:
+    """Hold the sweep's pull lock if it is free; yields False if another process holds it."""
+    lock_path = sweep_dir / ".launcher" / "pull.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+# --- one sweep, one cycle --------------------------------------------------------------------
+def _needs_fetch(row: JobRow, pull_filter: PullFilter) -> bool:
+    if row.state in _UNPULLED:
+        return True
+    # a job pulled "bare" earlier gets its large files now that a full pull runs
+    return row.state is JobState.PULLED and row.pull_mode == "bare" and not pull_filter.is_bare
+
+
+def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
+    report = SweepReport(sweep_dir)
+    with sweep_lock(sweep_dir) as locked:
+        if not locked:
+            report.skipped = "another pull process holds this sweep"
+            return report
+        with StateStore.for_sweep_dir(sweep_dir) as store:
+            meta = store.meta()
+            if meta.get("backend") == "local_pool":
+                report.skipped = "local sweep: results are already here"
+                report.finished = True
+                return report
+            from launcher_core.backends import backend_for_meta
+
+            backend = backend_for_meta(meta)
+            try:
+                poll_into_store(backend, store)
+                rows = [r for r in store.jobs() if _needs_fetch(r, options.pull_filter)]
+                if options.dry_run:
+                    report.would_pull = [r.idx for r in rows]
+                else:
+                    report.pulled = _fetch_rows(backend, store, rows, options.pull_filter)
+            finally:
+                backend.close()
+            counts = store.counts()
+            report.finished = set(counts) <= {JobState.PULLED, JobState.CANCELLED} and not options.dry_run
+            if report.finished:
+                _notify_once(store, meta, counts, options.notify)
+    return report
+
+
+def poll_into_store(backend: object, store: StateStore) -> None:
+    active = {r.job_id: r.handle for r in store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]) if r.handle}
+    if not active:
+        return
+    statuses = backend.poll(active)  # type: ignore[attr-defined]
+    rows = {r.job_id: r for r in store.jobs(job_ids=list(active))}
+    updates = {j: (st.state, st.exit_reason) for j, st in statuses.items() if st.state is not rows[j].state}
+    hosts = {j: st.host for j, st in statuses.items() if st.host}
+    if updates:
+        store.update_states(updates, hosts)
+
+
+def _fetch_rows(backend: object, store: StateStore, rows: list[JobRow], pull_filter: PullFilter) -> int:
+    mode = "bare" if pull_filter.is_bare else "full"
+    pulled = 0
+    for start in range(0, len(rows), FETCH_BATCH):
+        batch = rows[start : start + FETCH_BATCH]
+        handles = {r.job_id: r.handle or {} for r in batch}
+        dirs = {r.job_id: r.output_dir for r in batch}
+        backend.fetch(handles, dirs, pull_filter if pull_filter.is_bare else None)  # type: ignore[attr-defined]
+        store.set_exit_reasons(_failure_reasons(batch))
+        store.mark_pulled(handles, mode)
+        pulled += len(batch)
+        log.info("pulled %d jobs into %s", pulled, store.path.parent.parent)
+    return pulled
+
+
+def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
+    """The exception line of each failed job whose result came home (for ``status``)."""
+    from launcher_core.worker import failure_summary
+
+    reasons = {}
+    for row in rows:
+        if row.state is JobState.FAILED:
+            summary = failure_summary(row.output_dir / LAUNCHER_DIR / RESULT_FILE)
+            if summary:
+                reasons[row.job_id] = summary
+    return reasons
+
+
+def _notify_once(store: StateStore, meta: dict, counts: dict[JobState, int], command: str | None) -> None:
+    """Run the user's notification command once per finished sweep (no shell involved)."""
+    if not command or meta.get("notified_at"):
+        return
+    failed = sum(1 for r in store.jobs(states=[JobState.PULLED]) if r.outcome is JobState.FAILED)
+    env = {
+        **os.environ,
+        "SWEEP_ID": str(meta.get("sweep_id", "")),
+        "SWEEP_DIR": str(meta.get("sweep_dir", "")),
+        "SWEEP_JOBS": str(sum(counts.values())),
+        "SWEEP_FAILED": str(failed),
+    }
+    try:
+        subprocess.run(shlex.split(command), env=env, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("notification command %r failed: %s", command, exc)
+    store.set_meta({"notified_at": time.time()})
+
+
+# --- the loop --------------------------------------------------------------------------------
+def run(targets: Sequence[str], options: PullOptions) -> int:
+    """Pull until every watched sweep is finished (or once); return a process exit code."""
+    explicit = bool(targets)
+    cycles = 0
+    stop = _StopFlag()
+    while not stop.requested:
+        cycles += 1
+        sweeps = resolve_sweeps(targets)
+        reports = [_safe_pull(d, options) for d in sweeps]
+        for r in reports:
+            _log_report(r, options)
+        all_done = all(r.finished for r in reports)
+        if options.once or options.dry_run or (explicit and all_done):
+            return 0 if all(r.skipped is None or r.finished for r in reports) else 1
+        if options.max_cycles is not None and cycles >= options.max_cycles:
+            return 0
+        stop.wait(options.interval_s)
+    return 0
+
+
+def _safe_pull(sweep_dir: Path, options: PullOptions) -> SweepReport:
+    try:
+        return pull_sweep_once(sweep_dir, options)
+    except LauncherError as exc:
+        log.error("%s: %s (will retry)", sweep_dir, exc)
+        return SweepReport(sweep_dir, skipped=str(exc))
+
+
+def _log_report(report: SweepReport, options: PullOptions) -> None:
+    if report.skipped:
+        log.info("%s: skipped: %s", report.sweep_dir, report.skipped)
+    elif options.dry_run:
+        print(f"{report.sweep_dir}: would pull {len(report.would_pull)} jobs: {report.would_pull}")
+    elif report.pulled or report.finished:
+        log.info(
+            "%s: %d jobs pulled%s", report.sweep_dir, report.pulled, " — sweep finished" if report.finished else ""
+        )
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT end the loop between cycles (never in the middle of a fetch)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def wait(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+# --- daemon mode -----------------------------------------------------------------------------
+def daemon_paths() -> tuple[Path, Path]:
+    home = launcher_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return home / "pull.pid", home / "pull.log"
+
+
+def daemonize(log_path: Path, pid_path: Path) -> int | None:
+    """Detach (double fork); returns None in the daemon, the daemon's PID in the caller."""
+    read_end, write_end = os.pipe()
+    first_child = os.fork()
+    if first_child > 0:
+        os.close(write_end)
+        pid = int(os.read(read_end, 32).decode() or 0)
+        os.close(read_end)
+        os.waitpid(first_child, 0)
+        return pid
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.write(write_end, str(os.getpid()).encode())
+    os.close(write_end)
+    return None
+
+
+@contextmanager
+def daemon_pid_lock(pid_path: Path) -> Iterator[bool]:
+    fd = os.open(pid_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def stop_daemon(pid_path: Path) -> int:
+    try:
+        pid = int(pid_path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        print("no pull daemon is running", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"pull daemon {pid} is not running", file=sys.stderr)
+        return 1
+    print(f"asked pull daemon {pid} to stop")
+    return 0
+
+
+# --- command line ----------------------------------------------------------------------------
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().rstrip("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500k, 20M, 1G)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m launcher_core.pull",
+        description="Collect results of sweeps launched with wait=false (all known sweeps by default).",
+    )
+    parser.add_argument("sweeps", nargs="*", help="sweep dirs or sweep ids (default: every known sweep)")
+    parser.add_argument("--once", action="store_true", help="one cycle, then exit")
+    parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between cycles")
+    parser.add_argument("--bare", action="store_true", help="skip large files (see --bare-size, --bare-exclude)")
+    parser.add_argument(
+        "--bare-size",
+        type=_size,
+        default=_size("10M"),
+        metavar="SIZE",
+        help="with --bare: skip files larger than this (default 10M)",
+    )
+    parser.add_argument(
+        "--bare-exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="with --bare: skip files matching this rsync pattern (repeatable), e.g. '*.ckpt'",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="poll and show what would be pulled; change nothing")
+    parser.add_argument(
+        "--notify",
+        metavar="COMMAND",
+        help="run COMMAND when a sweep finishes (env: SWEEP_ID, SWEEP_DIR, SWEEP_JOBS, SWEEP_FAILED)",
+    )
+    parser.add_argument(
+        "--daemon", action="store_true", help="run in the background (PID file and log in the launcher home)"
+    )
+    parser.add_argument("--stop", action="store_true", help="stop the background daemon")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> PullOptions:
+    pull_filter = PullFilter(args.bare_size, tuple(args.bare_exclude)) if args.bare else PullFilter()
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
+    return PullOptions(
+        once=args.once, interval_s=args.interval, pull_filter=pull_filter, dry_run=args.dry_run, notify=args.notify
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
+    pid_path, log_path = daemon_paths()
+    if args.stop:
+        return stop_daemon(pid_path)
+    try:
+        options = options_from_args(args)
+        resolve_sweeps(args.sweeps)  # fail now, in the foreground, on an unknown sweep
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.daemon:
+        pid = daemonize(log_path, pid_path)
+        if pid is not None:
+            print(f"pull daemon started (pid {pid}); log: {log_path}; stop with: python -m launcher_core.pull --stop")
+            return 0
+        with daemon_pid_lock(pid_path) as locked:
+            if not locked:
+                log.error("another pull daemon is running (see %s); exiting", pid_path)
+                os._exit(1)
+            code = run(args.sweeps, options)
+        os._exit(code)
+    return run(args.sweeps, options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
