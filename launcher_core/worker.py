@@ -213,4 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this ``__main__`` copy: exceptions pickled for the
+    # controller must be ``launcher_core.worker.RemoteJobError``, not ``__main__.RemoteJobError``.
+    from launcher_core import worker as _worker
+
+    sys.exit(_worker.main())
