@@ -193,3 +193,46 @@ def test_example_app_sweep_with_paired_sweeper(tmp_path: Path) -> None:
     for i, m in enumerate(metrics):
         assert _result(tmp_path / "out", i).return_value == pytest.approx(m["loss"])
     assert os.path.exists(tmp_path / "out" / "multirun.yaml")
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(tmp_path: Path) -> None:
+    import select
+    import subprocess
+    import sys
+
+    master, slave = os.openpty()
+    cmd = [
+        sys.executable,
+        str(TASKS_APP),
+        "-m",
+        "hydra/launcher=local_pool",
+        "x=1,2,3,4",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, cwd=tmp_path) as proc:
+        os.close(slave)
+        chunks, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout = proc.stdout.read().decode() if proc.stdout else ""
+        proc.wait(timeout=30)
+    os.close(master)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "━" in terminal and "4/4" in terminal  # a rich progress bar on the terminal
+    assert "local_pool: 4/4 finished" not in stdout  # ... instead of the plain progress lines
+
+    (tmp_path / "plain").mkdir()
+    proc2, _ = _sweep(tmp_path / "plain", "x=1,2,3,4")
+    assert "local_pool: 4/4 finished, 4 done, 0 failed" in proc2.stdout  # not a terminal: log lines
