@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher_core.errors import BackendError, SubmitError
 from launcher_core.jobs import Backend, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.progress import SweepProgress, print_summary
 from launcher_core.state import JobRow, StateStore, SweepIndex
@@ -84,7 +85,6 @@ class SweepController:
         self.options = options
         self.sweep = sweep
         self.states: dict[str, JobState] = {}
-        self.reasons: dict[str, str] = {}
 
     def plan(self, specs: Sequence[JobSpec]) -> tuple[list[JobSpec], dict[str, dict[str, Any]]]:
         """Split jobs into those to submit and those already running on the backend.
@@ -125,14 +125,23 @@ class SweepController:
         )
 
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
-        handles = dict(self.backend.submit(specs)) if specs else {}
+        """Submit, and record every job that really started — also when submission fails
+        part-way (:class:`SubmitError`), so that a relaunch never starts those twice."""
+        try:
+            handles = dict(self.backend.submit(specs)) if specs else {}
+        except SubmitError as exc:
+            self._record_submitted(exc.started)
+            raise
+        self._record_submitted(handles)
         missing = [s.job_id for s in specs if s.job_id not in handles]
+        if missing:
+            raise BackendError(f"backend {self.backend.name} did not start {len(missing)} of {len(specs)} jobs")
+        return handles
+
+    def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
         self.store.mark_submitted(handles)
         for job_id in handles:
             self.states[job_id] = JobState.SUBMITTED
-        if missing:
-            raise RuntimeError(f"backend {self.backend.name} did not start {len(missing)} jobs")
-        return handles
 
     def watch(
         self, active: dict[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec], progress: SweepProgress
@@ -179,8 +188,6 @@ class SweepController:
             if self.states.get(job_id) is not st.state:
                 self.states[job_id] = st.state
                 updates[job_id] = (st.state, st.exit_reason)
-                if st.exit_reason:
-                    self.reasons[job_id] = st.exit_reason
                 if st.host:
                     hosts[job_id] = st.host
         if updates:
@@ -195,7 +202,7 @@ class SweepController:
                 break
             except Exception as exc:  # noqa: BLE001 - retried, then reported with the fix
                 if attempt == self.options.fetch_retries:
-                    raise RuntimeError(
+                    raise BackendError(
                         f"could not fetch results of {len(finished)} finished jobs from "
                         f"{self.backend.name} after {attempt} attempts ({exc}). They are safe on "
                         f"the backend: run `python -m launcher_core.pull {self.sweep.sweep_dir}`."

@@ -17,3 +17,15 @@ class SweepDefinitionError(ConfigError):
 
 class BackendError(LauncherError, RuntimeError):
     """A backend could not do what was asked (connection, submission, fetch)."""
+
+
+class SubmitError(BackendError):
+    """Submission failed part-way: ``started`` holds the handles of the jobs that did start.
+
+    Backends raise it so the controller can record those jobs as submitted before reporting
+    the error; a relaunch then re-attaches to them instead of starting them twice.
+    """
+
+    def __init__(self, message: str, started: dict[str, dict] | None = None) -> None:
+        super().__init__(message)
+        self.started = dict(started or {})
