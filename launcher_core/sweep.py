@@ -57,7 +57,17 @@ def render_value(value: Any) -> str:
     text = str(value)
     if _PLAIN_VALUE.fullmatch(text):
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return quote_value(text)
+
+
+def quote_value(text: str) -> str:
+    """``text`` as a single-quoted Hydra override value that parses back to exactly ``text``.
+
+    In Hydra's grammar a backslash is literal unless it precedes a quote (or ends the quoted
+    string), so only those runs of backslashes are doubled, then quotes are escaped.
+    """
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def _is_list_config(value: Any) -> bool:

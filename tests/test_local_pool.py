@@ -236,3 +236,14 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(tmp_path: Path) -> N
     (tmp_path / "plain").mkdir()
     proc2, _ = _sweep(tmp_path / "plain", "x=1,2,3,4")
     assert "local_pool: 4/4 finished, 4 done, 0 failed" in proc2.stdout  # not a terminal: log lines
+
+
+def test_hostile_override_values_reach_the_task_verbatim(tmp_path: Path) -> None:
+    from tests.hostile import hostile_values, sweep_override
+
+    canary = tmp_path / "INJECTED"
+    values = hostile_values(canary)
+    proc, sweep_dir = _sweep(tmp_path, "mode=echo", sweep_override("x", values))
+    assert proc.returncode == 0, proc.stderr
+    assert [_result(sweep_dir, i).return_value for i in range(len(values))] == values
+    assert not canary.exists()

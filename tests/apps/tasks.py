@@ -23,6 +23,8 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path=".", config_name="tasks")
 def main(cfg: DictConfig) -> object:
     started = time.time()
+    if cfg.mode == "echo":
+        return cfg.x
     failing = cfg.x in cfg.fail_on and (not cfg.fail_flag or os.path.exists(cfg.fail_flag))
     if cfg.mode == "raise" or failing:
         raise ValueError(f"bad value x={cfg.x}")
