@@ -84,3 +84,125 @@ class LocalPoolLauncher(BackendLauncher):
             task_function=self.task_function,
             hydra_context=self.hydra_context,
         )
+
+
+class SlurmLauncher(BackendLauncher):
+    """``hydra/launcher=slurm``: job arrays submitted with sbatch (see ``launcher_core.backends.slurm``)."""
+
+    def validate(self) -> None:
+        from omegaconf import OmegaConf
+
+        from launcher_core.backends.slurm import SlurmOptions
+
+        params = self.params
+        plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in params.items()}
+        self.options = SlurmOptions.from_params(plain)
+
+    def make_backend(self) -> Any:
+        from launcher_core.backends.slurm import SlurmBackend
+
+        return SlurmBackend(self.options, task_function=self.task_function, hydra_context=self.hydra_context)
+
+    def launch_options(self) -> Any:
+        from launcher_core.controller import LaunchOptions
+
+        return LaunchOptions(
+            wait=self.options.wait,
+            skip_completed=self.options.skip_completed,
+            poll_interval_s=self.options.poll_interval_s,
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if not self.options.dry_run:
+            return super().launch(job_overrides, initial_job_idx)
+        from launcher_core.backends.slurm import dry_run_batch
+
+        assert self.config is not None and self.hydra_context is not None
+        return dry_run_batch(
+            backend=self.make_backend(),
+            hydra_context=self.hydra_context,
+            config=self.config,
+            job_overrides=job_overrides,
+            initial_job_idx=initial_job_idx,
+        )
+
+
+class Ec2Launcher(BackendLauncher):
+    """``hydra/launcher=ec2``: EC2 instances started per sweep, code and results through S3."""
+
+    def validate(self) -> None:
+        from launcher_core.backends.ec2 import Ec2Settings
+
+        self.settings = Ec2Settings.from_mapping(self.params)
+
+    def make_backend(self) -> Any:
+        from launcher_core.backends.ec2 import Ec2Backend
+
+        return Ec2Backend(self.settings, task_function=self.task_function, hydra_context=self.hydra_context)
+
+    def launch_options(self) -> Any:
+        from launcher_core.controller import LaunchOptions
+
+        return LaunchOptions(
+            wait=self.settings.wait,
+            skip_completed=self.settings.skip_completed,
+            poll_interval_s=self.settings.poll_interval_s,
+        )
+
+
+class RemoteSSHLauncher(BackendLauncher):
+    """``hydra/launcher=remote_ssh``: detached jobs on SSH hosts, outputs pulled back."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._snapshot_tag: str | None = None
+
+    def _settings(self) -> Any:
+        from omegaconf import OmegaConf
+
+        from launcher_core.backends.remote_ssh import RemoteSSHSettings
+
+        plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in self.params.items()}
+        return RemoteSSHSettings.from_mapping(plain)
+
+    def validate(self) -> None:
+        self._settings()
+
+    def launch_options(self) -> Any:
+        from launcher_core.controller import LaunchOptions
+
+        settings = self._settings()
+        return LaunchOptions(
+            wait=settings.wait, skip_completed=settings.skip_completed, poll_interval_s=settings.poll_interval_s
+        )
+
+    def make_backend(self) -> Any:
+        from launcher_core.backends.remote_ssh import RemoteSSHBackend, new_snapshot_tag
+
+        if self._snapshot_tag is None:  # one code snapshot for every batch of this launch
+            self._snapshot_tag = new_snapshot_tag()
+        return RemoteSSHBackend(
+            self._settings(),
+            task_function=self.task_function,
+            hydra_context=self.hydra_context,
+            snapshot_tag=self._snapshot_tag,
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from pathlib import Path
+
+        from launcher_core.controller import launch_batch
+
+        assert self.config is not None and self.hydra_context is not None
+        # the project to ship: hydra.launcher.code_dir, else where the app was started from
+        code_dir = self._settings().code_dir or str(self.config.hydra.runtime.cwd)
+        return launch_batch(
+            backend_factory=self.make_backend,
+            options=self.launch_options(),
+            hydra_context=self.hydra_context,
+            config=self.config,
+            task_function=self.task_function,
+            job_overrides=job_overrides,
+            initial_job_idx=initial_job_idx,
+            code_dir=Path(code_dir),
+        )

@@ -1,0 +1,918 @@
+"""``remote_ssh``: run a sweep's jobs detached on one or more SSH hosts, bring the outputs home.
+
+Per host and launch: one ControlMaster connection (:mod:`launcher_core.ssh`), one rsync of the
+code into a frozen snapshot (:mod:`launcher_core.codesync`), then per batch one rsync of all
+payloads and ONE ssh command that hands every job of that host to a detached runner
+(:mod:`launcher_core.remote_runner`). A poll is one ssh command per host for all its jobs,
+a fetch one rsync per host. So 100 jobs to one host cost one SSH connection.
+
+Remote layout (``remote_dir``, default ``~/hydra-remote-launcher/<code dir name>``)::
+
+    snapshots/<sweep_id>/<tag>/      code of one launch (see codesync)
+    runs/<local sweep dir relative to the code dir>/   the sweep dir, e.g. runs/multirun/2024-05-01/12-00-00
+    runs/by-id/<sweep_id>/           ... when the local sweep dir is outside the code dir (or taken)
+    slots/<host>/slot-N              max_parallel locks of the host, shared by all sweeps
+
+Inside the remote sweep dir each job's output dir mirrors the local one (``<subdir>/``, with
+Hydra's ``.hydra/`` and the launcher's ``.launcher/``), and the sweep's own files live in
+``.launcher/remote_ssh/<tag>/`` (sweep payload, the shipped ``launcher_core``, batch files).
+
+Override values never reach a shell: they only exist inside the pickled job configs. Every
+path put into a remote script goes through ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from launcher_core.backends.remote_ssh_scripts import (
+    cancel_script,
+    env_prelude,
+    finish_snapshot_script,
+    parse_kv,
+    poll_script,
+    prepare_script,
+    read_log_script,
+    start_script,
+    status_from_line,
+)
+from launcher_core.codesync import (
+    DEFAULT_EXCLUDES,
+    excludes_for_local_outputs,
+    filter_args,
+    git_state,
+    sync_snapshot,
+    write_git_state,
+)
+from launcher_core.errors import BackendError, ConfigError, SubmitError
+from launcher_core.jobs import (
+    LAUNCHER_DIR,
+    RESULT_FILE,
+    STDERR_FILE,
+    STDOUT_FILE,
+    JobSpec,
+    JobState,
+    JobStatus,
+    PullFilter,
+    SweepInfo,
+)
+from launcher_core.remote_runner import ATTACHED, CLEANUP, EXIT_STATUS, PID, STARTED
+from launcher_core.ssh import ConnectionPool, HostAddress, SSHConnection, SSHOptions
+
+log = logging.getLogger("launcher_core.remote_ssh")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ENV_SETUPS = ("none", "uv", "conda")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SAFE_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_HOST_THREADS = 8
+
+
+# --- settings -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HostSettings:
+    address: HostAddress
+    max_parallel: int
+    remote_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteSSHSettings:
+    """``hydra.launcher`` of ``remote_ssh``, validated. Built from a plain mapping (``from_mapping``)
+    so the pull daemon can rebuild the backend from the state store without Hydra."""
+
+    hosts: tuple[HostSettings, ...]
+    ssh: SSHOptions = field(default_factory=SSHOptions)
+    remote_dir: str | None = None
+    code_dir: str | None = None
+    rsync_include: tuple[str, ...] = ()
+    rsync_exclude: tuple[str, ...] = DEFAULT_EXCLUDES
+    rsync_args: tuple[str, ...] = ()
+    python: str = "python3"
+    env_setup: str = "none"
+    conda_env: str | None = None
+    conda_command: str = "conda"
+    uv_command: str = "uv"
+    env_vars: tuple[tuple[str, str], ...] = ()
+    prepare_commands: tuple[str, ...] = ()
+    gpus_per_job: int = 0
+    wait: bool = True
+    skip_completed: bool = False
+    poll_interval_s: float = 2.0
+    kill_grace_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
+        """Validate a plain dict (``OmegaConf.to_container`` of ``hydra.launcher``)."""
+        v = _Validator(cfg, prefix)
+        default_parallel = v.integer("max_parallel", 1, minimum=1)
+        ssh = SSHOptions(
+            ssh_config=v.optional_path("ssh_config"),
+            connect_timeout_s=v.number("connect_timeout_s", 15.0),
+            command_timeout_s=v.number("command_timeout_s", 120.0),
+            rsync_timeout_s=v.number("rsync_timeout_s", 900.0),
+            server_alive_interval_s=v.number("server_alive_interval_s", 10.0),
+            server_alive_count_max=v.integer("server_alive_count_max", 3, minimum=1),
+            accept_new_host_keys=v.boolean("accept_new_host_keys", False),
+            batch_mode=v.optional_boolean("batch_mode"),
+            control_persist_s=v.integer("control_persist_s", 600, minimum=1),
+            retries=v.integer("retries", 3, minimum=0),
+            rsync_path=v.optional_str("rsync_path"),
+        )
+        env = cfg.get("env") or {}
+        if not isinstance(env, Mapping):
+            raise ConfigError(f"{prefix}.env must be a mapping (setup, conda_env, vars, ...), got {env!r}")
+        ev = _Validator(env, f"{prefix}.env")
+        settings = cls(
+            hosts=_parse_hosts(cfg.get("hosts"), default_parallel, f"{prefix}.hosts"),
+            ssh=ssh,
+            remote_dir=v.optional_remote_path("remote_dir"),
+            code_dir=v.optional_str("code_dir"),
+            rsync_include=v.str_list("rsync_include", ()),
+            rsync_exclude=v.str_list("rsync_exclude", DEFAULT_EXCLUDES),
+            rsync_args=v.str_list("rsync_args", ()),
+            python=v.text("python", "python3"),
+            env_setup=ev.choice("setup", "none", ENV_SETUPS),
+            conda_env=ev.optional_str("conda_env"),
+            conda_command=ev.text("conda_command", "conda"),
+            uv_command=ev.text("uv_command", "uv"),
+            env_vars=_parse_env_vars(env.get("vars"), f"{prefix}.env.vars"),
+            prepare_commands=v.str_list("prepare_commands", ()),
+            gpus_per_job=v.integer("gpus_per_job", 0, minimum=0),
+            wait=v.boolean("wait", True),
+            skip_completed=v.boolean("skip_completed", False),
+            poll_interval_s=v.number("poll_interval_s", 2.0),
+            kill_grace_s=v.number("kill_grace_s", 5.0, allow_zero=True),
+        )
+        if settings.env_setup == "conda" and not settings.conda_env:
+            raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
+        return settings
+
+    def stored_config(self) -> dict[str, Any]:
+        """What a separate process needs to poll, fetch and cancel these jobs later.
+
+        Environment variables and prepare commands are left out: they may hold secrets, and
+        only starting jobs needs them.
+        """
+        return {
+            "hosts": [
+                {"host": h.address.label, "max_parallel": h.max_parallel, "remote_dir": h.remote_dir}
+                for h in self.hosts
+            ],
+            "ssh_config": self.ssh.ssh_config,
+            "remote_dir": self.remote_dir,
+            "connect_timeout_s": self.ssh.connect_timeout_s,
+            "command_timeout_s": self.ssh.command_timeout_s,
+            "rsync_timeout_s": self.ssh.rsync_timeout_s,
+            "server_alive_interval_s": self.ssh.server_alive_interval_s,
+            "server_alive_count_max": self.ssh.server_alive_count_max,
+            "accept_new_host_keys": self.ssh.accept_new_host_keys,
+            "batch_mode": self.ssh.batch_mode,
+            "control_persist_s": self.ssh.control_persist_s,
+            "retries": self.ssh.retries,
+            "rsync_path": self.ssh.rsync_path,
+            "poll_interval_s": self.poll_interval_s,
+            "kill_grace_s": self.kill_grace_s,
+        }
+
+    @property
+    def python_command(self) -> str:
+        if self.env_setup == "uv" and self.python == "python3":
+            return f"{self.uv_command} run --no-sync python"
+        return self.python
+
+
+class _Validator:
+    """Reads one key at a time and raises ConfigError naming the full key."""
+
+    def __init__(self, cfg: Mapping[str, Any], prefix: str) -> None:
+        self.cfg = cfg
+        self.prefix = prefix
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.cfg.get(key, default)
+        return default if value is None and default is not None else value
+
+    def _fail(self, key: str, what: str, value: Any) -> ConfigError:
+        return ConfigError(f"{self.prefix}.{key} must be {what}, got {value!r}")
+
+    def number(self, key: str, default: float, allow_zero: bool = False) -> float:
+        value = self._get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            raise self._fail(key, ">= 0" if allow_zero else "a number > 0", value)
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false", value)
+        return value
+
+    def optional_boolean(self, key: str) -> bool | None:
+        value = self.cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise self._fail(key, "true, false or null", value)
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or not value.strip() or "\n" in value or "\x00" in value:
+            raise self._fail(key, "a non-empty single-line string", value)
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.cfg.get(key)
+        if value is None:
+            return None
+        return self.text(key, "")
+
+    def optional_path(self, key: str) -> str | None:
+        value = self.optional_str(key)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{self.prefix}.{key}: {value!r} is not a file")
+        return str(path)
+
+    def optional_remote_path(self, key: str) -> str | None:
+        return self.optional_str(key)
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self._get(key, default)
+        if value not in choices:
+            raise self._fail(key, " | ".join(choices), value)
+        return value
+
+    def str_list(self, key: str, default: Sequence[str]) -> tuple[str, ...]:
+        value = self.cfg.get(key)
+        if value is None:
+            return tuple(default)
+        if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(x, str) for x in value):
+            raise self._fail(key, "a list of strings", value)
+        return tuple(value)
+
+
+def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSettings, ...]:
+    if value is None or (isinstance(value, Sequence) and not isinstance(value, str) and not value):
+        raise ConfigError(f"{key} is empty: name at least one host, e.g. {key}=[gpu1] or {key}=[user@host:22]")
+    items = [value] if isinstance(value, (str, Mapping)) else list(value)
+    hosts: list[HostSettings] = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if isinstance(item, str):
+            hosts.append(HostSettings(HostAddress.parse(item, where), default_parallel))
+        elif isinstance(item, Mapping):
+            unknown = set(item) - {"host", "max_parallel", "remote_dir"}
+            if unknown:
+                raise ConfigError(f"{where} has unknown keys {sorted(unknown)}: use host, max_parallel, remote_dir")
+            v = _Validator(item, where)
+            hosts.append(
+                HostSettings(
+                    HostAddress.parse(v.text("host", ""), f"{where}.host"),
+                    v.integer("max_parallel", default_parallel, minimum=1),
+                    v.optional_remote_path("remote_dir"),
+                )
+            )
+        else:
+            raise ConfigError(f"{where} must be a host name or a mapping {{host: ..., max_parallel: N}}, got {item!r}")
+    labels = [h.address.label for h in hosts]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"{key} names {dupes} more than once: give each host once, with its max_parallel")
+    return tuple(hosts)
+
+
+def _parse_env_vars(value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
+        if isinstance(val, (dict, list)) or val is None or "\x00" in str(val):
+            raise ConfigError(f"{key}.{name} must be a string, got {val!r}")
+        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
+    return tuple(out)
+
+
+def assign_to_hosts(jobs: Sequence[T], weights: Sequence[int]) -> list[list[T]]:
+    """Spread jobs over hosts in proportion to their slots (smooth weighted round robin)."""
+    buckets: list[list[T]] = [[] for _ in weights]
+    current = [0] * len(weights)
+    total = sum(weights)
+    for job in jobs:
+        for i, w in enumerate(weights):
+            current[i] += w
+        best = max(range(len(weights)), key=lambda i: current[i])
+        current[best] -= total
+        buckets[best].append(job)
+    return buckets
+
+
+# --- the backend ----------------------------------------------------------------------------
+@dataclass
+class _HostState:
+    """A host after its remote preparation in this launch."""
+
+    settings: HostSettings
+    conn: SSHConnection
+    remote_dir: str
+    sweep_dir: str
+    snapshot: str
+    shipped_sweep_files: bool = False
+
+
+class RemoteSSHBackend:
+    name = "remote_ssh"
+    detached = True  # jobs outlive the controller; a relaunch re-attaches to them
+
+    def __init__(
+        self,
+        settings: RemoteSSHSettings,
+        *,
+        task_function: Any = None,
+        hydra_context: Any = None,
+        snapshot_tag: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.poll_interval_s = settings.poll_interval_s
+        self._task_function = task_function
+        self._hydra_context = hydra_context
+        self.tag = snapshot_tag or new_snapshot_tag()
+        self.pool = ConnectionPool(settings.ssh)
+        self._hosts_by_label = {h.address.label: h for h in settings.hosts}
+        self._prepared: dict[str, _HostState] = {}
+        self._sweep: SweepInfo | None = None
+        self._code_dir: Path | None = None
+        self._uid = uuid.uuid4().hex[:8]
+        self._sweep_payload: Path | None = None
+        self._pylib: list[str] = []
+        self._lock = threading.Lock()
+        self._last_poll = 0.0
+
+    def stored_config(self) -> dict[str, Any]:
+        """Secret-free settings :func:`from_config` needs to poll, fetch and cancel later."""
+        return self.settings.stored_config()
+
+    @property
+    def stats(self) -> Any:
+        return self.pool.stats()
+
+    # --- contract -----------------------------------------------------------------------
+    def prepare(self, sweep: SweepInfo) -> None:
+        """Local part only; each host is prepared when it first gets jobs (see ``_host``)."""
+        self._sweep = sweep
+        code_dir = Path(self.settings.code_dir or sweep.code_dir).expanduser().resolve()
+        if not code_dir.is_dir():
+            raise BackendError(f"hydra.launcher.code_dir: {code_dir} is not a directory")
+        self._code_dir = code_dir
+        state = git_state(code_dir)
+        write_git_state(state, self._local_tag_dir() / "code")
+        if state.commit:
+            log.info("code: %s at %s%s", code_dir, state.commit[:12], " (dirty)" if state.dirty else "")
+
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+        if self._sweep is None:
+            raise BackendError("remote_ssh: submit() before prepare()")
+        hosts = self.settings.hosts
+        buckets = assign_to_hosts(list(jobs), [h.max_parallel for h in hosts])
+        work = {h.address.label: specs for h, specs in zip(hosts, buckets) if specs}
+        self._ensure_masters(work)
+        results, errors = self._per_host(work, self._submit_host)
+        started: dict[str, dict[str, Any]] = {}
+        for handles in results.values():
+            started.update(handles)
+        if errors:
+            raise _partial_error(errors, started, len(jobs))
+        return started
+
+    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+        """One ssh command per host for all its jobs, at most once per ``poll_interval_s``.
+
+        The launch loop polls again at once after a change; with many jobs finishing one by
+        one that would be a tight loop of ssh commands, hence the spacing here.
+        """
+        wait = self._last_poll + self.poll_interval_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._last_poll = time.monotonic()
+        by_host = _group_by_host(handles)
+        self._ensure_masters(by_host)
+        results, errors = self._per_host(by_host, self._poll_host)
+        if errors:
+            raise _poll_error(errors, self._sweep)
+        statuses: dict[str, JobStatus] = {}
+        for part in results.values():
+            statuses.update(part)
+        return statuses
+
+    def fetch(
+        self,
+        jobs: Mapping[str, dict[str, Any]],
+        local_dirs: Mapping[str, Path],
+        pull_filter: PullFilter | None = None,
+    ) -> None:
+        """One rsync per host for all the given jobs (incremental: unchanged files are skipped)."""
+        by_host = _group_by_host(jobs)
+        _results, errors = self._per_host(
+            by_host, lambda label, hs: self._fetch_host(label, hs, local_dirs, pull_filter)
+        )
+        if errors:
+            raise BackendError("; ".join(str(e) for e in errors.values()))
+
+    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
+        by_host = _group_by_host({j: h for j, h in handles.items() if h and h.get("launcher_dir")})
+        _results, errors = self._per_host(by_host, self._cancel_host)
+        if errors:
+            raise BackendError("; ".join(str(e) for e in errors.values()))
+
+    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
+        """Bytes of a job's live stdout/stderr log on the host, from ``offset`` on."""
+        name = STDERR_FILE if stream == "stderr" else STDOUT_FILE
+        path = f"{handle['launcher_dir']}/{name}"
+        script = read_log_script(path, offset)
+        conn = self._conn(str(handle["host"]))
+        return conn.call("reading a job log", lambda: conn.run_script_bytes(script, what="log read"))
+
+    def close(self) -> None:
+        stats = self.pool.stats()
+        log.debug(
+            "remote_ssh: %d ssh connections, %d commands, %d rsyncs, %d retries",
+            stats.masters_started,
+            stats.commands,
+            stats.rsyncs,
+            stats.retries,
+        )
+        self.pool.close()
+
+    # --- per host -----------------------------------------------------------------------
+    def _conn(self, label: str) -> SSHConnection:
+        host = self._hosts_by_label.get(label)
+        address = host.address if host else HostAddress.parse(label)
+        return self.pool.get(address)
+
+    def _ensure_masters(self, labels: Iterable[str]) -> None:
+        """Interactive logins (password, 2FA) are done one host at a time, before any thread."""
+        conns = [self._conn(label) for label in labels]
+        if any(c.interactive() for c in conns):
+            for conn in conns:
+                conn.call("login", lambda: None)
+
+    def _per_host(
+        self, work: Mapping[str, T], fn: Callable[[str, T], R]
+    ) -> tuple[dict[str, R], dict[str, BackendError]]:
+        """Run ``fn`` for every host, in parallel; one host failing does not stop the others."""
+        results: dict[str, R] = {}
+        errors: dict[str, BackendError] = {}
+
+        def record(label: str, call: Callable[[], R]) -> None:
+            try:
+                results[label] = call()
+            except BackendError as exc:
+                errors[label] = exc
+            except Exception as exc:  # noqa: BLE001 - e.g. a local disk error: name the host, keep the others
+                error = BackendError(f"host {label}: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                errors[label] = error
+
+        if len(work) <= 1:
+            for label, item in work.items():
+                record(label, partial(fn, label, item))
+            return results, errors
+        with ThreadPoolExecutor(max_workers=min(MAX_HOST_THREADS, len(work))) as ex:
+            futures = {label: ex.submit(fn, label, item) for label, item in work.items()}
+            for label, fut in futures.items():
+                record(label, fut.result)
+        return results, errors
+
+    def _host(self, label: str) -> _HostState:
+        """Prepare a host once per launch: dirs, sweep dir claim, code snapshot (one rsync)."""
+        if label in self._prepared:
+            return self._prepared[label]
+        assert self._sweep is not None and self._code_dir is not None
+        sweep, code_dir = self._sweep, self._code_dir
+        host = self._hosts_by_label[label]
+        conn = self._conn(label)
+        remote_dir = host.remote_dir or self.settings.remote_dir or f"~/hydra-remote-launcher/{code_dir.name}"
+        rel = _relative_sweep_dir(sweep.sweep_dir, code_dir)
+        script = prepare_script(
+            remote_dir=remote_dir, sweep_id=sweep.sweep_id, tag=self.tag, rel_sweep=rel, host_key=_host_key(label)
+        )
+        info = parse_kv(conn.call("preparing the remote dirs", lambda: conn.run_script(script, what="prepare")))
+        if "remote_dir" not in info or "sweep_dir" not in info:
+            raise BackendError(f"host {label}: unexpected answer while preparing: {info}")
+        state = _HostState(
+            settings=host,
+            conn=conn,
+            remote_dir=info["remote_dir"],
+            sweep_dir=info["sweep_dir"],
+            snapshot=f"{info['remote_dir']}/snapshots/{sweep.sweep_id}/{self.tag}",
+        )
+        if not info.get("snapshot_complete"):
+            self._sync_code(state, code_dir, info.get("latest"))
+        self._prepared[label] = state
+        return state
+
+    def _sync_code(self, state: _HostState, code_dir: Path, latest: str | None) -> None:
+        assert self._sweep is not None
+        conn, settings = state.conn, self.settings
+        filters = filter_args(
+            settings.rsync_include,
+            settings.rsync_exclude,
+            excludes_for_local_outputs(code_dir, self._sweep.sweep_dir),
+        )
+        tic = time.monotonic()
+        conn.call(
+            "code sync",
+            lambda: sync_snapshot(
+                conn, code_dir, state.snapshot, filters=filters, link_dest=latest, extra_args=settings.rsync_args
+            ),
+        )
+        finish = finish_snapshot_script(
+            prelude=self._prelude(state),
+            remote_dir=state.remote_dir,
+            snapshot=state.snapshot,
+            latest=f"{self._sweep.sweep_id}/{self.tag}",
+            uv_sync=settings.uv_command if settings.env_setup == "uv" else None,
+        )
+        conn.call("finishing the code snapshot", lambda: conn.run_script(finish, what="snapshot setup"))
+        log.info("code synced to %s:%s in %.1f s", conn.label, state.snapshot, time.monotonic() - tic)
+
+    def _prelude(self, state: _HostState) -> str:
+        assert self._sweep is not None
+        pythonpath = [self._remote_tag_dir(state) + "/pylib", state.snapshot]
+        script_dir = _script_dir_in(self._code_dir)
+        if script_dir:
+            pythonpath.append(f"{state.snapshot}/{script_dir}")
+        extra = {
+            "HRL_SWEEP_ID": self._sweep.sweep_id,
+            "HRL_REMOTE_SWEEP_DIR": state.sweep_dir,
+            "HRL_CODE_DIR": state.snapshot,
+        }
+        return env_prelude(self.settings, snapshot=state.snapshot, pythonpath=pythonpath, extra_env=extra)
+
+    def _remote_tag_dir(self, state: _HostState) -> str:
+        return f"{state.sweep_dir}/{LAUNCHER_DIR}/remote_ssh/{self.tag}"
+
+    def _local_tag_dir(self) -> Path:
+        assert self._sweep is not None
+        return self._sweep.sweep_dir / LAUNCHER_DIR / "remote_ssh" / self.tag
+
+    def _submit_host(self, label: str, specs: list[JobSpec]) -> dict[str, dict[str, Any]]:
+        state = self._host(label)
+        conn = state.conn
+        batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        files, handles, batch_file = self._write_batch(state, specs, batch_id)
+        assert self._sweep is not None
+        local_root = self._sweep.sweep_dir
+        with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
+            listing.write("".join(f"{f}\n" for f in files))
+            listing.flush()
+            args = ["-a", f"--files-from={listing.name}", f"{local_root}/", conn.remote(state.sweep_dir + "/")]
+            conn.call(f"upload of {len(specs)} job payloads", lambda: conn.rsync(args, what="payload upload"))
+        state.shipped_sweep_files = True
+        script = start_script(prelude=self._prelude(state), python=self.settings.python_command, batch_file=batch_file)
+        output = conn.call(f"start of {len(specs)} jobs", lambda: conn.run_script(script, what="job start"))
+        started = {}
+        for line in output.splitlines():
+            word, _, job_id = line.strip().partition(" ")
+            if word in (STARTED, ATTACHED) and job_id in handles:
+                started[job_id] = handles[job_id]
+        if len(started) < len(specs):
+            missing = len(specs) - len(started)
+            raise _partial_error({label: BackendError(f"host {label}: {missing} jobs were not started")}, started, 0)
+        log.info("started %d jobs on %s (%s)", len(started), label, state.sweep_dir)
+        return started
+
+    def _write_batch(
+        self, state: _HostState, specs: list[JobSpec], batch_id: str
+    ) -> tuple[list[str], dict[str, dict[str, Any]], str]:
+        """Write payloads and the batch file locally; return (files to upload, handles, remote batch file)."""
+        from launcher_core.worker import atomic_write_bytes, job_payload_bytes, sweep_payload_bytes
+
+        assert self._sweep is not None
+        sweep_dir = self._sweep.sweep_dir
+        tag_rel = Path(LAUNCHER_DIR) / "remote_ssh" / self.tag
+        remote_tag = self._remote_tag_dir(state)
+        files: list[str] = []
+        with self._lock:  # hosts are served by parallel threads: write the shared files once
+            if self._sweep_payload is None:
+                path = sweep_dir / tag_rel / f"sweep-{self._uid}.pkl"
+                atomic_write_bytes(path, sweep_payload_bytes(self._task_function, self._hydra_context))
+                self._pylib = self._copy_pylib(sweep_dir, tag_rel)
+                self._sweep_payload = path
+        files.append(str(self._sweep_payload.relative_to(sweep_dir)))
+        if not state.shipped_sweep_files:
+            files += self._pylib
+            files += [str(tag_rel / "code" / n) for n in ("git.json", "git_diff.patch")]
+        jobs, handles = [], {}
+        for spec in specs:
+            rel = _job_rel(spec, sweep_dir)
+            remote_job = f"{state.sweep_dir}/{rel}"
+            launcher_dir = f"{remote_job}/{LAUNCHER_DIR}"
+            payload = spec.launcher_dir / "job.pkl"
+            (spec.launcher_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not be collected
+            with remote_job_config(spec.config, state.sweep_dir, rel) as cfg:
+                atomic_write_bytes(payload, job_payload_bytes(cfg, spec.idx, f"{launcher_dir}/{RESULT_FILE}"))
+            files.append(str(payload.relative_to(sweep_dir)))
+            jobs.append({"job_id": spec.job_id, "launcher_dir": launcher_dir, "job_payload": f"{launcher_dir}/job.pkl"})
+            handles[spec.job_id] = {
+                "host": state.settings.address.label,
+                "remote_dir": state.remote_dir,
+                "remote_sweep_dir": state.sweep_dir,
+                "remote_job_dir": remote_job,
+                "rel": rel,
+                "launcher_dir": launcher_dir,
+                "pid_file": f"{launcher_dir}/{PID}",
+                "exit_file": f"{launcher_dir}/{EXIT_STATUS}",
+                "runner_pid_file": f"{remote_tag}/batches/{batch_id}.runner.pid",
+                "batch": batch_id,
+                "remote_cwd": state.snapshot,
+                "local_cwd": _runtime_cwd(spec.config),
+                "local_sweep_dir": str(sweep_dir),
+            }
+        batch = {
+            "batch_id": batch_id,
+            "batch_dir": f"{remote_tag}/batches",
+            "slots_dir": f"{state.remote_dir}/slots/{_host_key(state.settings.address.label)}",
+            "max_parallel": state.settings.max_parallel,
+            "gpus_per_job": self.settings.gpus_per_job,
+            "cwd": state.snapshot,
+            "sweep_payload": f"{state.sweep_dir}/{self._sweep_payload.relative_to(sweep_dir)}",
+            "jobs": jobs,
+        }
+        batch_rel = tag_rel / "batches" / f"{batch_id}.json"
+        atomic_write_bytes(sweep_dir / batch_rel, json.dumps(batch, indent=1).encode())
+        files.append(str(batch_rel))
+        return files, handles, f"{state.sweep_dir}/{batch_rel}"
+
+    def _copy_pylib(self, sweep_dir: Path, tag_rel: Path) -> list[str]:
+        """Copy ``launcher_core`` (its top-level modules, ~200 kB) into the sweep dir; it is shipped
+        with the payloads and put first on the jobs' PYTHONPATH, so the host needs only
+        hydra-core, omegaconf and cloudpickle, never this package."""
+        import launcher_core
+
+        src = Path(launcher_core.__file__).parent
+        dest = sweep_dir / tag_rel / "pylib" / "launcher_core"
+        dest.mkdir(parents=True, exist_ok=True)
+        files = []
+        for module in sorted(src.glob("*.py")):
+            shutil.copy2(module, dest / module.name)
+            files.append(str((dest / module.name).relative_to(sweep_dir)))
+        return files
+
+    def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
+        conn = self._conn(label)
+        jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
+        script = poll_script(jobs, self.settings.kill_grace_s)
+        output = conn.call(f"status check of {len(jobs)} jobs", lambda: conn.run_script(script, what="status check"))
+        lines = {}
+        for line in output.splitlines():
+            words = line.split()
+            if words and words[0] in handles:
+                lines[words[0]] = words[1:]
+        return {
+            j: status_from_line(lines[j], label) if j in lines else JobStatus(JobState.SUBMITTED, host=label)
+            for j in handles
+        }
+
+    def _fetch_host(
+        self,
+        label: str,
+        handles: dict[str, dict[str, Any]],
+        local_dirs: Mapping[str, Path],
+        pull_filter: PullFilter | None,
+    ) -> None:
+        """One rsync per (remote sweep dir, local sweep dir) pair; then localise the results.
+
+        A bare pull (``pull_filter``) skips large or excluded files in a first rsync and then
+        brings every job's ``.launcher`` dir whole (launcher files are never skipped).
+        """
+        conn = self._conn(label)
+        groups: dict[tuple[str, str], list[str]] = {}
+        for job_id, h in handles.items():
+            local_root = _local_root(Path(local_dirs[job_id]), h["rel"])
+            groups.setdefault((h["remote_sweep_dir"], str(local_root)), []).append(h["rel"])
+        for (remote_sweep, local_root), rels in groups.items():
+            Path(local_root).mkdir(parents=True, exist_ok=True)
+            passes = [(sorted(set(rels)), fetch_filter_args(pull_filter))]
+            if pull_filter is not None and pull_filter.is_bare:
+                passes.append(([f"{r}/{LAUNCHER_DIR}" for r in sorted(set(rels))], fetch_filter_args(None)))
+            for paths, filters in passes:
+                with tempfile.NamedTemporaryFile("w", prefix="hrl-fetch-", suffix=".txt") as listing:
+                    listing.write("".join(f"{p}\n" for p in paths))
+                    listing.flush()
+                    args = ["-a", "-r", f"--files-from={listing.name}", *filters]
+                    args += [conn.remote(remote_sweep + "/"), f"{local_root}/"]
+                    conn.call(f"download of {len(rels)} job dirs", partial(conn.rsync, args, what="result download"))
+        for job_id, h in handles.items():
+            localize_result(Path(local_dirs[job_id]) / LAUNCHER_DIR / RESULT_FILE, h, Path(local_dirs[job_id]))
+
+    def _cancel_host(self, label: str, handles: dict[str, dict[str, Any]]) -> None:
+        conn = self._conn(label)
+        script = cancel_script([h["launcher_dir"] for h in handles.values()], self.settings.kill_grace_s)
+        timeout = self.settings.ssh.command_timeout_s + self.settings.kill_grace_s
+        conn.call(f"cancel of {len(handles)} jobs", lambda: conn.run_script(script, what="cancel", timeout_s=timeout))
+
+
+# --- helpers --------------------------------------------------------------------------------
+def new_snapshot_tag() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _host_key(label: str) -> str:
+    return _SAFE_LABEL.sub("_", label).strip("_") or "host"
+
+
+def _group_by_host(handles: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for job_id, handle in handles.items():
+        out.setdefault(str(handle["host"]), {})[job_id] = handle
+    return out
+
+
+def _relative_sweep_dir(sweep_dir: Path, code_dir: Path) -> str | None:
+    """The local sweep dir relative to the code dir, mirrored under ``runs/`` on the host."""
+    try:
+        rel = Path(sweep_dir).resolve().relative_to(code_dir)
+    except ValueError:
+        return None
+    text = rel.as_posix()
+    if text in ("", ".") or ".." in rel.parts or "\n" in text:
+        return None
+    return text
+
+
+def _job_rel(spec: JobSpec, sweep_dir: Path) -> str:
+    try:
+        rel = spec.output_dir.relative_to(sweep_dir)
+    except ValueError as exc:
+        raise BackendError(
+            f"job #{spec.idx}: its output dir {spec.output_dir} is not inside the sweep dir {sweep_dir}; "
+            "remote_ssh mirrors the sweep dir on the host, so hydra.sweep.subdir must stay inside it"
+        ) from exc
+    text = rel.as_posix()
+    if text in ("", ".") or "\n" in text:
+        raise BackendError(f"job #{spec.idx}: hydra.sweep.subdir must name a subdirectory, got {text!r}")
+    return text
+
+
+def _local_root(local_dir: Path, rel: str) -> Path:
+    parts = len(Path(rel).parts)
+    if local_dir.parts[-parts:] != Path(rel).parts:
+        raise BackendError(f"local dir {local_dir} does not end with the job's subdir {rel}")
+    return Path(*local_dir.parts[:-parts]) if len(local_dir.parts) > parts else Path("/")
+
+
+def _script_dir_in(code_dir: Path | None) -> str | None:
+    """The running script's directory relative to the code dir (it is on sys.path locally)."""
+    if code_dir is None or not sys.path or not sys.path[0]:
+        return None
+    try:
+        rel = Path(sys.path[0]).resolve().relative_to(code_dir)
+    except (ValueError, OSError):
+        return None
+    text = rel.as_posix()
+    return None if text in ("", ".") else text
+
+
+@contextmanager
+def remote_job_config(config: Any, remote_sweep_dir: str, rel: str) -> Iterator[Any]:
+    """The job config as the host runs it: Hydra writes into the remote sweep dir, same subdir.
+
+    The config is changed in place and restored on exit (a deep copy per job costs more
+    than the rest of a submission).
+    """
+    from omegaconf import open_dict, read_write
+
+    if config is None:
+        raise BackendError("remote_ssh: a job without a composed config cannot be submitted")
+    sweep = config.hydra.sweep
+    with read_write(sweep), open_dict(sweep):
+        old_dir, old_subdir = sweep._get_node("dir")._value(), sweep._get_node("subdir")._value()
+        sweep.dir, sweep.subdir = remote_sweep_dir, rel
+    try:
+        yield config
+    finally:
+        with read_write(sweep), open_dict(sweep):
+            sweep.dir, sweep.subdir = old_dir, old_subdir
+
+
+def _runtime_cwd(config: Any) -> str | None:
+    from omegaconf import OmegaConf
+
+    value = OmegaConf.select(config, "hydra.runtime.cwd", default=None) if config is not None else None
+    return None if value is None else str(value)
+
+
+def localize_result(path: Path, handle: Mapping[str, Any], local_dir: Path) -> None:
+    """Rewrite a pulled JobReturn's paths from the host's to the local ones.
+
+    The job ran in the remote sweep dir; locally its files are in ``local_dir``, and Hydra code
+    reading ``JobReturn.working_dir`` / ``hydra.runtime.output_dir`` must find them there.
+    Left unchanged if the result cannot be loaded here (the caller reports that when it reads it).
+    """
+    import cloudpickle
+    from omegaconf import open_dict, read_write
+
+    from launcher_core.worker import atomic_write_bytes, load_job_return
+
+    if not path.exists():
+        return
+    try:
+        ret = load_job_return(path)
+    except Exception as exc:  # noqa: BLE001 - reported when the controller loads it
+        log.debug("cannot localise %s: %s", path, exc)
+        return
+    remote_job = str(handle.get("remote_job_dir") or "")
+    if ret.working_dir and remote_job and str(ret.working_dir).startswith(remote_job):
+        ret.working_dir = str(local_dir) + str(ret.working_dir)[len(remote_job) :]
+    elif ret.working_dir and ret.working_dir == handle.get("remote_cwd") and handle.get("local_cwd"):
+        ret.working_dir = handle["local_cwd"]
+    hydra_cfg = getattr(ret, "hydra_cfg", None)
+    if hydra_cfg is not None and "hydra" in hydra_cfg:
+        node = hydra_cfg.hydra
+        with read_write(node.runtime), open_dict(node.runtime):
+            node.runtime.output_dir = str(local_dir)
+        if handle.get("local_sweep_dir"):
+            with read_write(node.sweep), open_dict(node.sweep):
+                node.sweep.dir = handle["local_sweep_dir"]
+                node.sweep.subdir = handle["rel"]
+    atomic_write_bytes(path, cloudpickle.dumps(ret))
+
+
+def fetch_filter_args(pull_filter: PullFilter | None) -> list[str]:
+    """rsync options of a fetch: never the payload back; a bare pull skips big/excluded files."""
+    args = [f"--exclude={LAUNCHER_DIR}/job.pkl", f"--exclude={LAUNCHER_DIR}/{CLEANUP}"]
+    if pull_filter is None or not pull_filter.is_bare:
+        return args
+    args.append(f"--include={LAUNCHER_DIR}/***")
+    args += [f"--exclude={pattern}" for pattern in pull_filter.exclude]
+    if pull_filter.max_size_bytes is not None:
+        args.append(f"--max-size={int(pull_filter.max_size_bytes)}")
+    return args
+
+
+def _partial_error(errors: Mapping[str, BackendError], started: Mapping[str, Any], total: int) -> SubmitError:
+    """A SubmitError naming the failed hosts and carrying the handles of the jobs that did start.
+
+    The controller records those as submitted before re-raising, so a relaunch re-attaches to
+    them and starts only the others (no duplicates, none lost).
+    """
+    messages = "; ".join(str(e) for e in errors.values())
+    hosts = ", ".join(errors)
+    text = f"could not start jobs on {hosts}: {messages}"
+    if total:
+        text += (
+            f"\n{len(started)} of {total} jobs were started and keep running; relaunching the same command "
+            "re-attaches to them and starts only the others."
+        )
+    all_started = dict(started)
+    for err in errors.values():
+        if isinstance(err, SubmitError):
+            all_started.update(err.started)
+    return SubmitError(text, all_started)
+
+
+def _poll_error(errors: Mapping[str, BackendError], sweep: SweepInfo | None) -> BackendError:
+    messages = "; ".join(str(e) for e in errors.values())
+    where = f" {sweep.sweep_dir}" if sweep else ""
+    return BackendError(
+        f"lost contact with {', '.join(errors)}: {messages}\nThe jobs keep running there: run the same "
+        f"command again to re-attach, or collect the results later with `python -m launcher_core.pull{where}`."
+    )
+
+
+def from_config(config: Mapping[str, Any]) -> RemoteSSHBackend:
+    """Rebuild the backend from :meth:`RemoteSSHBackend.stored_config` (another process, no Hydra).
+
+    It can poll, fetch, cancel and read logs; it cannot submit (it has no task function).
+    """
+    return RemoteSSHBackend(RemoteSSHSettings.from_mapping(config))

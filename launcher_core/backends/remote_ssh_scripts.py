@@ -1,0 +1,232 @@
+"""The POSIX sh scripts remote_ssh runs on a host (sent on stdin to ``sh -s``), and their answers.
+
+Every value put into a script is a path, a job id, a number or a user setting; paths and ids
+go through ``shlex.quote``. Override values never appear: they only live in pickled configs.
+The scripts avoid subshells where they loop over jobs, so a poll of many jobs forks little.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from launcher_core.jobs import RESULT_FILE, JobState, JobStatus
+from launcher_core.remote_runner import CANCELLED, CLEANUP, EXIT_STATUS, PID
+
+if TYPE_CHECKING:
+    from launcher_core.backends.remote_ssh import RemoteSSHSettings
+
+q = shlex.quote
+
+
+def remote_path_expr(path: str) -> str:
+    """A shell word for a remote path; ``~/x`` and relative paths are under ``$HOME``."""
+    if path in ("~", ""):
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + q(path[2:])
+    if path.startswith("/"):
+        return q(path)
+    return '"$HOME"/' + q(path)
+
+
+# POSIX sh helpers (dash, bash, busybox): no subshells, so a poll of many jobs forks almost nothing.
+# st PID: S = start time of PID (field 22 of /proc/PID/stat, after the last ")"), empty if gone.
+# "kill -s SIG -- -PGID" is the form both dash and bash accept for a process group.
+_SH_PROC = r"""set -f
+st() {
+  S=
+  [ -r "/proc/$1/stat" ] || return 0
+  read -r s < "/proc/$1/stat" || return 0
+  s=${s##*) }
+  set -- $s
+  S=${20}
+}
+reused() { st "$1"; [ -n "$S" ] && [ "$S" != "$2" ]; }
+grp() { kill -s 0 -- "-$1" 2>/dev/null; }
+"""
+
+
+def prepare_script(*, remote_dir: str, sweep_id: str, tag: str, rel_sweep: str | None, host_key: str) -> str:
+    """Create the dirs, claim the remote sweep dir, report paths and the snapshot state."""
+    mirror = f'sd="$rd/runs/"{q(rel_sweep)}\nif ! claim "$sd"; then sd="$rd/runs/by-id/"{q(sweep_id)}; claim "$sd"; fi'
+    by_id = f'sd="$rd/runs/by-id/"{q(sweep_id)}\nclaim "$sd" || {{ echo "sweep dir $sd is taken" >&2; exit 3; }}'
+    return f"""set -e
+rd={remote_path_expr(remote_dir)}
+mkdir -p "$rd/snapshots/"{q(sweep_id)} "$rd/slots/"{q(host_key)}
+claim() {{
+  mkdir -p "$1/.launcher/remote_ssh"
+  f="$1/.launcher/remote_ssh/sweep_id"
+  if [ -s "$f" ]; then read -r owner < "$f"; [ "$owner" = {q(sweep_id)} ]; return; fi
+  printf '%s\\n' {q(sweep_id)} > "$f"
+}}
+{mirror if rel_sweep else by_id}
+printf 'HRL remote_dir=%s\\n' "$rd"
+printf 'HRL sweep_dir=%s\\n' "$sd"
+snap="$rd/snapshots/"{q(f"{sweep_id}/{tag}")}
+if [ -e "$snap.complete" ]; then echo "HRL snapshot_complete=1"; fi
+if [ -s "$rd/snapshots/LATEST" ]; then
+  read -r latest < "$rd/snapshots/LATEST"
+  if [ -d "$rd/snapshots/$latest" ]; then printf 'HRL latest=%s\\n' "$rd/snapshots/$latest"; fi
+fi
+"""
+
+
+def env_prelude(
+    settings: RemoteSSHSettings, *, snapshot: str, pythonpath: Sequence[str], extra_env: Mapping[str, str]
+) -> str:
+    """Shell lines that enter the snapshot and activate the job environment explicitly.
+
+    Non-interactive ssh shells do not read ~/.bashrc, so nothing is assumed to be set up.
+    """
+    lines = [f"cd {q(snapshot)}"]
+    path = ":".join(q(p) for p in pythonpath)
+    lines.append(f'PYTHONPATH={path}"${{PYTHONPATH:+:$PYTHONPATH}}"; export PYTHONPATH')
+    for name, value in (*extra_env.items(), *settings.env_vars):
+        lines.append(f"{name}={q(value)}; export {name}")
+    if settings.env_setup == "conda":
+        # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
+        lines.append(f'eval "$({settings.conda_command} shell.posix hook)"')
+        lines.append(f"conda activate {q(settings.conda_env or '')}")
+    lines.extend(settings.prepare_commands)
+    return "\n".join(lines)
+
+
+def finish_snapshot_script(*, prelude: str, remote_dir: str, snapshot: str, latest: str, uv_sync: str | None) -> str:
+    sync = f"{uv_sync} sync\n" if uv_sync else ""
+    return f"""set -e
+{prelude}
+{sync}touch {q(snapshot + ".complete")}
+printf '%s\\n' {q(latest)} > {q(remote_dir + "/snapshots/.LATEST")}.$$
+mv -f {q(remote_dir + "/snapshots/.LATEST")}.$$ {q(remote_dir + "/snapshots/LATEST")}
+"""
+
+
+def start_script(*, prelude: str, python: str, batch_file: str) -> str:
+    # python is the user's own command (e.g. "uv run --no-sync python"): a shell fragment on purpose
+    return f"""set -e
+{prelude}
+exec {python} -m launcher_core.remote_runner {q(batch_file)}
+"""
+
+
+def poll_script(jobs: Iterable[tuple[str, str, str]], grace_s: float) -> str:
+    """One line per job: ``ID running|queued|cleanup|cancelled|lost|orphaned|done CODE HAS_RESULT``.
+
+    A finished job whose process group still has members (orphans it left behind) gets
+    SIGTERM now and SIGKILL once ``grace_s`` passed since; it is reported as ``cleanup``
+    until the group is gone. Start times guard every PID against reuse.
+    """
+    calls = "\n".join(f"chk {q(j)} {q(d)} {q(r)}" for j, d, r in jobs)
+    return f"""{_SH_PROC}
+now=$(date +%s)
+grace={max(0, round(grace_s))}
+same() {{
+  [ -s "$1" ] || return 1
+  read -r rp rt < "$1" || return 1
+  st "$rp"
+  [ "$S" = "$rt" ]
+}}
+chk() {{
+  j=$1; d=$2; r=$3
+  if [ -s "$d/{PID}" ]; then
+    read -r p t < "$d/{PID}"
+    st "$p"
+    if [ "$S" = "$t" ]; then echo "$j running"; return; fi
+    if [ -s "$d/{EXIT_STATUS}" ]; then
+      read -r code < "$d/{EXIT_STATUS}"
+      if ! reused "$p" "$t" && grp "$p"; then
+        if [ -s "$d/{CLEANUP}" ]; then
+          read -r since < "$d/{CLEANUP}"
+          if [ $((now - since)) -ge "$grace" ]; then kill -s KILL -- "-$p" 2>/dev/null; fi
+        else
+          echo "$now" > "$d/{CLEANUP}"
+          kill -s TERM -- "-$p" 2>/dev/null
+        fi
+        echo "$j cleanup"; return
+      fi
+      if [ "$code" != 0 ] && [ -f "$d/{CANCELLED}" ]; then echo "$j cancelled"; return; fi
+      res=0; [ -f "$d/{RESULT_FILE}" ] && res=1
+      echo "$j done $code $res"; return
+    fi
+    if [ -f "$d/{CANCELLED}" ]; then echo "$j cancelled"; return; fi
+    echo "$j lost"; return
+  fi
+  if [ -f "$d/{CANCELLED}" ]; then echo "$j cancelled"; return; fi
+  if same "$r"; then echo "$j queued"; return; fi
+  if [ -s "$d/{PID}" ]; then echo "$j running"; return; fi
+  echo "$j orphaned"
+}}
+{calls}
+"""
+
+
+def cancel_script(launcher_dirs: Iterable[str], grace_s: float) -> str:
+    """Mark jobs cancelled (queued ones never start) and kill the process group of running ones."""
+    calls = "\n".join(f"stop {q(d)}" for d in launcher_dirs)
+    return f"""{_SH_PROC}
+pids=""
+stop() {{
+  d=$1
+  touch "$d/{CANCELLED}" 2>/dev/null || true
+  [ -s "$d/{PID}" ] || return 0
+  read -r p t < "$d/{PID}" || return 0
+  if reused "$p" "$t"; then return 0; fi
+  if grp "$p"; then kill -s TERM -- "-$p" 2>/dev/null; pids="$pids $p"; fi
+  return 0
+}}
+{calls}
+i=0
+while [ -n "$pids" ] && [ "$i" -lt {max(1, round(grace_s * 10))} ]; do
+  left=""
+  for p in $pids; do if grp "$p"; then left="$left $p"; fi; done
+  pids=$left
+  [ -n "$pids" ] && sleep 0.1
+  i=$((i + 1))
+done
+for p in $pids; do kill -s KILL -- "-$p" 2>/dev/null; done
+echo "HRL cancelled"
+"""
+
+
+def parse_kv(output: str) -> dict[str, str]:
+    """``HRL key=value`` lines of a remote script (other output, e.g. from a profile, is ignored)."""
+    out = {}
+    for line in output.splitlines():
+        if line.startswith("HRL "):
+            key, _, value = line[4:].partition("=")
+            out[key.strip()] = value
+    return out
+
+
+def status_from_line(words: Sequence[str], host: str) -> JobStatus:
+    """Map one line of :func:`poll_script` to a JobStatus."""
+    kind = words[0] if words else "lost"
+    if kind in ("running", "cleanup"):
+        return JobStatus(JobState.RUNNING, host=host)
+    if kind == "queued":
+        return JobStatus(JobState.SUBMITTED, host=host)
+    if kind == "cancelled":
+        return JobStatus(JobState.CANCELLED, "cancelled", host=host)
+    if kind == "orphaned":
+        return JobStatus(JobState.FAILED, f"the job runner on {host} died before starting the job", host=host)
+    if kind == "done" and len(words) >= 3:
+        code, has_result = int(words[1]), words[2] == "1"
+        if code == 0 and has_result:
+            return JobStatus(JobState.COMPLETED, host=host)
+        if code == 1 and has_result:
+            return JobStatus(JobState.FAILED, "task raised an exception", host=host)
+        if code < 0:
+            return JobStatus(JobState.FAILED, f"killed by signal {-code} on {host}", host=host)
+        return JobStatus(JobState.FAILED, f"exited with code {code} without writing a result", host=host)
+    return JobStatus(
+        JobState.FAILED,
+        f"the job's process on {host} is gone without an exit status (killed, out of memory or host restarted)",
+        host=host,
+    )
+
+
+def read_log_script(path: str, offset: int) -> str:
+    """The bytes of a log file from ``offset`` on (nothing if it does not exist yet)."""
+    return f'f={q(path)}\nif [ -f "$f" ]; then tail -c +{int(offset) + 1} "$f"; fi\n'
