@@ -1,0 +1,1291 @@
+"""``slurm``: every job of a sweep is one task of a Slurm job array, submitted with ``sbatch``.
+
+Why our own sbatch scripts instead of submitit's executor: submitit maps array task ``i`` to
+pickle ``i`` of one ``sbatch`` call, so it cannot split a sweep larger than the cluster's
+``MaxArraySize`` (the limit caps the array *index*); its status watcher lives in the launching
+process and its ``result()`` waits forever on a cancelled job when ``sacct`` is missing. We keep
+hydra-submitit-launcher's config names and submitit's semantics (``--signal`` ``signal_delay_s``
+before the time limit, requeue up to ``max_num_timeout`` times, ``srun`` inside the allocation).
+
+Layout (on the file system the cluster shares with the launching machine, :class:`LocalSite`):
+
+* ``<sweep>/.launcher/slurm/sweep-<hash>.pkl``: task function, Hydra context, singletons (once).
+* ``<job output dir>/.launcher/job.pkl``: the job's composed config; the task writes
+  ``result.pkl``, ``stdout.log`` and ``stderr.log`` next to it, and the batch script writes
+  ``slurm_exit`` (the worker's exit code) and ``slurm_timeouts`` (requeues after a timeout).
+* ``<sweep>/.launcher/slurm/jobs<first>-<last>.sbatch``: one script per array chunk. A chunk
+  holds at most ``MaxArraySize`` jobs; its array index ``i`` runs the job at sweep position
+  ``offset + i`` through a table of launcher dirs in the script, so 1000 jobs cost
+  ``ceil(1000 / MaxArraySize)`` ``sbatch`` calls.
+
+Each array task runs ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD`` (through
+``srun``, optionally inside a container, see :mod:`launcher_core.container`), which exits 1 for
+a task that raised: sacct says FAILED, the state store says FAILED and Hydra gets the real
+exception back. Override values never reach a shell: they only live in the pickled payloads;
+every path in the scripts goes through ``shlex.quote``.
+
+Status is one batched ``sacct`` per poll. Without accounting (``sacct`` fails), ``squeue`` plus
+the ``slurm_exit`` files decide, and a job gone from both without an exit file is reported
+lost instead of being waited for forever.
+
+Timeouts and preemption: the batch shell gets ``SIGUSR2`` ``signal_delay_s`` before the time
+limit (``--signal=B:USR2@N``; slurmctld may send it up to 30 s earlier, ``SIGNAL_EARLY_S``). If
+it came that late it is a timeout: while fewer than ``max_num_timeout`` requeues after a timeout
+happened, the task gets ``SIGTERM`` (through srun, which gives it the cluster's ``KillWait``
+before SIGKILL; without srun ``signal_delay_s / 2``, 5-60 s), then ``scontrol requeue`` puts it
+back in the queue; otherwise it runs on into the time limit (TIMEOUT). A ``SIGUSR2`` that comes
+earlier is a preemption notice and always requeues. A requeued task starts again from the
+beginning with the same config and output dir and ``SLURM_RESTART_COUNT`` set: resuming means
+loading the last checkpoint the task saved there. Slurm holds requeued jobs for ~120 s
+(BeginTime); every poll releases them with ``scontrol update JobId=... StartTime=now``.
+
+``login_host`` (:class:`LoginSite`): the same scripts and payloads with cluster paths, rsynced
+to the login node next to a code snapshot (remote_ssh's layout and :mod:`launcher_core.ssh`'s
+one multiplexed connection); every Slurm command is a session on that connection, and
+``fetch`` rsyncs the finished job dirs home.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from launcher_core.container import Container, container_from_config, job_binds, python_for, wrap_command
+from launcher_core.errors import BackendError, ConfigError, SubmitError
+from launcher_core.jobs import (
+    LAUNCHER_DIR,
+    RESULT_FILE,
+    STDERR_FILE,
+    STDOUT_FILE,
+    JobSpec,
+    JobState,
+    JobStatus,
+    SweepInfo,
+)
+from launcher_core.validation import check_optional_positive, check_positive
+
+log = logging.getLogger("launcher_core.slurm")
+
+SLURM_DIR = "slurm"
+JOB_PAYLOAD_FILE = "job.pkl"
+EXIT_FILE = "slurm_exit"
+TIMEOUTS_FILE = "slurm_timeouts"
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long after submission is lost
+# slurmctld checks time limits every 30 s and sends the --signal up to 30 s early (so that it is
+# never late); a SIGUSR2 within this many seconds of signal_delay_s before the limit is a timeout
+SIGNAL_EARLY_S = 35
+SACCT_LAG_S = 30.0  # how far accounting may lag behind slurmctld before squeue is asked
+REQUEUE_HOLD_S = 60.0  # Eligible this long after Submit: held by a requeue's BeginTime
+
+_PENDING = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
+)
+_RUNNING = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
+_FAILED_REASONS = {
+    "OUT_OF_MEMORY": "out of memory (raise hydra.launcher.mem_gb)",
+    "NODE_FAIL": "node failure",
+    "PREEMPTED": "preempted and not requeued",
+    "BOOT_FAIL": "node boot failure",
+    "DEADLINE": "deadline reached",
+    "REVOKED": "revoked",
+    "SPECIAL_EXIT": "special exit",
+}
+_JOB_TOKEN = "\0JOB_PAYLOAD\0"  # stands for the per-task job payload path in the job argv
+_OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_SBATCH_TEXT_KEYS = (
+    "partition",
+    "qos",
+    "comment",
+    "constraint",
+    "exclude",
+    "gres",
+    "mem_per_gpu",
+    "mem_per_cpu",
+    "account",
+)
+
+
+# --- options ------------------------------------------------------------------------------------
+@dataclass
+class SlurmOptions:
+    """Validated ``hydra.launcher`` settings of ``hydra/launcher=slurm`` (names as in
+    hydra-submitit-launcher where they exist there)."""
+
+    timeout_min: int = 60
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int = 1
+    mem_gb: float | None = None
+    nodes: int = 1
+    name: str = "hydra"
+    stderr_to_stdout: bool = False
+    partition: str | None = None
+    qos: str | None = None
+    comment: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    gres: str | None = None
+    cpus_per_gpu: int | None = None
+    gpus_per_task: int | None = None
+    mem_per_gpu: str | None = None
+    mem_per_cpu: str | None = None
+    account: str | None = None
+    signal_delay_s: int = 120
+    max_num_timeout: int = 0
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = 256
+    setup: list[str] = field(default_factory=list)
+    srun_args: list[str] = field(default_factory=list)
+    use_srun: bool = True
+    modules: list[str] = field(default_factory=list)
+    cuda_module: str | None = None
+    prepare_commands: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    container: Container | None = None
+    login_host: str | None = None
+    ssh_config: str | None = None
+    login_setup: list[str] = field(default_factory=list)
+    remote_dir: str | None = None
+    python: str | None = None
+    dry_run: bool = False
+    wait: bool = True
+    skip_completed: bool = False
+    poll_interval_s: float = 5.0
+    max_array_size: int | None = None
+    command_timeout_s: float = 60.0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], prefix: str = "hydra.launcher") -> SlurmOptions:
+        """Check every setting; raise ``ConfigError`` naming the bad key before anything is launched."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in params.items() if k in known}
+        opts = cls(**values)
+        opts._validate(prefix)
+        return opts
+
+    def _validate(self, p: str) -> None:
+        check_positive(f"{p}.timeout_min", self.timeout_min, integer=True)
+        for key in ("cpus_per_task", "cpus_per_gpu", "gpus_per_task"):
+            check_optional_positive(f"{p}.{key}", getattr(self, key), integer=True)
+        if self.gpus_per_node is not None:
+            check_positive(f"{p}.gpus_per_node", self.gpus_per_node, integer=True, allow_zero=True)
+        check_optional_positive(f"{p}.mem_gb", self.mem_gb)
+        for key in ("tasks_per_node", "nodes", "array_parallelism"):
+            check_positive(f"{p}.{key}", getattr(self, key), integer=True)
+        check_positive(f"{p}.signal_delay_s", self.signal_delay_s, integer=True, allow_zero=True)
+        if self.signal_delay_s > 65535:
+            raise ConfigError(f"{p}.signal_delay_s must be <= 65535 (Slurm's limit), got {self.signal_delay_s}")
+        check_positive(f"{p}.max_num_timeout", self.max_num_timeout, integer=True, allow_zero=True)
+        check_positive(f"{p}.poll_interval_s", self.poll_interval_s)
+        check_positive(f"{p}.command_timeout_s", self.command_timeout_s)
+        check_optional_positive(f"{p}.max_array_size", self.max_array_size, integer=True)
+        _line(f"{p}.name", self.name)
+        for key in (*_SBATCH_TEXT_KEYS, "cuda_module", "python", "remote_dir", "ssh_config"):
+            if getattr(self, key) is not None:
+                _line(f"{p}.{key}", getattr(self, key))
+        for key in ("setup", "srun_args", "modules", "prepare_commands", "login_setup"):
+            value = getattr(self, key) or []
+            setattr(
+                self, key, [_line(f"{p}.{key}", v, allow_empty=key == "setup") for v in _as_list(f"{p}.{key}", value)]
+            )
+        self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
+        self.env = dict(_env_vars(f"{p}.env", self.env))
+        self.container = container_from_config(self.container, f"{p}.container")
+        if self.login_host is not None:
+            host = _line(f"{p}.login_host", self.login_host)
+            if host.startswith("-") or any(c.isspace() for c in host):
+                raise ConfigError(f"{p}.login_host must be an SSH host or alias, got {host!r}")
+
+    @property
+    def gpus_requested(self) -> bool:
+        return bool(self.gpus_per_node or self.gpus_per_task or (self.gres and "gpu" in self.gres))
+
+    @property
+    def requeue_grace_s(self) -> int:
+        """How long a task may take to stop (and checkpoint) after SIGTERM before a requeue."""
+        return max(5, min(60, self.signal_delay_s // 2))
+
+    def sbatch_options(self) -> dict[str, Any]:
+        """``#SBATCH`` options (long names without ``--``) every chunk shares."""
+        opts: dict[str, Any] = {
+            "job-name": self.name,
+            "time": self.timeout_min,
+            "nodes": self.nodes,
+            "ntasks-per-node": self.tasks_per_node,
+            "signal": f"B:USR2@{self.signal_delay_s}",
+            "requeue": True,
+            "open-mode": "append",
+        }
+        optional = {
+            "cpus-per-task": self.cpus_per_task,
+            "gpus-per-node": self.gpus_per_node,
+            "cpus-per-gpu": self.cpus_per_gpu,
+            "gpus-per-task": self.gpus_per_task,
+            "mem": None if self.mem_gb is None else _mem(self.mem_gb),
+        }
+        optional.update({k.replace("_", "-"): getattr(self, k) for k in _SBATCH_TEXT_KEYS})
+        opts.update({k: v for k, v in optional.items() if v is not None})
+        opts.update({k.replace("_", "-"): v for k, v in self.additional_parameters.items()})
+        return opts
+
+
+def _line(key: str, value: Any, allow_empty: bool = False) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    text = str(value)
+    if (not text and not allow_empty) or any(c in text for c in "\n\r\0"):
+        raise ConfigError(f"{key} must be a non-empty single line, got {value!r}")
+    return text
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    return list(value)
+
+
+def _sbatch_parameters(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping of sbatch options, got {value!r}")
+    out: dict[str, Any] = {}
+    for name, val in value.items():
+        if not isinstance(name, str) or not _OPTION_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not an sbatch option name")
+        if name.replace("_", "-") in ("array", "output", "error", "chdir", "signal"):
+            raise ConfigError(f"{key}.{name} is set by the launcher and cannot be overridden")
+        out[name] = val if val is True else _line(f"{key}.{name}", val)
+    return out
+
+
+def _env_vars(key: str, value: Any) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
+        if val is None or isinstance(val, (Mapping, list)) or "\0" in str(val):
+            raise ConfigError(f"{key}.{name} must be a plain value, got {val!r}")
+        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
+    return out
+
+
+def _mem(mem_gb: float) -> str:
+    """``--mem`` value as submitit writes it: whole GB, else MB."""
+    return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
+
+
+# --- sbatch scripts -------------------------------------------------------------------------------
+@dataclass
+class Chunk:
+    """Jobs submitted by one ``sbatch`` call: array index ``i`` runs ``specs[i]`` (sweep position ``offset + i``)."""
+
+    number: int  # 0-based
+    total: int
+    offset: int
+    specs: list[JobSpec]
+
+    @property
+    def script_name(self) -> str:
+        return f"jobs{self.specs[0].idx}-{self.specs[-1].idx}.sbatch"
+
+
+def plan_chunks(specs: Sequence[JobSpec], max_array_size: int) -> list[Chunk]:
+    """Split jobs into arrays of at most ``max_array_size`` tasks (indices 0..max_array_size-1)."""
+    size = max(1, int(max_array_size))
+    starts = range(0, len(specs), size)
+    return [Chunk(n, len(starts), start, list(specs[start : start + size])) for n, start in enumerate(starts)]
+
+
+def _sbatch_line(name: str, value: Any) -> str:
+    if value is True:
+        return f"#SBATCH --{name}"
+    return f"#SBATCH --{name}={shlex.quote(str(value))}"
+
+
+def render_argv(argv: Sequence[str]) -> str:
+    """A shell command line for ``argv``; the job payload placeholder becomes ``"$LAUNCHER_DIR"/job.pkl``."""
+    parts = []
+    for arg in argv:
+        parts.append(f'"$LAUNCHER_DIR"/{JOB_PAYLOAD_FILE}' if arg == _JOB_TOKEN else shlex.quote(arg))
+    return " ".join(parts)
+
+
+def job_argv(
+    options: SlurmOptions,
+    sweep_payload: str,
+    binds: Sequence[str],
+    host_python: str,
+    worker_module: str = "launcher_core.worker",
+) -> list[str]:
+    """What one array task runs (after ``srun``): the worker, inside the container if one is set."""
+    python = python_for(options.container, options.python or host_python)
+    argv = [python, "-m", worker_module, sweep_payload, _JOB_TOKEN]
+    return wrap_command(argv, options.container, binds, gpus_requested=options.gpus_requested)
+
+
+def render_script(
+    *,
+    options: SlurmOptions,
+    chunk: Chunk,
+    sweep_id: str,
+    code_dir: str,
+    log_dir: str,
+    launcher_dirs: Sequence[str],
+    argv: Sequence[str],
+    pythonpath: Sequence[str] = (),
+) -> str:
+    """The sbatch script of one chunk (a job array).
+
+    Every value that comes from the config is either an ``#SBATCH`` option (validated to be a
+    single line, quoted) or quoted with ``shlex.quote``; ``setup`` lines are shell by design.
+    """
+    first, last = chunk.specs[0].idx, chunk.specs[-1].idx
+    n = len(chunk.specs)
+    sbatch = dict(options.sbatch_options())
+    sbatch["array"] = f"0-{n - 1}%{min(n, options.array_parallelism)}"
+    sbatch["output"] = f"{log_dir}/%A.log"
+    sbatch["chdir"] = code_dir
+    lines = [
+        "#!/bin/bash",
+        f"# hydra-remote-launcher: sweep {sweep_id}, jobs #{first}-#{last}",
+        f"# (array chunk {chunk.number + 1} of {chunk.total}: array index i runs the job at sweep position "
+        f"{chunk.offset} + i)",
+        *(_sbatch_line(k, v) for k, v in sbatch.items()),
+        "",
+        "_hrl_dirs=(",
+        *(f"  {shlex.quote(d)}" for d in launcher_dirs),
+        ")",
+        'LAUNCHER_DIR="${_hrl_dirs[$SLURM_ARRAY_TASK_ID]}"',
+        "export LAUNCHER_DIR",
+        f'exec >>"$LAUNCHER_DIR"/{STDOUT_FILE} 2>>"$LAUNCHER_DIR"/'
+        + (STDOUT_FILE if options.stderr_to_stdout else STDERR_FILE),
+        f'rm -f "$LAUNCHER_DIR"/{EXIT_FILE}',
+        'echo "[hydra-remote-launcher] slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)'
+        ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
+    ]
+    lines += _environment_lines(options, pythonpath)
+    if options.setup:
+        lines += ["# setup", *options.setup]
+    lines += _run_lines(options, argv)
+    return "\n".join(lines) + "\n"
+
+
+def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str]) -> list[str]:
+    lines: list[str] = []
+    modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
+    if modules:
+        lines.append("# modules")
+        lines += [f"module load {shlex.quote(m)}" for m in modules]
+    if pythonpath:
+        joined = shlex.quote(":".join(pythonpath))
+        lines.append(f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in options.env.items()]
+    return lines
+
+
+def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
+    """Start the task in the background, requeue on SIGUSR2 (see module doc), record the exit code."""
+    limit_s = options.timeout_min * 60
+    srun = ""
+    if options.use_srun:
+        srun = " ".join(["srun", "--unbuffered", *(shlex.quote(a) for a in options.srun_args)]) + " "
+    return [
+        "_hrl_requeue() {",
+        "  local kind=preemption n=0",
+        f"  if [ $((SECONDS + {SIGNAL_EARLY_S})) -ge {limit_s - options.signal_delay_s} ]; then kind=timeout; fi",
+        '  if [ "$kind" = timeout ]; then',
+        f'    n=$(cat "$LAUNCHER_DIR"/{TIMEOUTS_FILE} 2>/dev/null || echo 0)',
+        f'    if [ "$n" -ge {options.max_num_timeout} ]; then',
+        '      echo "[hydra-remote-launcher] time limit near: not requeued'
+        f' ($n requeues after timeouts, max_num_timeout={options.max_num_timeout})" >&2',
+        "      return",
+        "    fi",
+        f'    echo $((n + 1)) >"$LAUNCHER_DIR"/{TIMEOUTS_FILE}',
+        "  fi",
+        '  echo "[hydra-remote-launcher] $kind: stopping the task and requeueing it" >&2',
+        '  kill -TERM "$_hrl_child" 2>/dev/null',
+        f'  ( sleep {options.requeue_grace_s}; kill -KILL "$_hrl_child" 2>/dev/null ) &',
+        '  wait "$_hrl_child"',
+        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+        '  echo "[hydra-remote-launcher] scontrol requeue failed" >&2',
+        "}",
+        "trap _hrl_requeue USR2",
+        f"{srun}{render_argv(argv)} &",
+        "_hrl_child=$!",
+        "while :; do",
+        '  wait "$_hrl_child"',
+        "  _hrl_code=$?",
+        '  kill -0 "$_hrl_child" 2>/dev/null || break',
+        "done",
+        f'echo "$_hrl_code" >"$LAUNCHER_DIR"/{EXIT_FILE}',
+        'exit "$_hrl_code"',
+    ]
+
+
+# --- talking to Slurm -------------------------------------------------------------------------------
+class SlurmCommands:
+    """Runs Slurm's commands (bounded in time) and counts the calls per command."""
+
+    def __init__(self, timeout_s: float = 60.0) -> None:
+        self.timeout_s = timeout_s
+        self.calls: Counter[str] = Counter()
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv``; never raises for a non-zero exit, raises ``BackendError`` if it cannot run."""
+        self.calls[argv[0]] += 1
+        try:
+            return subprocess.run(
+                list(argv),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s or self.timeout_s,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise BackendError(f"{argv[0]} not found: is this a Slurm login node (or set login_host)?") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise BackendError(f"{argv[0]} did not answer within {timeout_s or self.timeout_s:g} s") from exc
+
+    def close(self) -> None:
+        """Nothing to release for local commands."""
+
+
+@dataclass
+class SlurmRecord:
+    """One array task as ``sacct``/``squeue`` report it."""
+
+    state: str
+    exit_code: int | None = None
+    signal: int | None = None
+    nodes: str | None = None
+    held_by_requeue: bool = False
+
+
+def expand_job_ids(text: str) -> list[str]:
+    """``12_[0-3%4]`` -> ``12_0 .. 12_3``; ``12_[1,5-6]`` -> ``12_1 12_5 12_6``; ``12_7`` -> ``12_7``."""
+    match = re.fullmatch(r"(\d+)_\[([0-9,\-]+)(?:%\d+)?\]", text)
+    if not match:
+        return [text]
+    base, ranges = match.groups()
+    out = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+SACCT_FORMAT = "JobID,State,ExitCode,NodeList,Submit,Eligible"
+SQUEUE_FORMAT = "%i|%T|%N|%r"
+
+
+def parse_sacct(text: str) -> dict[str, SlurmRecord]:
+    """``sacct -X -n -P -o JobID,State,ExitCode,NodeList,Submit,Eligible`` output by array task id."""
+    out: dict[str, SlurmRecord] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 6:
+            continue
+        job_id, state, exit_code, nodes, submit, eligible = parts[:6]
+        code, _, sig = exit_code.partition(":")
+        state = state.split()[0] if state.strip() else "UNKNOWN"
+        record = SlurmRecord(
+            state=state,
+            exit_code=int(code) if code.isdigit() else None,
+            signal=int(sig) if sig.isdigit() else None,
+            nodes=nodes if nodes and nodes not in ("None assigned", "(null)") else None,
+            held_by_requeue=state == "PENDING" and _held(submit, eligible),
+        )
+        for task_id in expand_job_ids(job_id.strip()):
+            out[task_id] = record
+    return out
+
+
+def _held(submit: str, eligible: str) -> bool:
+    try:
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        return (datetime.strptime(eligible, fmt) - datetime.strptime(submit, fmt)).total_seconds() > REQUEUE_HOLD_S
+    except ValueError:
+        return False
+
+
+def parse_squeue(text: str) -> dict[str, SlurmRecord]:
+    """``squeue -h -r -t all -o '%i|%T|%N|%r'`` output by array task id."""
+    out: dict[str, SlurmRecord] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 4:
+            continue
+        job_id, state, nodes, reason = parts[:4]
+        record = SlurmRecord(
+            state=state.strip() or "UNKNOWN",
+            nodes=nodes or None,
+            held_by_requeue=state == "PENDING" and reason.strip() == "BeginTime",
+        )
+        for task_id in expand_job_ids(job_id.strip()):
+            out[task_id] = record
+    return out
+
+
+def read_max_array_size(commands: SlurmCommands) -> int:
+    """``MaxArraySize`` from ``scontrol show config`` (array indices must stay below it)."""
+    proc = commands.run(["scontrol", "show", "config"])
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.M)
+    if proc.returncode != 0 or not match:
+        raise BackendError(f"could not read MaxArraySize from `scontrol show config`: {proc.stderr.strip()}")
+    return int(match.group(1))
+
+
+# --- where the cluster is: this machine's file system, or a login node over SSH --------------------------
+@dataclass
+class ExitInfo:
+    """What a job's launcher dir says: the worker's exit code (None: not finished) and the result."""
+
+    code: int | None
+    has_result: bool
+
+
+class LocalSite:
+    """The launching machine is a login node: it runs the Slurm commands and shares the file
+    system with the compute nodes, so job files are written and read in place."""
+
+    def __init__(self, options: SlurmOptions) -> None:
+        self.options = options
+        self.commands = SlurmCommands(options.command_timeout_s)
+        self.sweep_dir = ""
+        self.code_dir = ""
+        self.pythonpath: list[str] = []
+        self.worker_module = "launcher_core.worker"
+        self.default_python = sys.executable
+
+    def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
+        self.sweep_dir, self.code_dir = str(sweep.sweep_dir), str(sweep.code_dir)
+        self.pythonpath = list(script_dirs)
+        if not dry_run:
+            for command in self.options.prepare_commands:
+                log.info("prepare command: %s", command)
+                proc = subprocess.run(
+                    ["bash", "-c", command], cwd=sweep.code_dir, capture_output=True, text=True, timeout=3600
+                )
+                if proc.returncode != 0:
+                    raise BackendError(_prepare_failed(command, proc.returncode, proc.stderr))
+
+    def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
+        """(output dir on the cluster, path relative to the sweep dir or "")."""
+        return str(spec.output_dir), ""
+
+    @contextmanager
+    def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
+        yield spec.config
+
+    def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
+        """Nothing to upload: the files already are where the cluster reads them."""
+
+    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+        out = {}
+        for job_id, handle in handles.items():
+            ldir = Path(str(handle.get("launcher_dir", "")))
+            try:
+                code: int | None = int((ldir / EXIT_FILE).read_text().strip())
+            except (OSError, ValueError):
+                code = None
+            out[job_id] = ExitInfo(code, (ldir / RESULT_FILE).exists())
+        return out
+
+    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+        """Nothing to fetch: the cluster wrote the results into the shared sweep dir."""
+
+    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+        try:
+            with open(Path(str(handle.get("launcher_dir", ""))) / name, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self.commands.close()
+
+
+class RemoteSlurmCommands(SlurmCommands):
+    """Slurm's commands on the login node: each one is a session on the one SSH master connection
+    (:mod:`launcher_core.ssh`), after the ``login_setup`` lines (PATH, SLURM_CONF, module load)."""
+
+    def __init__(self, conn: Any, setup: Sequence[str], timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.conn = conn
+        self.setup = list(setup)
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+        self.calls[argv[0]] += 1
+        script = "\n".join(
+            [
+                *self.setup,
+                'e="${TMPDIR:-/tmp}/hrl-err.$$"',
+                f'{shlex.join(argv)} 2>"$e"',
+                "rc=$?",
+                'printf "\\n%s %s\\n" __HRL_RC__ "$rc"',
+                'cat "$e"; rm -f "$e"',
+            ]
+        )
+        out = self.script(script, what=argv[0], timeout_s=timeout_s)
+        stdout, sep, rest = out.rpartition("\n__HRL_RC__ ")
+        if not sep:
+            raise BackendError(f"{argv[0]} on {self.conn.label}: unexpected answer {out[-300:]!r}")
+        code, _, stderr = rest.partition("\n")
+        return subprocess.CompletedProcess(list(argv), int(code.strip() or 1), stdout, stderr)
+
+    def script(self, text: str, *, what: str, timeout_s: float | None = None) -> str:
+        """Run a sh script on the login node (bounded, retried on transport errors)."""
+        timeout = timeout_s or self.timeout_s
+        return self.conn.call(what, lambda: self.conn.run_script(text, what=what, timeout_s=timeout))
+
+
+class LoginSite:
+    """``login_host``: code and job files are rsynced to the login node, every Slurm command runs
+    there over one SSH connection, results come back with rsync (``fetch``).
+
+    The remote layout is remote_ssh's (:mod:`launcher_core.backends.remote_ssh`): a code snapshot
+    per launch under ``<remote_dir>/snapshots``, the sweep dir mirrored under ``<remote_dir>/runs``;
+    jobs run ``launcher_core.remote_worker`` from the shipped modules, so the cluster needs only
+    hydra-core, omegaconf and cloudpickle.
+    """
+
+    def __init__(self, options: SlurmOptions) -> None:
+        from launcher_core.ssh import ConnectionPool, HostAddress, SSHOptions
+
+        assert options.login_host is not None
+        self.options = options
+        self.address = HostAddress.parse(options.login_host, "hydra.launcher.login_host")
+        ssh = SSHOptions(ssh_config=options.ssh_config, command_timeout_s=options.command_timeout_s)
+        self.pool = ConnectionPool(ssh)
+        self.conn = self.pool.get(self.address)
+        self.commands = RemoteSlurmCommands(self.conn, options.login_setup, options.command_timeout_s)
+        self.sweep_dir = self.code_dir = self.local_sweep_dir = ""
+        self.pythonpath: list[str] = []
+        self.worker_module = "launcher_core.remote_worker"
+        self.default_python = "python3"
+
+    def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
+        from launcher_core.backends.remote_ssh import new_snapshot_tag
+        from launcher_core.backends.remote_ssh_scripts import parse_kv, prepare_script
+
+        self.local_sweep_dir = str(sweep.sweep_dir)
+        if dry_run:  # no connection: the scripts show local paths
+            self.sweep_dir, self.code_dir, self.pythonpath = str(sweep.sweep_dir), str(sweep.code_dir), []
+            return
+        tag = new_snapshot_tag()
+        remote_dir = self.options.remote_dir or f"~/hydra-remote-launcher/{Path(sweep.code_dir).name}"
+        script = prepare_script(
+            remote_dir=remote_dir,
+            sweep_id=sweep.sweep_id,
+            tag=tag,
+            rel_sweep=_relative_to(sweep.sweep_dir, sweep.code_dir),
+            host_key="slurm",
+        )
+        info = parse_kv(self.commands.script(script, what="preparing the remote dirs"))
+        if "remote_dir" not in info or "sweep_dir" not in info:
+            raise BackendError(f"login host {self.address.label}: unexpected answer while preparing: {info}")
+        self.sweep_dir = info["sweep_dir"]
+        self.code_dir = f"{info['remote_dir']}/snapshots/{sweep.sweep_id}/{tag}"
+        self._sync_code(sweep, info["remote_dir"], info.get("latest"), tag)
+        pylib = f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/pylib"
+        rel_scripts = [_relative_to(Path(d), sweep.code_dir) for d in script_dirs]
+        self.pythonpath = [pylib, self.code_dir, *(f"{self.code_dir}/{r}" for r in rel_scripts if r)]
+        self._ship_pylib(sweep.sweep_dir)
+        for command in self.options.prepare_commands:
+            log.info("prepare command on %s: %s", self.address.label, command)
+            body = "\n".join([*self.options.login_setup, f"cd {shlex.quote(self.code_dir)}", command])
+            self.commands.script(body, what=f"prepare command {command!r}", timeout_s=3600)
+
+    def _sync_code(self, sweep: SweepInfo, remote_dir: str, latest: str | None, tag: str) -> None:
+        from launcher_core.codesync import (
+            DEFAULT_EXCLUDES,
+            excludes_for_local_outputs,
+            filter_args,
+            git_state,
+            sync_snapshot,
+            write_git_state,
+        )
+
+        code_dir = Path(sweep.code_dir)
+        write_git_state(git_state(code_dir), sweep.sweep_dir / LAUNCHER_DIR / SLURM_DIR / "code")
+        filters = filter_args((), DEFAULT_EXCLUDES, excludes_for_local_outputs(code_dir, sweep.sweep_dir))
+        self.conn.call(
+            "code sync",
+            lambda: sync_snapshot(self.conn, code_dir, self.code_dir, filters=filters, link_dest=latest),
+        )
+        latest_file = f"{remote_dir}/snapshots/LATEST"
+        done = (
+            f"touch {shlex.quote(self.code_dir + '.complete')}\n"
+            f"printf '%s\\n' {shlex.quote(f'{sweep.sweep_id}/{tag}')} > {shlex.quote(latest_file)}.$$\n"
+            f"mv -f {shlex.quote(latest_file)}.$$ {shlex.quote(latest_file)}\n"
+        )
+        self.commands.script(done, what="finishing the code snapshot")
+
+    def _ship_pylib(self, sweep_dir: Path) -> None:
+        """Copy ``launcher_core``'s top-level modules into the local sweep dir; ``upload`` sends them
+        along and they come first on the jobs' PYTHONPATH (the cluster needs no install of ours)."""
+        import shutil
+
+        import launcher_core
+
+        dest = sweep_dir / LAUNCHER_DIR / SLURM_DIR / "pylib" / "launcher_core"
+        dest.mkdir(parents=True, exist_ok=True)
+        for module in Path(launcher_core.__file__).parent.glob("*.py"):
+            shutil.copy2(module, dest / module.name)
+
+    def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
+        rel = _relative_to(spec.output_dir, Path(self.local_sweep_dir))
+        if not rel:
+            raise BackendError(
+                f"job #{spec.idx}: with login_host the sweep dir is mirrored on the cluster, so the job's "
+                f"output dir {spec.output_dir} must be inside the sweep dir {self.local_sweep_dir}"
+            )
+        return f"{self.sweep_dir}/{rel}", rel
+
+    @contextmanager
+    def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
+        from launcher_core.backends.remote_ssh import remote_job_config
+
+        with remote_job_config(spec.config, self.sweep_dir, rel) as cfg:
+            yield cfg
+
+    def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
+        """One rsync of the files (local sweep dir -> remote sweep dir); stale results of earlier
+        attempts in ``cluster_dirs`` (launcher dirs) are removed first."""
+        import tempfile
+
+        local_root = Path(self.local_sweep_dir)
+        pylib = local_root / LAUNCHER_DIR / SLURM_DIR / "pylib"
+        files = [str(p.relative_to(local_root)) for p in paths]
+        files += [str(p.relative_to(local_root)) for p in pylib.rglob("*.py")]
+        stale = " ".join(shlex.quote(f"{d}/{name}") for d in cluster_dirs for name in (RESULT_FILE, EXIT_FILE))
+        logs = shlex.quote(f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/logs")
+        self.commands.script(f"mkdir -p {logs}\nrm -f {stale}", what="preparing the job dirs")
+        with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
+            listing.write("".join(f"{f}\n" for f in files))
+            listing.flush()
+            args = ["-a", f"--files-from={listing.name}", f"{local_root}/", self.conn.remote(self.sweep_dir + "/")]
+            self.conn.call("upload of job files", lambda: self.conn.rsync(args, what="job file upload"))
+
+    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+        """One ssh session: ``JOB_ID CODE|- 0|1`` per job."""
+        lines = []
+        for job_id, handle in handles.items():
+            ldir = shlex.quote(str(handle.get("launcher_dir", "")))
+            lines.append(
+                f"c=-; [ -s {ldir}/{EXIT_FILE} ] && read -r c < {ldir}/{EXIT_FILE}; "
+                f'r=0; [ -f {ldir}/{RESULT_FILE} ] && r=1; echo {shlex.quote(job_id)} "$c" "$r"'
+            )
+        out = self.commands.script("\n".join(lines), what="reading exit codes") if lines else ""
+        info = {}
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] in handles:
+                code = int(words[1]) if words[1].lstrip("-").isdigit() and words[1] != "-" else None
+                info[words[0]] = ExitInfo(code, words[2] == "1")
+        return info
+
+    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+        """One rsync per (remote, local) sweep dir pair, then the results get local paths."""
+        import tempfile
+
+        from launcher_core.backends.remote_ssh import fetch_filter_args, localize_result
+
+        groups: dict[tuple[str, str], list[str]] = {}
+        for job_id, h in jobs.items():
+            local_root = _strip_rel(Path(local_dirs[job_id]), str(h["rel"]))
+            groups.setdefault((str(h["remote_sweep_dir"]), str(local_root)), []).append(str(h["rel"]))
+        for (remote_sweep, local_root), rels in groups.items():
+            Path(local_root).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", prefix="hrl-fetch-", suffix=".txt") as listing:
+                listing.write("".join(f"{r}\n" for r in sorted(set(rels))))
+                listing.flush()
+                args = ["-a", "-r", f"--files-from={listing.name}", *fetch_filter_args(pull_filter)]
+                args += [self.conn.remote(remote_sweep + "/"), f"{local_root}/"]
+                self.conn.call(f"download of {len(rels)} job dirs", lambda a=args: self.conn.rsync(a, what="download"))
+        for job_id, h in jobs.items():
+            localize_result(Path(local_dirs[job_id]) / LAUNCHER_DIR / RESULT_FILE, h, Path(local_dirs[job_id]))
+
+    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+        path = shlex.quote(f"{handle.get('launcher_dir', '')}/{name}")
+        script = f"if [ -f {path} ]; then tail -c +{int(offset) + 1} {path}; fi\n"
+        return self.conn.call("reading a job log", lambda: self.conn.run_script_bytes(script, what="log read"))
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _relative_to(path: Path, base: Path | str) -> str:
+    """``path`` relative to ``base`` as a POSIX string, or "" when it is not strictly inside."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except (ValueError, OSError):
+        return ""
+    return "" if rel in ("", ".") or "\n" in rel else rel
+
+
+def _strip_rel(local_dir: Path, rel: str) -> Path:
+    parts = Path(rel).parts
+    if local_dir.parts[-len(parts) :] != parts:
+        raise BackendError(f"local dir {local_dir} does not end with the job's subdir {rel}")
+    return Path(*local_dir.parts[: -len(parts)]) if len(local_dir.parts) > len(parts) else Path("/")
+
+
+def _prepare_failed(command: str, code: int, stderr: str) -> str:
+    return f"hydra.launcher.prepare_commands: {command!r} failed with code {code}: {stderr.strip()[-2000:]}"
+
+
+# --- the backend ------------------------------------------------------------------------------------
+class SlurmBackend:
+    """Submits job arrays with ``sbatch``; polls with one ``sacct`` per poll; cancels with ``scancel``."""
+
+    name = "slurm"
+    detached = True  # jobs run on without us; a relaunch re-attaches instead of resubmitting
+
+    def __init__(self, options: SlurmOptions, *, task_function: Any = None, hydra_context: Any = None) -> None:
+        self.options = options
+        self.poll_interval_s = options.poll_interval_s
+        self.site: LocalSite | LoginSite = LoginSite(options) if options.login_host else LocalSite(options)
+        self.commands = self.site.commands
+        self._task_function = task_function
+        self._hydra_context = hydra_context
+        self._sweep: SweepInfo | None = None
+        self._sweep_payload: Path | None = None
+        self._max_array_size: int | None = options.max_array_size
+        self._sacct_down_until = 0.0
+        self._failing_since: float | None = None
+
+    # --- contract -------------------------------------------------------------------------------------
+    @property
+    def calls(self) -> Counter[str]:
+        """Slurm command calls so far, by command name (``sbatch``, ``sacct``, ...)."""
+        return self.commands.calls
+
+    def stored_config(self) -> dict[str, Any]:
+        """What ``status``/``pull``/``cancel`` need to rebuild this backend (no env values, no secrets)."""
+        return {
+            "poll_interval_s": self.options.poll_interval_s,
+            "command_timeout_s": self.options.command_timeout_s,
+            "timeout_min": self.options.timeout_min,
+            "login_host": self.options.login_host,
+            "ssh_config": self.options.ssh_config,
+            "login_setup": self.options.login_setup,
+        }
+
+    def prepare(self, sweep: SweepInfo) -> None:
+        """Write the sweep payload (content-addressed: requeued tasks of earlier batches keep theirs);
+        with ``login_host`` also sync the code; run ``prepare_commands`` once, in the code dir."""
+        from launcher_core.worker import atomic_write_bytes, sweep_payload_bytes
+
+        self._sweep = sweep
+        self.slurm_dir.mkdir(parents=True, exist_ok=True)
+        (self.slurm_dir / "logs").mkdir(exist_ok=True)
+        data = sweep_payload_bytes(self._task_function, self._hydra_context)
+        path = self.slurm_dir / f"sweep-{hashlib.sha256(data).hexdigest()[:16]}.pkl"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        self._sweep_payload = path
+        self.site.prepare(sweep, _script_dirs(self._task_function, sweep.code_dir), self.options.dry_run)
+
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+        """One ``sbatch`` per chunk of at most MaxArraySize jobs; handles of every job submitted.
+
+        If a later chunk cannot be submitted, :class:`SubmitError` carries the handles of the
+        chunks that were (they run and are tracked; a relaunch submits only the rest).
+        """
+        if not jobs:
+            return {}
+        chunks = self.write_scripts(jobs)
+        files = [self._sweep_payload, *(p for _c, p in chunks), *(s.launcher_dir / JOB_PAYLOAD_FILE for s in jobs)]
+        self.site.upload([f for f in files if f is not None], [self._cluster_dirs(s)[1] for s in jobs])
+        throttle = len(chunks) > 1 and len(jobs) > self.options.array_parallelism
+        handles: dict[str, dict[str, Any]] = {}
+        previous: str | None = None
+        for chunk, script in chunks:
+            try:
+                array_id = self._sbatch(self._on_cluster(script), after=previous if throttle else None)
+            except BackendError as exc:
+                if not handles:
+                    raise
+                raise SubmitError(f"{exc}; {len(handles)} of {len(jobs)} jobs were submitted before", handles) from exc
+            previous = array_id
+            handles.update(self._handles(chunk, array_id))
+        return handles
+
+    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+        """One ``sacct`` for all jobs (``squeue`` + exit files for what it does not know)."""
+        if not handles:
+            return {}
+        records = self._query(handles)
+        self._release_requeued(handles, records)
+        need_files = {
+            j: h for j, h in handles.items() if _record(records, h).state in ("UNKNOWN", "FAILED")
+        }  # exit codes and results tell why, or whether a job unknown to Slurm finished
+        files = self.site.exit_info(need_files) if need_files else {}
+        return {j: self._status(h, _record(records, h), files.get(j)) for j, h in handles.items()}
+
+    def fetch(
+        self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
+    ) -> None:
+        """Nothing on a shared file system; with ``login_host`` one rsync back (incremental)."""
+        if jobs:
+            self.site.fetch(jobs, local_dirs, pull_filter)
+
+    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
+        ids = sorted({str(h["slurm_job_id"]) for h in handles.values() if h and h.get("slurm_job_id")})
+        if not ids:
+            return
+        proc = self.commands.run(["scancel", *ids])
+        if proc.returncode != 0:
+            log.warning("scancel %s: %s", " ".join(ids[:10]), proc.stderr.strip())
+
+    def close(self) -> None:
+        self.site.close()
+
+    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
+        """Live bytes of a job's stdout/stderr from ``offset`` on."""
+        return self.site.read_log(handle, STDOUT_FILE if stream == "stdout" else STDERR_FILE, offset)
+
+    # --- scripts --------------------------------------------------------------------------------------
+    @property
+    def slurm_dir(self) -> Path:
+        if self._sweep is None:
+            raise BackendError("SlurmBackend.prepare() was not called")
+        return self._sweep.sweep_dir / LAUNCHER_DIR / SLURM_DIR
+
+    def _on_cluster(self, local_path: Path) -> str:
+        """Where a file of the local sweep dir is on the cluster."""
+        assert self._sweep is not None
+        rel = local_path.relative_to(self._sweep.sweep_dir).as_posix()
+        return f"{self.site.sweep_dir}/{rel}"
+
+    def _cluster_dirs(self, spec: JobSpec) -> tuple[str, str]:
+        """(job output dir, job launcher dir) on the cluster."""
+        job_dir, _rel = self.site.cluster_job_dir(spec)
+        return job_dir, f"{job_dir}/{LAUNCHER_DIR}"
+
+    def max_array_size(self) -> int:
+        if self._max_array_size is None and self.options.dry_run and self.options.login_host:
+            log.info("dry run: not connecting to %s, assuming MaxArraySize=%d", self.options.login_host, 1001)
+            self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
+        if self._max_array_size is None:
+            try:
+                self._max_array_size = read_max_array_size(self.commands)
+            except BackendError:
+                if not self.options.dry_run:
+                    raise
+                log.warning("dry run: cannot ask Slurm for MaxArraySize, assuming %d", DEFAULT_MAX_ARRAY_SIZE)
+                self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
+        return self._max_array_size
+
+    def write_scripts(self, jobs: Sequence[JobSpec]) -> list[tuple[Chunk, Path]]:
+        """Write every job payload and one sbatch script per chunk (cluster paths); submit nothing."""
+        from launcher_core.worker import atomic_write_bytes
+
+        assert self._sweep is not None and self._sweep_payload is not None, "prepare() first"
+        for spec in jobs:
+            self._write_job_payload(spec, atomic_write_bytes)
+        argv = job_argv(
+            self.options,
+            self._on_cluster(self._sweep_payload),
+            self._binds(jobs),
+            self.site.default_python,
+            self.site.worker_module,
+        )
+        out = []
+        for chunk in plan_chunks(jobs, self.max_array_size()):
+            text = render_script(
+                options=self.options,
+                chunk=chunk,
+                sweep_id=self._sweep.sweep_id,
+                code_dir=self.site.code_dir,
+                log_dir=self._on_cluster(self.slurm_dir / "logs"),
+                launcher_dirs=[self._cluster_dirs(s)[1] for s in chunk.specs],
+                argv=argv,
+                pythonpath=self.site.pythonpath,
+            )
+            path = self.slurm_dir / chunk.script_name
+            atomic_write_bytes(path, text.encode(), mode=0o700)
+            out.append((chunk, path))
+        return out
+
+    def _write_job_payload(self, spec: JobSpec, write: Any) -> None:
+        from launcher_core.worker import job_payload_bytes
+
+        ldir = spec.launcher_dir
+        ldir.mkdir(parents=True, exist_ok=True)
+        for stale in (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE):  # from an earlier attempt of this job
+            (ldir / stale).unlink(missing_ok=True)
+        job_dir, rel = self.site.cluster_job_dir(spec)
+        with self.site.job_config(spec, job_dir, rel) as cfg:
+            data = job_payload_bytes(cfg, spec.idx, f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}")
+        write(ldir / JOB_PAYLOAD_FILE, data)
+
+    def _binds(self, jobs: Sequence[JobSpec]) -> list[str]:
+        """Container binds: code dir, sweep dir, the script dirs and any job dir outside the sweep."""
+        paths = [self.site.code_dir, self.site.sweep_dir, *self.site.pythonpath]
+        paths += [self._cluster_dirs(s)[0] for s in jobs]
+        return job_binds(p for p in paths if p)
+
+    def _sbatch(self, script: str, after: str | None = None) -> str:
+        argv = ["sbatch", "--parsable"]
+        if after:
+            argv.append(f"--dependency=afterany:{after}")
+        proc = self.commands.run([*argv, script])
+        array_id = proc.stdout.strip().split(";")[0]
+        if proc.returncode != 0 or not array_id.isdigit():
+            raise BackendError(f"sbatch {script} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
+        return array_id
+
+    def _handles(self, chunk: Chunk, array_id: str) -> dict[str, dict[str, Any]]:
+        now = time.time()
+        out = {}
+        for i, spec in enumerate(chunk.specs):
+            job_dir, rel = self.site.cluster_job_dir(spec)
+            handle: dict[str, Any] = {
+                "slurm_job_id": f"{array_id}_{i}",
+                "array_job_id": array_id,
+                "array_index": i,
+                "chunk_offset": chunk.offset,
+                "launcher_dir": f"{job_dir}/{LAUNCHER_DIR}",
+                "submitted_at": now,
+                "timeout_min": self.options.timeout_min,
+            }
+            if self.options.login_host:  # what fetch and localize_result need
+                handle.update(
+                    login_host=self.options.login_host,
+                    rel=rel,
+                    remote_sweep_dir=self.site.sweep_dir,
+                    remote_job_dir=job_dir,
+                    remote_cwd=self.site.code_dir,
+                    local_cwd=str(self._sweep.code_dir) if self._sweep else None,
+                    local_sweep_dir=str(self._sweep.sweep_dir) if self._sweep else None,
+                )
+            out[spec.job_id] = handle
+        return out
+
+    # --- status ---------------------------------------------------------------------------------------
+    def _query(self, handles: Mapping[str, dict[str, Any]]) -> dict[str, SlurmRecord]:
+        """Records of the handled array tasks: one sacct; squeue only when sacct fails or has
+        lacked a job for longer than accounting lags behind (``SACCT_LAG_S``)."""
+        now = time.time()
+        arrays = sorted({str(h.get("array_job_id")) for h in handles.values() if h.get("array_job_id")})
+        records: dict[str, SlurmRecord] = {}
+        ok = False
+        if arrays and now >= self._sacct_down_until:
+            ok, records = self._sacct(arrays)
+            _pending_unsplit_arrays(records, handles.values())
+        lagging = [
+            h
+            for h in handles.values()
+            if str(h.get("slurm_job_id")) not in records and now - float(h.get("submitted_at") or 0) > SACCT_LAG_S
+        ]
+        if not ok or lagging:
+            squeue_ok, queued = self._squeue()
+            for task_id, record in queued.items():
+                records.setdefault(task_id, record)
+            ok = ok or squeue_ok
+        self._note_health(ok)
+        return records
+
+    def _sacct(self, arrays: Sequence[str]) -> tuple[bool, dict[str, SlurmRecord]]:
+        proc = self.commands.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FORMAT, "-j", ",".join(arrays)])
+        if proc.returncode == 0:
+            return True, parse_sacct(proc.stdout)
+        # without accounting: use squeue + exit files, and try sacct again in a minute
+        log.warning("sacct failed (%s); using squeue and result files", proc.stderr.strip()[:300])
+        self._sacct_down_until = time.time() + 60.0
+        return False, {}
+
+    def _squeue(self) -> tuple[bool, dict[str, SlurmRecord]]:
+        proc = self.commands.run(["squeue", "--me", "-h", "-r", "-t", "all", "-o", SQUEUE_FORMAT])
+        if proc.returncode != 0:
+            log.warning("squeue failed: %s", proc.stderr.strip()[:300])
+            return False, {}
+        return True, parse_squeue(proc.stdout)
+
+    def _note_health(self, ok: bool) -> None:
+        """Raise if Slurm could not be asked for a long time: waiting on would hang forever."""
+        now = time.monotonic()
+        if ok:
+            self._failing_since = None
+            return
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > max(10 * self.options.command_timeout_s, 300.0):
+            raise BackendError(
+                "neither sacct nor squeue answered for "
+                f"{now - self._failing_since:.0f} s; the jobs may still run: check them later with "
+                "`python -m launcher_core status`"
+            )
+
+    def _release_requeued(self, handles: Mapping[str, dict[str, Any]], records: Mapping[str, SlurmRecord]) -> None:
+        """Start requeued tasks now instead of after Slurm's ~120 s requeue hold."""
+        if "begin" in self.options.additional_parameters:
+            return  # the user asked for a begin time: do not override it
+        held = sorted({str(h["slurm_job_id"]) for h in handles.values() if _record(records, h).held_by_requeue})
+        if held:
+            proc = self.commands.run(["scontrol", "update", f"JobId={','.join(held)}", "StartTime=now"])
+            if proc.returncode != 0:
+                log.debug("releasing requeued jobs %s: %s", held, proc.stderr.strip())
+
+    def _status(self, handle: Mapping[str, Any], record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
+        state = record.state
+        if state == "UNKNOWN":
+            return _status_from_files(handle, files)
+        if state in _PENDING:
+            return JobStatus(JobState.SUBMITTED)
+        if state in _RUNNING:
+            return JobStatus(JobState.RUNNING, host=record.nodes)
+        if state == "COMPLETED":
+            return JobStatus(JobState.COMPLETED, host=record.nodes)
+        if state == "CANCELLED":
+            return JobStatus(JobState.CANCELLED, "cancelled in Slurm (scancel)", host=record.nodes)
+        if state == "TIMEOUT":
+            minutes = handle.get("timeout_min", self.options.timeout_min)
+            return JobStatus(JobState.FAILED, f"timeout: Slurm time limit ({minutes} min) reached", record.nodes)
+        if state == "FAILED":
+            return JobStatus(JobState.FAILED, _failure_reason(record, files), record.nodes)
+        return JobStatus(JobState.FAILED, _FAILED_REASONS.get(state, state.lower()), record.nodes)
+
+
+def _failure_reason(record: SlurmRecord, files: ExitInfo | None) -> str:
+    code = record.exit_code if record.exit_code is not None else (files.code if files else None)
+    if record.signal:
+        return f"killed by signal {record.signal}"
+    has_result = bool(files and files.has_result)
+    if code == 1 and has_result:
+        return "task raised an exception"
+    return f"exited with code {code}" + ("" if has_result else " without writing a result")
+
+
+def _status_from_files(handle: Mapping[str, Any], files: ExitInfo | None) -> JobStatus:
+    """Neither sacct nor squeue knows the job: its exit file tells, or it is lost after a while."""
+    code = files.code if files else None
+    if code == 0:
+        return JobStatus(JobState.COMPLETED)
+    if code is not None:
+        return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=code), files))
+    if time.time() - float(handle.get("submitted_at") or 0) > LOST_AFTER_S:
+        return JobStatus(
+            JobState.FAILED,
+            "left Slurm without an exit code (cancelled, timed out or killed; sacct unavailable to tell)",
+        )
+    return JobStatus(JobState.SUBMITTED)
+
+
+def _pending_unsplit_arrays(records: dict[str, SlurmRecord], handles: Any) -> None:
+    """sacct lists an array none of whose tasks started yet as the bare array id ("12|PENDING"):
+    its tasks are pending."""
+    for handle in handles:
+        task_id, array_id = str(handle.get("slurm_job_id")), str(handle.get("array_job_id"))
+        bare = records.get(array_id)
+        if task_id not in records and bare is not None and bare.state in _PENDING:
+            records[task_id] = SlurmRecord("PENDING")
+
+
+def _record(records: Mapping[str, SlurmRecord], handle: Mapping[str, Any]) -> SlurmRecord:
+    return records.get(str(handle.get("slurm_job_id"))) or SlurmRecord("UNKNOWN")
+
+
+def _script_dirs(task_function: Any, code_dir: Path) -> list[str]:
+    """The dir of the app's main script when the task function lives there and it is not the code
+    dir: the function is pickled by value, but the modules it imports from beside it must import."""
+    if getattr(task_function, "__module__", None) != "__main__":
+        return []
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main or not os.path.isfile(main):
+        return []
+    script_dir = os.path.dirname(os.path.abspath(main))
+    return [] if Path(script_dir) == Path(code_dir) else [script_dir]
+
+
+def from_config(config: Mapping[str, Any]) -> SlurmBackend:
+    """A backend that polls, cancels and reads logs of a sweep's jobs from another process
+    (``status``, ``pull``, ``cancel``); it cannot submit (it has no task function)."""
+    known = {f.name for f in fields(SlurmOptions)}
+    return SlurmBackend(SlurmOptions.from_params({k: v for k, v in config.items() if k in known}))
+
+
+def dry_run_batch(
+    *,
+    backend: SlurmBackend,
+    hydra_context: Any,
+    config: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> list[Any]:
+    """``dry_run=true``: write payloads and sbatch scripts into the sweep dir, submit nothing.
+
+    Returns one COMPLETED ``JobReturn`` per job whose value names the script that would run it.
+    """
+    from hydra.core.utils import JobReturn, JobStatus, setup_globals
+
+    from launcher_core.controller import build_job_specs, sweep_id_for
+
+    setup_globals()
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = sweep_id_for(sweep_dir)
+    specs = build_job_specs(
+        hydra_context=hydra_context,
+        config=config,
+        sweep_id=sweep_id,
+        job_overrides=job_overrides,
+        initial_job_idx=initial_job_idx,
+    )
+    sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name))
+    backend.prepare(sweep)
+    try:
+        chunks = backend.write_scripts(specs)
+    finally:
+        backend.close()
+    log.info(
+        "dry run: %d sbatch scripts for %d jobs written to %s; nothing was submitted. Submit one with `sbatch %s`.",
+        len(chunks),
+        len(specs),
+        backend.slurm_dir,
+        chunks[0][1] if chunks else "SCRIPT",
+    )
+    returns = []
+    for chunk, script in chunks:
+        for i, spec in enumerate(chunk.specs):
+            ret = JobReturn(overrides=list(spec.overrides), working_dir=str(spec.output_dir))
+            ret.status = JobStatus.COMPLETED
+            ret.task_name = sweep.task_name
+            ret.return_value = DryRunResult(str(script), i, str(spec.output_dir))
+            returns.append(ret)
+    return returns
+
+
+@dataclass(frozen=True)
+class DryRunResult:
+    """Return value of a job in a dry run: the script and array index that would run it."""
+
+    script: str
+    array_index: int
+    output_dir: str
+
+    def __str__(self) -> str:
+        return f"<dry run: array index {self.array_index} of {self.script} -> {self.output_dir}>"
