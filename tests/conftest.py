@@ -7,6 +7,7 @@ the test modules that need them.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -22,6 +23,17 @@ def _isolated_launcher_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep the user-level sweep index of the test run away from the real home dir."""
     home = tmp_path_factory.mktemp("launcher-home")
     os.environ["HYDRA_REMOTE_LAUNCHER_HOME"] = str(home)
+
+
+@pytest.fixture(autouse=True)
+def _restore_hydra_singletons() -> object:
+    """Every test starts from the same Hydra singletons (config store, plugins, version base):
+    a test that initializes Hydra in-process must not change what later tests see."""
+    from hydra.core.singleton import Singleton
+
+    state = copy.deepcopy(Singleton.get_state())
+    yield
+    Singleton.set_state(state)
 
 
 def run_app(
