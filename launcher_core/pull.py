@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,9 +81,9 @@ def resolve_sweeps(targets: Sequence[str]) -> list[Path]:
 
 
 @contextmanager
-def sweep_lock(sweep_dir: Path) -> Iterator[bool]:
-    """Hold the sweep's pull lock if it is free; yields False if another process holds it."""
-    lock_path = sweep_dir / ".launcher" / "pull.lock"
+def try_lock(lock_path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``lock_path`` if it is free (writing our PID into it);
+    yields False if another process holds it. The lock dies with its holder, even on kill -9."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -96,6 +96,11 @@ def sweep_lock(sweep_dir: Path) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)
+
+
+def sweep_lock(sweep_dir: Path) -> AbstractContextManager[bool]:
+    """The sweep's pull lock (see :func:`try_lock`)."""
+    return try_lock(sweep_dir / ".launcher" / "pull.lock")
 
 
 # --- one sweep, one cycle --------------------------------------------------------------------
@@ -284,22 +289,6 @@ def daemonize(log_path: Path, pid_path: Path) -> int | None:
     return None
 
 
-@contextmanager
-def daemon_pid_lock(pid_path: Path) -> Iterator[bool]:
-    fd = os.open(pid_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield True
-    finally:
-        os.close(fd)
-
-
 def stop_daemon(pid_path: Path) -> int:
     try:
         pid = int(pid_path.read_text().split()[0])
@@ -390,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if pid is not None:
             print(f"pull daemon started (pid {pid}); log: {log_path}; stop with: python -m launcher_core.pull --stop")
             return 0
-        with daemon_pid_lock(pid_path) as locked:
+        with try_lock(pid_path) as locked:
             if not locked:
                 log.error("another pull daemon is running (see %s); exiting", pid_path)
                 os._exit(1)

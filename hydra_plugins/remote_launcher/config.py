@@ -10,6 +10,12 @@ from hydra.core.config_store import ConfigStore
 _PKG = "hydra_plugins.remote_launcher"
 
 
+def _default_rsync_excludes() -> List[str]:
+    from launcher_core.codesync import DEFAULT_EXCLUDES
+
+    return list(DEFAULT_EXCLUDES)
+
+
 @dataclass
 class LocalPoolLauncherConf:
     _target_: str = f"{_PKG}.launchers.LocalPoolLauncher"
@@ -197,33 +203,8 @@ class RemoteSSHLauncherConf:
     code_dir: Optional[str] = None
     # rsync filter rules, includes are checked first (first match wins)
     rsync_include: List[str] = field(default_factory=list)
-    rsync_exclude: List[str] = field(
-        default_factory=lambda: [
-            ".git/",
-            ".hg/",
-            ".svn/",
-            "__pycache__/",
-            "*.pyc",
-            ".venv/",
-            "venv/",
-            ".conda/",
-            ".tox/",
-            ".nox/",
-            ".mypy_cache/",
-            ".pytest_cache/",
-            ".ruff_cache/",
-            ".ipynb_checkpoints/",
-            "node_modules/",
-            "*.egg-info/",
-            ".DS_Store",
-            "/data/",
-            "/datasets/",
-            "/outputs/",
-            "/multirun/",
-            "/wandb/",
-            "/lightning_logs/",
-        ]
-    )
+    # default: launcher_core.codesync.DEFAULT_EXCLUDES (.git, caches, venvs, /data/, /outputs/, ...)
+    rsync_exclude: List[str] = field(default_factory=_default_rsync_excludes)
     # extra rsync options for the code sync, e.g. [--compress]
     rsync_args: List[str] = field(default_factory=list)
     # rsync on the host if not on its PATH
