@@ -22,10 +22,12 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from launcher_core.errors import ConfigError
 from launcher_core.ssh import SSHConnection
 
 log = logging.getLogger("launcher_core.codesync")
@@ -174,3 +176,33 @@ def write_git_state(state: GitState, dest_dir: Path) -> list[Path]:
     patch = dest_dir / "git_diff.patch"
     patch.write_text(state.diff)
     return [info, patch]
+
+
+def check_filters_keep(code_dir: Path, needed: Sequence[Path], filters: Sequence[str], key: str) -> None:
+    """Refuse rsync filters that would leave files the jobs need (the app's entry script) out
+    of the snapshot. rsync itself decides, in a local dry run, so its rule order is honoured."""
+    code_dir = code_dir.resolve()
+    wanted = {}
+    for path in needed:
+        try:
+            wanted[path.resolve().relative_to(code_dir).as_posix()] = path
+        except ValueError:  # not inside the code dir: not ours to ship
+            continue
+    if not wanted:
+        return
+    with tempfile.TemporaryDirectory() as empty:
+        proc = subprocess.run(
+            ["rsync", "-a", "--dry-run", "--out-format=%n", *filters, f"{code_dir}/", f"{empty}/"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    if proc.returncode != 0:
+        raise ConfigError(f"{key}: rsync rejected the filters: {proc.stderr.strip()}")
+    shipped = set(proc.stdout.splitlines())
+    missing = sorted(rel for rel in wanted if rel not in shipped)
+    if missing:
+        raise ConfigError(
+            f"{key} would leave {', '.join(missing)} out of the code snapshot, but the jobs need it "
+            "(the app's entry script): remove the pattern or add it to rsync_include"
+        )

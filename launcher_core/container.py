@@ -16,6 +16,7 @@ import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from launcher_core.errors import ConfigError
@@ -63,6 +64,15 @@ def container_from_config(cfg: Mapping[str, Any] | Container | None, key: str = 
         env=tuple(_env(f"{key}.env", cfg.get("env"))),
         python=_text(f"{key}.python", cfg.get("python") or "python"),
     )
+
+
+def check_local_image(container: Container, key: str) -> None:
+    """The image must exist when jobs run on this machine's file system (not for ``docker://``,
+    ``library://``, ... URIs, which the runtime fetches itself)."""
+    if "://" in container.image:
+        return
+    if not Path(container.image).expanduser().exists():
+        raise ConfigError(f"{key}: no image at {container.image!r} (a .sif file or a sandbox directory)")
 
 
 def validate_bind(key: str, bind: Any) -> str:

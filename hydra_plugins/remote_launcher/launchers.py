@@ -195,7 +195,9 @@ class RemoteSSHLauncher(BackendLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         # the project to ship: hydra.launcher.code_dir, else where the app was started from
-        code_dir = self._settings().code_dir or str(self.config.hydra.runtime.cwd)
+        settings = self._settings()
+        code_dir = settings.code_dir or str(self.config.hydra.runtime.cwd)
+        self._check_entry_script_ships(Path(code_dir), settings)
         return launch_batch(
             backend_factory=self.make_backend,
             options=self.launch_options(),
@@ -206,3 +208,15 @@ class RemoteSSHLauncher(BackendLauncher):
             initial_job_idx=initial_job_idx,
             code_dir=Path(code_dir),
         )
+
+    @staticmethod
+    def _check_entry_script_ships(code_dir: Any, settings: Any) -> None:
+        import sys
+        from pathlib import Path
+
+        from launcher_core.codesync import check_filters_keep, filter_args
+
+        if not Path(code_dir).is_dir() or not sys.argv or not sys.argv[0].endswith(".py"):
+            return
+        filters = filter_args(settings.rsync_include, settings.rsync_exclude)
+        check_filters_keep(Path(code_dir), [Path(sys.argv[0])], filters, "hydra.launcher.rsync_exclude")

@@ -260,7 +260,10 @@ class _Validator:
         return str(path)
 
     def optional_remote_path(self, key: str) -> str | None:
-        return self.optional_str(key)
+        path = self.optional_str(key)
+        if path is not None:
+            check_remote_dir(f"{self.prefix}.{key}", path)
+        return path
 
     def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
         value = self._get(key, default)
@@ -275,6 +278,28 @@ class _Validator:
         if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(x, str) for x in value):
             raise self._fail(key, "a list of strings", value)
         return tuple(value)
+
+
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr")
+
+
+def check_remote_dir(key: str, path: str) -> None:
+    """Refuse remote dirs a launcher must never fill (or later clean): the root, system dirs,
+    a home dir itself, ``~user`` forms the shell would not expand once quoted, and ``..``."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    why = None
+    if ".." in parts:
+        why = "must not contain '..'"
+    elif path.startswith("~") and not path.startswith("~/"):
+        why = "may start with '~/' (your home on the host) but not '~user' or '~' alone"
+    elif path.startswith("~/") and len(parts) < 2:
+        why = "must be a directory below your home, e.g. '~/hydra-remote-launcher', not the home itself"
+    elif path.startswith("/") and (len(parts) < 2 or any(path == d or path.startswith(d + "/") for d in _SYSTEM_DIRS)):
+        why = "must not be the file system root, a top-level dir or a system dir"
+    elif not path.startswith(("/", "~/")) and not parts:
+        why = "must name a directory (relative paths are under your home on the host)"
+    if why:
+        raise ConfigError(f"{key} {why}, got {path!r}")
 
 
 def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSettings, ...]:
@@ -615,7 +640,7 @@ class RemoteSSHBackend:
         self, state: _HostState, specs: list[JobSpec], batch_id: str
     ) -> tuple[list[str], dict[str, dict[str, Any]], str]:
         """Write payloads and the batch file locally; return (files to upload, handles, remote batch file)."""
-        from launcher_core.worker import atomic_write_bytes, job_payload_bytes, sweep_payload_bytes
+        from launcher_core.worker import atomic_write_bytes, env_vars_redacted, job_payload_bytes, sweep_payload_bytes
 
         assert self._sweep is not None
         sweep_dir = self._sweep.sweep_dir
@@ -639,7 +664,7 @@ class RemoteSSHBackend:
             launcher_dir = f"{remote_job}/{LAUNCHER_DIR}"
             payload = spec.launcher_dir / "job.pkl"
             (spec.launcher_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not be collected
-            with remote_job_config(spec.config, state.sweep_dir, rel) as cfg:
+            with remote_job_config(spec.config, state.sweep_dir, rel) as cfg, env_vars_redacted(cfg):
                 atomic_write_bytes(payload, job_payload_bytes(cfg, spec.idx, f"{launcher_dir}/{RESULT_FILE}"))
             files.append(str(payload.relative_to(sweep_dir)))
             jobs.append({"job_id": spec.job_id, "launcher_dir": launcher_dir, "job_payload": f"{launcher_dir}/job.pkl"})
@@ -889,11 +914,13 @@ def _partial_error(errors: Mapping[str, BackendError], started: Mapping[str, Any
     messages = "; ".join(str(e) for e in errors.values())
     hosts = ", ".join(errors)
     text = f"could not start jobs on {hosts}: {messages}"
-    if total:
+    if started:
         text += (
             f"\n{len(started)} of {total} jobs were started and keep running; relaunching the same command "
             "re-attaches to them and starts only the others."
         )
+    elif total:
+        text += f"\nnone of the {total} jobs was started; fix the problem and relaunch the same command."
     all_started = dict(started)
     for err in errors.values():
         if isinstance(err, SubmitError):

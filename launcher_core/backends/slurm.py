@@ -63,7 +63,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from launcher_core.container import Container, container_from_config, job_binds, python_for, wrap_command
+from launcher_core.container import (
+    Container,
+    check_local_image,
+    container_from_config,
+    job_binds,
+    python_for,
+    wrap_command,
+)
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import (
     LAUNCHER_DIR,
@@ -205,6 +212,8 @@ class SlurmOptions:
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
         self.env = dict(_env_vars(f"{p}.env", self.env))
         self.container = container_from_config(self.container, f"{p}.container")
+        if self.container is not None and self.login_host is None:  # with login_host the image is remote
+            check_local_image(self.container, f"{p}.container.image")
         if self.login_host is not None:
             host = _line(f"{p}.login_host", self.login_host)
             if host.startswith("-") or any(c.isspace() for c in host):
@@ -374,6 +383,9 @@ def render_script(
         "_hrl_dirs=(",
         *(f"  {shlex.quote(d)}" for d in launcher_dirs),
         ")",
+        "_hrl_umask=$(umask)",
+        "umask 077  # the launcher's own files (logs, exit code, timeouts) are private; the task keeps the umask",
+        f'chmod 600 {shlex.quote(log_dir)}/"$SLURM_ARRAY_JOB_ID".log 2>/dev/null',
         'LAUNCHER_DIR="${_hrl_dirs[$SLURM_ARRAY_TASK_ID]}"',
         "export LAUNCHER_DIR",
         f'exec >>"$LAUNCHER_DIR"/{STDOUT_FILE} 2>>"$LAUNCHER_DIR"/'
@@ -381,6 +393,7 @@ def render_script(
         f'rm -f "$LAUNCHER_DIR"/{EXIT_FILE}',
         'echo "[hydra-remote-launcher] slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)'
         ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
+        'umask "$_hrl_umask"',
     ]
     lines += _environment_lines(options, pythonpath)
     if options.setup:
@@ -411,6 +424,7 @@ def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
     return [
         "_hrl_requeue() {",
         "  local kind=preemption n=0",
+        "  umask 077",
         f"  if [ $((SECONDS + {SIGNAL_EARLY_S})) -ge {limit_s - options.signal_delay_s} ]; then kind=timeout; fi",
         '  if [ "$kind" = timeout ]; then',
         f'    n=$(cat "$LAUNCHER_DIR"/{TIMEOUTS_FILE} 2>/dev/null || echo 0)',
@@ -436,6 +450,7 @@ def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
         "  _hrl_code=$?",
         '  kill -0 "$_hrl_child" 2>/dev/null || break',
         "done",
+        "umask 077",
         f'echo "$_hrl_code" >"$LAUNCHER_DIR"/{EXIT_FILE}',
         'exit "$_hrl_code"',
     ]
@@ -836,6 +851,12 @@ class LoginSite:
         self.pool.close()
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) and make it owner-only: it holds payloads, results or logs."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
 def _relative_to(path: Path, base: Path | str) -> str:
     """``path`` relative to ``base`` as a POSIX string, or "" when it is not strictly inside."""
     try:
@@ -899,8 +920,8 @@ class SlurmBackend:
         from launcher_core.worker import atomic_write_bytes, sweep_payload_bytes
 
         self._sweep = sweep
-        self.slurm_dir.mkdir(parents=True, exist_ok=True)
-        (self.slurm_dir / "logs").mkdir(exist_ok=True)
+        for d in (self.slurm_dir.parent, self.slurm_dir, self.slurm_dir / "logs"):  # payloads, scripts, logs
+            _private_dir(d)
         data = sweep_payload_bytes(self._task_function, self._hydra_context)
         path = self.slurm_dir / f"sweep-{hashlib.sha256(data).hexdigest()[:16]}.pkl"
         if not path.exists():
@@ -1026,7 +1047,7 @@ class SlurmBackend:
                 pythonpath=self.site.pythonpath,
             )
             path = self.slurm_dir / chunk.script_name
-            atomic_write_bytes(path, text.encode(), mode=0o700)
+            atomic_write_bytes(path, text.encode(), mode=0o600)  # may hold `env` values: owner-only
             out.append((chunk, path))
         return out
 
@@ -1034,7 +1055,7 @@ class SlurmBackend:
         from launcher_core.worker import job_payload_bytes
 
         ldir = spec.launcher_dir
-        ldir.mkdir(parents=True, exist_ok=True)
+        _private_dir(ldir)
         for stale in (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE):  # from an earlier attempt of this job
             (ldir / stale).unlink(missing_ok=True)
         job_dir, rel = self.site.cluster_job_dir(spec)
