@@ -97,6 +97,13 @@ class SlurmLauncher(BackendLauncher):
         params = self.params
         plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in params.items()}
         self.options = SlurmOptions.from_params(plain)
+        container = self.options.container
+        if container is not None and not self.options.login_host and not self.options.dry_run:
+            # jobs will run from this file system: the image must be there (remote with login_host;
+            # a dry run only writes scripts, possibly for another machine)
+            from launcher_core.container import check_local_image
+
+            check_local_image(container, "hydra.launcher.container.image")
 
     def make_backend(self) -> Any:
         from launcher_core.backends.slurm import SlurmBackend

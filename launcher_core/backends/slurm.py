@@ -65,7 +65,6 @@ from typing import Any
 
 from launcher_core.container import (
     Container,
-    check_local_image,
     container_from_config,
     job_binds,
     python_for,
@@ -212,8 +211,6 @@ class SlurmOptions:
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
         self.env = dict(_env_vars(f"{p}.env", self.env))
         self.container = container_from_config(self.container, f"{p}.container")
-        if self.container is not None and self.login_host is None:  # with login_host the image is remote
-            check_local_image(self.container, f"{p}.container.image")
         if self.login_host is not None:
             host = _line(f"{p}.login_host", self.login_host)
             if host.startswith("-") or any(c.isspace() for c in host):
