@@ -84,7 +84,16 @@ def assert_all_pulled_intact(sweep_dir: Path, xs: list[int], blob_kb: int) -> No
 def test_daemon_collects_a_detached_sweep_and_status_shows_it(ssh_env: SSHTestEnv, tmp_path: Path) -> None:
     proj = blob_project(tmp_path / "proj")
     notified = shared_dir("hrl-notify") / "notified.txt"
-    sweep = launch_detached(ssh_env, proj, "daemon", "x=1,2,3,4", "raise_on=[3]", max_parallel=2)
+    secret = "hrl-private-" + os.urandom(6).hex()
+    sweep = launch_detached(
+        ssh_env,
+        proj,
+        "daemon",
+        "x=1,2,3,4",
+        "raise_on=[3]",
+        f"+hydra.launcher.env.vars.HRL_PRIVATE={secret}",
+        max_parallel=2,
+    )
 
     notify = f"sh -c 'echo $SWEEP_ID $SWEEP_JOBS $SWEEP_FAILED >> {notified}'"
     pulled = cli(str(sweep), "--interval", "0.5", "--notify", notify, module="launcher_core.pull", timeout=180)
@@ -97,6 +106,9 @@ def test_daemon_collects_a_detached_sweep_and_status_shows_it(ssh_env: SSHTestEn
     assert (sweep / "2" / "app.log").exists()  # Hydra's own job log too
     sweep_id = StateStore.for_sweep_dir(sweep, readonly=True).meta()["sweep_id"]
     assert notified.read_text().split() == [sweep_id, "4", "1"]
+    leaks = [p for p in sweep.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []  # not in multirun.yaml, .hydra/*.yaml, payloads, logs or the state store
+    assert "HRL_PRIVATE: REDACTED" in (sweep / "multirun.yaml").read_text()
 
     again = cli(str(sweep), "--once", module="launcher_core.pull")  # nothing left: notifies no second time
     assert again.returncode == 0 and notified.read_text().count(sweep_id) == 1

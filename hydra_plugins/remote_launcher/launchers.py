@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 class BackendLauncher(Launcher):
     """Common part of every launcher of this package."""
 
+    # mappings under hydra.launcher whose values are secrets (job environment variables)
+    secret_keys: tuple[str, ...] = ()
+
     def __init__(self, **params: Any) -> None:
         self.params = params
         self.config: DictConfig | None = None
@@ -32,6 +35,10 @@ class BackendLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
         self.validate()
+        # validated settings are kept by the launcher; what Hydra writes gets no secrets
+        from launcher_core.redact import redact_launcher_secrets
+
+        redact_launcher_secrets(config, self.secret_keys)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the bad ``hydra.launcher.*`` key; launch nothing."""
@@ -89,6 +96,8 @@ class LocalPoolLauncher(BackendLauncher):
 class SlurmLauncher(BackendLauncher):
     """``hydra/launcher=slurm``: job arrays submitted with sbatch (see ``launcher_core.backends.slurm``)."""
 
+    secret_keys = ("env", "container.env")
+
     def validate(self) -> None:
         from omegaconf import OmegaConf
 
@@ -137,6 +146,8 @@ class SlurmLauncher(BackendLauncher):
 class Ec2Launcher(BackendLauncher):
     """``hydra/launcher=ec2``: EC2 instances started per sweep, code and results through S3."""
 
+    secret_keys = ("env",)
+
     def validate(self) -> None:
         from launcher_core.backends.ec2 import Ec2Settings
 
@@ -159,6 +170,8 @@ class Ec2Launcher(BackendLauncher):
 
 class RemoteSSHLauncher(BackendLauncher):
     """``hydra/launcher=remote_ssh``: detached jobs on SSH hosts, outputs pulled back."""
+
+    secret_keys = ("env.vars",)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
