@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -369,11 +370,24 @@ def launch_batch(
         returns = collect_returns(specs, store)
         _summarise(label, sweep_dir, specs, returns, store, time.monotonic() - started)
         return returns
+    except sqlite3.OperationalError as exc:
+        raise BackendError(_store_failure(sweep_dir, exc, backend)) from exc
     finally:
         try:
             backend.close()
         finally:
             store.close()
+
+
+def _store_failure(sweep_dir: Path, exc: Exception, backend: Backend) -> str:
+    """What to tell the user when the state store cannot be written (full disk, read-only)."""
+    what = "the disk under it is full" if "full" in str(exc) else str(exc)
+    after = (
+        "jobs started on the backend keep running; free space, then relaunch the same command to re-attach"
+        if getattr(backend, "detached", False)
+        else "the running jobs were stopped; free space, then relaunch (skip_completed=true keeps finished jobs)"
+    )
+    return f"cannot update the sweep's state store in {sweep_dir}: {what} ({exc}); {after}"
 
 
 def _register(sweep_id: str, sweep_dir: Path, backend: str) -> None:

@@ -28,7 +28,8 @@ def redact_launcher_secrets(config: Any, secret_keys: Sequence[str]) -> None:
                 for name in list(node.keys()):
                     node[name] = REDACTED
         overrides = config.hydra.overrides.hydra
-        for i, line in enumerate(list(overrides)):
+        # raw strings: an override may hold an interpolation (hydra.sweep.subdir=${hydra.job.num})
+        for i, line in enumerate(OmegaConf.to_container(overrides, resolve=False)):
             redacted = redact_override(str(line), secret_keys)
             if redacted != line:
                 overrides[i] = redacted

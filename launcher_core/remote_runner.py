@@ -54,6 +54,7 @@ STDOUT = "stdout.log"
 STDERR = "stderr.log"
 STALE_MARKERS = (EXIT_STATUS, PID, CANCELLED, CLEANUP, RESULT)
 READY_TIMEOUT_S = 30.0
+_JOB_UMASK = 0o022  # the umask the runner was started with (set in main)
 LOCK_WAIT_S = 20.0
 
 
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m launcher_core.remote_runner BATCH_JSON", file=sys.stderr)
         return 2
+    global _JOB_UMASK
+    _JOB_UMASK = os.umask(0o077)  # markers, logs and locks are private; the job gets the user's umask back
     batch = json.loads(Path(args[0]).read_text())
     batch_dir = Path(batch["batch_dir"])
     batch_dir.mkdir(parents=True, exist_ok=True)
@@ -306,7 +309,9 @@ def _worker_args(batch: dict[str, Any], job: dict[str, Any]) -> list[str]:
 def _exec_worker(batch: dict[str, Any], job: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> int:
     """A fresh interpreter: the one the environment set-up resolved for the runner."""
     argv = [sys.executable, "-m", "launcher_core.remote_worker", *_worker_args(batch, job)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=batch["cwd"], env=env)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=batch["cwd"], env=env, umask=_JOB_UMASK
+    )
     return proc.wait()
 
 
@@ -324,6 +329,7 @@ def _fork_worker(batch: dict[str, Any], job: dict[str, Any], env: dict[str, str]
         try:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            os.umask(_JOB_UMASK)
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.dup2(out.fileno(), 1)

@@ -119,7 +119,8 @@ class LocalPoolBackend:
             self._running[spec.job_id] = _Running(spec, pid, time.monotonic())
 
     def _fork_job(self, spec: JobSpec) -> int:
-        spec.launcher_dir.mkdir(parents=True, exist_ok=True)
+        spec.launcher_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(spec.launcher_dir, 0o700)  # pid, logs and result are the user's own
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -149,7 +150,10 @@ class LocalPoolBackend:
             return JobStatus(JobState.FAILED, f"killed by {sig}")
         code = os.WEXITSTATUS(status)
         if not has_result:
-            return JobStatus(JobState.FAILED, f"exited with code {code} without writing a result")
+            reason = f"exited with code {code} without writing a result"
+            if _disk_full(run.spec.launcher_dir):
+                reason += f" (no space left on device under {run.spec.launcher_dir.parent})"
+            return JobStatus(JobState.FAILED, reason)
         if code == 0:
             return JobStatus(JobState.COMPLETED)
         return JobStatus(JobState.FAILED, "task raised an exception")
@@ -242,9 +246,20 @@ def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec) -> None:
             os._exit(code)
 
 
+def _disk_full(path: Path, min_free: int = 64 * 1024) -> bool:
+    """Whether the filesystem holding ``path`` is (practically) full: why a job may have left no result."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < min_free
+
+
 def _write_pid_file(path: Path) -> None:
     pid = os.getpid()
-    path.write_text(f"{pid} {process_start_time(pid)}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid} {process_start_time(pid)}\n")
 
 
 def _redirect(fd: int, path: Path) -> None:

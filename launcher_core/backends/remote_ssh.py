@@ -640,7 +640,7 @@ class RemoteSSHBackend:
         self, state: _HostState, specs: list[JobSpec], batch_id: str
     ) -> tuple[list[str], dict[str, dict[str, Any]], str]:
         """Write payloads and the batch file locally; return (files to upload, handles, remote batch file)."""
-        from launcher_core.worker import atomic_write_bytes, env_vars_redacted, job_payload_bytes, sweep_payload_bytes
+        from launcher_core.worker import atomic_write_bytes, job_payload_bytes, sweep_payload_bytes
 
         assert self._sweep is not None
         sweep_dir = self._sweep.sweep_dir
@@ -664,7 +664,7 @@ class RemoteSSHBackend:
             launcher_dir = f"{remote_job}/{LAUNCHER_DIR}"
             payload = spec.launcher_dir / "job.pkl"
             (spec.launcher_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not be collected
-            with remote_job_config(spec.config, state.sweep_dir, rel) as cfg, env_vars_redacted(cfg):
+            with remote_job_config(spec.config, state.sweep_dir, rel) as cfg:
                 atomic_write_bytes(payload, job_payload_bytes(cfg, spec.idx, f"{launcher_dir}/{RESULT_FILE}"))
             files.append(str(payload.relative_to(sweep_dir)))
             jobs.append({"job_id": spec.job_id, "launcher_dir": launcher_dir, "job_payload": f"{launcher_dir}/job.pkl"})

@@ -56,7 +56,10 @@ def prepare_script(*, remote_dir: str, sweep_id: str, tag: str, rel_sweep: str |
 rd={remote_path_expr(remote_dir)}
 mkdir -p "$rd/snapshots/"{q(sweep_id)} "$rd/slots/"{q(host_key)}
 claim() {{
+  mkdir -p "$1"
+  umask 077
   mkdir -p "$1/.launcher/remote_ssh"
+  chmod 700 "$1/.launcher"
   f="$1/.launcher/remote_ssh/sweep_id"
   if [ -s "$f" ]; then read -r owner < "$f"; [ "$owner" = {q(sweep_id)} ]; return; fi
   printf '%s\\n' {q(sweep_id)} > "$f"
@@ -151,6 +154,9 @@ chk() {{
       echo "$j done $code $res"; return
     fi
     if [ -f "$d/{CANCELLED}" ]; then echo "$j cancelled"; return; fi
+    # the leader died (e.g. kill -9 of the pid in the pid file; its pid is free, not reused)
+    # but the job's process group lives on: the task is still running
+    if [ -z "$S" ] && grp "$p"; then echo "$j running"; return; fi
     echo "$j lost"; return
   fi
   if [ -f "$d/{CANCELLED}" ]; then echo "$j cancelled"; return; fi
