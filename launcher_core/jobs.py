@@ -107,8 +107,6 @@ class SweepInfo:
     sweep_dir: Path
     code_dir: Path
     task_name: str
-    payload_path: Path | None = None  # sweep-level cloudpickle payload (task fn, context, ...)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
