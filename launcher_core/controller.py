@@ -46,9 +46,9 @@ def build_job_specs(
     *, hydra_context: Any, config: Any, sweep_id: str, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobSpec]:
     """Compose every job's config (see :mod:`launcher_core.compose`) and name its output dir."""
-    from launcher_core.compose import SweepComposer, job_output_dir, set_job_identity
+    from launcher_core.compose import composer_for, job_output_dir, set_job_identity
 
-    composer = SweepComposer(hydra_context, config)
+    composer = composer_for(hydra_context, config)  # shares templates with the sweeper's validation
     specs = []
     for offset, overrides in enumerate(job_overrides):
         idx = initial_job_idx + offset

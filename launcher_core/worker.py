@@ -114,15 +114,13 @@ def failure_summary(result_path: Path) -> str | None:
 
 def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -> Any:
     """Run one composed job config through ``hydra.core.utils.run_job``."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import run_job, setup_globals
 
     from launcher_core.compose import set_job_identity
 
     setup_globals()
     set_job_identity(config, idx)
-    HydraConfig.instance().set_config(config)
-    return run_job(
+    return run_job(  # sets HydraConfig itself
         hydra_context=hydra_context,
         config=config,
         task_function=task_function,

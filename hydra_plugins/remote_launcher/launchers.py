@@ -35,6 +35,11 @@ class BackendLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
         self.validate()
+        # Hydra's sweeper composes every job again to validate it (~100 ms each); the sweeper and
+        # this launcher share the context, so both now use the fast composer (same configs).
+        from launcher_core.compose import use_fast_sweep_composition
+
+        use_fast_sweep_composition(hydra_context)
         # validated settings are kept by the launcher; what Hydra writes gets no secrets
         from launcher_core.redact import redact_launcher_secrets
 

@@ -22,6 +22,8 @@ from typing import Any
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
 
+_SUBMITTED = JobStatus(JobState.SUBMITTED)
+
 
 @dataclass
 class _Running:
@@ -50,6 +52,7 @@ class LocalPoolBackend:
         self._task_function = task_function
         self._hydra_context = hydra_context
         self._queue: deque[JobSpec] = deque()
+        self._queued: set[str] = set()  # ids in _queue: O(1) "still queued?" for every poll
         self._running: dict[str, _Running] = {}
         self._done: dict[str, JobStatus] = {}
         self._cleanups: list[GroupKill] = []
@@ -60,6 +63,7 @@ class LocalPoolBackend:
 
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
         self._queue.extend(jobs)
+        self._queued.update(j.job_id for j in jobs)
         self._start_queued()
         return {j.job_id: {"host": "localhost", "pid_file": str(j.launcher_dir / PID_FILE)} for j in jobs}
 
@@ -78,6 +82,7 @@ class LocalPoolBackend:
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
         wanted = set(handles)
         self._queue = deque(j for j in self._queue if j.job_id not in wanted)
+        self._queued -= wanted
         for job_id in wanted:
             run = self._running.get(job_id)
             if run is not None:
@@ -108,13 +113,14 @@ class LocalPoolBackend:
             return self._done[job_id]
         if job_id in self._running:
             return JobStatus(JobState.RUNNING, host="localhost")
-        if any(q.job_id == job_id for q in self._queue):
-            return JobStatus(JobState.SUBMITTED)
+        if job_id in self._queued:
+            return _SUBMITTED
         return _stale_status(handle)
 
     def _start_queued(self) -> None:
         while self._queue and len(self._running) < self.n_jobs:
             spec = self._queue.popleft()
+            self._queued.discard(spec.job_id)
             pid = self._fork_job(spec)
             self._running[spec.job_id] = _Running(spec, pid, time.monotonic())
 
