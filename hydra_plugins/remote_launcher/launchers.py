@@ -52,10 +52,20 @@ class BackendLauncher(Launcher):
     def make_backend(self) -> Any:
         """The ``launcher_core`` backend this launcher drives."""
 
+    def launch_settings(self) -> Any:
+        """Validated settings carrying ``wait``, ``skip_completed`` and ``poll_interval_s``;
+        None for launchers that only have ``skip_completed`` in their params."""
+        return None
+
     def launch_options(self) -> Any:
         from launcher_core.controller import LaunchOptions
 
-        return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)))
+        settings = self.launch_settings()
+        if settings is None:
+            return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)))
+        return LaunchOptions(
+            wait=settings.wait, skip_completed=settings.skip_completed, poll_interval_s=settings.poll_interval_s
+        )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from launcher_core.controller import launch_batch
@@ -124,14 +134,8 @@ class SlurmLauncher(BackendLauncher):
 
         return SlurmBackend(self.options, task_function=self.task_function, hydra_context=self.hydra_context)
 
-    def launch_options(self) -> Any:
-        from launcher_core.controller import LaunchOptions
-
-        return LaunchOptions(
-            wait=self.options.wait,
-            skip_completed=self.options.skip_completed,
-            poll_interval_s=self.options.poll_interval_s,
-        )
+    def launch_settings(self) -> Any:
+        return self.options
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         if not self.options.dry_run:
@@ -163,14 +167,8 @@ class Ec2Launcher(BackendLauncher):
 
         return Ec2Backend(self.settings, task_function=self.task_function, hydra_context=self.hydra_context)
 
-    def launch_options(self) -> Any:
-        from launcher_core.controller import LaunchOptions
-
-        return LaunchOptions(
-            wait=self.settings.wait,
-            skip_completed=self.settings.skip_completed,
-            poll_interval_s=self.settings.poll_interval_s,
-        )
+    def launch_settings(self) -> Any:
+        return self.settings
 
 
 class RemoteSSHLauncher(BackendLauncher):
@@ -193,13 +191,8 @@ class RemoteSSHLauncher(BackendLauncher):
     def validate(self) -> None:
         self._settings()
 
-    def launch_options(self) -> Any:
-        from launcher_core.controller import LaunchOptions
-
-        settings = self._settings()
-        return LaunchOptions(
-            wait=settings.wait, skip_completed=settings.skip_completed, poll_interval_s=settings.poll_interval_s
-        )
+    def launch_settings(self) -> Any:
+        return self._settings()
 
     def make_backend(self) -> Any:
         from launcher_core.backends.remote_ssh import RemoteSSHBackend, new_snapshot_tag
