@@ -18,9 +18,12 @@ the user's environment provides. Two parts:
   stdout.log/stderr.log, and writes ``exit_status`` when it ends. The job is a fork of the
   daemon, which imported Hydra once (:func:`preload`), running
   :func:`launcher_core.remote_worker.main`; if that import failed it is a fresh
-  ``python -m launcher_core.remote_worker`` instead. The monitor holds the slot lock until it exits, so slots stay
-  correct even if the daemon dies. As a subreaper the daemon reaps the job's orphans, so a
-  finished job's process group never lingers as zombies (PID 1 may not reap on every host).
+  ``python -m launcher_core.remote_worker`` instead. A job whose batch entry carries an
+  ``argv`` (the container wrapper built by the launcher, see :mod:`launcher_core.container`)
+  is always started as exactly that argv, without a shell. The monitor holds the slot lock
+  until it exits, so slots stay correct even if the daemon dies. As a subreaper the daemon
+  reaps the job's orphans, so a finished job's process group never lingers as zombies (PID 1
+  may not reap on every host).
 
 Markers in each job's ``.launcher`` dir: ``pid``, ``exit_status``, ``cancelled`` (stop before
 start), ``cleanup`` (when orphan cleanup started), ``stdout.log``, ``stderr.log``.
@@ -170,7 +173,8 @@ def _spawn_daemon(batch: dict[str, Any], queue: list[dict[str, Any]], pid_file: 
             _write_pid_file(pid_file)
             os.write(write_fd, b"ok")
             os.close(write_fd)
-            preload()
+            if any("argv" not in job for job in queue):  # containerised jobs never fork from here
+                preload()
             run_queue(batch, queue)
         except BaseException:  # noqa: BLE001 - the log file is all a daemon has
             traceback.print_exc()
@@ -296,7 +300,8 @@ def _monitor_main(batch: dict[str, Any], job: dict[str, Any], slot: int) -> None
     with open(d / STDOUT, "wb") as out, open(d / STDERR, "wb") as err:
         try:
             env = _job_env(batch, job, slot)
-            code = _fork_worker(batch, job, env, out, err) if _PRELOADED else _exec_worker(batch, job, env, out, err)
+            forked = _PRELOADED and "argv" not in job
+            code = _fork_worker(batch, job, env, out, err) if forked else _exec_worker(batch, job, env, out, err)
         except BaseException:  # noqa: BLE001 - e.g. python not found: tell the user in stderr.log
             err.write(traceback.format_exc().encode())
     _atomic_write(d / EXIT_STATUS, f"{code}\n")
@@ -307,8 +312,9 @@ def _worker_args(batch: dict[str, Any], job: dict[str, Any]) -> list[str]:
 
 
 def _exec_worker(batch: dict[str, Any], job: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> int:
-    """A fresh interpreter: the one the environment set-up resolved for the runner."""
-    argv = [sys.executable, "-m", "launcher_core.remote_worker", *_worker_args(batch, job)]
+    """A fresh process: the job's own ``argv`` (a container) or the interpreter the environment
+    set-up resolved for the runner. ``argv[0]`` is looked up on the job environment's PATH."""
+    argv = job.get("argv") or [sys.executable, "-m", "launcher_core.remote_worker", *_worker_args(batch, job)]
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=batch["cwd"], env=env, umask=_JOB_UMASK
     )

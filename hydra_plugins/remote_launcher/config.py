@@ -216,6 +216,8 @@ class RemoteSSHLauncherConf:
     prepare_commands: List[str] = field(default_factory=list)
     # > 0: CUDA_VISIBLE_DEVICES of the job in slot i is GPUs [i*n, (i+1)*n)
     gpus_per_job: int = 0
+    # run each job's Python in a Singularity/Apptainer image on the host (image: a path there)
+    container: ContainerConf = field(default_factory=ContainerConf)
     # true: block until every job is done and pulled; false: return once all jobs started
     wait: bool = True
     skip_completed: bool = False

@@ -174,7 +174,7 @@ class Ec2Launcher(BackendLauncher):
 class RemoteSSHLauncher(BackendLauncher):
     """``hydra/launcher=remote_ssh``: detached jobs on SSH hosts, outputs pulled back."""
 
-    secret_keys = ("env.vars",)
+    secret_keys = ("env.vars", "container.env")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

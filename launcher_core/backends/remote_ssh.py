@@ -19,10 +19,17 @@ Hydra's ``.hydra/`` and the launcher's ``.launcher/``), and the sweep's own file
 
 Override values never reach a shell: they only exist inside the pickled job configs. Every
 path put into a remote script goes through ``shlex.quote``.
+
+With ``container`` set (see :mod:`launcher_core.container`) the runner starts each job as the
+argv built here, ``<runtime> exec --bind SNAPSHOT --bind SWEEP_DIR ... IMAGE python -m
+launcher_core.remote_worker ...``: it travels in the batch JSON and is run without a shell.
+The image (before anything is created on the host) and the runtime (on the PATH the jobs get)
+are checked on every host that gets jobs before any job starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -42,6 +49,7 @@ from typing import Any, TypeVar
 
 from launcher_core.backends.remote_ssh_scripts import (
     cancel_script,
+    container_check_script,
     env_prelude,
     finish_snapshot_script,
     parse_kv,
@@ -59,6 +67,7 @@ from launcher_core.codesync import (
     sync_snapshot,
     write_git_state,
 )
+from launcher_core.container import Container, container_from_config, job_binds, python_for, wrap_command
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import (
     LAUNCHER_DIR,
@@ -117,6 +126,7 @@ class RemoteSSHSettings:
     skip_completed: bool = False
     poll_interval_s: float = 2.0
     kill_grace_s: float = 5.0
+    container: Container | None = None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
@@ -160,6 +170,7 @@ class RemoteSSHSettings:
             skip_completed=v.boolean("skip_completed", False),
             poll_interval_s=v.number("poll_interval_s", 2.0),
             kill_grace_s=v.number("kill_grace_s", 5.0, allow_zero=True),
+            container=_parse_container(cfg.get("container"), f"{prefix}.container"),
         )
         if settings.env_setup == "conda" and not settings.conda_env:
             raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
@@ -168,8 +179,8 @@ class RemoteSSHSettings:
     def stored_config(self) -> dict[str, Any]:
         """What a separate process needs to poll, fetch and cancel these jobs later.
 
-        Environment variables and prepare commands are left out: they may hold secrets, and
-        only starting jobs needs them.
+        Environment variables, prepare commands and the container (its ``env``) are left out:
+        they may hold secrets, and only starting jobs needs them.
         """
         return {
             "hosts": [
@@ -332,6 +343,29 @@ def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSetti
     return tuple(hosts)
 
 
+def _parse_container(value: Any, key: str) -> Container | None:
+    """The ``container`` setting, validated like slurm's (:func:`container_from_config`).
+
+    On a host the image must be an absolute path, ``~/PATH`` (the home there) or a URI the
+    runtime fetches itself (``docker://...``): a relative path would depend on the job's cwd.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)  # the schema's defaults (ContainerConf), as in unit tests
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping (image, runtime, binds, ...), got {value!r}")
+    spec = container_from_config(value, key)
+    if spec is not None and not _is_uri(spec.image) and not spec.image.startswith(("/", "~/")):
+        raise ConfigError(
+            f"{key}.image must be an absolute path on the host, ~/PATH (your home there) or a URI "
+            f"(docker://...), got {spec.image!r}"
+        )
+    return spec
+
+
+def _is_uri(image: str) -> bool:
+    return "://" in image
+
+
 def _parse_env_vars(value: Any, key: str) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
@@ -372,6 +406,7 @@ class _HostState:
     sweep_dir: str
     snapshot: str
     shipped_sweep_files: bool = False
+    container_image: str | None = None  # the image on this host (``~/`` expanded)
 
 
 class RemoteSSHBackend:
@@ -430,7 +465,10 @@ class RemoteSSHBackend:
         buckets = assign_to_hosts(list(jobs), [h.max_parallel for h in hosts])
         work = {h.address.label: specs for h, specs in zip(hosts, buckets) if specs}
         self._ensure_masters(work)
-        results, errors = self._per_host(work, self._submit_host)
+        unprepared = self._prepare_hosts(work, len(jobs))
+        ready = {label: specs for label, specs in work.items() if label not in unprepared}
+        results, errors = self._per_host(ready, self._submit_host)
+        errors = {**unprepared, **errors}
         started: dict[str, dict[str, Any]] = {}
         for handles in results.values():
             started.update(handles)
@@ -537,6 +575,27 @@ class RemoteSSHBackend:
                 record(label, fut.result)
         return results, errors
 
+    def _prepare_hosts(self, labels: Iterable[str], total: int) -> dict[str, BackendError]:
+        """Prepare every host that gets jobs before any job starts anywhere.
+
+        A setting refused by a host (container image or runtime missing there) stops the whole
+        launch with nothing started. Connection problems are returned instead: the hosts that
+        answered still get their jobs, as before.
+        """
+        refused: dict[str, ConfigError] = {}
+
+        def prepare(label: str, _item: object) -> None:
+            try:
+                self._host(label)
+            except ConfigError as exc:
+                refused[label] = exc
+
+        _results, errors = self._per_host(dict.fromkeys(labels), prepare)
+        if refused:
+            reasons = "\n".join(str(refused[label]) for label in sorted(refused))
+            raise ConfigError(f"{reasons}\nnone of the {total} jobs was started; fix the setting and relaunch.")
+        return errors
+
     def _host(self, label: str) -> _HostState:
         """Prepare a host once per launch: dirs, sweep dir claim, code snapshot (one rsync)."""
         if label in self._prepared:
@@ -547,10 +606,18 @@ class RemoteSSHBackend:
         conn = self._conn(label)
         remote_dir = host.remote_dir or self.settings.remote_dir or f"~/hydra-remote-launcher/{code_dir.name}"
         rel = _relative_sweep_dir(sweep.sweep_dir, code_dir)
+        container = self.settings.container
+        image = container.image if container and not _is_uri(container.image) else None
         script = prepare_script(
-            remote_dir=remote_dir, sweep_id=sweep.sweep_id, tag=self.tag, rel_sweep=rel, host_key=_host_key(label)
+            remote_dir=remote_dir,
+            sweep_id=sweep.sweep_id,
+            tag=self.tag,
+            rel_sweep=rel,
+            host_key=_host_key(label),
+            container_image=image,
         )
         info = parse_kv(conn.call("preparing the remote dirs", lambda: conn.run_script(script, what="prepare")))
+        _check_image_answer(info, image, label)
         if "remote_dir" not in info or "sweep_dir" not in info:
             raise BackendError(f"host {label}: unexpected answer while preparing: {info}")
         state = _HostState(
@@ -559,11 +626,26 @@ class RemoteSSHBackend:
             remote_dir=info["remote_dir"],
             sweep_dir=info["sweep_dir"],
             snapshot=f"{info['remote_dir']}/snapshots/{sweep.sweep_id}/{self.tag}",
+            container_image=info.get("container_image") or (container.image if container else None),
         )
         if not info.get("snapshot_complete"):
             self._sync_code(state, code_dir, info.get("latest"))
+        if container is not None:
+            self._check_runtime(state, container)
         self._prepared[label] = state
         return state
+
+    def _check_runtime(self, state: _HostState, container: Container) -> None:
+        """The runtime must be on the PATH the jobs get (after env setup and prepare_commands)."""
+        conn = state.conn
+        script = container_check_script(prelude=self._prelude(state), runtime=container.runtime)
+        info = parse_kv(conn.call("container check", lambda: conn.run_script(script, what="container check")))
+        if "container_runtime" not in info:
+            raise ConfigError(
+                f"hydra.launcher.container.runtime: {container.runtime!r} is not on the PATH of host {conn.label} "
+                f"after the environment setup (PATH={info.get('container_runtime_missing', '?')}); install it "
+                "or load it in hydra.launcher.prepare_commands (e.g. 'module load apptainer')"
+            )
 
     def _sync_code(self, state: _HostState, code_dir: Path, latest: str | None) -> None:
         assert self._sweep is not None
@@ -590,12 +672,16 @@ class RemoteSSHBackend:
         conn.call("finishing the code snapshot", lambda: conn.run_script(finish, what="snapshot setup"))
         log.info("code synced to %s:%s in %.1f s", conn.label, state.snapshot, time.monotonic() - tic)
 
-    def _prelude(self, state: _HostState) -> str:
-        assert self._sweep is not None
+    def _pythonpath(self, state: _HostState) -> list[str]:
         pythonpath = [self._remote_tag_dir(state) + "/pylib", state.snapshot]
         script_dir = _script_dir_in(self._code_dir)
         if script_dir:
             pythonpath.append(f"{state.snapshot}/{script_dir}")
+        return pythonpath
+
+    def _prelude(self, state: _HostState) -> str:
+        assert self._sweep is not None
+        pythonpath = self._pythonpath(state)
         extra = {
             "HRL_SWEEP_ID": self._sweep.sweep_id,
             "HRL_REMOTE_SWEEP_DIR": state.sweep_dir,
@@ -654,6 +740,7 @@ class RemoteSSHBackend:
                 self._pylib = self._copy_pylib(sweep_dir, tag_rel)
                 self._sweep_payload = path
         files.append(str(self._sweep_payload.relative_to(sweep_dir)))
+        sweep_payload = f"{state.sweep_dir}/{self._sweep_payload.relative_to(sweep_dir)}"
         if not state.shipped_sweep_files:
             files += self._pylib
             files += [str(tag_rel / "code" / n) for n in ("git.json", "git_diff.patch")]
@@ -667,7 +754,11 @@ class RemoteSSHBackend:
             with remote_job_config(spec.config, state.sweep_dir, rel) as cfg:
                 atomic_write_bytes(payload, job_payload_bytes(cfg, spec.idx, f"{launcher_dir}/{RESULT_FILE}"))
             files.append(str(payload.relative_to(sweep_dir)))
-            jobs.append({"job_id": spec.job_id, "launcher_dir": launcher_dir, "job_payload": f"{launcher_dir}/job.pkl"})
+            job_payload = f"{launcher_dir}/job.pkl"
+            job: dict[str, Any] = {"job_id": spec.job_id, "launcher_dir": launcher_dir, "job_payload": job_payload}
+            if self.settings.container is not None:
+                job["argv"] = self._container_argv(state, sweep_payload, job_payload)
+            jobs.append(job)
             handles[spec.job_id] = {
                 "host": state.settings.address.label,
                 "remote_dir": state.remote_dir,
@@ -690,13 +781,24 @@ class RemoteSSHBackend:
             "max_parallel": state.settings.max_parallel,
             "gpus_per_job": self.settings.gpus_per_job,
             "cwd": state.snapshot,
-            "sweep_payload": f"{state.sweep_dir}/{self._sweep_payload.relative_to(sweep_dir)}",
+            "sweep_payload": sweep_payload,
             "jobs": jobs,
         }
         batch_rel = tag_rel / "batches" / f"{batch_id}.json"
         atomic_write_bytes(sweep_dir / batch_rel, json.dumps(batch, indent=1).encode())
         files.append(str(batch_rel))
         return files, handles, f"{state.sweep_dir}/{batch_rel}"
+
+    def _container_argv(self, state: _HostState, sweep_payload: str, job_payload: str) -> list[str]:
+        """The job's command on ``state``'s host: the worker run by the image's Python inside the
+        container, with the snapshot and the remote sweep dir bound (payloads in, results out)."""
+        container = self.settings.container
+        assert container is not None and state.container_image is not None
+        on_host = dataclasses.replace(container, image=state.container_image)
+        argv = [python_for(on_host, self.settings.python), "-m", "launcher_core.remote_worker"]
+        binds = job_binds([state.snapshot, state.sweep_dir, *self._pythonpath(state)])
+        gpus = self.settings.gpus_per_job > 0
+        return wrap_command([*argv, sweep_payload, job_payload], on_host, binds, gpus_requested=gpus)
 
     def _copy_pylib(self, sweep_dir: Path, tag_rel: Path) -> list[str]:
         """Copy ``launcher_core`` (its top-level modules, ~200 kB) into the sweep dir; it is shipped
@@ -768,6 +870,19 @@ class RemoteSSHBackend:
 
 
 # --- helpers --------------------------------------------------------------------------------
+def _check_image_answer(info: Mapping[str, str], image: str | None, label: str) -> None:
+    """Turn the prepare script's image report into an error naming the key and the value."""
+    answers = {"container_image_missing": "no image", "container_image_unreadable": "cannot read the image"}
+    for marker, what in answers.items():
+        if marker in info:
+            resolved = info[marker]
+            shown = repr(image) if resolved == image else f"{image!r} ({resolved})"
+            raise ConfigError(
+                f"hydra.launcher.container.image: {what} at {shown} on host {label} "
+                "(a .sif file or a sandbox directory)"
+            )
+
+
 def new_snapshot_tag() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 

@@ -48,12 +48,24 @@ grp() { kill -s 0 -- "-$1" 2>/dev/null; }
 """
 
 
-def prepare_script(*, remote_dir: str, sweep_id: str, tag: str, rel_sweep: str | None, host_key: str) -> str:
-    """Create the dirs, claim the remote sweep dir, report paths and the snapshot state."""
+def prepare_script(
+    *,
+    remote_dir: str,
+    sweep_id: str,
+    tag: str,
+    rel_sweep: str | None,
+    host_key: str,
+    container_image: str | None = None,
+) -> str:
+    """Create the dirs, claim the remote sweep dir, report paths and the snapshot state.
+
+    With ``container_image`` (a path on the host) the image is looked for first: if it is missing
+    the script reports that and stops before it creates anything.
+    """
     mirror = f'sd="$rd/runs/"{q(rel_sweep)}\nif ! claim "$sd"; then sd="$rd/runs/by-id/"{q(sweep_id)}; claim "$sd"; fi'
     by_id = f'sd="$rd/runs/by-id/"{q(sweep_id)}\nclaim "$sd" || {{ echo "sweep dir $sd is taken" >&2; exit 3; }}'
     return f"""set -e
-rd={remote_path_expr(remote_dir)}
+{_image_check(container_image) if container_image else ""}rd={remote_path_expr(remote_dir)}
 mkdir -p "$rd/snapshots/"{q(sweep_id)} "$rd/slots/"{q(host_key)}
 claim() {{
   mkdir -p "$1"
@@ -72,6 +84,27 @@ if [ -e "$snap.complete" ]; then echo "HRL snapshot_complete=1"; fi
 if [ -s "$rd/snapshots/LATEST" ]; then
   read -r latest < "$rd/snapshots/LATEST"
   if [ -d "$rd/snapshots/$latest" ]; then printf 'HRL latest=%s\\n' "$rd/snapshots/$latest"; fi
+fi
+"""
+
+
+def _image_check(image: str) -> str:
+    """Report the image's path on the host (``~/`` expanded), or that it is missing/unreadable and stop."""
+    return f"""img={remote_path_expr(image)}
+if [ ! -e "$img" ]; then printf 'HRL container_image_missing=%s\\n' "$img"; exit 0; fi
+if [ ! -r "$img" ]; then printf 'HRL container_image_unreadable=%s\\n' "$img"; exit 0; fi
+printf 'HRL container_image=%s\\n' "$img"
+"""
+
+
+def container_check_script(*, prelude: str, runtime: str) -> str:
+    """Is the container runtime on the PATH the jobs will have (after env setup and prepare_commands)?"""
+    return f"""set -e
+{prelude}
+if command -v {q(runtime)} >/dev/null 2>&1; then
+  printf 'HRL container_runtime=%s\\n' "$(command -v {q(runtime)})"
+else
+  printf 'HRL container_runtime_missing=%s\\n' "$PATH"
 fi
 """
 
