@@ -596,7 +596,8 @@ def task(cfg: Any) -> Any:
     """The task of the in-process test sweeps (shipped by value, like a script's ``__main__``).
 
     ok: a dict; raise (or x in fail_on): ValueError; x in exit_on: exit 3 without a result;
-    sleep: `seconds * x` seconds, then ok; env: the values of the variables `env_names`.
+    sleep: `seconds * x` seconds, then ok; env: the values of the variables `env_names`;
+    echo: x exactly as the job received it, with its output dir and cwd (injection tests).
     """
     import os
     import time as _time
@@ -615,6 +616,8 @@ def task(cfg: Any) -> Any:
         _time.sleep(cfg.seconds * cfg.x)
     if cfg.mode == "env":
         return {name: os.environ.get(name) for name in cfg.env_names}
+    if cfg.mode == "echo":
+        return {"x": cfg.x, "output_dir": str(out), "cwd": os.getcwd()}
     import helper  # from the code snapshot (code_dir)
     from hydra.utils import get_original_cwd
 
@@ -646,6 +649,8 @@ def multirun(sweep_dir: Path, launcher: dict[str, Any], overrides: list[str], **
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
 
+    from launcher_core.sweep import quote_value
+
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     _store_config("ec2_test", launcher, app)
     GlobalHydra.instance().clear()
@@ -654,7 +659,8 @@ def multirun(sweep_dir: Path, launcher: dict[str, Any], overrides: list[str], **
         sweeps = hydra_.multirun(
             config_name="ec2_test",
             task_function=task,
-            overrides=[*overrides, f"hydra.sweep.dir={sweep_dir}"],
+            # quoted: a sweep dir with spaces, quotes or `$(...)` reaches Hydra as the exact path
+            overrides=[*overrides, f"hydra.sweep.dir={quote_value(str(sweep_dir))}"],
             with_log_configuration=False,
         )
     finally:

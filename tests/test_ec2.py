@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import shutil
 import tarfile
 import time
@@ -253,3 +254,29 @@ def test_wait_false_then_pull_with_the_stored_config(aws: AwsWorld) -> None:
         backend.close()
     assert result(sweep_dir, 1).return_value["square"] == 4
     assert oct(os.stat(sweep_dir / "0" / ".launcher" / "result.pkl").st_mode & 0o777) == "0o600"
+
+
+def test_root_volume_gb_resizes_the_root_volume_of_the_ami(aws: AwsWorld) -> None:
+    sweep_dir = aws.tmp / "sweep"
+    gate = aws.tmp / "gate"
+    # moto deletes a terminated instance's volumes: the instance holds (bounded) until they are checked
+    hold = f"for _ in $(seq 300); do [ -e {shlex.quote(str(gate))} ] && break; sleep 0.1; done"
+    launcher = aws.launcher_settings(root_volume_gb=37, wait=False, setup_commands=[hold])
+    multirun(sweep_dir, launcher, ["x=1"])
+    ((iid, inst),) = aws.instances().items()
+    ec2 = aws.client("ec2")
+    try:
+        image = ec2.describe_images(ImageIds=[aws.ami])["Images"][0]
+        root = image["RootDeviceName"]
+        ebs = {m["DeviceName"]: m["Ebs"] for m in inst["BlockDeviceMappings"]}
+        (volume,) = ec2.describe_volumes(VolumeIds=[ebs[root]["VolumeId"]])["Volumes"]
+    finally:
+        ec2.close()
+    assert inst["RootDeviceName"] == root
+    assert ebs[root]["DeleteOnTermination"] is True
+    assert volume["Size"] == 37 and volume["Size"] != image["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"]
+    assert [(a["InstanceId"], a["Device"]) for a in volume["Attachments"]] == [(iid, root)]
+    gate.touch()
+    statuses = collect(sweep_dir, timeout=60)
+    assert statuses[0].state is JobState.COMPLETED
+    wait_for(lambda: not aws.running_instances(), 10, "the instance to terminate itself")

@@ -16,6 +16,7 @@ from launcher_core.backends.ec2 import (
     find_stray_instances,
     main,
     plan_groups,
+    root_volume_mapping,
 )
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import JobSpec, JobState
@@ -89,6 +90,11 @@ def test_capacity_error_after_retries_leaves_no_instance_running(
         ({"max_runtime_min": 0}, "hydra.launcher.max_runtime_min must be > 0"),
         ({"max_price": 0.1}, "hydra.launcher.max_price is set but hydra.launcher.spot is false"),
         ({"spot": "yes"}, "hydra.launcher.spot must be true or false"),
+        ({"root_volume_gb": 0}, "hydra.launcher.root_volume_gb must be > 0"),
+        ({"root_volume_gb": -8}, "hydra.launcher.root_volume_gb must be > 0"),
+        ({"root_volume_gb": 20.5}, "hydra.launcher.root_volume_gb must be an integer"),
+        ({"root_volume_gb": "20"}, "hydra.launcher.root_volume_gb must be an integer"),
+        ({"root_volume_gb": True}, "hydra.launcher.root_volume_gb must be an integer"),
         ({"remote_dir": "/"}, "hydra.launcher.remote_dir must be an absolute directory"),
         ({"remote_dir": "~/runs"}, "hydra.launcher.remote_dir must be an absolute directory"),
         ({"remote_dir": "relative/dir"}, "hydra.launcher.remote_dir must be an absolute directory"),
@@ -128,6 +134,36 @@ def test_bad_environment_fails_before_anything_is_launched(aws: AwsWorld) -> Non
     with pytest.raises(ConfigError, match="hydra.launcher.ami is required"):
         multirun(aws.tmp / "s3", aws.launcher_settings(ami=None), ["x=1"])
     _nothing_launched(aws)
+
+
+def test_root_volume_smaller_than_the_ami_snapshot_fails_before_anything_is_launched(aws: AwsWorld) -> None:
+    ec2 = aws.client("ec2")
+    try:
+        image = ec2.describe_images(ImageIds=[aws.ami])["Images"][0]
+    finally:
+        ec2.close()
+    (snapshot_gb,) = [
+        m["Ebs"]["VolumeSize"] for m in image["BlockDeviceMappings"] if m["DeviceName"] == image["RootDeviceName"]
+    ]
+    message = f"hydra.launcher.root_volume_gb={snapshot_gb - 1} is smaller than the root snapshot of {aws.ami}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        multirun(aws.tmp / "s1", aws.launcher_settings(root_volume_gb=snapshot_gb - 1), ["x=1"])
+    _nothing_launched(aws)
+
+
+def test_root_volume_mapping_targets_the_root_device_of_the_ami() -> None:
+    image = {
+        "ImageId": "ami-0123456789abcdef0",
+        "RootDeviceName": "/dev/xvda",
+        "RootDeviceType": "ebs",
+        "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "SnapshotId": "snap-1"}}],
+    }
+    assert root_volume_mapping(image, None) == []  # unset: the AMI's own mapping, nothing requested
+    assert root_volume_mapping(image, 8) == [
+        {"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8, "DeleteOnTermination": True}}
+    ]
+    with pytest.raises(ConfigError, match=r"root_volume_gb=100 needs an EBS-backed AMI"):
+        root_volume_mapping({**image, "RootDeviceType": "instance-store"}, 100)
 
 
 def test_credentials_are_refused_before_they_leave_the_machine(aws: AwsWorld) -> None:

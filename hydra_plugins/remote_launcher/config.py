@@ -50,6 +50,8 @@ class Ec2LauncherConf:
     spot: bool = False
     # spot only; null = on-demand price cap
     max_price: Optional[float] = None
+    # size of the root volume in GB; null = the AMI's default (at least the AMI's root snapshot)
+    root_volume_gb: Optional[int] = None
     # jobs per instance, run in parallel on it
     jobs_per_instance: int = 1
     # at most this many instances per launch; more jobs are queued on them

@@ -126,6 +126,7 @@ class Ec2Settings:
     s3_prefix: str = "hydra-remote-launcher"
     spot: bool = False
     max_price: float | None = None
+    root_volume_gb: int | None = None
     jobs_per_instance: int = 1
     max_instances: int = 10
     max_runtime_min: float = 720.0
@@ -227,6 +228,8 @@ def _validate_numbers(s: Ec2Settings) -> None:
     _check_number("jobs_per_instance", s.jobs_per_instance, integer=True)
     _check_number("max_instances", s.max_instances, integer=True)
     _check_number("api_retries", s.api_retries, integer=True)
+    if s.root_volume_gb is not None:
+        _check_number("root_volume_gb", s.root_volume_gb, integer=True)
     for name in ("max_runtime_min", "sync_interval_s", "poll_interval_s", "max_code_mb"):
         _check_number(name, getattr(s, name))
     for name in ("kill_grace_s", "api_retry_base_s"):
@@ -419,9 +422,17 @@ def plan_groups(jobs: Sequence[JobSpec], jobs_per_instance: int, max_instances: 
     return groups
 
 
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
+
+
 def _omega_literal(text: str) -> str:
-    """A string OmegaConf keeps verbatim (no ``${...}`` interpolation)."""
-    return text.replace("${", "\\${")
+    """A string OmegaConf keeps verbatim (no ``${...}`` interpolation).
+
+    OmegaConf reads ``\\${`` as an escaped ``${`` and, right before ``${`` only, ``\\\\`` as one
+    backslash: so a run of backslashes there is doubled, then the ``${`` escaped. Elsewhere
+    backslashes are literal and stay as they are.
+    """
+    return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", text)
 
 
 def instance_config(config: Any, *, sweep_dir: str, subdir: str, code_dir: str) -> Any:
@@ -438,6 +449,32 @@ def instance_config(config: Any, *, sweep_dir: str, subdir: str, code_dir: str) 
         cfg.hydra.sweep.subdir = _omega_literal(subdir)
         cfg.hydra.runtime.cwd = _omega_literal(code_dir)
     return cfg
+
+
+def root_volume_mapping(image: Mapping[str, Any], size_gb: int | None) -> list[dict[str, Any]]:
+    """RunInstances ``BlockDeviceMappings`` resizing the AMI's root volume to ``size_gb`` GiB.
+
+    Only size and DeleteOnTermination are given: type, snapshot and encryption stay the AMI's.
+    The volume goes with the instance (results live in S3), and it cannot be smaller than the
+    AMI's root snapshot, which EC2 would only refuse at RunInstances, after the uploads.
+    """
+    if size_gb is None:
+        return []
+    ami = image.get("ImageId", "the AMI")
+    root = image.get("RootDeviceName")
+    if image.get("RootDeviceType", "ebs") != "ebs" or not root:
+        raise ConfigError(
+            f"{_key('root_volume_gb')}={size_gb} needs an EBS-backed AMI, but {ami} has no EBS root device: "
+            f"drop {_key('root_volume_gb')} or use another {_key('ami')}"
+        )
+    for mapping in image.get("BlockDeviceMappings", []):
+        snapshot_gb = mapping.get("Ebs", {}).get("VolumeSize")
+        if mapping.get("DeviceName") == root and snapshot_gb and size_gb < int(snapshot_gb):
+            raise ConfigError(
+                f"{_key('root_volume_gb')}={size_gb} is smaller than the root snapshot of {ami} "
+                f"({snapshot_gb} GB): set it to at least {snapshot_gb} or leave it unset"
+            )
+    return [{"DeviceName": root, "Ebs": {"VolumeSize": size_gb, "DeleteOnTermination": True}}]
 
 
 def _new_run_id() -> str:
@@ -487,6 +524,7 @@ class Ec2Backend:
         self._sweep: SweepInfo | None = None
         self._snapshot_key: str | None = None
         self._sweep_payload_key: str | None = None
+        self._block_devices: list[dict[str, Any]] = []
         self._reasons: dict[str, str] = {}
 
     def stored_config(self) -> dict[str, Any]:
@@ -594,7 +632,7 @@ class Ec2Backend:
         self._connect()
         self._sweep = sweep
         self._check_bucket()
-        self._check_ami()
+        self._block_devices = root_volume_mapping(self._check_ami(), self.settings.root_volume_gb)
         self.stored_config()  # refuses settings that hold credentials
         payload = self._sweep_payload()
         base = self._base(sweep.sweep_id)
@@ -621,7 +659,8 @@ class Ec2Backend:
                 "bucket or fix the name; this machine and the instance role need read/write access to it"
             ) from exc
 
-    def _check_ami(self) -> None:
+    def _check_ami(self) -> dict[str, Any]:
+        """The AMI's description (DescribeImages); ConfigError if it does not exist here."""
         try:
             images = self._ec2_call("describe_images", ImageIds=[self.settings.ami]).get("Images", [])
         except AwsApiError as exc:
@@ -630,6 +669,7 @@ class Ec2Backend:
             images = []
         if not images:
             raise ConfigError(f"{_key('ami')}={self.settings.ami!r} does not exist in region {self.region}")
+        return dict(images[0])
 
     def _build_snapshot(self, sweep: SweepInfo, archive: Path) -> tuple[Path, int]:
         code_dir = Path(self.settings.code_dir).expanduser().resolve() if self.settings.code_dir else sweep.code_dir
@@ -874,6 +914,8 @@ class Ec2Backend:
             args["SecurityGroupIds"] = list(s.security_group_ids)
         if s.subnet_id:
             args["SubnetId"] = s.subnet_id
+        if self._block_devices:
+            args["BlockDeviceMappings"] = copy.deepcopy(self._block_devices)
         if s.spot:
             options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
             if s.max_price is not None:
