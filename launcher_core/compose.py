@@ -236,6 +236,14 @@ def composer_for(hydra_context: HydraContext, master_config: DictConfig) -> Swee
     return SweepComposer(hydra_context, master_config)
 
 
+def compose_job(composer: SweepComposer, overrides: Sequence[str], idx: int) -> DictConfig:
+    """A job's config as ``run_job`` gets it: composed, numbered, ``cfg.hydra`` read-only."""
+    cfg = composer.compose(list(overrides))
+    set_job_identity(cfg, idx)
+    OmegaConf.set_readonly(cfg.hydra, True)
+    return cfg
+
+
 def set_job_identity(cfg: DictConfig, idx: int) -> None:
     """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do."""
     with read_write(cfg.hydra), open_dict(cfg.hydra):

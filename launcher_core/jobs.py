@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -60,13 +60,36 @@ def job_id_for(sweep_id: str, overrides: Sequence[str]) -> str:
 
 @dataclass
 class JobSpec:
-    """One job of a sweep as the controller knows it before launch."""
+    """One job of a sweep as the controller knows it before launch.
+
+    The composed config is built on first use of :attr:`config` by ``config_factory``, and
+    not kept by the controller in between: a sweep of thousands of jobs would otherwise hold
+    thousands of DictConfigs (~150 KB each), and ``local_pool`` forks every job from that
+    heap. ``local_pool`` composes in the forked child; remote backends when writing payloads.
+    """
 
     job_id: str
     idx: int  # hydra.job.num
     overrides: list[str]
     output_dir: Path  # absolute local output dir (hydra.runtime.output_dir)
-    config: Any = field(default=None, repr=False)  # composed DictConfig, controller-side only
+    config_factory: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    _config: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def config(self) -> Any:
+        """The job's composed DictConfig (None for specs built without a factory)."""
+        if self._config is None and self.config_factory is not None:
+            self._config = self.config_factory()
+        return self._config
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        self._config = value
+
+    def release_config(self) -> None:
+        """Drop the composed config; the next use of :attr:`config` composes it again."""
+        if self.config_factory is not None:
+            self._config = None
 
     @property
     def launcher_dir(self) -> Path:
@@ -122,6 +145,8 @@ class Backend(Protocol):
     * ``detached: bool`` — jobs keep running without the launching process; a relaunch
       re-attaches to them instead of submitting them again, and Ctrl-C does not cancel them.
     * ``poll_interval_s: float`` — how often the launch loop polls.
+    * ``wait(timeout_s) -> None`` — block until a job may have changed state (or the timeout
+      passed); the launch loop calls it between polls instead of sleeping.
     * ``stored_config() -> dict`` — the (secret-free) settings :func:`from_config` of the
       backend's module needs to rebuild it in another process.
     * ``read_log(handle, stream, offset) -> bytes`` — live log bytes from ``offset`` on, for
@@ -137,7 +162,8 @@ class Backend(Protocol):
         """Start (or queue) the jobs; return ``{job_id: handle}`` for every job started."""
 
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
-        """States of many jobs in one round trip per host / scheduler call."""
+        """States of many jobs in one round trip per host / scheduler call. A job left out is
+        taken as unchanged (a backend may skip jobs still queued on its side)."""
 
     def fetch(
         self,

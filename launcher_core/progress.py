@@ -66,11 +66,13 @@ class SweepProgress:
     def update(self, counts: Mapping[JobState, int]) -> None:
         line = _counts_line(counts, self.total)
         finished = sum(counts.get(s, 0) for s in (*_DONE, JobState.FAILED, JobState.CANCELLED))
+        now = time.monotonic()
         if self._bar is not None:
             self._bar.update(self._task, completed=finished, detail=line)
-            self._bar.refresh()
+            if now - self._last_emit >= 0.1 or finished == self.total:  # redrawing costs ~1 ms
+                self._bar.refresh()
+                self._last_emit = now
             return
-        now = time.monotonic()
         if line != self._last_line and (now - self._last_emit >= self.interval_s or finished == self.total):
             log.info("%s: %s", self.label, line)
             self._last_line, self._last_emit = line, now

@@ -74,10 +74,14 @@ def _picklable_failure(exc: BaseException) -> BaseException:
 
 
 def dump_job_return(ret: Any) -> bytes:
-    """Pickle a ``JobReturn``; unpicklable return values/exceptions are replaced by text."""
+    """Pickle a ``JobReturn`` as a :class:`~launcher_core.results.StoredJobReturn` (configs
+    loaded lazily); unpicklable return values/exceptions are replaced by text."""
     import cloudpickle
     from hydra.core.utils import JobStatus
 
+    from launcher_core.results import StoredJobReturn
+
+    ret = StoredJobReturn.of(ret)
     if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
         ret._return_value = _picklable_failure(ret._return_value)
     try:
@@ -91,6 +95,7 @@ def dump_job_return(ret: Any) -> bytes:
 
 
 def load_job_return(path: Path) -> Any:
+    """A job's ``JobReturn`` from its ``result.pkl`` (its configs are unpickled when first read)."""
     import cloudpickle
 
     with open(path, "rb") as f:

@@ -6,14 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from hydra._internal.callbacks import Callbacks
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from launcher_core.compose import SweepComposer
 from launcher_core.worker import (
@@ -103,3 +104,41 @@ def test_unpicklable_exception_comes_back_as_text(run_worker) -> None:
     assert isinstance(ret._return_value, RemoteJobError)
     assert "Unpicklable: odd failure" in str(ret._return_value)
     assert "task_unpicklable" in str(ret._return_value)  # the traceback text travels too
+
+
+def test_result_configs_are_unpickled_only_when_read(run_worker) -> None:
+    """result.pkl keeps cfg/hydra_cfg as bytes until used: loading 1000 results must not cost
+    1000 DictConfig unpicklings, yet every field reads as Hydra's own JobReturn would."""
+    proc, ret = run_worker(task_ok, ["a=7"], 2)
+    assert proc.returncode == 0, proc.stderr
+    assert isinstance(ret, JobReturn) and type(ret).__name__ == "StoredJobReturn"
+    assert set(ret.__dict__["_blobs"]) == {"cfg", "hydra_cfg"}  # not unpickled yet
+    assert ret.status == JobStatus.COMPLETED and ret.return_value == {"a": 7, "num": 2, "id": "grid_app_2"}
+    assert "_values" not in ret.__dict__  # status and return value did not need the configs
+    assert ret.cfg.a == 7 and "hydra" not in ret.cfg
+    assert ret.hydra_cfg.hydra.job.num == 2
+    assert ret.__dict__["_blobs"] == {}
+
+
+def test_changed_result_configs_survive_a_second_pickling(run_worker, tmp_path: Path) -> None:
+    """What localize_result does: load, change a config in place, pickle again."""
+    _proc, ret = run_worker(task_ok, ["a=3"], 0)
+    with read_write(ret.hydra_cfg.hydra.runtime):
+        ret.hydra_cfg.hydra.runtime.output_dir = "/local/copy"
+    path = tmp_path / "again.pkl"
+    atomic_write_bytes(path, cloudpickle.dumps(ret))
+    again = load_job_return(path)
+    assert again.hydra_cfg.hydra.runtime.output_dir == "/local/copy"
+    assert again.cfg.a == 3 and again.return_value == {"a": 3, "num": 0, "id": "grid_app_0"}
+    assert again.overrides == ["a=3"] and again.task_name == ret.task_name
+
+
+def test_results_written_as_plain_job_returns_still_load(tmp_path: Path) -> None:
+    """result.pkl files of earlier versions hold Hydra's plain JobReturn."""
+    old = JobReturn(overrides=["a=1"], cfg=OmegaConf.create({"a": 1}), working_dir="/w", task_name="t")
+    old.status = JobStatus.COMPLETED
+    old.return_value = 42
+    path = tmp_path / "old.pkl"
+    atomic_write_bytes(path, cloudpickle.dumps(old))
+    ret = load_job_return(path)
+    assert type(ret) is JobReturn and ret.return_value == 42 and ret.cfg.a == 1

@@ -10,6 +10,7 @@ after ``kill_grace_s``), so grandchildren it left behind do not outlive it.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -30,12 +31,17 @@ class _Running:
     spec: JobSpec
     pid: int
     started: float
+    pidfd: int | None  # readable once the job exits: lets wait() wake at once
     timeout_kill: GroupKill | None = None
+
+
+# how long wait() blocks at most while orphans are being killed (their groups are stepped on poll)
+_CLEANUP_STEP_S = 0.02
 
 
 class LocalPoolBackend:
     name = "local_pool"
-    poll_interval_s = 0.01
+    poll_interval_s = 1.0  # an upper bound: wait() returns as soon as a job exits
 
     def __init__(
         self,
@@ -68,11 +74,33 @@ class LocalPoolBackend:
         return {j.job_id: {"host": "localhost", "pid_file": str(j.launcher_dir / PID_FILE)} for j in jobs}
 
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+        """States of the given jobs; jobs still queued here are left out (they are as submitted),
+        so a poll costs O(running + finished), not O(sweep)."""
         self._reap_finished()
         self._enforce_timeouts()
         self._start_queued()
         self._cleanups = [c for c in self._cleanups if not c.step()]
-        return {job_id: self._status(job_id, handle) for job_id, handle in handles.items()}
+        return {
+            job_id: self._status(job_id, handle) for job_id, handle in handles.items() if job_id not in self._queued
+        }
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until a running job exits, a timeout is due, or ``timeout_s`` has passed."""
+        if self._cleanups:
+            timeout_s = min(timeout_s, _CLEANUP_STEP_S)
+        if self.timeout_s is not None and self._running:
+            now = time.monotonic()
+            due = min(r.started + self.timeout_s for r in self._running.values())
+            timeout_s = min(timeout_s, max(due - now, 0.0) + 0.001)
+            if any(r.timeout_kill is not None for r in self._running.values()):
+                timeout_s = min(timeout_s, _CLEANUP_STEP_S)
+        pidfds = [r.pidfd for r in self._running.values() if r.pidfd is not None]
+        if len(pidfds) < len(self._running):  # no pidfd for some job: poll it soon
+            timeout_s = min(timeout_s, 0.01)
+        if pidfds:
+            select.select(pidfds, [], [], timeout_s)
+        else:
+            time.sleep(timeout_s)
 
     def fetch(
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
@@ -89,7 +117,9 @@ class LocalPoolBackend:
                 kill_group_blocking(run.pid, self.kill_grace_s)
                 self._reap_finished()
             self._done.setdefault(job_id, JobStatus(JobState.CANCELLED, "cancelled"))
-            self._running.pop(job_id, None)
+            left = self._running.pop(job_id, None)
+            if left is not None and left.pidfd is not None:
+                os.close(left.pidfd)
         # stale handles from an earlier controller that died: kill by pid if it is still ours
         for job_id, handle in handles.items():
             if job_id not in self._done or self._done[job_id].state is JobState.CANCELLED:
@@ -122,7 +152,7 @@ class LocalPoolBackend:
             spec = self._queue.popleft()
             self._queued.discard(spec.job_id)
             pid = self._fork_job(spec)
-            self._running[spec.job_id] = _Running(spec, pid, time.monotonic())
+            self._running[spec.job_id] = _Running(spec, pid, time.monotonic(), _open_pidfd(pid))
 
     def _fork_job(self, spec: JobSpec) -> int:
         spec.launcher_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -143,6 +173,8 @@ class LocalPoolBackend:
             if pid == 0:
                 continue
             del self._running[job_id]
+            if run.pidfd is not None:
+                os.close(run.pidfd)
             self._done[job_id] = self._final_status(run, status)
             # the job leader is gone; anything left in its group is an orphan: clean it up
             self._cleanups.append(GroupKill(run.pid, self.kill_grace_s))
@@ -250,6 +282,14 @@ def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd of our child ``pid`` (Linux >= 5.3), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _disk_full(path: Path, min_free: int = 64 * 1024) -> bool:
