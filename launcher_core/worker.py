@@ -81,17 +81,17 @@ def dump_job_return(ret: Any) -> bytes:
 
     from launcher_core.results import StoredJobReturn
 
-    ret = StoredJobReturn.of(ret)
     if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
         ret._return_value = _picklable_failure(ret._return_value)
     try:
-        return cloudpickle.dumps(ret)
+        return cloudpickle.dumps(StoredJobReturn.of(ret))
     except Exception as exc:  # noqa: BLE001 - the return value itself could not be pickled
+        # changed on ``ret`` itself: callers take the job's exit code from ret.status
         ret.status = JobStatus.FAILED
         ret._return_value = RemoteJobError(
             f"the job completed but its return value could not be pickled: {type(exc).__name__}: {exc}"
         )
-        return cloudpickle.dumps(ret)
+        return cloudpickle.dumps(StoredJobReturn.of(ret))
 
 
 def load_job_return(path: Path) -> Any:

@@ -46,6 +46,12 @@ def task_unpicklable(cfg: DictConfig) -> None:
     raise Unpicklable("odd failure")
 
 
+def task_returns_a_lock(cfg: DictConfig) -> object:
+    import threading
+
+    return threading.Lock()
+
+
 @pytest.fixture
 def run_worker(tmp_path: Path, hydra_restore_singletons: None):
     GlobalHydra.instance().clear()
@@ -104,6 +110,16 @@ def test_unpicklable_exception_comes_back_as_text(run_worker) -> None:
     assert isinstance(ret._return_value, RemoteJobError)
     assert "Unpicklable: odd failure" in str(ret._return_value)
     assert "task_unpicklable" in str(ret._return_value)  # the traceback text travels too
+
+
+def test_unpicklable_return_value_fails_the_job_and_its_exit_code(run_worker) -> None:
+    """The job completed but its value cannot be shipped: FAILED in the result *and* exit code 1,
+    so a scheduler that only sees exit codes (sacct) agrees with what Hydra gets."""
+    proc, ret = run_worker(task_returns_a_lock, ["a=1"], 0)
+    assert proc.returncode == 1, proc.stderr
+    assert ret.status == JobStatus.FAILED
+    assert isinstance(ret._return_value, RemoteJobError)
+    assert "return value could not be pickled" in str(ret._return_value)
 
 
 def test_result_configs_are_unpickled_only_when_read(run_worker) -> None:
