@@ -24,6 +24,8 @@ from typing import Any
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
+# set by the slurm backend's batch script: every task of a multi-task job runs the worker (see run_ranked)
+RANKS_DIR_ENV = "HRL_RANKS_DIR"
 
 
 class RemoteJobError(RuntimeError):
@@ -134,8 +136,8 @@ def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -
     )
 
 
-def run_and_save(task_function: Any, config: Any, hydra_context: Any, idx: int, result_path: Path) -> int:
-    """Run the job, write its result atomically, return the process exit code to use."""
+def _run(task_function: Any, config: Any, hydra_context: Any, idx: int) -> Any:
+    """The job's ``JobReturn``; a failure's traceback also goes to stderr."""
     from hydra.core.utils import JobStatus
 
     try:
@@ -147,8 +149,50 @@ def run_and_save(task_function: Any, config: Any, hydra_context: Any, idx: int, 
         sys.stderr.write(f"Error executing job with overrides: {list(ret.overrides or [])}\n")
         sys.stderr.write(_format_exception(ret._return_value))
         sys.stderr.flush()
+    return ret
+
+
+def run_and_save(task_function: Any, config: Any, hydra_context: Any, idx: int, result_path: Path) -> int:
+    """Run the job, write its result atomically, return the process exit code to use."""
+    from hydra.core.utils import JobStatus
+
+    ret = _run(task_function, config, hydra_context, idx)
     atomic_write_bytes(result_path, dump_job_return(ret))
     return EXIT_COMPLETED if ret.status == JobStatus.COMPLETED else EXIT_FAILED
+
+
+def run_ranked(
+    task_function: Any, config: Any, hydra_context: Any, idx: int, result_path: Path, ranks_dir: Path, rank: int
+) -> int:
+    """One task (``rank``) of a job whose every task runs the function (Slurm ``srun`` with several
+    tasks, as submitit does it: distributed training sees its own ``SLURM_PROCID``).
+
+    Only rank 0 writes the job's result; a rank that fails also writes its result to
+    ``ranks_dir/failed.<rank>.pkl``, which the batch script makes the job's result when the step
+    failed, so that a failure on any rank fails the job with that rank's exception.
+    """
+    from hydra.core.utils import JobStatus
+
+    ret = _run(task_function, config, hydra_context, idx)
+    failed = ret.status != JobStatus.COMPLETED
+    if rank and failed and isinstance(ret._return_value, BaseException):
+        ret._return_value.add_note(f"(raised by task rank {rank})")
+    data = dump_job_return(ret) if rank == 0 or failed else b""
+    failed = ret.status != JobStatus.COMPLETED  # dump_job_return fails a job whose value cannot be pickled
+    if rank == 0:
+        atomic_write_bytes(result_path, data)
+    if failed:
+        atomic_write_bytes(ranks_dir / f"failed.{rank}.pkl", data)
+        return EXIT_FAILED
+    return EXIT_COMPLETED
+
+
+def _task_rank() -> int:
+    """This task's global rank in a Slurm job step (0 outside one)."""
+    try:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    except ValueError:
+        return 0
 
 
 def failed_job_return(config: Any, exc: BaseException, working_dir: str | None = None) -> Any:
@@ -210,9 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     job = _load_payload(args[1])
     Singleton.set_state(sweep["singleton_state"])
     sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
-    return run_and_save(
-        sweep["task_function"], job["config"], sweep["hydra_context"], job["idx"], Path(job["result_path"])
-    )
+    run_args = (sweep["task_function"], job["config"], sweep["hydra_context"], job["idx"], Path(job["result_path"]))
+    ranks_dir = os.environ.get(RANKS_DIR_ENV)
+    if ranks_dir:
+        return run_ranked(*run_args, Path(ranks_dir), _task_rank())
+    return run_and_save(*run_args)
 
 
 if __name__ == "__main__":

@@ -555,6 +555,13 @@ def launch_sweep(
     return list(launcher.launch([list(o) for o in job_overrides], initial_job_idx=0))
 
 
+def default_output_files() -> set[Path]:
+    """``slurm-<id>.out`` files (Slurm's default output, in a job's working dir) in the repository and
+    the current dir: every job of ours names its ``--output``, so the session fixture fails on new ones."""
+    dirs = {Path(__file__).resolve().parent.parent, Path.cwd()}
+    return {p for d in dirs for p in d.glob("slurm-*.out")}
+
+
 def wait_until(what: str, check, timeout_s: float, interval_s: float = 0.5):
     """Poll ``check()`` until it returns something truthy (returned); AssertionError after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -590,6 +597,7 @@ if pytest is not None:
         os.chmod(root, 0o755)  # non-root users (the login_host tests' ssh logins) read slurm.conf
         cluster = SlurmCluster(root, max_array_size=TEST_MAX_ARRAY_SIZE)
         saved = {k: os.environ.get(k) for k in cluster.env}
+        strays_before = default_output_files()
         cluster.start()
         os.environ.update(cluster.env)
         try:
@@ -602,6 +610,10 @@ if pytest is not None:
                 else:
                     os.environ[key] = value
             shutil.rmtree(root, ignore_errors=True)
+            strays = sorted(default_output_files() - strays_before)
+            for path in strays:
+                path.unlink(missing_ok=True)
+            assert not strays, f"jobs without an --output wrote Slurm's default output files: {strays}"
 
     @pytest.fixture(name="slurm_calls")
     def slurm_calls_fixture(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CommandLog:

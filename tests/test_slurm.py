@@ -48,8 +48,12 @@ def _rows(sweep_dir: Path) -> dict[int, tuple[JobState, JobState | None, str | N
         return {r.idx: (r.state, r.outcome, r.exit_reason, r.handle or {}) for r in store.jobs()}
 
 
-def _sacct_states(cluster: SlurmCluster, sweep_dir: Path) -> dict[int, str]:
-    """sacct's state of every job of the sweep, by job number."""
+_UNFINISHED = ("PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED", "RESIZING")
+
+
+def _sacct_states(cluster: SlurmCluster, sweep_dir: Path, timeout_s: float = 60) -> dict[int, str]:
+    """sacct's final state of every job of the sweep, by job number: waits (bounded) for accounting,
+    which may lag behind slurmctld under load, to know every job as finished."""
     rows = _rows(sweep_dir)
     ids = {h["slurm_job_id"]: idx for idx, (_s, _o, _r, h) in rows.items()}
     arrays = sorted({i.split("_")[0] for i in ids})
@@ -61,9 +65,10 @@ def _sacct_states(cluster: SlurmCluster, sweep_dir: Path) -> dict[int, str]:
             job, state, code = line.split("|")
             if job in ids:
                 states[ids[job]] = f"{state.split()[0]} {code}"
-        return states if len(states) == len(ids) else None
+        finished = len(states) == len(ids) and not any(v.startswith(_UNFINISHED) for v in states.values())
+        return states if finished else None
 
-    return wait_until("sacct knows every job", query, 30)
+    return wait_until("sacct knows every job as finished", query, timeout_s)
 
 
 @pytest.mark.timeout(180)
@@ -115,6 +120,131 @@ def test_failing_task_is_failed_in_sacct_store_and_job_return(slurm_cluster: Slu
     assert "ValueError: bad value x=1" in (rows[1][2] or "") or rows[1][2] == "task raised an exception"
     assert _sacct_states(slurm_cluster, sweep) == {0: "COMPLETED 0:0", 1: "FAILED 1:0"}
     assert (sweep / "1" / ".launcher" / EXIT_FILE).read_text().strip() == "1"
+
+
+def _ranked_task(cfg):
+    """Every task (rank) of the job runs this: it leaves ``rank<N>.txt`` in the job's output dir.
+    mode ok: both ranks return; raise1: rank 1 raises while rank 0 blocks (as in a collective
+    waiting for its peer); kill1: rank 1 is SIGKILLed once rank 0 has written its result."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    rank = int(os.environ["SLURM_PROCID"])
+    out = Path(HydraConfig.get().runtime.output_dir)
+    (out / f"rank{rank}.txt").write_text(f"{os.environ['SLURM_LOCALID']} {os.environ['SLURM_NTASKS']}")
+    if cfg.mode == "raise1" and rank == 1:
+        raise ValueError("rank 1 failed")
+    if cfg.mode == "raise1":
+        time.sleep(300)
+        (out / "rank0-end.txt").write_text("rank 0 was not stopped")
+    if cfg.mode == "kill1" and rank == 1:
+        deadline = time.monotonic() + 60
+        while not (out / ".launcher" / "result.pkl").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"rank": rank, "ntasks": int(os.environ["SLURM_NTASKS"])}
+
+
+@pytest.mark.timeout(150)
+def test_every_rank_runs_rank_0_returns_and_any_failed_rank_fails_the_job(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """tasks_per_node=2: both tasks run the function (each sees its SLURM_PROCID), Hydra gets rank
+    0's value; a failure on rank 1 alone fails the job with rank 1's exception and stops rank 0
+    (srun --kill-on-bad-exit) instead of leaving it to the time limit; a rank killed without a
+    result fails the job even though rank 0 completed."""
+    sweep = tmp_path / "sweep"
+    jobs = [["+mode=ok"], ["+mode=raise1"], ["+mode=kill1"]]
+    returns = launch_sweep(_ranked_task, jobs, _overrides(sweep, "hydra.launcher.tasks_per_node=2"))
+
+    for num in range(3):  # both ranks ran in every job
+        ranks = {p.name: p.read_text() for p in (sweep / str(num)).glob("rank?.txt")}
+        assert ranks == {"rank0.txt": "0 2", "rank1.txt": "1 2"}, num
+    assert returns[0].status == JobStatus.COMPLETED and returns[0].return_value == {"rank": 0, "ntasks": 2}
+    assert returns[1].status == JobStatus.FAILED
+    with pytest.raises(ValueError, match="rank 1 failed") as raised:
+        _ = returns[1].return_value
+    assert "(raised by task rank 1)" in getattr(raised.value, "__notes__", [])
+    assert not (sweep / "1" / "rank0-end.txt").exists()
+    assert returns[2].status == JobStatus.FAILED
+    with pytest.raises(JobLostError, match="without writing a result"):
+        _ = returns[2].return_value
+    assert (sweep / "2" / ".launcher" / "ranks" / "result.0.pkl").exists()  # rank 0's, set aside
+    rows = _rows(sweep)
+    assert [rows[i][1] for i in range(3)] == [JobState.COMPLETED, JobState.FAILED, JobState.FAILED]
+    sacct = _sacct_states(slurm_cluster, sweep)
+    assert sacct[0] == "COMPLETED 0:0" and sacct[1].startswith("FAILED") and sacct[2].startswith("FAILED")
+
+
+def _timed_task(cfg):
+    """Sleeps cfg.s, appends "<x> <start> <end>" (wall clock) to cfg.record, then fails if x == cfg.fail."""
+    import os
+    import time
+
+    start = time.time()
+    time.sleep(cfg.s)
+    fd = os.open(cfg.record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{cfg.x} {start} {time.time()}\n".encode())
+    finally:
+        os.close(fd)
+    if cfg.x == cfg.fail:
+        raise ValueError(f"job {cfg.x} failed")
+    return cfg.x
+
+
+def _max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """Most intervals open at one instant (an end at t comes before a start at t)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _t, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.timeout(240)
+def test_arrays_chained_with_afterany_keep_array_parallelism_across_the_sweep(
+    slurm_cluster: SlurmCluster, slurm_calls: CommandLog, tmp_path: Path
+) -> None:
+    """12 jobs, MaxArraySize 5 (3 arrays), array_parallelism=3: each array is submitted with
+    --dependency=afterany on the one before, so no more than 3 tasks of the sweep run at once and
+    an array starts only when the previous one has ended. Job 1 (first array) fails: the next
+    arrays still run (afterany, not afterok) and every other job completes with its value."""
+    n, parallelism = 12, 3
+    sweep = tmp_path / "sweep"
+    record = tmp_path / "record.txt"
+    jobs = [[f"+x={i}", "+s=3", "+fail=1", f"+record={record}"] for i in range(n)]
+    overrides = _overrides(sweep, f"hydra.launcher.array_parallelism={parallelism}")
+    returns = launch_sweep(_timed_task, jobs, overrides)
+
+    assert [r.status for r in returns] == [JobStatus.COMPLETED] + [JobStatus.FAILED] + [JobStatus.COMPLETED] * (n - 2)
+    assert [r.return_value for i, r in enumerate(returns) if i != 1] == [i for i in range(n) if i != 1]
+    with pytest.raises(ValueError, match="job 1 failed"):
+        _ = returns[1].return_value
+    sacct = _sacct_states(slurm_cluster, sweep)
+    assert sacct == {i: "FAILED 1:0" if i == 1 else "COMPLETED 0:0" for i in range(n)}
+
+    # the dependency: array k+1 was submitted with afterany on array k (as the state store knows them)
+    arrays = sorted({h["array_job_id"] for _s, _o, _r, h in _rows(sweep).values()}, key=int)
+    sbatch = slurm_calls.lines("sbatch")
+    assert len(arrays) == len(sbatch) == 3
+    assert "--dependency" not in sbatch[0]
+    assert [line.split()[2] for line in sbatch[1:]] == [f"--dependency=afterany:{a}" for a in arrays[:2]]
+    # ... and what it did: at most `parallelism` tasks at once, each array after the previous one ended
+    times = {
+        int(x): (float(start), float(end))
+        for x, start, end in (line.split() for line in record.read_text().splitlines())
+    }
+    assert sorted(times) == list(range(n))
+    assert 2 <= _max_overlap(list(times.values())) <= parallelism
+    chunks = [range(0, 5), range(5, 10), range(10, 12)]
+    for before, after in zip(chunks, chunks[1:]):
+        assert max(times[i][1] for i in before) < min(times[i][0] for i in after), times
 
 
 @pytest.mark.timeout(120)
@@ -199,11 +329,45 @@ def test_preemption_notice_requeues_and_task_resumes_from_checkpoint(
     assert any(line.startswith(f"scontrol update JobId={slurm_id}") for line in slurm_calls.lines("scontrol"))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(120)
+def test_notice_during_set_up_requeues_before_the_task_starts(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """A SIGUSR2 that reaches the batch shell while it still runs `setup` lines (module loads can take
+    long; slurmctld's time-limit check may signal right after the start) must not kill it (bash's
+    default for SIGUSR2): the job is requeued before its task starts, and its next run completes."""
+
+    def task(cfg):
+        import os
+        from pathlib import Path
+
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+        (out / f"ran-{os.environ.get('SLURM_RESTART_COUNT', '0')}.txt").write_text("")
+        return "ran"
+
+    sweep = tmp_path / "sweep"
+    overrides = _overrides(sweep, "hydra.launcher.setup=['sleep 8']")
+    launch_sweep(task, [["+x=0"]], [*overrides, "hydra.launcher.wait=false"])
+    stderr = sweep / "0" / ".launcher" / "stderr.log"
+    wait_until("batch script in its set-up", lambda: stderr.exists() and "(restart 0)" in stderr.read_text(), 60, 0.1)
+    slurm_cluster.run("scancel", "--batch", "--signal=USR2", _rows(sweep)[0][3]["slurm_job_id"])
+
+    returns = launch_sweep(task, [["+x=0"]], overrides)  # re-attaches and waits
+    log = stderr.read_text()
+    assert returns[0].status == JobStatus.COMPLETED and returns[0].return_value == "ran", log
+    assert sorted(p.name for p in (sweep / "0").glob("ran-*.txt")) == ["ran-1.txt"]  # the first run never ran it
+    assert "preemption: stopping the task and requeueing it" in log and "(restart 1)" in log
+
+
+@pytest.mark.timeout(420)
 def test_timeout_requeues_up_to_max_num_timeout_then_fails(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    """timeout_min=1, signal_delay_s=50: SIGUSR2 comes 0-10 s into each run (slurmctld checks
-    time limits every 30 s and signals up to 30 s early). Job 0 resumes after one requeue; job 1
-    never ends, is requeued once (max_num_timeout=1), then runs into the time limit (60-90 s)."""
+    """timeout_min=1, signal_delay_s=50: slurmctld checks time limits every 30 s and signals up to
+    30 s early, so SIGUSR2 comes at its first check of each run, 0-30 s in (possibly while the batch
+    script still sets up). Job 0 resumes after one requeue; job 1 never ends, is requeued once
+    (max_num_timeout=1), then runs into the time limit (killed 60-90 s into its second run).
+
+    Nothing here sleeps for a fixed time: the launch waits on Slurm's states; the bound (420 s, incl.
+    the cluster's start when this test runs first) is ~3x the slowest legitimate course (~140 s)."""
 
     def task(cfg):
         import os
@@ -224,19 +388,18 @@ def test_timeout_requeues_up_to_max_num_timeout_then_fails(slurm_cluster: SlurmC
     started = time.monotonic()
     returns = launch_sweep(task, [["+x=0"], ["+x=1"]], overrides)
     elapsed = time.monotonic() - started
+    logs = {num: (sweep / str(num) / ".launcher" / "stderr.log").read_text() for num in (0, 1)}
 
-    assert returns[0].status == JobStatus.COMPLETED and returns[0].return_value == "resumed"
-    assert returns[1].status == JobStatus.FAILED
+    assert returns[0].status == JobStatus.COMPLETED and returns[0].return_value == "resumed", logs[0]
+    assert returns[1].status == JobStatus.FAILED, logs[1]
     with pytest.raises(JobTimeoutError):
         _ = returns[1].return_value
     rows = _rows(sweep)
-    assert rows[1][1] is JobState.FAILED and (rows[1][2] or "").startswith("timeout")
+    assert rows[1][1] is JobState.FAILED and (rows[1][2] or "").startswith("timeout"), rows[1]
     for num in (0, 1):
-        assert (sweep / str(num) / ".launcher" / TIMEOUTS_FILE).read_text().strip() == "1"
-    assert (
-        "not requeued (1 requeues after timeouts, max_num_timeout=1)"
-        in (sweep / "1" / ".launcher" / "stderr.log").read_text()
-    )
+        assert (sweep / str(num) / ".launcher" / TIMEOUTS_FILE).read_text().strip() == "1", logs[num]
+        assert logs[num].count("timeout: stopping the task and requeueing it") == 1, logs[num]
+    assert "not requeued (1 requeues after timeouts, max_num_timeout=1;" in logs[1]
     assert _sacct_states(slurm_cluster, sweep)[1].startswith("TIMEOUT")
     assert elapsed > 60
 

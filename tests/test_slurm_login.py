@@ -3,7 +3,9 @@ test sshd of tests/sshd.py (user hrltest1; its Python has no hydra-remote-launch
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from launcher_core.backends import backend_for_meta
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
 from tests.slurm_cluster import (  # noqa: F401  (fixtures)
+    TEST_MAX_ARRAY_SIZE,
     CommandLog,
     SlurmCluster,
     launch_sweep,
@@ -26,18 +29,32 @@ from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (f
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 
 
-def _login_overrides(cluster: SlurmCluster, env: SSHTestEnv, calls: CommandLog, sweep: Path, name: str) -> list[str]:
+def _login_overrides(
+    cluster: SlurmCluster, env: SSHTestEnv, calls: CommandLog, sweep: Path, name: str, absolute: bool = False
+) -> list[str]:
+    """Overrides of a login_host launch; ``absolute``: remote_dir as an absolute path (else under ~)."""
     setup = f"['export SLURM_CONF={cluster.conf}','export PATH={calls.bin_dir}:$PATH']"
     return [
         f"hydra.sweep.dir={sweep}",
         f"hydra.launcher.login_host={env.server.alias()}",
         f"hydra.launcher.ssh_config={env.server.ssh_config}",
-        f"hydra.launcher.remote_dir={env.remote_dir(name)}",
+        f"hydra.launcher.remote_dir={env.remote_path(name) if absolute else env.remote_dir(name)}",
         f"hydra.launcher.python={env.python}",
         f"hydra.launcher.login_setup={setup}",
         "hydra.launcher.poll_interval_s=0.3",
         "hydra.launcher.timeout_min=5",
     ]
+
+
+def _scripts(sweep: Path) -> dict[str, str]:
+    """The sweep's sbatch scripts, the two names that change with every launch set aside: the code
+    snapshot's tag (``<date>-<time>-<hex>``) and the content hash of the sweep payload (the pickled
+    task function and Hydra state)."""
+    out = {}
+    for path in (sweep / ".launcher" / "slurm").glob("*.sbatch"):
+        text = re.sub(r"/\d{8}-\d{6}-[0-9a-f]{6}\b", "/TAG", path.read_text())
+        out[path.name] = re.sub(r"/sweep-[0-9a-f]{16}\.pkl\b", "/sweep-HASH.pkl", text)
+    return out
 
 
 @pytest.mark.timeout(240)
@@ -70,13 +87,27 @@ def test_login_host_submits_watches_fetches_and_cancels_over_ssh(
         return {"x": cfg.x, "user": getpass.getuser(), "helper": helper.VALUE}
 
     sweep = project / "multirun" / "login"
+    jobs = [[f"+x={i}"] for i in range(7)]
+    overrides = _login_overrides(slurm_cluster, ssh_env, calls, sweep, "login", absolute=True)
     connections = ssh_env.server.connections()
-    returns = launch_sweep(
-        task, [[f"+x={i}"] for i in range(7)], _login_overrides(slurm_cluster, ssh_env, calls, sweep, "login")
+    # a dry run first: it connects to nothing and shows exactly the scripts the launch then submits
+    # (told the cluster's MaxArraySize, which it cannot ask for)
+    launch_sweep(
+        task, jobs, [*overrides, "hydra.launcher.dry_run=true", f"hydra.launcher.max_array_size={TEST_MAX_ARRAY_SIZE}"]
     )
+    dry_scripts = _scripts(sweep)
+    assert ssh_env.server.connections() == connections and calls.lines() == []
+    returns = launch_sweep(task, jobs, overrides)
 
     log_tail = ssh_env.server.log.read_text().splitlines()[-30:]
     assert ssh_env.server.connections() - connections == 1, log_tail  # one SSH connection for the launch
+    submitted = _scripts(sweep)
+    assert sorted(submitted) == ["jobs0-4.sbatch", "jobs5-6.sbatch"]
+    assert str(ssh_env.remote_path("login")) in submitted["jobs0-4.sbatch"]
+    assert sorted(dry_scripts) == sorted(submitted)
+    for name, text in submitted.items():
+        diff = difflib.unified_diff(text.splitlines(True), dry_scripts[name].splitlines(True), "submitted", "dry run")
+        assert dry_scripts[name] == text, "".join(diff)
     assert [r.status for r in returns] == [JobStatus.COMPLETED] * 6 + [JobStatus.FAILED]
     assert [r.return_value for r in returns[:6]] == [
         {"x": i, "user": "hrltest1", "helper": "from the code snapshot"} for i in range(6)

@@ -120,7 +120,8 @@ def test_script_with_container_wraps_the_worker(tmp_path: Path) -> None:
     text = _script(options, tmp_path)
     sweep_pkl = shlex.quote(str(tmp_path / ".launcher" / "slurm" / "sweep.pkl"))
     expected = (
-        f"srun --unbuffered --mpi=none singularity exec --nv --bind {shlex.quote(str(tmp_path))} --bind /data "
+        f"srun --unbuffered --kill-on-bad-exit=1 --mpi=none singularity exec --nv --bind {shlex.quote(str(tmp_path))} "
+        "--bind /data "
         f'/img.sif python -m launcher_core.worker {sweep_pkl} "$LAUNCHER_DIR"/job.pkl &'
     )
     assert expected in text
@@ -141,6 +142,17 @@ def test_script_with_container_wraps_the_worker(tmp_path: Path) -> None:
         ({"container": {"image": "/i.sif", "runtime": "docker"}}, "hydra.launcher.container.runtime"),
         ({"login_host": "-oProxyCommand=x"}, "hydra.launcher.login_host"),
         ({"signal_delay_s": 70000}, "65535"),
+        (
+            {"additional_parameters": {"signal": "B:USR1@60"}},
+            r"additional_parameters.signal: the launcher sets the signal",
+        ),
+        ({"additional_parameters": {"sig": "USR1@60"}}, r"additional_parameters.sig: the launcher sets the signal"),
+        ({"additional_parameters": {"out": "/x.log"}}, r"additional_parameters.out is set by the launcher"),
+        (
+            {"srun_args": ["--mpi=none", "--signal=USR1@60"]},
+            r"srun_args\[1\] \('--signal=USR1@60'\): the launcher sets",
+        ),
+        ({"srun_args": ["--sig=TERM@30"]}, r"srun_args\[0\] .*signal_delay_s instead"),
     ],
 )
 def test_bad_options_name_the_key(params: dict, message: str) -> None:
@@ -167,20 +179,135 @@ def test_cluster_presets_are_valid_settings(preset: Path) -> None:
     SlurmOptions.from_params(OmegaConf.to_container(merged, resolve=False))
 
 
-def test_dry_run_with_login_host_never_connects(tmp_path: Path) -> None:
-    """A dry run writes scripts for a login_host setup without any ssh (the host does not exist)."""
+def _login_dry_run(code_dir: Path, sweep_dir: Path, **params: object) -> tuple[str, dict, list[str]]:
+    """A login_host dry run of 3 jobs: (script text, first job payload, names of the Slurm commands run)."""
+    import cloudpickle
+
     from launcher_core.backends.slurm import SlurmBackend
     from launcher_core.jobs import SweepInfo
 
-    options = SlurmOptions.from_params({"login_host": "no-such-host.invalid", "dry_run": True})
+    options = SlurmOptions.from_params({"login_host": "no-such-host.invalid", "dry_run": True, **params})
     backend = SlurmBackend(options, task_function=len, hydra_context=None)
-    specs = _specs(3, tmp_path / "sweep")
+    specs = _specs(3, sweep_dir)
     for spec in specs:
-        spec.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep"), "subdir": str(spec.idx)}}})
-    backend.prepare(SweepInfo("s1", tmp_path / "sweep", tmp_path, "app"))
+        spec.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir), "subdir": str(spec.idx)}}})
+    backend.prepare(SweepInfo("s1", sweep_dir, code_dir, "app"))
     try:
         chunks = backend.write_scripts(specs)
     finally:
         backend.close()
     assert [c.script_name for c, _path in chunks] == ["jobs0-2.sbatch"]
-    assert backend.calls == {}
+    payload = cloudpickle.loads((sweep_dir / "0" / ".launcher" / "job.pkl").read_bytes())
+    return chunks[0][1].read_text(), payload, list(backend.calls)
+
+
+def test_dry_run_with_login_host_shows_the_cluster_paths_without_connecting(tmp_path: Path) -> None:
+    """The scripts are the ones the login node would get: its snapshot, sweep dir, worker and Python
+    (the host does not exist: any ssh would fail)."""
+    import re
+
+    code = tmp_path / "proj"
+    text, payload, calls = _login_dry_run(code, code / "multirun" / "x", remote_dir="/cluster/me/hrl")
+
+    assert calls == [] and str(tmp_path) not in text
+    remote_sweep = "/cluster/me/hrl/runs/multirun/x"
+    snapshot = re.search(r"^#SBATCH --chdir=(/cluster/me/hrl/snapshots/s1/\d{8}-\d{6}-[0-9a-f]{6})$", text, re.M)
+    assert snapshot, text
+    assert f"#SBATCH --output={remote_sweep}/.launcher/slurm/logs/%A.log\n" in text
+    assert "".join(f"  {remote_sweep}/{i}/.launcher\n" for i in range(3)) in text
+    pythonpath = f"{remote_sweep}/.launcher/slurm/pylib:{snapshot.group(1)}"
+    assert f'export PYTHONPATH={pythonpath}"${{PYTHONPATH:+:$PYTHONPATH}}"' in text
+    worker = f"python3 -m launcher_core.remote_worker {remote_sweep}/.launcher/slurm/sweep-"
+    assert re.search(re.escape(worker) + r'[0-9a-f]{16}\.pkl "\$LAUNCHER_DIR"/job\.pkl &', text), text
+    # the job payload has the cluster paths too: Hydra there writes into the remote sweep dir
+    assert payload["result_path"] == f"{remote_sweep}/0/.launcher/result.pkl"
+    assert (payload["config"].hydra.sweep.dir, payload["config"].hydra.sweep.subdir) == (remote_sweep, "0")
+
+
+def test_dry_run_with_login_host_shows_the_remote_home_as_tilde(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Default remote_dir (in the home dir there) and a sweep dir outside the code dir (by-id layout)."""
+    text, payload, calls = _login_dry_run(tmp_path / "proj", tmp_path / "elsewhere")
+
+    assert calls == [] and str(tmp_path) not in text
+    remote_sweep = "~/hydra-remote-launcher/proj/runs/by-id/s1"
+    assert payload["result_path"] == f"{remote_sweep}/0/.launcher/result.pkl"
+    assert f"#SBATCH --output='{remote_sweep}/.launcher/slurm/logs/%A.log'" in text
+    assert "remote_dir '~/hydra-remote-launcher/proj' is in the home dir on no-such-host.invalid" in caplog.text
+
+
+def _pick_result(launcher_dir: Path, files: dict[str, str]) -> dict[str, str]:
+    """Run the batch script's ``_hrl_failed_rank`` in bash on a launcher dir holding ``files``;
+    return the files afterwards (relative path -> content)."""
+    import subprocess
+
+    from launcher_core.backends.slurm import _failed_rank_function
+
+    for name, content in files.items():
+        (launcher_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (launcher_dir / name).write_text(content)
+    script = "\n".join([*_failed_rank_function(), "_hrl_failed_rank"])
+    env = {"LAUNCHER_DIR": str(launcher_dir), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", "-c", script], env=env, check=True, timeout=30)
+    return {str(p.relative_to(launcher_dir)): p.read_text() for p in launcher_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "files, expected",
+    [
+        # rank 0 completed, ranks 2 and 10 failed: the lowest failed rank's result is the job's
+        (
+            {"result.pkl": "rank0 ok", "ranks/failed.10.pkl": "rank10 err", "ranks/failed.2.pkl": "rank2 err"},
+            {"result.pkl": "rank2 err", "ranks/failed.10.pkl": "rank10 err"},
+        ),
+        # rank 0 failed too: its own failure stays the job's
+        (
+            {"result.pkl": "rank0 err", "ranks/failed.0.pkl": "rank0 err", "ranks/failed.1.pkl": "rank1 err"},
+            {"result.pkl": "rank0 err", "ranks/failed.1.pkl": "rank1 err"},
+        ),
+        # a rank was killed (no failure written): rank 0's COMPLETED result must not stand for the job
+        ({"result.pkl": "rank0 ok"}, {"ranks/result.0.pkl": "rank0 ok"}),
+        ({}, {}),
+    ],
+)
+def test_failed_rank_picks_the_jobs_result(tmp_path: Path, files: dict[str, str], expected: dict[str, str]) -> None:
+    assert _pick_result(tmp_path, files) == expected
+
+
+def test_usr2_is_trapped_before_any_set_up_and_signal_delay_0_asks_for_no_signal(tmp_path: Path) -> None:
+    """A notice that arrives while the script sets up (modules, setup lines) must not kill the batch
+    shell (bash's default for SIGUSR2): the first command traps it."""
+    options = SlurmOptions.from_params({"setup": ["sleep 1"], "modules": ["cuda"]})
+    lines = _script(options, tmp_path).splitlines()
+    first_command = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert lines[first_command].startswith("trap '_hrl_usr2=1' USR2")
+    assert lines.index("trap _hrl_requeue USR2") > lines.index("sleep 1") > lines.index("module load cuda")
+    assert "#SBATCH --signal=B:USR2@120" in lines
+    assert "--signal" not in _script(SlurmOptions.from_params({"signal_delay_s": 0}), tmp_path)
+
+
+def test_notice_during_set_up_requeues_before_the_task_starts(tmp_path: Path) -> None:
+    """The batch script run by bash (no Slurm): a setup line sends the shell SIGUSR2 (as slurmctld may
+    while modules load); the shell survives, requeues (stand-in scontrol) and never starts the task."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.log"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    options = SlurmOptions.from_params({"use_srun": False, "setup": ["kill -USR2 $$", "echo set-up done >&2"]})
+    script = tmp_path / "job.sbatch"
+    script.write_text(_script(options, tmp_path))
+    ldir = tmp_path / "0" / ".launcher"
+    ldir.mkdir(parents=True)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "0"}
+    proc = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, timeout=60, check=False)
+
+    assert proc.returncode == 0, (ldir / "stderr.log").read_text()
+    assert calls.read_text() == "requeue 7_0\n"
+    stderr = (ldir / "stderr.log").read_text()
+    assert "set-up done" in stderr and "preemption: stopping the task and requeueing it" in stderr
+    assert sorted(os.listdir(ldir)) == ["stderr.log", "stdout.log"]  # no task ran, no exit code written

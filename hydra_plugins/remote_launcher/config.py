@@ -133,7 +133,7 @@ class SlurmLauncherConf:
     mem_per_gpu: Optional[str] = None
     mem_per_cpu: Optional[str] = None
     account: Optional[str] = None
-    # SIGUSR2 this many seconds before the time limit: requeue (see max_num_timeout)
+    # SIGUSR2 this many seconds before the time limit: requeue (see max_num_timeout); 0: no signal
     signal_delay_s: int = 120
     # requeues allowed after a timeout; only for tasks that resume from their own checkpoints
     max_num_timeout: int = 0

@@ -24,12 +24,22 @@ a task that raised: sacct says FAILED, the state store says FAILED and Hydra get
 exception back. Override values never reach a shell: they only live in the pickled payloads;
 every path in the scripts goes through ``shlex.quote``.
 
+Several tasks per job (``tasks_per_node``/``nodes`` > 1): every task (rank) runs the worker, as
+with submitit; rank 0 writes the result, a failed rank writes its own into ``ranks/`` and the batch
+script makes the lowest failed rank's result the job's (:func:`_failed_rank_function`); ``srun
+--kill-on-bad-exit=1`` stops the other ranks when one fails.
+
+Arrays of one sweep: each is throttled to ``array_parallelism`` (``%P``); when the sweep has more
+jobs than that, each array also waits for the previous one (``--dependency=afterany``, so failed
+tasks do not block the rest), which keeps the limit across the whole sweep.
+
 Status is one batched ``sacct`` per poll. Without accounting (``sacct`` fails), ``squeue`` plus
 the ``slurm_exit`` files decide, and a job gone from both without an exit file is reported
 lost instead of being waited for forever.
 
 Timeouts and preemption: the batch shell gets ``SIGUSR2`` ``signal_delay_s`` before the time
-limit (``--signal=B:USR2@N``; slurmctld may send it up to 30 s earlier, ``SIGNAL_EARLY_S``). If
+limit (``--signal=B:USR2@N``; slurmctld may send it up to 30 s earlier, ``SIGNAL_EARLY_S``; the
+first command of the script traps it, so one that comes during the set-up cannot kill the shell). If
 it came that late it is a timeout: while fewer than ``max_num_timeout`` requeues after a timeout
 happened, the task gets ``SIGTERM`` (through srun, which gives it the cluster's ``KillWait``
 before SIGKILL; without srun ``signal_delay_s / 2``, 5-60 s), then ``scontrol requeue`` puts it
@@ -37,9 +47,11 @@ back in the queue; otherwise it runs on into the time limit (TIMEOUT). A ``SIGUS
 earlier is a preemption notice and always requeues. A requeued task starts again from the
 beginning with the same config and output dir and ``SLURM_RESTART_COUNT`` set: resuming means
 loading the last checkpoint the task saved there. Slurm holds requeued jobs for ~120 s
-(BeginTime); every poll releases them with ``scontrol update JobId=... StartTime=now``.
+(BeginTime); every poll releases them with ``scontrol update JobId=... StartTime=now``. The
+signal is ours alone: ``additional_parameters.signal`` and an srun ``--signal`` are refused.
 
-``login_host`` (:class:`LoginSite`): the same scripts and payloads with cluster paths, rsynced
+``login_host`` (:class:`LoginSite`): the same scripts and payloads with cluster paths (a dry run
+computes them without connecting), rsynced
 to the login node next to a code snapshot (remote_ssh's layout and :mod:`launcher_core.ssh`'s
 one multiplexed connection); every Slurm command is a session on that connection, and
 ``fetch`` rsyncs the finished job dirs home.
@@ -52,6 +64,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +95,7 @@ from launcher_core.jobs import (
     SweepInfo,
 )
 from launcher_core.validation import check_optional_positive, check_positive
+from launcher_core.worker import RANKS_DIR_ENV
 
 log = logging.getLogger("launcher_core.slurm")
 
@@ -89,6 +103,7 @@ SLURM_DIR = "slurm"
 JOB_PAYLOAD_FILE = "job.pkl"
 EXIT_FILE = "slurm_exit"
 TIMEOUTS_FILE = "slurm_timeouts"
+RANKS_DIR = "ranks"  # in a job's launcher dir: results of the tasks (ranks) that failed
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long after submission is lost
 # slurmctld checks time limits every 30 s and sends the --signal up to 30 s early (so that it is
@@ -208,6 +223,7 @@ class SlurmOptions:
             setattr(
                 self, key, [_line(f"{p}.{key}", v, allow_empty=key == "setup") for v in _as_list(f"{p}.{key}", value)]
             )
+        _check_srun_args(f"{p}.srun_args", self.srun_args)
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
         self.env = dict(_env_vars(f"{p}.env", self.env))
         self.container = container_from_config(self.container, f"{p}.container")
@@ -232,10 +248,11 @@ class SlurmOptions:
             "time": self.timeout_min,
             "nodes": self.nodes,
             "ntasks-per-node": self.tasks_per_node,
-            "signal": f"B:USR2@{self.signal_delay_s}",
             "requeue": True,
             "open-mode": "append",
         }
+        if self.signal_delay_s:  # 0: no notice before the time limit (Slurm would send none for @0 either)
+            opts["signal"] = f"B:USR2@{self.signal_delay_s}"
         optional = {
             "cpus-per-task": self.cpus_per_task,
             "gpus-per-node": self.gpus_per_node,
@@ -273,10 +290,33 @@ def _sbatch_parameters(key: str, value: Any) -> dict[str, Any]:
     for name, val in value.items():
         if not isinstance(name, str) or not _OPTION_NAME.match(name):
             raise ConfigError(f"{key}: {name!r} is not an sbatch option name")
-        if name.replace("_", "-") in ("array", "output", "error", "chdir", "signal"):
+        reserved = _abbreviates(name.replace("_", "-"), ("array", "output", "error", "chdir", "signal"))
+        if reserved == "signal":
+            raise ConfigError(f"{key}.{name}: {_SIGNAL_IS_OURS}")
+        if reserved:
             raise ConfigError(f"{key}.{name} is set by the launcher and cannot be overridden")
         out[name] = val if val is True else _line(f"{key}.{name}", val)
     return out
+
+
+_SIGNAL_IS_OURS = (
+    "the launcher sets the signal itself (SIGUSR2 to the batch shell, signal_delay_s before the time "
+    "limit: its timeout requeue and preemption handling depend on it); set hydra.launcher.signal_delay_s instead"
+)
+
+
+def _abbreviates(name: str, options: Sequence[str]) -> str | None:
+    """The option of ``options`` that ``name`` spells or abbreviates (Slurm's commands take unambiguous
+    prefixes of long options, ``--sig`` is ``--signal``), or None."""
+    return next((o for o in options if o == name or (len(name) >= 3 and o.startswith(name))), None)
+
+
+def _check_srun_args(key: str, args: Sequence[str]) -> None:
+    """Refuse an srun ``--signal``: Slurm would signal the tasks themselves before the time limit, next to
+    (and racing with) the batch shell's SIGUSR2 that drives timeouts and preemption."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and _abbreviates(arg[2:].partition("=")[0], ("signal",)):
+            raise ConfigError(f"{key}[{i}] ({arg!r}): {_SIGNAL_IS_OURS}")
 
 
 def _env_vars(key: str, value: Any) -> list[tuple[str, str]]:
@@ -377,6 +417,7 @@ def render_script(
         f"{chunk.offset} + i)",
         *(_sbatch_line(k, v) for k, v in sbatch.items()),
         "",
+        "trap '_hrl_usr2=1' USR2  # a notice during the set-up below is acted on once the task is about to start",
         "_hrl_dirs=(",
         *(f"  {shlex.quote(d)}" for d in launcher_dirs),
         ")",
@@ -387,7 +428,7 @@ def render_script(
         "export LAUNCHER_DIR",
         f'exec >>"$LAUNCHER_DIR"/{STDOUT_FILE} 2>>"$LAUNCHER_DIR"/'
         + (STDOUT_FILE if options.stderr_to_stdout else STDERR_FILE),
-        f'rm -f "$LAUNCHER_DIR"/{EXIT_FILE}',
+        f'rm -rf "$LAUNCHER_DIR"/{EXIT_FILE} "$LAUNCHER_DIR"/{RANKS_DIR}',
         'echo "[hydra-remote-launcher] slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)'
         ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
         'umask "$_hrl_umask"',
@@ -413,11 +454,39 @@ def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str]) -> list
 
 
 def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
-    """Start the task in the background, requeue on SIGUSR2 (see module doc), record the exit code."""
-    limit_s = options.timeout_min * 60
+    """Start the task in the background, requeue on SIGUSR2 (see module doc), pick the job's result
+    when a task failed (see :func:`_failed_rank_function`), record the exit code."""
     srun = ""
     if options.use_srun:
-        srun = " ".join(["srun", "--unbuffered", *(shlex.quote(a) for a in options.srun_args)]) + " "
+        # --kill-on-bad-exit: a failed task stops its peers (which would wait for it in a collective
+        # until the time limit); srun_args come after it, so "--kill-on-bad-exit=0" there wins
+        args = ["srun", "--unbuffered", "--kill-on-bad-exit=1", *(shlex.quote(a) for a in options.srun_args)]
+        srun = " ".join(args) + " "
+    return [
+        *_requeue_function(options),
+        "trap _hrl_requeue USR2",
+        'if [ -n "${_hrl_usr2:-}" ]; then _hrl_requeue; fi',
+        *_failed_rank_function(),
+        f'export {RANKS_DIR_ENV}="$LAUNCHER_DIR"/{RANKS_DIR}',
+        f"{srun}{render_argv(argv)} &",
+        "_hrl_child=$!",
+        "while :; do",
+        '  wait "$_hrl_child"',
+        "  _hrl_code=$?",
+        '  kill -0 "$_hrl_child" 2>/dev/null || break',
+        "done",
+        "umask 077",
+        'if [ "$_hrl_code" != 0 ]; then _hrl_failed_rank; fi',
+        f'echo "$_hrl_code" >"$LAUNCHER_DIR"/{EXIT_FILE}',
+        'exit "$_hrl_code"',
+    ]
+
+
+def _requeue_function(options: SlurmOptions) -> list[str]:
+    """``_hrl_requeue``, the SIGUSR2 handler: a timeout (the signal came ``signal_delay_s`` before the
+    limit) requeues while fewer than ``max_num_timeout`` timeout requeues happened, a preemption
+    notice (earlier) always; the running task (if any yet) gets SIGTERM first."""
+    limit_s = options.timeout_min * 60
     return [
         "_hrl_requeue() {",
         "  local kind=preemption n=0",
@@ -427,29 +496,47 @@ def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
         f'    n=$(cat "$LAUNCHER_DIR"/{TIMEOUTS_FILE} 2>/dev/null || echo 0)',
         f'    if [ "$n" -ge {options.max_num_timeout} ]; then',
         '      echo "[hydra-remote-launcher] time limit near: not requeued'
-        f' ($n requeues after timeouts, max_num_timeout={options.max_num_timeout})" >&2',
+        f' ($n requeues after timeouts, max_num_timeout={options.max_num_timeout}; $SECONDS s into the run)" >&2',
         "      return",
         "    fi",
         f'    echo $((n + 1)) >"$LAUNCHER_DIR"/{TIMEOUTS_FILE}',
         "  fi",
-        '  echo "[hydra-remote-launcher] $kind: stopping the task and requeueing it" >&2',
-        '  kill -TERM "$_hrl_child" 2>/dev/null',
-        f'  ( sleep {options.requeue_grace_s}; kill -KILL "$_hrl_child" 2>/dev/null ) &',
-        '  wait "$_hrl_child"',
+        '  echo "[hydra-remote-launcher] $kind: stopping the task and requeueing it ($SECONDS s into the run)" >&2',
+        '  if [ -n "${_hrl_child:-}" ]; then',
+        '    kill -TERM "$_hrl_child" 2>/dev/null',
+        f'    ( sleep {options.requeue_grace_s}; kill -KILL "$_hrl_child" 2>/dev/null ) &',
+        '    wait "$_hrl_child"',
+        "  fi",
         '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
         '  echo "[hydra-remote-launcher] scontrol requeue failed" >&2',
         "}",
-        "trap _hrl_requeue USR2",
-        f"{srun}{render_argv(argv)} &",
-        "_hrl_child=$!",
-        "while :; do",
-        '  wait "$_hrl_child"',
-        "  _hrl_code=$?",
-        '  kill -0 "$_hrl_child" 2>/dev/null || break',
-        "done",
-        "umask 077",
-        f'echo "$_hrl_code" >"$LAUNCHER_DIR"/{EXIT_FILE}',
-        'exit "$_hrl_code"',
+    ]
+
+
+def _failed_rank_function() -> list[str]:
+    """``_hrl_failed_rank``, run when srun (or the worker) exited non-zero.
+
+    Every task (rank) of a job runs the worker; rank 0 writes ``result.pkl``, a rank that fails also
+    writes its result to ``ranks/failed.<rank>.pkl`` (:func:`launcher_core.worker.run_ranked`). The
+    failure of the lowest failed rank becomes the job's result, so Hydra gets that exception even when
+    rank 0 completed. If no rank left one (a task was killed), rank 0's result is moved aside: a
+    failed job never comes back COMPLETED.
+    """
+    ranks = f'"$LAUNCHER_DIR"/{RANKS_DIR}'
+    return [
+        "_hrl_failed_rank() {",
+        "  local f r best=",
+        f"  for f in {ranks}/failed.*.pkl; do",
+        "    r=${f##*/failed.}; r=${r%.pkl}",
+        '    case "$r" in "" | *[!0-9]*) continue ;; esac',
+        '    if [ -z "$best" ] || [ "$r" -lt "$best" ]; then best=$r; fi',
+        "  done",
+        '  if [ -n "$best" ]; then',
+        f'    mv -f {ranks}/failed."$best".pkl "$LAUNCHER_DIR"/{RESULT_FILE}',
+        f'  elif [ -f "$LAUNCHER_DIR"/{RESULT_FILE} ]; then',
+        f'    mkdir -p {ranks} && mv -f "$LAUNCHER_DIR"/{RESULT_FILE} {ranks}/result.0.pkl',
+        "  fi",
+        "}",
     ]
 
 
@@ -702,32 +789,41 @@ class LoginSite:
         from launcher_core.backends.remote_ssh_scripts import parse_kv, prepare_script
 
         self.local_sweep_dir = str(sweep.sweep_dir)
-        if dry_run:  # no connection: the scripts show local paths
-            self.sweep_dir, self.code_dir, self.pythonpath = str(sweep.sweep_dir), str(sweep.code_dir), []
-            return
         tag = new_snapshot_tag()
         remote_dir = self.options.remote_dir or f"~/hydra-remote-launcher/{Path(sweep.code_dir).name}"
+        rel_sweep = _relative_to(sweep.sweep_dir, sweep.code_dir)
+        if dry_run:  # no connection: the layout prepare_script would claim, on a host where it is free
+            shown = _home_relative(remote_dir)
+            if not shown.startswith("/"):
+                log.warning(
+                    "dry run: remote_dir %r is in the home dir on %s, shown as ~", remote_dir, self.address.label
+                )
+            sweep_dir = f"{shown}/runs/{rel_sweep}" if rel_sweep else f"{shown}/runs/by-id/{sweep.sweep_id}"
+            self._set_layout(sweep, script_dirs, shown, sweep_dir, tag)
+            return
         script = prepare_script(
-            remote_dir=remote_dir,
-            sweep_id=sweep.sweep_id,
-            tag=tag,
-            rel_sweep=_relative_to(sweep.sweep_dir, sweep.code_dir),
-            host_key="slurm",
+            remote_dir=remote_dir, sweep_id=sweep.sweep_id, tag=tag, rel_sweep=rel_sweep, host_key="slurm"
         )
         info = parse_kv(self.commands.script(script, what="preparing the remote dirs"))
         if "remote_dir" not in info or "sweep_dir" not in info:
             raise BackendError(f"login host {self.address.label}: unexpected answer while preparing: {info}")
-        self.sweep_dir = info["sweep_dir"]
-        self.code_dir = f"{info['remote_dir']}/snapshots/{sweep.sweep_id}/{tag}"
+        self._set_layout(sweep, script_dirs, info["remote_dir"], info["sweep_dir"], tag)
         self._sync_code(sweep, info["remote_dir"], info.get("latest"), tag)
-        pylib = f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/pylib"
-        rel_scripts = [_relative_to(Path(d), sweep.code_dir) for d in script_dirs]
-        self.pythonpath = [pylib, self.code_dir, *(f"{self.code_dir}/{r}" for r in rel_scripts if r)]
         self._ship_pylib(sweep.sweep_dir)
         for command in self.options.prepare_commands:
             log.info("prepare command on %s: %s", self.address.label, command)
             body = "\n".join([*self.options.login_setup, f"cd {shlex.quote(self.code_dir)}", command])
             self.commands.script(body, what=f"prepare command {command!r}", timeout_s=3600)
+
+    def _set_layout(
+        self, sweep: SweepInfo, script_dirs: Sequence[str], remote_dir: str, sweep_dir: str, tag: str
+    ) -> None:
+        """Cluster paths of the sweep dir, the code snapshot and the jobs' PYTHONPATH."""
+        self.sweep_dir = sweep_dir
+        self.code_dir = f"{remote_dir}/snapshots/{sweep.sweep_id}/{tag}"
+        pylib = f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/pylib"
+        rel_scripts = [_relative_to(Path(d), sweep.code_dir) for d in script_dirs]
+        self.pythonpath = [pylib, self.code_dir, *(f"{self.code_dir}/{r}" for r in rel_scripts if r)]
 
     def _sync_code(self, sweep: SweepInfo, remote_dir: str, latest: str | None, tag: str) -> None:
         from launcher_core.codesync import (
@@ -791,9 +887,10 @@ class LoginSite:
         pylib = local_root / LAUNCHER_DIR / SLURM_DIR / "pylib"
         files = [str(p.relative_to(local_root)) for p in paths]
         files += [str(p.relative_to(local_root)) for p in pylib.rglob("*.py")]
-        stale = " ".join(shlex.quote(f"{d}/{name}") for d in cluster_dirs for name in (RESULT_FILE, EXIT_FILE))
+        names = (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE, RANKS_DIR)
+        stale = " ".join(shlex.quote(f"{d}/{name}") for d in cluster_dirs for name in names)
         logs = shlex.quote(f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/logs")
-        self.commands.script(f"mkdir -p {logs}\nrm -f {stale}", what="preparing the job dirs")
+        self.commands.script(f"mkdir -p {logs}\nrm -rf {stale}", what="preparing the job dirs")
         with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
             listing.write("".join(f"{f}\n" for f in files))
             listing.flush()
@@ -852,6 +949,14 @@ def _private_dir(path: Path) -> None:
     """Create ``path`` (and its parents) and make it owner-only: it holds payloads, results or logs."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def _home_relative(remote_dir: str) -> str:
+    """``remote_dir`` as the login host resolves it (see ``remote_path_expr``), with ``~`` for the home
+    dir there, which a dry run cannot ask for."""
+    if remote_dir.startswith(("/", "~/")):
+        return remote_dir
+    return "~" if remote_dir in ("", "~") else f"~/{remote_dir}"
 
 
 def _relative_to(path: Path, base: Path | str) -> str:
@@ -1005,7 +1110,12 @@ class SlurmBackend:
 
     def max_array_size(self) -> int:
         if self._max_array_size is None and self.options.dry_run and self.options.login_host:
-            log.info("dry run: not connecting to %s, assuming MaxArraySize=%d", self.options.login_host, 1001)
+            log.warning(
+                "dry run: not connecting to %s, assuming MaxArraySize=%d (set hydra.launcher.max_array_size "
+                "to the cluster's for the exact chunks)",
+                self.options.login_host,
+                DEFAULT_MAX_ARRAY_SIZE,
+            )
             self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
         if self._max_array_size is None:
             try:
@@ -1055,6 +1165,7 @@ class SlurmBackend:
         _private_dir(ldir)
         for stale in (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE):  # from an earlier attempt of this job
             (ldir / stale).unlink(missing_ok=True)
+        shutil.rmtree(ldir / RANKS_DIR, ignore_errors=True)
         job_dir, rel = self.site.cluster_job_dir(spec)
         with self.site.job_config(spec, job_dir, rel) as cfg:
             data = job_payload_bytes(cfg, spec.idx, f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}")
@@ -1279,11 +1390,14 @@ def dry_run_batch(
         chunks = backend.write_scripts(specs)
     finally:
         backend.close()
+    host = backend.options.login_host
+    where = f" (with the paths on {host}; nothing was copied there)" if host else ""
     log.info(
-        "dry run: %d sbatch scripts for %d jobs written to %s; nothing was submitted. Submit one with `sbatch %s`.",
+        "dry run: %d sbatch scripts for %d jobs written to %s%s; nothing was submitted. Submit one with `sbatch %s`.",
         len(chunks),
         len(specs),
         backend.slurm_dir,
+        where,
         chunks[0][1] if chunks else "SCRIPT",
     )
     returns = []
