@@ -784,6 +784,7 @@ class Ec2Backend:
                 cfg = instance_config(spec.config, sweep_dir=remote_sweep, subdir=subdir, code_dir=f"{workspace}/code")
                 job_prefix = f"{base}/runs/{run}/jobs/{spec.job_id}"
                 data = job_payload_bytes(cfg, spec.idx, f"{remote_out}/.launcher/result.pkl")
+                spec.release_config()  # it is in the payload now: do not hold thousands of configs
                 self.check_no_secrets(data, f"the payload of job #{spec.idx}")  # all checked before any upload
                 uploads.append((f"{job_prefix}/job.pkl", data, f"the payload of job #{spec.idx}"))
                 entries[spec.job_id] = {

@@ -774,6 +774,7 @@ class RemoteSSHBackend:
                 "local_cwd": _runtime_cwd(spec.config),
                 "local_sweep_dir": str(sweep_dir),
             }
+            spec.release_config()  # it is in the payload now: do not hold thousands of configs
         batch = {
             "batch_id": batch_id,
             "batch_dir": f"{remote_tag}/batches",
