@@ -1169,6 +1169,7 @@ class SlurmBackend:
         job_dir, rel = self.site.cluster_job_dir(spec)
         with self.site.job_config(spec, job_dir, rel) as cfg:
             data = job_payload_bytes(cfg, spec.idx, f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}")
+        spec.release_config()  # it is in the payload now: do not hold thousands of configs
         write(ldir / JOB_PAYLOAD_FILE, data)
 
     def _binds(self, jobs: Sequence[JobSpec]) -> list[str]:
