@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,48 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+
+_INTERPOLATION = re.compile(r"\$\{([^${}\\]*)\}")
+_PER_JOB_KEYS = ("hydra.job.num", "hydra.job.id")  # set by set_job_identity on the probe too
+_JOB_DEPENDENT_PREFIXES = ("hydra.overrides", "hydra.job.override_dirname")
+
+
+def _sweep_dirs_are_job_independent(cfg: DictConfig) -> bool:
+    """Whether ``hydra.sweep.dir`` and ``subdir`` refer only to the job's number and id,
+    ``${now:...}`` and ``hydra.*`` keys holding plain text: nothing a value override or the
+    job's override list can change. Anything else (another resolver, a relative or nested
+    interpolation, an escape) counts as dependent."""
+    for key in ("dir", "subdir"):
+        raw = _raw_value(cfg, f"hydra.sweep.{key}")
+        if not isinstance(raw, str) or "\\" in raw:
+            return False
+        if "${" in _INTERPOLATION.sub("", raw):
+            return False
+        if not all(_is_job_independent_reference(cfg, ref) for ref in _INTERPOLATION.findall(raw)):
+            return False
+    return True
+
+
+def _is_job_independent_reference(cfg: DictConfig, ref: str) -> bool:
+    ref = ref.strip()
+    if ref.startswith("now:"):
+        return True
+    if ref in _PER_JOB_KEYS:
+        return True
+    if not ref.startswith("hydra.") or ref.startswith(_JOB_DEPENDENT_PREFIXES) or ":" in ref:
+        return False
+    raw = _raw_value(cfg, ref)
+    return isinstance(raw, (str, int, float)) and "${" not in str(raw)
+
+
+def _raw_value(cfg: DictConfig, dotted: str) -> Any:
+    """The unresolved value at ``dotted`` (None if there is no such leaf)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node._get_node(part)
+    return None if isinstance(node, (DictConfig, ListConfig)) else node._value()
 
 
 def _overrides_dirname(cfg: DictConfig, app_overrides: Sequence[Override]) -> str:
@@ -76,6 +119,8 @@ class _Template:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.blob: bytes | None = None
+        self.dir_probe: DictConfig | None = None  # see SweepComposer.output_dir
+        self.dir_probe_checked = False
         try:
             blob = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
             if same_tree(cfg, pickle.loads(blob)):
@@ -100,6 +145,7 @@ class SweepComposer:
         self._templates: dict[tuple[str, ...], _Template] = {}
         self._group_cache: dict[str, bool] = {}
         self._parsed: dict[str, tuple[Override, bool]] = {}
+        self._composed: set[tuple[str, ...]] = set()  # override lists that composed without error
         self.full_compositions = 0
 
     def _is_group(self, key: str) -> bool:
@@ -130,12 +176,40 @@ class SweepComposer:
 
     def compose(self, overrides: Sequence[str]) -> DictConfig:
         parsed = self._parse(overrides)
+        cfg = self._replay(self._template(parsed), parsed)
+        self._composed.add(tuple(overrides))
+        return cfg
+
+    def _template(self, parsed: list[tuple[Override, bool]]) -> _Template:
         structural = tuple(o.input_line for o, is_value in parsed if not is_value)
         template = self._templates.get(structural)
         if template is None:
             template = _Template(self._full_compose(list(structural)))
             self._templates[structural] = template
-        return self._replay(template, parsed)
+        return template
+
+    def output_dir(self, overrides: Sequence[str], idx: int) -> str | None:
+        """The job's output dir without composing its config again, or None when that is not
+        known to be exact.
+
+        Exact when this override list composed without error before (Hydra's
+        ``validate_batch_is_legal`` composes every job just before the launch) and the
+        template's ``hydra.sweep.dir``/``subdir`` cannot depend on what differs between its
+        jobs (value overrides, ``hydra.overrides.task``, ``override_dirname``): then they
+        resolve on a copy of the template numbered like the job exactly as on the job's config.
+        """
+        if tuple(overrides) not in self._composed:
+            return None
+        template = self._template(self._parse(overrides))
+        if not template.dir_probe_checked:
+            template.dir_probe_checked = True
+            probe = template.copy()
+            OmegaConf.copy_cache(from_config=self._master, to_config=probe)
+            template.dir_probe = probe if _sweep_dirs_are_job_independent(probe) else None
+        if template.dir_probe is None:
+            return None
+        set_job_identity(template.dir_probe, idx)
+        return job_output_dir(template.dir_probe)
 
     def _full_compose(self, overrides: list[str]) -> DictConfig:
         self.full_compositions += 1

@@ -48,7 +48,8 @@ def sweep_id_for(sweep_dir: Path) -> str:
 def build_job_specs(
     *, hydra_context: Any, config: Any, sweep_id: str, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobSpec]:
-    """Compose every job's config (see :mod:`launcher_core.compose`) to name its output dir.
+    """Name every job's output dir, composing its config (see :mod:`launcher_core.compose`)
+    unless the sweeper's validation composed it a moment ago and the dir is known without.
 
     Composing here also surfaces every bad override before anything is launched. The configs
     are not kept: each spec composes its own again when a backend uses it (see :class:`JobSpec`).
@@ -60,12 +61,13 @@ def build_job_specs(
     for offset, overrides in enumerate(job_overrides):
         idx = initial_job_idx + offset
         factory = functools.partial(compose_job, composer, tuple(overrides), idx)
+        output_dir = composer.output_dir(overrides, idx) or job_output_dir(factory())
         specs.append(
             JobSpec(
                 job_id=job_id_for(sweep_id, list(overrides)),
                 idx=idx,
                 overrides=list(overrides),
-                output_dir=Path(job_output_dir(factory())),
+                output_dir=Path(output_dir),
                 config_factory=factory,
             )
         )

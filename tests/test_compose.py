@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from launcher_core.compose import SweepComposer
+from launcher_core.compose import SweepComposer, compose_job, job_output_dir
 from tests.conftest import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "tests" / "apps" / "conf_grid"
@@ -100,3 +100,32 @@ def test_errors_match_hydra(hydra_app, overrides: list[str]) -> None:
     with pytest.raises(type(slow_err.value)) as fast_err:
         SweepComposer(ctx, master).compose(overrides)
     assert str(fast_err.value) == str(slow_err.value)
+
+
+DIR_CASES = [
+    ([], True),  # Hydra's defaults: multirun/${now:...}/${now:...} and ${hydra.job.num}
+    (["hydra.sweep.dir=/tmp/hrl/${hydra.job.name}", "hydra.sweep.subdir=run_${hydra.job.id}"], True),
+    (["hydra.sweep.subdir=${hydra.runtime.choices.model}-${hydra.job.num}"], True),
+    (["hydra.sweep.subdir=${hydra.job.override_dirname}"], False),  # differs by the value overrides
+    (["hydra.sweep.subdir=${a}_${hydra.job.num}"], False),  # a value override changes it
+    (["hydra.job.name=${m}", "hydra.sweep.subdir=${hydra.job.name}_${hydra.job.num}"], False),  # via hydra.job.name
+    (["hydra.sweep.subdir=${oc.env:HOME}/${hydra.job.num}"], False),  # another resolver
+    (["hydra.sweep.subdir=${.dir}"], False),  # a relative interpolation
+]
+
+
+@pytest.mark.parametrize("hydra_overrides, known", DIR_CASES)
+def test_output_dir_without_composing_again_is_the_composed_jobs(
+    hydra_app, hydra_overrides: list[str], known: bool
+) -> None:
+    """What build_job_specs uses after Hydra's validation composed the jobs: the same dir the
+    composed config gives, and no answer at all where the dir may depend on the job."""
+    _, master, ctx = hydra_app
+    composer = SweepComposer(ctx, master)
+    jobs = [[*hydra_overrides, f"a={i}", f"m=v{i}"] for i in range(3)]
+    assert composer.output_dir(jobs[0], 0) is None  # not composed before: no shortcut
+    for idx, job in enumerate(jobs):
+        expected = job_output_dir(compose_job(composer, job, idx))
+        assert composer.output_dir(job, idx) == (expected if known else None)
+    if known:  # and it follows the job number, not a stale one
+        assert composer.output_dir(jobs[2], 7) == job_output_dir(compose_job(composer, jobs[2], 7))
