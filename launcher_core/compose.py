@@ -319,7 +319,12 @@ def compose_job(composer: SweepComposer, overrides: Sequence[str], idx: int) -> 
 
 
 def set_job_identity(cfg: DictConfig, idx: int) -> None:
-    """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do."""
+    """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do (a no-op when
+    they are set already: writing an OmegaConf node costs ~10x reading it)."""
+    job = cfg.hydra.job
+    num, job_id = OmegaConf.select(job, "num", default=None), OmegaConf.select(job, "id", default=None)
+    if num == idx and job_id == f"{job.name}_{idx}":
+        return
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
         cfg.hydra.job.num = idx

@@ -80,9 +80,8 @@ class LocalPoolBackend:
         self._enforce_timeouts()
         self._start_queued()
         self._cleanups = [c for c in self._cleanups if not c.step()]
-        return {
-            job_id: self._status(job_id, handle) for job_id, handle in handles.items() if job_id not in self._queued
-        }
+        asked = handles.keys() - self._queued  # a set operation: no Python loop over the sweep
+        return {job_id: self._status(job_id, handles[job_id]) for job_id in asked}
 
     def wait(self, timeout_s: float) -> None:
         """Block until a running job exits, a timeout is due, or ``timeout_s`` has passed."""
