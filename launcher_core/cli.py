@@ -1,4 +1,4 @@
-"""``launcher-core`` / ``python -m launcher_core``: status, list, logs, cancel, pull.
+"""``launcher-core`` / ``python -m launcher_core``: status, list, logs, cancel, clean, pull.
 
 Every command works the same for every backend: it reads the sweep's state store and, where it
 needs the backend (fresh states, live logs, cancelling), rebuilds it from the stored config
@@ -8,10 +8,11 @@ through the Backend contract.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None
     for col in ("#", "job id", "state", "where", "duration", "exit reason", "overrides"):
         jobs.add_column(col)
     for r in rows:
-        state = r.state.value if r.state is not JobState.PULLED else f"{(r.outcome or r.state).value} (pulled)"
+        state = _state_label(r)
         style = STATE_STYLE.get((r.outcome or r.state).value, "")
         jobs.add_row(
             str(r.idx),
@@ -131,6 +132,13 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None
             " ".join(r.overrides),
         )
     console.print(jobs)
+
+
+def _state_label(row: JobRow) -> str:
+    """``running``, ``completed (pulled)``, ``completed (pulled, cleaned)``, ..."""
+    if row.state is not JobState.PULLED:
+        return row.state.value
+    return f"{(row.outcome or row.state).value} (pulled{', cleaned' if row.cleaned_at is not None else ''})"
 
 
 def _where(row: JobRow) -> str:
@@ -277,6 +285,113 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- clean -----------------------------------------------------------------------------------
+PLAN_PATHS_SHOWN = 20  # job paths listed per location (all counted); sweep-level ones always shown
+LOCK_WAIT_S = 60.0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    sweep_dir = _one_sweep(args.sweep)
+    with _sweep_lock_waiting(sweep_dir) as locked:
+        if not locked:
+            print(
+                f"error: a pull process holds {sweep_dir} for more than {LOCK_WAIT_S:g} s; retry later", file=sys.stderr
+            )
+            return 1
+        return clean_sweep(sweep_dir, include_bare=args.include_bare, dry_run=args.dry_run, assume_yes=args.yes)
+
+
+@contextlib.contextmanager
+def _sweep_lock_waiting(sweep_dir: Path) -> Iterator[bool]:
+    """The sweep's pull lock, waited for a bounded time (a daemon holds it only during a cycle)."""
+    from launcher_core.pull import sweep_lock
+
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        with sweep_lock(sweep_dir) as locked:
+            if locked or time.monotonic() > deadline:
+                yield locked
+                return
+        time.sleep(0.5)
+
+
+def clean_sweep(sweep_dir: Path, *, include_bare: bool, dry_run: bool, assume_yes: bool) -> int:
+    """Show what would be deleted, confirm, delete on the backend, then record it (in that order)."""
+    from launcher_core import clean
+    from launcher_core.backends import backend_for_meta
+
+    with StateStore.for_sweep_dir(sweep_dir) as store:
+        meta = store.meta()
+        why_not = clean.NO_REMOTE_COPIES.get(str(meta.get("backend")))
+        if why_not:
+            print(f"nothing to clean: {why_not}")
+            return 0
+        selection = clean.select(store.jobs(), meta, include_bare)
+        sweep_id = str(meta.get("sweep_id", ""))
+        backend = backend_for_meta(meta)
+        try:
+            plan = clean.backend_clean(backend, selection, sweep_id, dry_run=True)  # checks every path
+            if plan.nothing_to_clean:
+                print(f"nothing to clean: {plan.nothing_to_clean}")
+                return 0
+            _print_kept(selection)
+            if selection.empty:
+                print(f"nothing to clean in {sweep_dir} ({selection.already_cleaned} jobs cleaned before)")
+                return 0
+            _print_plan(plan, selection, dry_run)
+            if dry_run:
+                print("dry run: nothing was deleted")
+                return 0
+            if not assume_yes:
+                if not sys.stdin.isatty():
+                    print(
+                        "error: clean deletes files on the backend: add --yes to confirm (no terminal to ask on)",
+                        file=sys.stderr,
+                    )
+                    return 2
+                if input("delete these? [y/N] ").strip().lower() not in ("y", "yes"):
+                    print("nothing deleted")
+                    return 1
+            report = clean.backend_clean(backend, selection, sweep_id, dry_run=False)
+            marked = clean.record(store, selection, report)
+        finally:
+            backend.close()
+    return _print_result(report, selection, marked)
+
+
+def _print_kept(selection: Any) -> None:
+    for reason, n in sorted(selection.kept.items()):
+        print(f"kept {n} jobs: {reason}")
+
+
+def _print_plan(plan: Any, selection: Any, dry_run: bool) -> None:
+    verb = "would delete" if dry_run else "will delete"
+    print(f"{verb} the backend-side files of {len(selection.eligible)} jobs:")
+    for location, paths in plan.targets.items():
+        n_jobs = plan.jobs.get(location, 0)
+        print(f"  {location}: {n_jobs} jobs")
+        for path in paths[: min(n_jobs, PLAN_PATHS_SHOWN)]:
+            print(f"    {path}")
+        if n_jobs > PLAN_PATHS_SHOWN:
+            print(f"    ... and {n_jobs - PLAN_PATHS_SHOWN} more job paths")
+        for path in paths[n_jobs:]:
+            print(f"    {path}   (sweep-level)")
+    if selection.sweep_handles is None:
+        print("  sweep-level files (code snapshot, payloads, batch files) are kept until every job is cleaned")
+
+
+def _print_result(report: Any, selection: Any, marked: int) -> int:
+    for note in report.notes:
+        print(f"note: {note}")
+    print(
+        f"cleaned {marked} of {len(selection.eligible)} jobs"
+        + ("; sweep-level files deleted" if selection.sweep_handles is not None and report.sweep_cleaned else "")
+    )
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if report.errors or marked < len(selection.eligible) else 0
+
+
 # --- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launcher-core", description="Inspect and control sweeps.")
@@ -306,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("sweep", help="sweep dir or sweep id")
     cancel.add_argument("jobs", nargs="*", help="job numbers or id prefixes (default: all unfinished)")
     cancel.set_defaults(func=cmd_cancel)
+
+    clean = sub.add_parser("clean", help="delete the backend-side files of jobs pulled home")
+    clean.add_argument("sweep", nargs="?", help="sweep dir or sweep id (default: the latest sweep)")
+    clean.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+    clean.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    clean.add_argument(
+        "--include-bare",
+        action="store_true",
+        help="also clean jobs pulled with --bare (their skipped large files are then lost)",
+    )
+    clean.set_defaults(func=cmd_clean)
 
     pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", add_help=False)
     pull.add_argument("rest", nargs=argparse.REMAINDER)

@@ -151,6 +151,14 @@ class Backend(Protocol):
       backend's module needs to rebuild it in another process.
     * ``read_log(handle, stream, offset) -> bytes`` — live log bytes from ``offset`` on, for
       ``launcher-core logs`` on jobs not pulled yet (``stream`` is "stdout" or "stderr").
+    * ``clean(handles, *, sweep_id, sweep_handles=None, dry_run=False) -> CleanReport`` —
+      delete the backend-side files of jobs already pulled home (``launcher-core clean``, ``pull
+      --clean``); with ``sweep_handles`` (every job of the sweep, all clean after this call) also
+      the sweep-level leftovers (snapshot, payloads, batch files, the remote sweep dir). Must
+      refuse (:class:`launcher_core.clean.CleanRefused`) any path outside the sweep's own remote
+      dirs before deleting anything, report in ``cleaned`` only jobs whose files are gone, and be
+      safe to repeat. ``dry_run`` contacts nothing and fills only the targets. Backends without
+      remote copies (local_pool, slurm on a shared file system) have nothing to clean.
     """
 
     name: str

@@ -45,6 +45,7 @@ class PullOptions:
     dry_run: bool = False
     notify: str | None = None
     max_cycles: int | None = None  # bound for tests and scripts; None = until done
+    clean: bool = False  # delete the backend-side files of each job once pulled (launcher_core.clean)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SweepReport:
     sweep_dir: Path
     skipped: str | None = None  # why nothing was done (locked, local sweep, ...)
     pulled: int = 0
+    cleaned: int = 0
     would_pull: list[int] = field(default_factory=list)
     finished: bool = False  # every job terminal and pulled
 
@@ -107,8 +109,10 @@ def sweep_lock(sweep_dir: Path) -> AbstractContextManager[bool]:
 def _needs_fetch(row: JobRow, pull_filter: PullFilter) -> bool:
     if row.state in _UNPULLED:
         return True
-    # a job pulled "bare" earlier gets its large files now that a full pull runs
-    return row.state is JobState.PULLED and row.pull_mode == "bare" and not pull_filter.is_bare
+    # a job pulled "bare" earlier gets its large files now that a full pull runs (unless its
+    # backend-side files were cleaned with --include-bare: there is nothing left to get)
+    bare = row.state is JobState.PULLED and row.pull_mode == "bare" and row.cleaned_at is None
+    return bare and not pull_filter.is_bare
 
 
 def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
@@ -133,6 +137,8 @@ def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
                     report.would_pull = [r.idx for r in rows]
                 else:
                     report.pulled = _fetch_rows(backend, store, rows, options.pull_filter)
+                    if options.clean:
+                        report.cleaned = _clean_pulled(backend, store, meta)
             finally:
                 backend.close()
             counts = store.counts()
@@ -167,6 +173,18 @@ def _fetch_rows(backend: object, store: StateStore, rows: list[JobRow], pull_fil
         pulled += len(batch)
         log.info("pulled %d jobs into %s", pulled, store.path.parent.parent)
     return pulled
+
+
+def _clean_pulled(backend: object, store: StateStore, meta: dict) -> int:
+    """``--clean``: delete the backend-side files of the jobs pulled (full) so far. A failure is
+    logged and retried next cycle; it never stops pulling."""
+    from launcher_core.clean import clean_after_pull
+
+    try:
+        return clean_after_pull(backend, store, meta)
+    except LauncherError as exc:
+        log.error("%s: clean failed: %s (will retry)", store.path.parent.parent, exc)
+        return 0
 
 
 def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
@@ -237,7 +255,11 @@ def _log_report(report: SweepReport, options: PullOptions) -> None:
         print(f"{report.sweep_dir}: would pull {len(report.would_pull)} jobs: {report.would_pull}")
     elif report.pulled or report.finished:
         log.info(
-            "%s: %d jobs pulled%s", report.sweep_dir, report.pulled, " — sweep finished" if report.finished else ""
+            "%s: %d jobs pulled%s%s",
+            report.sweep_dir,
+            report.pulled,
+            f", {report.cleaned} cleaned on the backend" if report.cleaned else "",
+            " — sweep finished" if report.finished else "",
         )
 
 
@@ -349,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--daemon", action="store_true", help="run in the background (PID file and log in the launcher home)"
     )
     parser.add_argument("--stop", action="store_true", help="stop the background daemon")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="delete each job's files on the backend once it is pulled (full pulls only; see `launcher-core clean`)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -358,7 +385,12 @@ def options_from_args(args: argparse.Namespace) -> PullOptions:
     if args.interval <= 0:
         raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
     return PullOptions(
-        once=args.once, interval_s=args.interval, pull_filter=pull_filter, dry_run=args.dry_run, notify=args.notify
+        once=args.once,
+        interval_s=args.interval,
+        pull_filter=pull_filter,
+        dry_run=args.dry_run,
+        notify=args.notify,
+        clean=args.clean,
     )
 
 

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 # columns added after the first release, with their types (see StateStore._add_missing_columns)
-_OPTIONAL_COLUMNS = {"outcome": "TEXT", "pull_mode": "TEXT"}
+_OPTIONAL_COLUMNS = {"outcome": "TEXT", "pull_mode": "TEXT", "cleaned_at": "REAL"}
 
 
 @dataclass
@@ -68,6 +68,7 @@ class JobRow:
     started_at: float | None
     finished_at: float | None
     pulled_at: float | None
+    cleaned_at: float | None = None  # backend-side files deleted (``launcher-core clean``)
 
     @property
     def duration_s(self) -> float | None:
@@ -194,7 +195,7 @@ class StateStore:
         with self._tx() as cur:
             cur.executemany(
                 "UPDATE jobs SET state='pending', handle=NULL, host=NULL, exit_reason=NULL, "
-                "outcome=NULL, pull_mode=NULL, "
+                "outcome=NULL, pull_mode=NULL, cleaned_at=NULL, "
                 "submitted_at=NULL, started_at=NULL, finished_at=NULL, pulled_at=NULL, "
                 "updated_at=? WHERE job_id=?",
                 [(now, j) for j in job_ids],
@@ -277,6 +278,19 @@ class StateStore:
                 [(mode, now, now, j) for j in job_ids],
             )
 
+    def mark_cleaned(self, job_ids: Iterable[str]) -> None:
+        """Record that the backend-side files of these pulled jobs were deleted.
+
+        Called only after the deletion was confirmed, so a kill in between leaves the job
+        unmarked (the next clean deletes nothing and marks it), never marked with files left.
+        """
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET cleaned_at=?, updated_at=? WHERE job_id=? AND state='pulled'",
+                [(now, now, j) for j in job_ids],
+            )
+
     def set_exit_reasons(self, reasons: Mapping[str, str]) -> None:
         """Replace exit reasons, e.g. with the exception line once a failed job's result is read."""
         if not reasons:
@@ -306,6 +320,7 @@ def _row_to_job(r: dict[str, Any]) -> JobRow:
         started_at=r["started_at"],
         finished_at=r["finished_at"],
         pulled_at=r["pulled_at"],
+        cleaned_at=r.get("cleaned_at"),  # absent in a store of an older version opened read-only
     )
 
 

@@ -1114,6 +1114,97 @@ class Ec2Backend:
         finished = {job_id for (_run, job_id), states in markers.items() if {"done", "failed"} & set(states)}
         return {str(j["job_id"]) for j in plan.get("jobs", [])} - finished
 
+    # --- optional: clean -------------------------------------------------------------------
+    def clean(
+        self,
+        handles: Mapping[str, dict[str, Any]],
+        *,
+        sweep_id: str,
+        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Delete each job's objects (``runs/<run>/jobs/<job_id>/``: payload and synced outputs);
+        with ``sweep_handles`` (every job of the sweep, all clean after this) everything left
+        under ``PREFIX/SWEEP_ID/``: code tarball, sweep payload, plans, agent logs, markers.
+
+        Markers stay until then: cancelling jobs still running on a shared instance reads them.
+        Every prefix is checked to lie inside the sweep's own prefix before any call.
+        """
+        from launcher_core.clean import CleanReport
+
+        base = self._clean_base(sweep_id)
+        location = f"s3://{self._bucket}"
+        prefixes = {job_id: self._clean_job_prefix(job_id, h, base) for job_id, h in handles.items()}
+        report = CleanReport()
+        report.jobs[location] = len(prefixes)
+        for prefix in prefixes.values():
+            report.add_target(location, prefix)
+        if sweep_handles is not None:
+            for handle in sweep_handles.values():
+                self._check_handle_base(handle, base)
+            report.add_target(location, f"{base}/")
+        if dry_run:
+            return report
+        self._connect()
+        try:
+            for job_id, prefix in prefixes.items():
+                self._delete_prefix(prefix)
+                report.cleaned.add(job_id)  # what is gone so far is recorded even if a later call fails
+            if sweep_handles is not None:
+                self._delete_prefix(f"{base}/")
+                report.sweep_cleaned = True
+        except Exception as exc:  # noqa: BLE001 - S3/network errors: report, keep what was done
+            report.errors.append(f"{location}: {type(exc).__name__}: {exc}")
+        return report
+
+    def _clean_base(self, sweep_id: str) -> str:
+        from launcher_core.clean import CleanRefused
+
+        if not sweep_id or "/" in sweep_id or sweep_id in (".", "..") or not sweep_id.isprintable():
+            raise CleanRefused(f"refusing to clean: the sweep id {sweep_id!r} is not a plain name")
+        return self._base(sweep_id)
+
+    def _check_handle_base(self, handle: Mapping[str, Any], base: str) -> None:
+        from launcher_core.clean import CleanRefused
+
+        if handle.get("bucket") != self._bucket or handle.get("base") != base:
+            raise CleanRefused(
+                f"refusing to clean: a job handle names bucket {handle.get('bucket')!r} and prefix "
+                f"{handle.get('base')!r}, not this sweep's s3://{self._bucket}/{base}"
+            )
+
+    def _clean_job_prefix(self, job_id: str, handle: Mapping[str, Any], base: str) -> str:
+        """``BASE/runs/<run>/jobs/<job_id>/`` of a handle, or CleanRefused naming the value."""
+        from launcher_core.clean import CleanRefused
+
+        self._check_handle_base(handle, base)
+        run = str(handle.get("run") or "")
+        out = handle.get("out_prefix")
+        prefix = f"{base}/runs/{run}/jobs/{job_id}/"
+        bad = not run or "/" in run or run in (".", "..") or not job_id or "/" in job_id or job_id in (".", "..")
+        if bad or out != f"{prefix}out/":
+            raise CleanRefused(f"refusing to clean job {job_id}: its S3 prefix {out!r} is not under {prefix!r}")
+        return prefix
+
+    def _delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (paginated listing, batches of 1000); return the count."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        deleted = 0
+        for page in paginator.paginate(Bucket=self._bucket, Prefix=prefix):
+            keys = [obj["Key"] for obj in page.get("Contents", []) if obj["Key"].startswith(prefix)]
+            for start in range(0, len(keys), 1000):
+                batch = [{"Key": k} for k in keys[start : start + 1000]]
+                answer = self._s3.delete_objects(Bucket=self._bucket, Delete={"Objects": batch, "Quiet": True})
+                failed = answer.get("Errors") or []
+                if failed:
+                    first = failed[0]
+                    raise BackendError(
+                        f"S3 refused to delete {len(failed)} objects under s3://{self._bucket}/{prefix} "
+                        f"(first: {first.get('Key')}: {first.get('Code')} {first.get('Message')})"
+                    )
+                deleted += len(batch)
+        return deleted
+
     def terminate_instances(self, instance_ids: Sequence[str]) -> None:
         """Terminate instances; ids already gone are ignored."""
         if not instance_ids:

@@ -516,6 +516,45 @@ class RemoteSSHBackend:
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
 
+    def clean(
+        self,
+        handles: Mapping[str, dict[str, Any]],
+        *,
+        sweep_id: str,
+        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Delete the job dirs of ``handles`` on their hosts; with ``sweep_handles`` (every job of
+        the sweep, all clean after this) also the remote sweep dirs and the sweep's snapshots.
+
+        Every path is checked to lie inside the handle's ``remote_dir`` before any host is
+        contacted (:mod:`launcher_core.clean`); one sh script per host and chunk of jobs.
+        """
+        from launcher_core.clean import CleanReport, plan_remote, plan_targets
+
+        plans = plan_remote(
+            handles,
+            sweep_id=sweep_id,
+            sweep_handles=sweep_handles,
+            host_of=lambda h: str(h.get("host")),
+            remote_dir_of=_clean_root,
+        )
+        report = CleanReport()
+        plan_targets(report, plans)
+        if dry_run or not plans:
+            report.sweep_cleaned = not dry_run and sweep_handles is not None
+            return report
+        self._ensure_masters(plans)
+        results, errors = self._per_host(plans, lambda label, plan: _clean_host(self._conn(label), sweep_id, plan))
+        for label, (cleaned, notes, sweeps_done) in results.items():
+            report.cleaned |= cleaned
+            report.notes += [f"{label}: {n}" for n in notes]
+            if not sweeps_done:
+                report.notes.append(f"{label}: sweep-level files kept")
+        report.errors = [str(e) for e in errors.values()]
+        report.sweep_cleaned = sweep_handles is not None and not errors and all(d for _c, _n, d in results.values())
+        return report
+
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
         """Bytes of a job's live stdout/stderr log on the host, from ``offset`` on."""
         name = STDERR_FILE if stream == "stderr" else STDOUT_FILE
@@ -871,6 +910,43 @@ class RemoteSSHBackend:
 
 
 # --- helpers --------------------------------------------------------------------------------
+CLEAN_CHUNK = 500  # job dirs per clean script (one ssh command each)
+
+
+def _clean_root(handle: Mapping[str, Any]) -> str:
+    from launcher_core.clean import check_root
+
+    return check_root(handle.get("remote_dir"), "the remote_dir of a job handle")
+
+
+def _clean_host(conn: SSHConnection, sweep_id: str, plan: Any) -> tuple[set[str], list[str], bool]:
+    """Run the clean script on one host, in chunks; the sweep-level part goes with the last one.
+
+    Returns (job ids whose dirs are gone, notes, whether every sweep-level part is gone).
+    """
+    from launcher_core.backends.remote_ssh_scripts import clean_script, parse_clean
+
+    cleaned: set[str] = set()
+    notes: list[str] = []
+    jobs = [(j.job_id, j.sweep_dir, j.job_dir) for j in plan.jobs]
+    chunks = [jobs[i : i + CLEAN_CHUNK] for i in range(0, len(jobs), CLEAN_CHUNK)] or [[]]
+    sweeps_done = True
+    for n, chunk in enumerate(chunks):
+        last = n == len(chunks) - 1
+        sweeps = [(s.sweep_dir, s.snapshots, s.parents) for s in plan.sweeps] if last else []
+        script = clean_script(sweep_id=sweep_id, jobs=chunk, sweeps=sweeps)
+        timeout = max(conn.options.command_timeout_s, 600.0)  # rm -rf of big job dirs takes a while
+        out = conn.call("clean", lambda s=script, t=timeout: conn.run_script(s, what="clean", timeout_s=t))
+        done, refused, swept, kept = parse_clean(out)
+        cleaned |= done & {j for j, _s, _d in chunk}
+        if refused:
+            notes.append(f"{len(refused)} job dirs kept: their sweep dir is not claimed by sweep {sweep_id}")
+        notes += [f"sweep dir kept: {d} (holds another sweep, or is not this sweep's)" for d in sorted(kept)]
+        if sweeps and len(swept) < len(sweeps):
+            sweeps_done = False
+    return cleaned, notes, sweeps_done
+
+
 def _check_image_answer(info: Mapping[str, str], image: str | None, label: str) -> None:
     """Turn the prepare script's image report into an error naming the key and the value."""
     answers = {"container_image_missing": "no image", "container_image_unreadable": "cannot read the image"}

@@ -266,6 +266,69 @@ def status_from_line(words: Sequence[str], host: str) -> JobStatus:
     )
 
 
+CLEAN_MARK = "HRL-CLEAN"
+
+
+def clean_script(
+    *, sweep_id: str, jobs: Iterable[tuple[str, str, str]], sweeps: Iterable[tuple[str, str, Sequence[str]]]
+) -> str:
+    """Delete job dirs ``(job_id, sweep_dir, job_dir)``, then whole sweeps ``(sweep_dir,
+    snapshots_dir, empty parents)``; paths are checked by the caller (:mod:`launcher_core.clean`).
+
+    Nothing is deleted inside a sweep dir whose claim file (written by :func:`prepare_script`)
+    names another sweep. A sweep dir holding another sweep's claim further down is kept. The sweep
+    dir's own ``.launcher`` (with the claim) goes last, so an interrupted run can be repeated.
+    Answers: ``HRL-CLEAN cleaned|refused JOB_ID`` and ``HRL-CLEAN sweep-cleaned|sweep-kept DIR``.
+    """
+    job_calls = "\n".join(f"job {q(j)} {q(sd)} {q(jd)}" for j, sd, jd in jobs)
+    sweep_calls = []
+    for sweep_dir, snapshots, parents in sweeps:
+        rmdirs = "".join(f" && rmdir -- {q(p)} 2>/dev/null" for p in parents)
+        sweep_calls.append(f"if sweep {q(sweep_dir)} {q(snapshots)}; then true{rmdirs}; fi")
+    return f"""set -f
+sid={q(sweep_id)}
+ours() {{
+  f="$1/.launcher/remote_ssh/sweep_id"
+  [ -s "$f" ] || return 1
+  read -r o < "$f" || return 1
+  [ "$o" = "$sid" ]
+}}
+job() {{
+  if [ ! -e "$3" ] && [ ! -L "$3" ]; then echo "{CLEAN_MARK} cleaned $1"; return 0; fi
+  if ! ours "$2"; then echo "{CLEAN_MARK} refused $1"; return 0; fi
+  if rm -rf -- "$3"; then echo "{CLEAN_MARK} cleaned $1"; else echo "{CLEAN_MARK} refused $1"; fi
+}}
+sweep() {{
+  sd=$1
+  if [ -d "$sd" ]; then
+    if ours "$sd"; then
+      other=$(find "$sd" -mindepth 4 -path '*/.launcher/remote_ssh/sweep_id' -print 2>/dev/null | head -n 1)
+      if [ -n "$other" ]; then echo "{CLEAN_MARK} sweep-kept $sd"; return 1; fi
+      find "$sd" -mindepth 1 -maxdepth 1 ! -name .launcher -exec rm -rf -- {{}} + || return 1
+      rm -rf -- "$sd/.launcher" || return 1
+    fi
+    rmdir -- "$sd" 2>/dev/null || {{ echo "{CLEAN_MARK} sweep-kept $sd"; return 1; }}
+  fi
+  rm -rf -- "$2" || return 1
+  echo "{CLEAN_MARK} sweep-cleaned $sd"
+}}
+{job_calls}
+{chr(10).join(sweep_calls)}
+echo "{CLEAN_MARK} end"
+"""
+
+
+def parse_clean(output: str) -> tuple[set[str], set[str], set[str], set[str]]:
+    """(cleaned job ids, refused job ids, cleaned sweep dirs, kept sweep dirs) from :func:`clean_script`."""
+    found: dict[str, set[str]] = {k: set() for k in ("cleaned", "refused", "sweep-cleaned", "sweep-kept", "end")}
+    for line in output.splitlines():
+        mark, _, rest = line.partition(" ")
+        kind, _, value = rest.partition(" ")
+        if mark == CLEAN_MARK and kind in found:
+            found[kind].add(value)
+    return found["cleaned"], found["refused"], found["sweep-cleaned"], found["sweep-kept"]
+
+
 def read_log_script(path: str, offset: int) -> str:
     """The bytes of a log file from ``offset`` on (nothing if it does not exist yet)."""
     return f'f={q(path)}\nif [ -f "$f" ]; then tail -c +{int(offset) + 1} "$f"; fi\n'

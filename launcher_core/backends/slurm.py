@@ -936,6 +936,37 @@ class LoginSite:
         for job_id, h in jobs.items():
             localize_result(Path(local_dirs[job_id]) / LAUNCHER_DIR / RESULT_FILE, h, Path(local_dirs[job_id]))
 
+    def clean(
+        self,
+        handles: Mapping[str, dict[str, Any]],
+        *,
+        sweep_id: str,
+        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Delete the mirrored job dirs (and, with ``sweep_handles``, the mirrored sweep dir and the
+        sweep's snapshots) on the login node, with remote_ssh's checked paths and script."""
+        from launcher_core.backends.remote_ssh import _clean_host
+        from launcher_core.clean import CleanReport, plan_remote, plan_targets
+
+        label = self.address.label
+        plans = plan_remote(
+            handles,
+            sweep_id=sweep_id,
+            sweep_handles=sweep_handles,
+            host_of=lambda _h: label,
+            remote_dir_of=lambda h: login_remote_dir(h, sweep_id),
+        )
+        report = CleanReport()
+        plan_targets(report, plans)
+        if dry_run or not plans:
+            report.sweep_cleaned = not dry_run and sweep_handles is not None
+            return report
+        cleaned, notes, sweeps_done = _clean_host(self.conn, sweep_id, plans[label])
+        report.cleaned, report.notes = cleaned, [f"{label}: {n}" for n in notes]
+        report.sweep_cleaned = sweep_handles is not None and sweeps_done
+        return report
+
     def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
         path = shlex.quote(f"{handle.get('launcher_dir', '')}/{name}")
         script = f"if [ -f {path} ]; then tail -c +{int(offset) + 1} {path}; fi\n"
@@ -943,6 +974,21 @@ class LoginSite:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def login_remote_dir(handle: Mapping[str, Any], sweep_id: str) -> str:
+    """The ``remote_dir`` of a login_host job, from its snapshot path
+    ``<remote_dir>/snapshots/<sweep_id>/<tag>`` (handles do not store it); checked for cleaning."""
+    from launcher_core.clean import CleanRefused, check_root
+
+    snapshot = handle.get("remote_cwd")
+    parts = str(snapshot or "").rstrip("/").split("/")
+    if len(parts) < 4 or parts[-3] != "snapshots" or parts[-2] != sweep_id or not parts[-1]:
+        raise CleanRefused(
+            f"refusing to clean: the snapshot path {snapshot!r} of a job handle is not "
+            f"<remote_dir>/snapshots/{sweep_id}/<tag>"
+        )
+    return check_root("/".join(parts[:-3]), f"the remote_dir of the snapshot path {snapshot!r}, i.e.")
 
 
 def _private_dir(path: Path) -> None:
@@ -1085,6 +1131,22 @@ class SlurmBackend:
 
     def close(self) -> None:
         self.site.close()
+
+    def clean(
+        self,
+        handles: Mapping[str, dict[str, Any]],
+        *,
+        sweep_id: str,
+        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """With ``login_host``: delete the mirrored job files on the login node. Without it the
+        cluster wrote into the local sweep dir itself: there is no other copy to delete."""
+        from launcher_core.clean import CleanReport
+
+        if isinstance(self.site, LoginSite):
+            return self.site.clean(handles, sweep_id=sweep_id, sweep_handles=sweep_handles, dry_run=dry_run)
+        return CleanReport(nothing_to_clean="slurm on a shared file system: the sweep dir is the only copy")
 
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
         """Live bytes of a job's stdout/stderr from ``offset`` on."""
