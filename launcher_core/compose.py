@@ -23,6 +23,7 @@ a :class:`ComposingConfigLoader` whose ``load_sweep_config`` uses the same fast 
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import re
 from collections.abc import Sequence
@@ -54,6 +55,14 @@ def _sweep_dirs_are_job_independent(cfg: DictConfig) -> bool:
         if not all(_is_job_independent_reference(cfg, ref) for ref in _INTERPOLATION.findall(raw)):
             return False
     return True
+
+
+def _numbered_subdir(cfg: DictConfig) -> bool:
+    """``subdir`` is exactly ``${hydra.job.num}`` and ``dir`` does not use the job's number or id."""
+    refs = _INTERPOLATION.findall(str(_raw_value(cfg, "hydra.sweep.dir")))
+    return _raw_value(cfg, "hydra.sweep.subdir") == "${hydra.job.num}" and not any(
+        r.strip() in _PER_JOB_KEYS for r in refs
+    )
 
 
 def _is_job_independent_reference(cfg: DictConfig, ref: str) -> bool:
@@ -121,6 +130,7 @@ class _Template:
         self.blob: bytes | None = None
         self.dir_probe: DictConfig | None = None  # see SweepComposer.output_dir
         self.dir_probe_checked = False
+        self.numbered_sweep_dir: str | None = None  # set when the output dir is just <dir>/<job.num>
         try:
             blob = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
             if same_tree(cfg, pickle.loads(blob)):
@@ -206,8 +216,13 @@ class SweepComposer:
             probe = template.copy()
             OmegaConf.copy_cache(from_config=self._master, to_config=probe)
             template.dir_probe = probe if _sweep_dirs_are_job_independent(probe) else None
+            if template.dir_probe is not None and _numbered_subdir(probe):
+                set_job_identity(probe, 0)
+                template.numbered_sweep_dir = os.path.dirname(job_output_dir(probe))
         if template.dir_probe is None:
             return None
+        if template.numbered_sweep_dir is not None:  # Hydra's default subdir: no resolving per job
+            return os.path.abspath(os.path.join(template.numbered_sweep_dir, str(idx)))
         set_job_identity(template.dir_probe, idx)
         return job_output_dir(template.dir_probe)
 
@@ -338,8 +353,6 @@ def job_output_dir(cfg: DictConfig) -> str:
     is ``cfg`` (~8 ms). The copy resolves exactly like ``cfg.hydra`` itself, so point
     ``HydraConfig`` at ``cfg`` for the evaluation instead, keeping the read-only flag.
     """
-    import os
-
     from hydra.core.hydra_config import HydraConfig
 
     OmegaConf.set_readonly(cfg.hydra, True)

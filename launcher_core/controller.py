@@ -48,11 +48,13 @@ def sweep_id_for(sweep_dir: Path) -> str:
 def build_job_specs(
     *, hydra_context: Any, config: Any, sweep_id: str, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobSpec]:
-    """Name every job's output dir, composing its config (see :mod:`launcher_core.compose`)
-    unless the sweeper's validation composed it a moment ago and the dir is known without.
+    """Check every job's overrides and name its output dir.
 
-    Composing here also surfaces every bad override before anything is launched. The configs
-    are not kept: each spec composes its own again when a backend uses it (see :class:`JobSpec`).
+    Each job is composed (see :mod:`launcher_core.compose`) unless the sweeper's validation
+    composed it a moment ago, so every bad override surfaces before anything is launched; the
+    dir comes from the template where it cannot depend on the job (see
+    :meth:`~launcher_core.compose.SweepComposer.output_dir`). The configs are not kept: each
+    spec composes its own again when a backend uses it (see :class:`JobSpec`).
     """
     from launcher_core.compose import compose_job, composer_for, job_output_dir
 
@@ -61,7 +63,10 @@ def build_job_specs(
     for offset, overrides in enumerate(job_overrides):
         idx = initial_job_idx + offset
         factory = functools.partial(compose_job, composer, tuple(overrides), idx)
-        output_dir = composer.output_dir(overrides, idx) or job_output_dir(factory())
+        output_dir = composer.output_dir(overrides, idx)
+        if output_dir is None:  # not composed before (no validation): compose it now, which checks it
+            cfg = factory()
+            output_dir = composer.output_dir(overrides, idx) or job_output_dir(cfg)
         specs.append(
             JobSpec(
                 job_id=job_id_for(sweep_id, list(overrides)),

@@ -106,6 +106,7 @@ DIR_CASES = [
     ([], True),  # Hydra's defaults: multirun/${now:...}/${now:...} and ${hydra.job.num}
     (["hydra.sweep.dir=/tmp/hrl/${hydra.job.name}", "hydra.sweep.subdir=run_${hydra.job.id}"], True),
     (["hydra.sweep.subdir=${hydra.runtime.choices.model}-${hydra.job.num}"], True),
+    (["hydra.sweep.dir=/tmp/hrl/${hydra.job.num}"], True),  # the default subdir, but a numbered dir
     (["hydra.sweep.subdir=${hydra.job.override_dirname}"], False),  # differs by the value overrides
     (["hydra.sweep.subdir=${a}_${hydra.job.num}"], False),  # a value override changes it
     (["hydra.job.name=${m}", "hydra.sweep.subdir=${hydra.job.name}_${hydra.job.num}"], False),  # via hydra.job.name
