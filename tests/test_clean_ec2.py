@@ -47,11 +47,12 @@ def test_clean_deletes_the_s3_objects_of_cleaned_jobs_only(
     multirun(sweep_dir, aws.launcher_settings(wait=False), ["x=1,2,3"])
     multirun(other_dir, aws.launcher_settings(wait=False), ["x=7"])  # another sweep, same bucket/prefix
 
-    def pulled() -> bool:
-        pull_sweep_once(sweep_dir, PullOptions())
-        return all(r.state is JobState.PULLED for r in rows(sweep_dir).values())
+    def pulled(directory: Path) -> bool:
+        pull_sweep_once(directory, PullOptions())
+        return all(r.state is JobState.PULLED for r in rows(directory).values())
 
-    wait_for(pulled, 60, "the sweep to be pulled", interval=0.3)
+    wait_for(lambda: all([pulled(sweep_dir), pulled(other_dir)]), 60, "both sweeps to be pulled", interval=0.3)
+    aws.runner.wait_idle(60)  # every instance agent is gone: nothing writes to S3 behind the snapshots below
     sweep_id = meta(sweep_dir)["sweep_id"]
     other_id = meta(other_dir)["sweep_id"]
     base = f"sweeps/{sweep_id}/"
