@@ -487,8 +487,6 @@ def _detached_returns(specs: Sequence[JobSpec], sweep: SweepInfo, backend: str) 
     Each is COMPLETED (launching succeeded, so Hydra's sweeper goes on) with a
     :class:`DetachedResult` as its return value instead of the task's.
     """
-    from hydra.core.utils import JobReturn, JobStatus
-
     log.info(
         "%d jobs started on %s (sweep id %s). Collect results with:\n  python -m launcher_core.pull %s",
         len(specs),
@@ -496,11 +494,19 @@ def _detached_returns(specs: Sequence[JobSpec], sweep: SweepInfo, backend: str) 
         sweep.sweep_id,
         sweep.sweep_dir,
     )
-    returns = []
-    for spec in specs:
-        ret = JobReturn(overrides=list(spec.overrides), working_dir=str(spec.output_dir))
-        ret.status = JobStatus.COMPLETED
-        ret.task_name = sweep.task_name
-        ret.return_value = DetachedResult(sweep.sweep_id, spec.job_id, str(spec.output_dir))
-        returns.append(ret)
-    return returns
+    return [
+        placeholder_return(spec, sweep.task_name, DetachedResult(sweep.sweep_id, spec.job_id, str(spec.output_dir)))
+        for spec in specs
+    ]
+
+
+def placeholder_return(spec: JobSpec, task_name: str, value: Any) -> Any:
+    """A COMPLETED ``JobReturn`` for a job that was not run here (yet): launching it succeeded,
+    so Hydra's sweeper goes on, and ``value`` says where its real result will be."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    ret = JobReturn(overrides=list(spec.overrides), working_dir=str(spec.output_dir))
+    ret.status = JobStatus.COMPLETED
+    ret.task_name = task_name
+    ret.return_value = value
+    return ret

@@ -1432,9 +1432,9 @@ def dry_run_batch(
 
     Returns one COMPLETED ``JobReturn`` per job whose value names the script that would run it.
     """
-    from hydra.core.utils import JobReturn, JobStatus, setup_globals
+    from hydra.core.utils import setup_globals
 
-    from launcher_core.controller import build_job_specs, sweep_id_for
+    from launcher_core.controller import build_job_specs, placeholder_return, sweep_id_for
 
     setup_globals()
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
@@ -1463,15 +1463,11 @@ def dry_run_batch(
         where,
         chunks[0][1] if chunks else "SCRIPT",
     )
-    returns = []
-    for chunk, script in chunks:
-        for i, spec in enumerate(chunk.specs):
-            ret = JobReturn(overrides=list(spec.overrides), working_dir=str(spec.output_dir))
-            ret.status = JobStatus.COMPLETED
-            ret.task_name = sweep.task_name
-            ret.return_value = DryRunResult(str(script), i, str(spec.output_dir))
-            returns.append(ret)
-    return returns
+    return [
+        placeholder_return(spec, sweep.task_name, DryRunResult(str(script), i, str(spec.output_dir)))
+        for chunk, script in chunks
+        for i, spec in enumerate(chunk.specs)
+    ]
 
 
 @dataclass(frozen=True)
