@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.warning_policy", "pytester"]
 
 
 @pytest.fixture(autouse=True, scope="session")

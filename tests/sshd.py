@@ -16,6 +16,7 @@ Traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import secrets
 import shutil
@@ -35,8 +36,8 @@ BASE = Path("/opt/hrl-test")  # root-owned and 0755: sshd's StrictModes accepts 
 USERS = ("hrltest1", "hrltest2")
 REMOTE_VENV = BASE / "remote-venv"
 REMOTE_SITE = BASE / "remote-site"
-# what a job needs on a host: hydra-core, omegaconf, cloudpickle and their dependencies
-REMOTE_PACKAGES = ("hydra", "omegaconf", "antlr4", "yaml", "_yaml", "cloudpickle", "packaging")
+# what a job needs on a host: these distributions and what they require (copied by their files)
+JOB_SIDE_ROOTS = ("hydra-core", "omegaconf", "cloudpickle")
 TESTS_DIR = "hrl-tests"  # under each test user's home
 
 
@@ -76,15 +77,59 @@ def _private_key(path: Path) -> None:
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path))
 
 
+def _job_side_distributions() -> list[importlib.metadata.Distribution]:
+    """The installed distributions a job needs: ``JOB_SIDE_ROOTS`` and what they require, found
+    from package metadata alone (nothing is imported, so a dependency's import-time warning or a
+    renamed module cannot break this)."""
+    from packaging.requirements import Requirement
+
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(JOB_SIDE_ROOTS)
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found[key] = dist
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return sorted(found.values(), key=lambda d: d.metadata["Name"].lower())
+
+
+def _copy_distribution(dist: importlib.metadata.Distribution, site: Path) -> None:
+    """Copy a distribution's installed files into ``site``: those its RECORD lists, or, for a legacy
+    ``setup.py install`` (antlr4-python3-runtime: an egg-info without RECORD), its top-level
+    packages and its metadata dir."""
+    if dist.read_text("RECORD") is None:
+        tops = (dist.read_text("top_level.txt") or "").split()
+        metadata_dir = Path(str(dist.locate_file(""))) / Path(str(dist._path)).name  # type: ignore[attr-defined]
+        for name in [*tops, metadata_dir.name]:
+            for src in (Path(str(dist.locate_file(name))), Path(str(dist.locate_file(f"{name}.py")))):
+                if src.is_dir():
+                    shutil.copytree(src, site / src.name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+                elif src.is_file():
+                    shutil.copy2(src, site / src.name)
+        return
+    for entry in dist.files or []:
+        if entry.parts[0] == ".." or "__pycache__" in entry.parts or "tests" in entry.parts[1:2]:
+            continue
+        src = Path(str(dist.locate_file(entry)))
+        if src.is_file():
+            dest = site / entry
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+
+
 def ensure_remote_python() -> str:
     """A venv for the test users with only the job-side dependencies (created once, reused)."""
-    import importlib
-    import importlib.metadata
-
-    stamp_text = (
-        " ".join(f"{d}={importlib.metadata.version(d)}" for d in ("hydra-core", "omegaconf", "cloudpickle"))
-        + f" py{sys.version_info[:2]}"
-    )
+    dists = _job_side_distributions()
+    stamp_text = " ".join(f"{d.metadata['Name']}={d.version}" for d in dists) + f" py{sys.version_info[:2]}"
     stamp = REMOTE_VENV / "hrl-stamp"
     python = REMOTE_VENV / "bin" / "python"
     if stamp.exists() and stamp.read_text() == stamp_text and python.exists():
@@ -95,16 +140,8 @@ def ensure_remote_python() -> str:
     os.chmod(BASE, 0o755)
     _run("/usr/bin/python3", "-m", "venv", "--without-pip", str(REMOTE_VENV))
     REMOTE_SITE.mkdir()
-    for name in REMOTE_PACKAGES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        src = Path(module.__file__).parent if module.__file__ and module.__file__.endswith("__init__.py") else None
-        if src is not None:
-            shutil.copytree(src, REMOTE_SITE / name, ignore=shutil.ignore_patterns("tests"))
-        elif module.__file__:
-            shutil.copy2(module.__file__, REMOTE_SITE / Path(module.__file__).name)
+    for dist in dists:
+        _copy_distribution(dist, REMOTE_SITE)
     site = next((REMOTE_VENV / "lib").glob("python3*/site-packages"))
     (site / "hrl-remote-site.pth").write_text(f"{REMOTE_SITE}\n")
     _run("chmod", "-R", "a+rX", str(REMOTE_VENV), str(REMOTE_SITE))
