@@ -54,7 +54,9 @@ def test_third_party_import_warning_in_a_fixture_is_not_an_error(
         """,
     )
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*third-party warnings during fixture set-up*", "*this module moved*noisy_dependency*"])
+    result.stdout.fnmatch_lines(
+        ["*third-party warnings during fixture set-up*", "*this module moved*noisy_dependency*"]
+    )
 
 
 def test_own_warning_in_a_fixture_stays_an_error(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
