@@ -9,7 +9,7 @@ Every sweep runs as ``sys.executable bench/noop_app/app.py -m ... x=range(N)`` i
 dir, bounded by a timeout. ``app.py`` gets ``BENCH_TIMINGS_FILE`` and records phase timers (see
 ``noop_app/_bench_timing.py``), so besides wall time the table shows where the controller spends
 its time. A second table measures, in one process, composing job configs with Hydra's
-``load_sweep_config`` against ``launcher_core.compose.SweepComposer``. No network is used.
+``load_sweep_config`` against ``launcher_core.runtime.compose.SweepComposer``. No network is used.
 """
 
 from __future__ import annotations
@@ -256,8 +256,8 @@ def compose_probe(size: int, hydra_jobs: int) -> dict[str, Any]:
     from hydra.types import HydraContext, RunMode
     from omegaconf import OmegaConf
 
-    from launcher_core.compose import SweepComposer
     from launcher_core.controller import build_job_specs
+    from launcher_core.runtime.compose import SweepComposer
 
     result: dict[str, Any] = {"size": size}
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3", job_name="app"):

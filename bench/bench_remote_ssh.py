@@ -7,7 +7,7 @@ Starts a throwaway sshd on 127.0.0.1 (tests/sshd.py; needs root and openssh-serv
 * **remote_ssh**: ``python app.py -m hydra/launcher=remote_ssh x=range(N)`` with the paired
   sweeper, ``max_parallel`` jobs at a time, wait=true (results pulled home).
 * **naive**: what a launcher without connection reuse or batching does: per job one
-  ``rsync`` of its payload, one blocking ``ssh host python -m launcher_core.remote_worker``
+  ``rsync`` of its payload, one blocking ``ssh host python -m launcher_core.runtime.remote_worker``
   and one ``rsync`` of its output dir back, each opening its own SSH connection, with
   ``max_parallel`` jobs in flight (threads). It reuses the code snapshot and payloads the
   first run shipped, so it does strictly less work than a real naive launcher.
@@ -97,7 +97,7 @@ def run_naive(server: sshd.SSHServer, python: str, proj: Path, remote_home: Path
         )
         command = (
             f"cd {shlex.quote(str(snapshot))} && PYTHONPATH={shlex.quote(str(tag_dir / 'pylib'))} "
-            f"{shlex.quote(python)} -m launcher_core.remote_worker {shlex.quote(str(sweep_payload))} "
+            f"{shlex.quote(python)} -m launcher_core.runtime.remote_worker {shlex.quote(str(sweep_payload))} "
             f"{shlex.quote(str(remote_job / '.launcher' / 'job.pkl'))} > /dev/null 2>&1"
         )
         subprocess.run([*ssh, dest, command], check=True, capture_output=True, timeout=300)

@@ -17,14 +17,14 @@ absolute, free of ``~`` and ``..``, and strictly inside the sweep's own remote d
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from launcher_core.errors import ConfigError
+from launcher_core.backends.base import Backend, CleanReport
 from launcher_core.jobs import JobState
+from launcher_core.remote.paths import CleanRefused as CleanRefused
 from launcher_core.state import JobRow, StateStore
 
 log = logging.getLogger("launcher_core.clean")
@@ -35,151 +35,6 @@ NO_REMOTE_COPIES = {
 }
 
 
-class CleanRefused(ConfigError):
-    """A path to delete is empty, relative, has ``~`` or ``..``, or is outside the sweep's dirs."""
-
-
-@dataclass
-class CleanReport:
-    """What a backend deleted (or, in a dry run, would delete)."""
-
-    targets: dict[str, list[str]] = field(default_factory=dict)  # location -> paths / S3 prefixes
-    jobs: dict[str, int] = field(default_factory=dict)  # location -> number of jobs
-    cleaned: set[str] = field(default_factory=set)  # job ids whose backend-side files are gone
-    sweep_cleaned: bool = False  # the sweep-level leftovers are gone too
-    notes: list[str] = field(default_factory=list)  # what was kept, and why
-    errors: list[str] = field(default_factory=list)  # locations that failed (the others went on)
-    nothing_to_clean: str | None = None  # why this backend has no remote copies at all
-
-    def add_target(self, location: str, path: str) -> None:
-        self.targets.setdefault(location, []).append(path)
-
-
-# --- path confinement -----------------------------------------------------------------------
-def _refuse(what: str, value: Any, why: str) -> CleanRefused:
-    return CleanRefused(f"refusing to clean {what} {value!r}: {why}")
-
-
-def check_root(value: Any, what: str = "remote_dir") -> str:
-    """A remote root (``remote_dir`` as the host expanded it): absolute, not ``/``, not a system
-    dir, a home dir itself or anything with ``~`` or ``..``. Returns it normalised."""
-    from launcher_core.backends.remote_ssh import check_remote_dir
-
-    if not isinstance(value, str) or not value.strip():
-        raise _refuse(what, value, "it is empty")
-    if "\n" in value or "\x00" in value:
-        raise _refuse(what, value, "it contains a newline or NUL")
-    if not value.startswith("/"):
-        raise _refuse(what, value, "it is not an absolute path (the host's expanded path is expected)")
-    try:
-        check_remote_dir(what, value)
-    except ConfigError as exc:
-        raise _refuse(what, value, str(exc)) from None
-    return posixpath.normpath(value)
-
-
-def confined(value: Any, root: str, what: str) -> str:
-    """``value`` normalised, if it is an absolute path strictly below ``root``; else CleanRefused
-    naming the value. ``root`` must already be checked (:func:`check_root`)."""
-    if not isinstance(value, str) or not value.strip() or value.strip() == "/":
-        raise _refuse(what, value, "it is empty or the file system root")
-    if "\n" in value or "\x00" in value:
-        raise _refuse(what, value, "it contains a newline or NUL")
-    if value.startswith("~"):
-        raise _refuse(what, value, "'~' is not expanded here: an absolute path on the host is expected")
-    if not value.startswith("/"):
-        raise _refuse(what, value, "it is not an absolute path")
-    if ".." in value.split("/"):
-        raise _refuse(what, value, "it contains '..'")
-    norm = posixpath.normpath(value)
-    if not norm.startswith(root.rstrip("/") + "/"):
-        raise _refuse(what, value, f"it is outside {root!r}")
-    return norm
-
-
-def empty_parents(path: str, stop: str) -> list[str]:
-    """The dirs between ``path`` (excluded) and ``stop`` (excluded), deepest first: removed with
-    ``rmdir`` after a sweep dir, so ``runs/multirun/2024-05-01`` does not linger empty."""
-    out = []
-    current = posixpath.dirname(path)
-    for _ in range(64):  # bounded: paths are never that deep
-        if current == stop or not current.startswith(stop + "/"):
-            break
-        out.append(current)
-        current = posixpath.dirname(current)
-    return out
-
-
-# --- remote layout (remote_ssh and slurm login_host share it) --------------------------------
-@dataclass
-class RemoteJob:
-    job_id: str
-    sweep_dir: str
-    job_dir: str
-
-
-@dataclass
-class RemoteSweep:
-    sweep_dir: str
-    snapshots: str  # <remote_dir>/snapshots/<sweep_id>: every launch's snapshot of this sweep
-    parents: list[str]  # empty dirs to rmdir after the sweep dir, deepest first
-
-
-@dataclass
-class RemotePlan:
-    """What to delete on one host."""
-
-    jobs: list[RemoteJob] = field(default_factory=list)
-    sweeps: list[RemoteSweep] = field(default_factory=list)
-
-
-def remote_sweep_dir(handle: Mapping[str, Any], remote_dir: str) -> str:
-    return confined(handle.get("remote_sweep_dir"), f"{remote_dir}/runs", "the remote sweep dir")
-
-
-def plan_remote(
-    handles: Mapping[str, Mapping[str, Any]],
-    *,
-    sweep_id: str,
-    sweep_handles: Mapping[str, Mapping[str, Any]] | None,
-    host_of: Callable[[Mapping[str, Any]], str],
-    remote_dir_of: Callable[[Mapping[str, Any]], str],
-) -> dict[str, RemotePlan]:
-    """Per host, the job dirs of ``handles`` and (with ``sweep_handles``: every job of the sweep)
-    the sweep dirs and snapshot dirs; every path checked before anything is contacted."""
-    if not sweep_id or "/" in sweep_id or sweep_id in (".", ".."):
-        raise _refuse("the sweep id", sweep_id, "it is not a plain name")
-    plans: dict[str, RemotePlan] = {}
-    for job_id, handle in handles.items():
-        root = remote_dir_of(handle)
-        sweep_dir = remote_sweep_dir(handle, root)
-        job_dir = confined(handle.get("remote_job_dir"), sweep_dir, f"the remote dir of job {job_id}")
-        plans.setdefault(host_of(handle), RemotePlan()).jobs.append(RemoteJob(job_id, sweep_dir, job_dir))
-    seen: set[tuple[str, str]] = set()
-    for handle in (sweep_handles or {}).values():
-        host, root = host_of(handle), remote_dir_of(handle)
-        sweep_dir = remote_sweep_dir(handle, root)
-        if (host, sweep_dir) in seen:
-            continue
-        seen.add((host, sweep_dir))
-        snapshots = confined(f"{root}/snapshots/{sweep_id}", f"{root}/snapshots", "the snapshot dir")
-        sweep = RemoteSweep(sweep_dir, snapshots, empty_parents(sweep_dir, f"{root}/runs"))
-        plans.setdefault(host, RemotePlan()).sweeps.append(sweep)
-    return plans
-
-
-def plan_targets(report: CleanReport, plans: Mapping[str, RemotePlan]) -> None:
-    """Fill ``report.targets`` / ``report.jobs`` from remote plans."""
-    for host, plan in plans.items():
-        report.jobs[host] = len(plan.jobs)
-        for job in plan.jobs:
-            report.add_target(host, job.job_dir)
-        for sweep in plan.sweeps:
-            report.add_target(host, sweep.sweep_dir)
-            report.add_target(host, sweep.snapshots)
-
-
-# --- which jobs ------------------------------------------------------------------------------
 def is_eligible(row: JobRow, include_bare: bool = False) -> bool:
     """Pulled (full, or bare with ``include_bare``), not cleaned yet, and its result is here."""
     if row.state is not JobState.PULLED or row.cleaned_at is not None or not row.handle:
@@ -239,12 +94,9 @@ def select(rows: Iterable[JobRow], meta: Mapping[str, Any], include_bare: bool) 
 
 
 # --- one sweep -------------------------------------------------------------------------------
-def backend_clean(backend: Any, selection: CleanSelection, sweep_id: str, *, dry_run: bool) -> CleanReport:
-    """Call the backend's optional ``clean`` (a report saying so when it has none)."""
-    clean = getattr(backend, "clean", None)
-    if clean is None:
-        return CleanReport(nothing_to_clean=f"the {getattr(backend, 'name', '?')} backend keeps no remote copies")
-    return clean(selection.handles, sweep_id=sweep_id, sweep_handles=selection.sweep_handles, dry_run=dry_run)
+def backend_clean(backend: Backend, selection: CleanSelection, sweep_id: str, *, dry_run: bool) -> CleanReport:
+    """The backend's ``clean`` of the selected jobs (a report saying so when it keeps no copies)."""
+    return backend.clean(selection.handles, sweep_id=sweep_id, sweep_handles=selection.sweep_handles, dry_run=dry_run)
 
 
 def record(store: StateStore, selection: CleanSelection, report: CleanReport) -> int:
@@ -257,9 +109,9 @@ def record(store: StateStore, selection: CleanSelection, report: CleanReport) ->
     return len(ids)
 
 
-def clean_after_pull(backend: Any, store: StateStore, meta: Mapping[str, Any]) -> int:
+def clean_after_pull(backend: Backend, store: StateStore, meta: Mapping[str, Any]) -> int:
     """The pull daemon's ``--clean``: clean every eligible job (full pulls only) right away."""
-    if meta.get("backend") in NO_REMOTE_COPIES or getattr(backend, "clean", None) is None:
+    if meta.get("backend") in NO_REMOTE_COPIES:
         return 0
     selection = select(store.jobs(), meta, include_bare=False)
     if selection.empty:

@@ -228,13 +228,12 @@ def _print_live(meta: dict, row: JobRow, stream: str, follow: bool, sweep_dir: P
 
     backend = backend_for_meta(meta)
     try:
-        read_log = getattr(backend, "read_log", None)
-        if read_log is None:
+        data = backend.read_log(row.handle or {}, stream, 0)
+        if data is None:  # this backend cannot read logs remotely: the pulled copy, if any
             local = row.output_dir / LAUNCHER_DIR / (STDERR_FILE if stream == "stderr" else STDOUT_FILE)
             return _print_local(local, follow, row, sweep_dir)
         offset = 0
         while True:
-            data = read_log(row.handle or {}, stream, offset)
             offset += len(data)
             sys.stdout.write(data.decode(errors="replace"))
             sys.stdout.flush()
@@ -242,9 +241,10 @@ def _print_live(meta: dict, row: JobRow, stream: str, follow: bool, sweep_dir: P
                 return 0
             refresh_states(sweep_dir)
             if _job_finished(sweep_dir, row.job_id):
-                sys.stdout.write(read_log(row.handle or {}, stream, offset).decode(errors="replace"))
+                sys.stdout.write((backend.read_log(row.handle or {}, stream, offset) or b"").decode(errors="replace"))
                 return 0
             time.sleep(1.0)
+            data = backend.read_log(row.handle or {}, stream, offset) or b""
     finally:
         backend.close()
 

@@ -1,13 +1,7 @@
-"""Run a job's Python inside a Singularity/Apptainer image: argv building and validation only.
+"""Build (and validate) the Singularity/Apptainer command line that runs a job's Python inside an
+image; pure argv building, shared by slurm (sbatch script) and remote_ssh (job runner).
 
-A job command such as ``python -m launcher_core.worker SWEEP JOB`` becomes::
-
-    <runtime> exec [--nv] [--bind SRC[:DST[:OPTS]]]... [--env K=V]... [EXTRA_ARGS...] IMAGE python -m ...
-
-Nothing here runs anything or touches the file system, so every backend (``slurm`` in its sbatch
-script, ``remote_ssh`` on its hosts) can use the same wrapper and tests can assert on the exact
-argv. The binds must include the code dir and the sweep dir so that payloads can be read and
-results, logs and ``.done`` markers land outside the image.
+Design: docs/slurm.md ("Containers"), docs/remote_ssh.md
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.base import Backend
 from launcher_core.errors import BackendError, SubmitError
-from launcher_core.jobs import Backend, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
+from launcher_core.jobs import JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.progress import SweepProgress, print_summary
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
@@ -50,13 +51,13 @@ def build_job_specs(
 ) -> list[JobSpec]:
     """Check every job's overrides and name its output dir.
 
-    Each job is composed (see :mod:`launcher_core.compose`) unless the sweeper's validation
+    Each job is composed (see :mod:`launcher_core.runtime.compose`) unless the sweeper's validation
     composed it a moment ago, so every bad override surfaces before anything is launched; the
     dir comes from the template where it cannot depend on the job (see
-    :meth:`~launcher_core.compose.SweepComposer.output_dir`). The configs are not kept: each
+    :meth:`~launcher_core.runtime.compose.SweepComposer.output_dir`). The configs are not kept: each
     spec composes its own again when a backend uses it (see :class:`JobSpec`).
     """
-    from launcher_core.compose import compose_job, composer_for, job_output_dir
+    from launcher_core.runtime.compose import compose_job, composer_for, job_output_dir
 
     composer = composer_for(hydra_context, config)  # shares templates with the sweeper's validation
     specs = []
@@ -125,7 +126,7 @@ class SweepController:
                 self._set_state(spec.job_id, row.state)
                 continue
             if row is not None and row.state.is_active and row.handle:
-                if getattr(self.backend, "detached", False):
+                if self.backend.detached:
                     reattach[spec.job_id] = row.handle
                     self._set_state(spec.job_id, row.state)
                     continue
@@ -173,8 +174,9 @@ class SweepController:
         Between polls the backend's optional ``wait(timeout_s)`` blocks until something may have
         changed (``local_pool`` wakes when a job exits); without it the loop sleeps.
         """
-        interval = max(getattr(self.backend, "poll_interval_s", self.options.poll_interval_s), 0.001)
-        wait = getattr(self.backend, "wait", None) or time.sleep
+        own_interval = self.backend.poll_interval_s
+        interval = max(self.options.poll_interval_s if own_interval is None else own_interval, 0.001)
+        wait = self.backend.wait
         progress.update(self.counts)
         try:
             while active:
@@ -194,7 +196,7 @@ class SweepController:
             raise
 
     def _interrupted(self, active: dict[str, dict[str, Any]]) -> None:
-        if getattr(self.backend, "detached", False):
+        if self.backend.detached:
             log.warning(
                 "interrupted: %d jobs keep running on %s. Collect them with `python -m "
                 "launcher_core.pull %s`, stop them with `python -m launcher_core cancel %s`.",
@@ -249,7 +251,7 @@ def _shown(state: JobState) -> JobState:
 
 def collect_returns(specs: Sequence[JobSpec], store: StateStore) -> list[Any]:
     """One ``JobReturn`` per spec, in order; jobs without a result become FAILED returns."""
-    from launcher_core.worker import JobLostError, JobTimeoutError, failed_job_return, load_job_return
+    from launcher_core.runtime.worker import JobLostError, JobTimeoutError, failed_job_return, load_job_return
 
     rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
     returns = []
@@ -289,7 +291,7 @@ def _summarise(
 ) -> None:
     from hydra.core.utils import JobStatus as HydraJobStatus
 
-    from launcher_core.worker import JobLostError, JobTimeoutError
+    from launcher_core.runtime.worker import JobLostError, JobTimeoutError
 
     rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
     table_rows = []
@@ -409,10 +411,10 @@ def _launch(
     )
     store = StateStore.for_sweep_dir(sweep_dir)
     try:
-        stored_config = getattr(backend, "stored_config", None)
+
         store.set_meta(
             {
-                "backend_config": stored_config() if stored_config else {},
+                "backend_config": backend.stored_config(),
                 "sweep_id": sweep_id,
                 "backend": backend.name,
                 "sweep_dir": str(sweep_dir),
@@ -451,7 +453,7 @@ def _store_failure(sweep_dir: Path, exc: Exception, backend: Backend) -> str:
     what = "the disk under it is full" if "full" in str(exc) else str(exc)
     after = (
         "jobs started on the backend keep running; free space, then relaunch the same command to re-attach"
-        if getattr(backend, "detached", False)
+        if backend.detached
         else "the running jobs were stopped; free space, then relaunch (skip_completed=true keeps finished jobs)"
     )
     return f"cannot update the sweep's state store in {sweep_dir}: {what} ({exc}); {after}"
@@ -510,3 +512,35 @@ def placeholder_return(spec: JobSpec, task_name: str, value: Any) -> Any:
     ret.task_name = task_name
     ret.return_value = value
     return ret
+
+
+def dry_run_batch(
+    *,
+    backend: Backend,
+    hydra_context: Any,
+    config: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+) -> list[Any]:
+    """A launch that submits nothing: the backend writes what it would submit
+    (:meth:`Backend.dry_run`); one COMPLETED ``JobReturn`` per job whose value names it."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = sweep_id_for(sweep_dir)
+    specs = build_job_specs(
+        hydra_context=hydra_context,
+        config=config,
+        sweep_id=sweep_id,
+        job_overrides=job_overrides,
+        initial_job_idx=initial_job_idx,
+    )
+    sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name))
+    backend.prepare(sweep)
+    try:
+        values = backend.dry_run(specs)
+    finally:
+        backend.close()
+    return [placeholder_return(spec, sweep.task_name, values[spec.job_id]) for spec in specs]

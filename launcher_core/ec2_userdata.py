@@ -51,7 +51,7 @@ _AGENT_DECODE = "import base64,sys,zlib; sys.stdout.write(zlib.decompress(base64
 
 def agent_source() -> str:
     """The instance agent as shipped: docstrings and comments dropped (~25% less user-data)."""
-    tree = ast.parse((Path(__file__).parent / "ec2_agent.py").read_text())
+    tree = ast.parse((Path(__file__).parent / "runtime" / "ec2_agent.py").read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (
@@ -62,7 +62,7 @@ def agent_source() -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-    return "# hydra-remote-launcher instance agent (launcher_core/ec2_agent.py)\n" + ast.unparse(tree) + "\n"
+    return "# hydra-remote-launcher instance agent (launcher_core/runtime/ec2_agent.py)\n" + ast.unparse(tree) + "\n"
 
 
 def _packed(text: str) -> str:

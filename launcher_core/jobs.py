@@ -1,19 +1,26 @@
 """The job model and the one contract every backend implements.
 
 A sweep is a list of :class:`JobSpec` (what to run) that the controller turns into rows of the
-state store (what happened). Backends only ever see specs and the handles they returned
-themselves, so the controller, the pull daemon, ``status`` and ``cancel`` never care which
-backend ran a job.
+state store (what happened). Backends (:mod:`launcher_core.backends.base`) only ever see specs
+and the handles they returned themselves, so the controller, the pull daemon, ``status`` and
+``cancel`` never care which backend ran a job.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
+
+# the launcher's own files in every job's output dir, defined once with the job side
+from launcher_core.runtime.markers import LAUNCHER_DIR as LAUNCHER_DIR
+from launcher_core.runtime.markers import PID_FILE as PID_FILE
+from launcher_core.runtime.markers import RESULT_FILE as RESULT_FILE
+from launcher_core.runtime.markers import STDERR_FILE as STDERR_FILE
+from launcher_core.runtime.markers import STDOUT_FILE as STDOUT_FILE
 
 
 class JobState(str, enum.Enum):
@@ -35,13 +42,6 @@ class JobState(str, enum.Enum):
 
 
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.PULLED})
-
-# Subdirectory of every job's output dir holding the launcher's own files.
-LAUNCHER_DIR = ".launcher"
-RESULT_FILE = "result.pkl"
-STDOUT_FILE = "stdout.log"
-STDERR_FILE = "stderr.log"
-PID_FILE = "pid"
 
 
 def job_id_for(sweep_id: str, overrides: Sequence[str]) -> str:
@@ -130,61 +130,3 @@ class SweepInfo:
     sweep_dir: Path
     code_dir: Path
     task_name: str
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """The contract: prepare once, submit in batches, poll many at once, fetch, cancel.
-
-    ``handle`` values are whatever the backend needs to find a job again later (a PID and host,
-    a SLURM job id, an instance id); they must be JSON-serialisable because they are stored in
-    the state store and used by another process (the pull daemon) after a restart.
-
-    Optional members a backend may have:
-
-    * ``detached: bool`` — jobs keep running without the launching process; a relaunch
-      re-attaches to them instead of submitting them again, and Ctrl-C does not cancel them.
-    * ``poll_interval_s: float`` — how often the launch loop polls.
-    * ``wait(timeout_s) -> None`` — block until a job may have changed state (or the timeout
-      passed); the launch loop calls it between polls instead of sleeping.
-    * ``stored_config() -> dict`` — the (secret-free) settings :func:`from_config` of the
-      backend's module needs to rebuild it in another process.
-    * ``read_log(handle, stream, offset) -> bytes`` — live log bytes from ``offset`` on, for
-      ``launcher-core logs`` on jobs not pulled yet (``stream`` is "stdout" or "stderr").
-    * ``clean(handles, *, sweep_id, sweep_handles=None, dry_run=False) -> CleanReport`` —
-      delete the backend-side files of jobs already pulled home (``launcher-core clean``, ``pull
-      --clean``); with ``sweep_handles`` (every job of the sweep, all clean after this call) also
-      the sweep-level leftovers (snapshot, payloads, batch files, the remote sweep dir). Must
-      refuse (:class:`launcher_core.clean.CleanRefused`) any path outside the sweep's own remote
-      dirs before deleting anything, report in ``cleaned`` only jobs whose files are gone, and be
-      safe to repeat. ``dry_run`` contacts nothing and fills only the targets. Backends without
-      remote copies (local_pool, slurm on a shared file system) have nothing to clean.
-    """
-
-    name: str
-
-    def prepare(self, sweep: SweepInfo) -> None:
-        """Once per sweep: sync code, create remote dirs, start connections."""
-
-    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
-        """Start (or queue) the jobs; return ``{job_id: handle}`` for every job started."""
-
-    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
-        """States of many jobs in one round trip per host / scheduler call. A job left out is
-        taken as unchanged (a backend may skip jobs still queued on its side)."""
-
-    def fetch(
-        self,
-        jobs: Mapping[str, dict[str, Any]],
-        local_dirs: Mapping[str, Path],
-        pull_filter: PullFilter | None = None,
-    ) -> None:
-        """Bring the files of finished jobs into their local output dirs (incrementally: files
-        already there and unchanged are not transferred again). Must be safe to repeat after
-        an interruption at any point: a file is either absent, the old one, or complete."""
-
-    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
-        """Stop the given jobs; they are marked cancelled by the caller."""
-
-    def close(self) -> None:
-        """Release connections and local resources."""

@@ -189,7 +189,7 @@ def _clean_pulled(backend: object, store: StateStore, meta: dict) -> int:
 
 def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
     """The exception line of each failed job whose result came home (for ``status``)."""
-    from launcher_core.worker import failure_summary
+    from launcher_core.runtime.worker import failure_summary
 
     reasons = {}
     for row in rows:

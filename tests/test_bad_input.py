@@ -133,7 +133,11 @@ CASES = [
         [*SLURM, "hydra.launcher.partition=''"],
         "hydra.launcher.partition must be a non-empty single line, got ''",
     ),
-    ("slurm-unknown-key", [*SLURM, "hydra.launcher.partitionz=gpu"], "Key 'partitionz' not in 'SlurmLauncherConf'"),
+    (
+        "slurm-unknown-key",
+        [*SLURM, "hydra.launcher.partitionz=gpu"],
+        "Key 'partitionz' not in 'SlurmArrayLauncherConf'",
+    ),
     # --- ec2 ----------------------------------------------------------------------------
     ("ec2-missing-ami", EC2, "hydra.launcher.ami is required"),
     (

@@ -18,8 +18,8 @@ import pytest
 from launcher_core.backends import backend_for_meta
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.pull import poll_into_store
+from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from launcher_core.worker import load_job_return
 from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
 from tests.test_pull import blob_project, blob_sha, cli, launch_detached, rows
 

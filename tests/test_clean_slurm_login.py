@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from launcher_core import cli
+from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from launcher_core.worker import load_job_return
 from tests.slurm_cluster import CommandLog, SlurmCluster, launch_sweep, slurm_cluster_fixture  # noqa: F401
 from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (fixture)
 from tests.test_slurm_login import _login_overrides

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher_core.backends.remote_ssh_scripts import clean_script, parse_clean
 from launcher_core.backends.slurm import login_remote_dir
-from launcher_core.clean import CleanRefused, check_root, confined, plan_remote, select
+from launcher_core.clean import select
 from launcher_core.jobs import JobSpec, JobState
+from launcher_core.remote.paths import CleanRefused, check_root, confined, plan_remote
+from launcher_core.remote.scripts import clean_script, parse_clean
 from launcher_core.state import StateStore
 
 ROOT = "/home/u/hrl/proj"

@@ -12,7 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from launcher_core.compose import SweepComposer, compose_job, job_output_dir
+from launcher_core.runtime.compose import SweepComposer, compose_job, job_output_dir
 from tests.conftest import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "tests" / "apps" / "conf_grid"

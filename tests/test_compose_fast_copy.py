@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from launcher_core import compose
-from launcher_core.compose import (
+from launcher_core.runtime import compose
+from launcher_core.runtime.compose import (
     ComposingConfigLoader,
     SweepComposer,
     composer_for,

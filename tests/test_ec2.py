@@ -19,7 +19,7 @@ from hydra.core.utils import JobStatus
 
 from launcher_core.controller import DetachedResult
 from launcher_core.jobs import JobState, PullFilter
-from launcher_core.worker import JobLostError, JobTimeoutError
+from launcher_core.runtime.worker import JobLostError, JobTimeoutError
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     BUCKET,
     AwsWorld,
@@ -77,8 +77,11 @@ def test_sweep_end_to_end_with_packing(aws: AwsWorld) -> None:
     (snapshot,) = [v for k, v in aws.s3_objects().items() if k.endswith(".tar.gz")]
     with tarfile.open(fileobj=io.BytesIO(snapshot)) as tar:
         names = set(tar.getnames())
-    assert {"code/helper.py", "lib/launcher_core/worker.py", "lib/hydra_plugins/remote_launcher/config.py"} <= names
-    assert "lib/hydra_plugins/hydra_joblib_launcher/config.py" in names
+    # the user's code and the job-side package only (plugins are stood in for on the instance)
+    assert {"code/helper.py", "lib/launcher_core/__init__.py", "lib/launcher_core/runtime/worker.py"} <= names
+    assert not [n for n in names if n.startswith("lib/") and not n.startswith("lib/launcher_core/")]
+    assert not [n for n in names if n.startswith("lib/launcher_core/") and "/runtime/" not in n
+                and n != "lib/launcher_core/__init__.py"]
     job_rows = rows(sweep_dir)
     assert {row.state for row in job_rows.values()} == {JobState.PULLED}
     assert len({row.handle["instance_id"] for row in job_rows.values()}) == 3

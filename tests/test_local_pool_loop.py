@@ -19,9 +19,9 @@ from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig
 
 from launcher_core.backends.local_pool import LocalPoolBackend
-from launcher_core.compose import job_output_dir
 from launcher_core.controller import LaunchOptions, build_job_specs, launch_batch
 from launcher_core.jobs import JobSpec, JobState, SweepInfo
+from launcher_core.runtime.compose import job_output_dir
 from tests.conftest import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "tests" / "apps" / "conf_grid"

@@ -22,9 +22,9 @@ from hydra.core.utils import JobStatus
 
 from launcher_core.backends.slurm import JOB_PAYLOAD_FILE
 from launcher_core.jobs import JobState
+from launcher_core.runtime.worker import JobLostError
 from launcher_core.state import StateStore
 from launcher_core.sweep import quote_value
-from launcher_core.worker import JobLostError
 from tests.hostile import hostile_values, sweep_override
 from tests.slurm_cluster import (  # noqa: F401  (fixtures)
     SlurmCluster,

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher_core.backends.remote_ssh_scripts import poll_script
 from launcher_core.jobs import JobState
-from launcher_core.procs import process_start_time
+from launcher_core.remote.scripts import poll_script
+from launcher_core.runtime.procs import process_start_time
 from tests.sshd import (  # noqa: F401  (fixtures)
     USERS,
     SSHServer,

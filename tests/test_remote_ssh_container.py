@@ -225,7 +225,7 @@ def test_jobs_run_inside_the_container_with_the_exact_argv_and_results_come_home
             str(image),
             ssh_env.python,
             "-m",
-            "launcher_core.remote_worker",
+            "launcher_core.runtime.remote_worker",
             str(remote_sweep / sweep_payload),
             str(remote_sweep / str(num) / ".launcher" / "job.pkl"),
         ]

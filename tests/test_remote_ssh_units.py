@@ -18,20 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from launcher_core import remote_runner
 from launcher_core.backends import remote_ssh as rs
-from launcher_core.backends import remote_ssh_scripts as scripts
-from launcher_core.codesync import (
+from launcher_core.errors import ConfigError
+from launcher_core.jobs import JobState, PullFilter
+from launcher_core.remote import scripts, workspace
+from launcher_core.remote.codesync import (
     DEFAULT_EXCLUDES,
     excludes_for_local_outputs,
     filter_args,
     git_state,
     snapshot_rsync_args,
 )
-from launcher_core.errors import ConfigError
-from launcher_core.jobs import JobState, PullFilter
-from launcher_core.procs import process_start_time
-from launcher_core.ssh import HostAddress, SSHOptions, describe, resolve_host
+from launcher_core.remote.ssh import HostAddress, SSHOptions, describe, resolve_host
+from launcher_core.runtime import runner as remote_runner
+from launcher_core.runtime.procs import process_start_time
 from tests.conftest import REPO_ROOT
 
 # --- settings and hosts ---------------------------------------------------------------------
@@ -323,7 +323,7 @@ def test_env_prelude_quotes_values_and_activates_conda(tmp_path: Path) -> None:
             "prepare_commands": ["export FROM_PREPARE=yes"],
         }
     )
-    prelude = scripts.env_prelude(settings, snapshot=str(tmp_path), pythonpath=["/p 1", "/p2"], extra_env={"E": "1"})
+    prelude = rs.env_prelude(settings, snapshot=str(tmp_path), pythonpath=["/p 1", "/p2"], extra_env={"E": "1"})
     out = _sh(prelude + '\necho "$PYTHONPATH|$V|$E|$CONDA_DEFAULT_ENV|$FROM_PREPARE|$(pwd)"\n', env={"PATH": "/bin"})
     assert out.strip() == f"/p 1:/p2|a'b $(x)|1|my env|yes|{tmp_path}"
 
@@ -340,10 +340,10 @@ def test_uv_setup_runs_jobs_through_uv() -> None:
 
 
 def test_fetch_filter_keeps_launcher_files_in_bare_pulls() -> None:
-    assert "--max-size=1000" in rs.fetch_filter_args(PullFilter(max_size_bytes=1000))
-    args = rs.fetch_filter_args(PullFilter(exclude=("*.ckpt",)))
+    assert "--max-size=1000" in workspace.fetch_filter_args(PullFilter(max_size_bytes=1000))
+    args = workspace.fetch_filter_args(PullFilter(exclude=("*.ckpt",)))
     assert args.index("--include=.launcher/***") < args.index("--exclude=*.ckpt")
-    assert rs.fetch_filter_args(None) == ["--exclude=.launcher/job.pkl", "--exclude=.launcher/cleanup"]
+    assert workspace.fetch_filter_args(None) == ["--exclude=.launcher/job.pkl", "--exclude=.launcher/cleanup"]
 
 
 # --- the runner's retry guard ---------------------------------------------------------------
@@ -365,7 +365,7 @@ def test_runner_repeated_batch_reports_the_first_answer_and_starts_nothing_twice
     batch_file = tmp_path / "batch.json"
     batch_file.write_text(json.dumps(batch))
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "launcher_core.remote_runner", str(batch_file)]
+    cmd = [sys.executable, "-m", "launcher_core.runtime.runner", str(batch_file)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines() == [f"{remote_runner.STARTED} a", f"{remote_runner.STARTED} b"]
@@ -433,7 +433,7 @@ def test_remote_worker_stubs_missing_hydra_plugins(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            code.format("from launcher_core import remote_worker; remote_worker.install();"),
+            code.format("from launcher_core.runtime import remote_worker; remote_worker.install();"),
             payload,
         ],
         capture_output=True,

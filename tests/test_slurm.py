@@ -19,8 +19,8 @@ from launcher_core.backends.slurm import EXIT_FILE, TIMEOUTS_FILE
 from launcher_core.controller import DetachedResult
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
+from launcher_core.runtime.worker import JobLostError, JobTimeoutError
 from launcher_core.state import StateStore
-from launcher_core.worker import JobLostError, JobTimeoutError
 from tests.slurm_cluster import (  # noqa: F401  (fixtures)
     TEST_MAX_ARRAY_SIZE,
     CommandLog,

@@ -96,7 +96,7 @@ def test_job_runs_inside_the_container_with_the_exact_argv(
             str(image),
             sys.executable,
             "-m",
-            "launcher_core.worker",
+            "launcher_core.runtime.worker",
             sweep_payload,
             job_payload,
         ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.remote_launcher.config import SlurmLauncherConf
+from hydra_plugins.remote_launcher.config import SlurmArrayLauncherConf
 from launcher_core.backends.slurm import (
     SlurmOptions,
     expand_job_ids,
@@ -122,7 +122,7 @@ def test_script_with_container_wraps_the_worker(tmp_path: Path) -> None:
     expected = (
         f"srun --unbuffered --kill-on-bad-exit=1 --mpi=none singularity exec --nv --bind {shlex.quote(str(tmp_path))} "
         "--bind /data "
-        f'/img.sif python -m launcher_core.worker {sweep_pkl} "$LAUNCHER_DIR"/job.pkl &'
+        f'/img.sif python -m launcher_core.runtime.worker {sweep_pkl} "$LAUNCHER_DIR"/job.pkl &'
     )
     assert expected in text
 
@@ -174,7 +174,7 @@ def test_sbatch_options_follow_submitit_names() -> None:
 def test_cluster_presets_are_valid_settings(preset: Path) -> None:
     cfg = OmegaConf.load(preset)
     assert list(cfg.defaults) == [{"override /hydra/launcher": "slurm"}]
-    schema = OmegaConf.structured(SlurmLauncherConf)
+    schema = OmegaConf.structured(SlurmArrayLauncherConf)
     merged = OmegaConf.merge(schema, cfg.hydra.launcher)  # unknown keys or wrong types fail here
     SlurmOptions.from_params(OmegaConf.to_container(merged, resolve=False))
 
@@ -217,7 +217,7 @@ def test_dry_run_with_login_host_shows_the_cluster_paths_without_connecting(tmp_
     assert "".join(f"  {remote_sweep}/{i}/.launcher\n" for i in range(3)) in text
     pythonpath = f"{remote_sweep}/.launcher/slurm/pylib:{snapshot.group(1)}"
     assert f'export PYTHONPATH={pythonpath}"${{PYTHONPATH:+:$PYTHONPATH}}"' in text
-    worker = f"python3 -m launcher_core.remote_worker {remote_sweep}/.launcher/slurm/sweep-"
+    worker = f"python3 -m launcher_core.runtime.remote_worker {remote_sweep}/.launcher/slurm/sweep-"
     assert re.search(re.escape(worker) + r'[0-9a-f]{16}\.pkl "\$LAUNCHER_DIR"/job\.pkl &', text), text
     # the job payload has the cluster paths too: Hydra there writes into the remote sweep dir
     assert payload["result_path"] == f"{remote_sweep}/0/.launcher/result.pkl"

@@ -16,8 +16,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from launcher_core.compose import SweepComposer
-from launcher_core.worker import (
+from launcher_core.runtime.compose import SweepComposer
+from launcher_core.runtime.worker import (
     RemoteJobError,
     atomic_write_bytes,
     job_payload_bytes,
@@ -71,7 +71,7 @@ def run_worker(tmp_path: Path, hydra_restore_singletons: None):
         atomic_write_bytes(sweep_payload, sweep_payload_bytes(task, ctx))
         atomic_write_bytes(job_payload, job_payload_bytes(cfg, idx, str(result)))
         proc = subprocess.run(
-            [sys.executable, "-m", "launcher_core.worker", str(sweep_payload), str(job_payload)],
+            [sys.executable, "-m", "launcher_core.runtime.worker", str(sweep_payload), str(job_payload)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -11,7 +11,7 @@ _PKG = "hydra_plugins.remote_launcher"
 
 
 def _default_rsync_excludes() -> List[str]:
-    from launcher_core.codesync import DEFAULT_EXCLUDES
+    from launcher_core.remote.codesync import DEFAULT_EXCLUDES
 
     return list(DEFAULT_EXCLUDES)
 
@@ -107,11 +107,11 @@ class ContainerConf:
 
 
 @dataclass
-class SlurmLauncherConf:
+class SlurmArrayLauncherConf:
     """``hydra/launcher=slurm``; validated by ``launcher_core.backends.slurm.SlurmOptions``.
     Names follow hydra-submitit-launcher's ``submitit_slurm``."""
 
-    _target_: str = f"{_PKG}.launchers.SlurmLauncher"
+    _target_: str = f"{_PKG}.launchers.SlurmArrayLauncher"
     # maximum time of a job in minutes (sbatch --time)
     timeout_min: int = 60
     cpus_per_task: Optional[int] = None
@@ -205,7 +205,7 @@ class RemoteSSHLauncherConf:
     code_dir: Optional[str] = None
     # rsync filter rules, includes are checked first (first match wins)
     rsync_include: List[str] = field(default_factory=list)
-    # default: launcher_core.codesync.DEFAULT_EXCLUDES (.git, caches, venvs, /data/, /outputs/, ...)
+    # default: launcher_core.remote.codesync.DEFAULT_EXCLUDES (.git, caches, venvs, /data/, /outputs/, ...)
     rsync_exclude: List[str] = field(default_factory=_default_rsync_excludes)
     # extra rsync options for the code sync, e.g. [--compress]
     rsync_args: List[str] = field(default_factory=list)
@@ -255,7 +255,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(group="hydra/launcher", name="local_pool", node=LocalPoolLauncherConf, provider="hydra-remote-launcher")
     store.store(group="hydra/launcher", name="ec2", node=Ec2LauncherConf, provider="hydra-remote-launcher")
-    store.store(group="hydra/launcher", name="slurm", node=SlurmLauncherConf, provider="hydra-remote-launcher")
+    store.store(group="hydra/launcher", name="slurm", node=SlurmArrayLauncherConf, provider="hydra-remote-launcher")
     store.store(group="hydra/launcher", name="remote_ssh", node=RemoteSSHLauncherConf, provider="hydra-remote-launcher")
     store.store(group="hydra/sweeper", name="paired", node=PairedSweeperConf, provider="hydra-remote-launcher")
 

@@ -37,7 +37,7 @@ class BackendLauncher(Launcher):
         self.validate()
         # Hydra's sweeper composes every job again to validate it (~100 ms each); the sweeper and
         # this launcher share the context, so both now use the fast composer (same configs).
-        from launcher_core.compose import use_fast_sweep_composition
+        from launcher_core.runtime.compose import use_fast_sweep_composition
 
         use_fast_sweep_composition(hydra_context)
         # validated settings are kept by the launcher; what Hydra writes gets no secrets
@@ -108,7 +108,7 @@ class LocalPoolLauncher(BackendLauncher):
         )
 
 
-class SlurmLauncher(BackendLauncher):
+class SlurmArrayLauncher(BackendLauncher):
     """``hydra/launcher=slurm``: job arrays submitted with sbatch (see ``launcher_core.backends.slurm``)."""
 
     secret_keys = ("env", "container.env")
@@ -140,7 +140,7 @@ class SlurmLauncher(BackendLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         if not self.options.dry_run:
             return super().launch(job_overrides, initial_job_idx)
-        from launcher_core.backends.slurm import dry_run_batch
+        from launcher_core.controller import dry_run_batch
 
         assert self.config is not None and self.hydra_context is not None
         return dry_run_batch(
@@ -195,7 +195,8 @@ class RemoteSSHLauncher(BackendLauncher):
         return self._settings()
 
     def make_backend(self) -> Any:
-        from launcher_core.backends.remote_ssh import RemoteSSHBackend, new_snapshot_tag
+        from launcher_core.backends.remote_ssh import RemoteSSHBackend
+        from launcher_core.remote.workspace import new_snapshot_tag
 
         if self._snapshot_tag is None:  # one code snapshot for every batch of this launch
             self._snapshot_tag = new_snapshot_tag()
@@ -232,7 +233,7 @@ class RemoteSSHLauncher(BackendLauncher):
         import sys
         from pathlib import Path
 
-        from launcher_core.codesync import check_filters_keep, filter_args
+        from launcher_core.remote.codesync import check_filters_keep, filter_args
 
         if not Path(code_dir).is_dir() or not sys.argv or not sys.argv[0].endswith(".py"):
             return

@@ -78,7 +78,7 @@ class PairedSweeper(BasicSweeper):
 
         if isinstance(self.launcher, BackendLauncher):
             return
-        from launcher_core.compose import SweepComposer
+        from launcher_core.runtime.compose import SweepComposer
 
         assert self.hydra_context is not None and self.config is not None
         tic = time.perf_counter()

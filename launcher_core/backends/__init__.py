@@ -12,8 +12,8 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from launcher_core.backends.base import Backend
 from launcher_core.errors import ConfigError
-from launcher_core.jobs import Backend
 
 BACKEND_MODULES = {
     "local_pool": "launcher_core.backends.local_pool",

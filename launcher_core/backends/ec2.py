@@ -1,32 +1,7 @@
-"""``ec2`` backend: one EC2 instance per ``jobs_per_instance`` jobs, results through S3.
+"""``ec2``: run a sweep's jobs on EC2 instances that terminate themselves when done; code,
+payloads, outputs and state markers travel through S3, credentials never leave this machine.
 
-Flow of a sweep:
-
-* ``prepare``: upload the code snapshot (a tar of the code dir plus ``launcher_core``) and the
-  sweep payload to ``s3://BUCKET/PREFIX/SWEEP_ID/``, content-addressed, so relaunching the same
-  sweep uploads nothing new.
-* ``submit``: upload one payload per job (its config rewritten to the instance-side sweep dir),
-  one plan per instance, then start ``ceil(N / jobs_per_instance)`` instances (at most
-  ``max_instances``; beyond that each instance gets a longer queue) tagged with the sweep id.
-  Their user-data (:mod:`launcher_core.ec2_userdata`) starts the instance agent
-  (:mod:`launcher_core.ec2_agent`), which runs the jobs, syncs their output dirs to S3, writes a
-  ``done``/``failed`` marker per job and terminates the instance. If any launch fails, the
-  instances already started by this call are terminated: never half a sweep.
-* ``poll``: one ``DescribeInstances`` by tag plus one listing of the sweep's marker objects.
-* ``fetch``: download each finished job's synced files into its local output dir.
-* ``cancel``: terminate the instances.
-
-S3 layout under ``PREFIX/SWEEP_ID``::
-
-    snapshot-<sha>.tar.gz, sweep-<sha>.pkl        code snapshot, sweep payload
-    runs/<run>/<group>/plan.json                  one instance's assignment (+ agent.log, setup.log)
-    runs/<run>/jobs/<job_id>/job.pkl              job payload
-    runs/<run>/jobs/<job_id>/out/...              the job's output dir, as Hydra wrote it
-    markers/<run>/<job_id>.running|done|failed    job state markers (failed: JSON with the reason)
-
-Credentials come from boto3's normal chain and stay on this machine: the instance uses its IAM
-instance profile. Everything this backend writes to S3 or user-data is checked against the
-active credentials before it leaves.
+Design: docs/ec2.md
 """
 
 from __future__ import annotations
@@ -56,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from launcher_core.backends.base import Backend
 from launcher_core.errors import BackendError, ConfigError
-from launcher_core.jobs import JobSpec, JobState, JobStatus, PullFilter, SweepInfo
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, PullFilter, SweepInfo
+from launcher_core.remote.workspace import runtime_cwd
 
 log = logging.getLogger("launcher_core.ec2")
 
@@ -335,62 +312,43 @@ def build_snapshot(
     max_bytes: int,
     check: Callable[[bytes, str], None],
 ) -> int:
-    """Write ``code/`` (the user's code) and ``lib/`` (``launcher_core`` and the local Hydra
-    plugins, see :func:`_lib_roots`) into a reproducible tar.gz.
+    """Write ``code/`` (the user's code) and ``lib/`` (the job-side package,
+    :func:`launcher_core.runtime.shipped_files`) into a reproducible tar.gz.
 
     ``check`` sees every file's content before it is added (the credential guard). Returns the
     number of files. Raises ``ConfigError`` when the code dir is larger than ``max_bytes``.
     """
-    lib_roots = _lib_roots()
+    from launcher_core.runtime import shipped_files
+
+    code_files = [
+        (path, PurePosixPath("code") / rel)
+        for path, rel in _walk_files(code_dir, [*DEFAULT_EXCLUDES, *excludes], skip)
+    ]
+    lib_files = [(path, PurePosixPath("lib") / rel) for path, rel in shipped_files()]
     total = count = 0
     with (
         open(archive, "wb") as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        sources = [(code_dir, PurePosixPath("code"), [*DEFAULT_EXCLUDES, *excludes])]
-        sources += [(root, prefix, ["__pycache__", "*.pyc"]) for root, prefix in lib_roots]
-        for root, prefix, patterns in sources:
-            for path, rel in _walk_files(root, patterns, skip):
-                data = path.read_bytes()
-                total += len(data) if prefix.parts[0] == "code" else 0
-                if total > max_bytes:
-                    raise ConfigError(
-                        f"the code dir {code_dir} is larger than {_key('max_code_mb')}="
-                        f"{max_bytes / 2**20:g} MB: exclude data with {_key('code_excludes')} or point "
-                        f"{_key('code_dir')} at the code only"
-                    )
-                check(data, f"file {path}")
-                st = path.stat()
-                info = tarfile.TarInfo((prefix / rel).as_posix())
-                info.size = len(data)
-                info.mode = (st.st_mode & 0o755) | 0o600
-                info.mtime = int(st.st_mtime)
-                tar.addfile(info, io.BytesIO(data))
-                count += 1
+        for path, name in [*code_files, *lib_files]:
+            data = path.read_bytes()
+            total += len(data) if name.parts[0] == "code" else 0
+            if total > max_bytes:
+                raise ConfigError(
+                    f"the code dir {code_dir} is larger than {_key('max_code_mb')}="
+                    f"{max_bytes / 2**20:g} MB: exclude data with {_key('code_excludes')} or point "
+                    f"{_key('code_dir')} at the code only"
+                )
+            check(data, f"file {path}")
+            st = path.stat()
+            info = tarfile.TarInfo(name.as_posix())
+            info.size = len(data)
+            info.mode = (st.st_mode & 0o755) | 0o600
+            info.mtime = int(st.st_mtime)
+            tar.addfile(info, io.BytesIO(data))
+            count += 1
     return count
-
-
-def _lib_roots() -> list[tuple[Path, PurePosixPath]]:
-    """``launcher_core`` and every locally installed Hydra plugin package, for ``lib/``.
-
-    The sweep payload holds Hydra's ConfigStore, whose entries reference each installed plugin's
-    config classes; the instance must import them to unpickle it, whatever it has installed.
-    """
-    import launcher_core
-
-    roots = [(Path(launcher_core.__file__).parent, PurePosixPath("lib/launcher_core"))]
-    try:
-        import hydra_plugins
-    except ImportError:  # pragma: no cover - this package provides hydra_plugins.remote_launcher
-        return roots
-    seen: set[str] = set()
-    for base in map(Path, hydra_plugins.__path__):
-        for pkg in sorted(p for p in base.iterdir() if (p / "__init__.py").is_file()):
-            if pkg.name not in seen:  # the first on the path is the one Python imports
-                seen.add(pkg.name)
-                roots.append((pkg, PurePosixPath("lib/hydra_plugins") / pkg.name))
-    return roots
 
 
 def _sha256_file(path: Path) -> str:
@@ -433,6 +391,10 @@ def _omega_literal(text: str) -> str:
     backslashes are literal and stay as they are.
     """
     return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", text)
+
+
+# job entry keys only this machine uses (to localise fetched results); not sent to instances
+_LOCAL_ONLY = ("rel", "remote_cwd", "local_cwd")
 
 
 def instance_config(config: Any, *, sweep_dir: str, subdir: str, code_dir: str) -> Any:
@@ -498,7 +460,7 @@ class AwsApiError(BackendError):
 
 
 # --- the backend ---------------------------------------------------------------------------
-class Ec2Backend:
+class Ec2Backend(Backend):
     """Runs jobs on EC2 instances; see the module docstring for the flow and the S3 layout."""
 
     name = "ec2"
@@ -688,7 +650,7 @@ class Ec2Backend:
         return str(self.settings.s3_bucket)
 
     def _sweep_payload(self) -> bytes:
-        from launcher_core.worker import sweep_payload_bytes
+        from launcher_core.runtime.worker import sweep_payload_bytes
 
         if self._task_function is None:
             raise BackendError(
@@ -739,6 +701,11 @@ class Ec2Backend:
                     "base": base,
                     "out_prefix": entry["out_prefix"],
                     "launched_at": now,
+                    "remote_job_dir": entry["output_dir"],
+                    "rel": entry["rel"],
+                    "remote_cwd": entry["remote_cwd"],
+                    "local_cwd": entry["local_cwd"],
+                    "local_sweep_dir": str(sweep.sweep_dir),
                 }
         return handles
 
@@ -765,7 +732,7 @@ class Ec2Backend:
     def _upload_job_payloads(
         self, sweep: SweepInfo, base: str, run: str, groups: Mapping[str, Sequence[JobSpec]]
     ) -> dict[str, dict[str, Any]]:
-        from launcher_core.worker import job_payload_bytes
+        from launcher_core.runtime.worker import job_payload_bytes
 
         entries: dict[str, dict[str, Any]] = {}
         uploads: list[tuple[str, bytes, str]] = []
@@ -793,6 +760,10 @@ class Ec2Backend:
                     "payload_key": f"{job_prefix}/job.pkl",
                     "output_dir": remote_out,
                     "out_prefix": f"{job_prefix}/out/",
+                    # what fetch needs to point the pulled JobReturn at local paths
+                    "rel": PurePosixPath(*Path(subdir).parts).as_posix(),
+                    "remote_cwd": f"{workspace}/code",
+                    "local_cwd": runtime_cwd(spec.config),
                 }
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda u: self._put(*u), uploads))
@@ -828,7 +799,7 @@ class Ec2Backend:
             "kill_grace_s": self.settings.kill_grace_s,
             "spot_check_s": min(self.settings.sync_interval_s, 5.0),
             "cancel_check_s": min(self.settings.sync_interval_s, 30.0),
-            "jobs": [entries[s.job_id] for s in specs],
+            "jobs": [{k: v for k, v in entries[s.job_id].items() if k not in _LOCAL_ONLY} for s in specs],
         }
         key = f"{base}/runs/{run}/{group}/plan.json"
         self._put(key, json.dumps(plan, indent=1).encode(), f"the plan of instance group {group}")
@@ -1029,10 +1000,14 @@ class Ec2Backend:
         its mtime, so a file already there with the same size and mtime is skipped; each file is
         downloaded to a temporary name and renamed into place.
         """
+        from launcher_core.remote.workspace import localize_result
+
         self._connect()
         for job_id, handle in jobs.items():
             if handle.get("out_prefix"):
-                self._fetch_job(handle["bucket"], handle["out_prefix"], Path(local_dirs[job_id]), pull_filter)
+                local_dir = Path(local_dirs[job_id])
+                self._fetch_job(handle["bucket"], handle["out_prefix"], local_dir, pull_filter)
+                localize_result(local_dir / LAUNCHER_DIR / RESULT_FILE, handle, local_dir)
 
     def _fetch_job(self, bucket: str, prefix: str, dest: Path, pull_filter: PullFilter | None) -> None:
         paginator = self._s3.get_paginator("list_objects_v2")
@@ -1130,7 +1105,7 @@ class Ec2Backend:
         Markers stay until then: cancelling jobs still running on a shared instance reads them.
         Every prefix is checked to lie inside the sweep's own prefix before any call.
         """
-        from launcher_core.clean import CleanReport
+        from launcher_core.backends.base import CleanReport
 
         base = self._clean_base(sweep_id)
         location = f"s3://{self._bucket}"
@@ -1158,14 +1133,14 @@ class Ec2Backend:
         return report
 
     def _clean_base(self, sweep_id: str) -> str:
-        from launcher_core.clean import CleanRefused
+        from launcher_core.remote.paths import CleanRefused
 
         if not sweep_id or "/" in sweep_id or sweep_id in (".", "..") or not sweep_id.isprintable():
             raise CleanRefused(f"refusing to clean: the sweep id {sweep_id!r} is not a plain name")
         return self._base(sweep_id)
 
     def _check_handle_base(self, handle: Mapping[str, Any], base: str) -> None:
-        from launcher_core.clean import CleanRefused
+        from launcher_core.remote.paths import CleanRefused
 
         if handle.get("bucket") != self._bucket or handle.get("base") != base:
             raise CleanRefused(
@@ -1175,7 +1150,7 @@ class Ec2Backend:
 
     def _clean_job_prefix(self, job_id: str, handle: Mapping[str, Any], base: str) -> str:
         """``BASE/runs/<run>/jobs/<job_id>/`` of a handle, or CleanRefused naming the value."""
-        from launcher_core.clean import CleanRefused
+        from launcher_core.remote.paths import CleanRefused
 
         self._check_handle_base(handle, base)
         run = str(handle.get("run") or "")

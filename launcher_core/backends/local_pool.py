@@ -1,10 +1,8 @@
-"""``local_pool``: run jobs as forked processes on this machine, ``n_jobs`` at a time.
+"""``local_pool``: run a sweep's jobs as forked child processes on this machine, ``n_jobs`` at a
+time, each leading its own process group; what is left of the group is killed when the job ends
+or times out.
 
-Each job is forked from the controller (which already imported everything and holds the task
-function, so a no-op job costs a fork instead of a fresh interpreter), calls ``setsid()`` to
-lead its own process group and session, and writes stdout/stderr to its ``.launcher`` dir.
-When a job ends (or times out), its whole process group is terminated (SIGTERM, then SIGKILL
-after ``kill_grace_s``), so grandchildren it left behind do not outlive it.
+Design: docs/local_pool.md
 """
 
 from __future__ import annotations
@@ -20,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.base import Backend
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
-from launcher_core.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
+from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
 
 _SUBMITTED = JobStatus(JobState.SUBMITTED)
 
@@ -39,7 +38,7 @@ class _Running:
 _CLEANUP_STEP_S = 0.02
 
 
-class LocalPoolBackend:
+class LocalPoolBackend(Backend):
     name = "local_pool"
     poll_interval_s = 1.0  # an upper bound: wait() returns as soon as a job exits
 
@@ -241,7 +240,7 @@ def _stale_status(handle: Mapping[str, Any]) -> JobStatus:
         return JobStatus(JobState.FAILED, "process gone without writing a result")
     from hydra.core.utils import JobStatus as HydraJobStatus
 
-    from launcher_core.worker import load_job_return
+    from launcher_core.runtime.worker import load_job_return
 
     if load_job_return(result_path).status == HydraJobStatus.COMPLETED:
         return JobStatus(JobState.COMPLETED)
@@ -268,7 +267,7 @@ def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec) -> None:
             signal.signal(sig, signal.SIG_DFL)
         _redirect(1, spec.launcher_dir / STDOUT_FILE)
         _redirect(2, spec.launcher_dir / STDERR_FILE)
-        from launcher_core.worker import run_and_save
+        from launcher_core.runtime.worker import run_and_save
 
         code = run_and_save(task_function, spec.config, hydra_context, spec.idx, spec.result_path)
     except BaseException:  # noqa: BLE001 - report anything, then leave without cleanup

@@ -1,30 +1,9 @@
-"""``remote_ssh``: run a sweep's jobs detached on one or more SSH hosts, bring the outputs home.
+"""``remote_ssh``: run a sweep's jobs detached on SSH hosts and rsync their output dirs home.
 
-Per host and launch: one ControlMaster connection (:mod:`launcher_core.ssh`), one rsync of the
-code into a frozen snapshot (:mod:`launcher_core.codesync`), then per batch one rsync of all
-payloads and ONE ssh command that hands every job of that host to a detached runner
-(:mod:`launcher_core.remote_runner`). A poll is one ssh command per host for all its jobs,
-a fetch one rsync per host. So 100 jobs to one host cost one SSH connection.
+Per host and launch: one SSH connection, one code snapshot, one upload and one command per batch
+of jobs; a poll or a fetch is one call per host.
 
-Remote layout (``remote_dir``, default ``~/hydra-remote-launcher/<code dir name>``)::
-
-    snapshots/<sweep_id>/<tag>/      code of one launch (see codesync)
-    runs/<local sweep dir relative to the code dir>/   the sweep dir, e.g. runs/multirun/2024-05-01/12-00-00
-    runs/by-id/<sweep_id>/           ... when the local sweep dir is outside the code dir (or taken)
-    slots/<host>/slot-N              max_parallel locks of the host, shared by all sweeps
-
-Inside the remote sweep dir each job's output dir mirrors the local one (``<subdir>/``, with
-Hydra's ``.hydra/`` and the launcher's ``.launcher/``), and the sweep's own files live in
-``.launcher/remote_ssh/<tag>/`` (sweep payload, the shipped ``launcher_core``, batch files).
-
-Override values never reach a shell: they only exist inside the pickled job configs. Every
-path put into a remote script goes through ``shlex.quote``.
-
-With ``container`` set (see :mod:`launcher_core.container`) the runner starts each job as the
-argv built here, ``<runtime> exec --bind SNAPSHOT --bind SWEEP_DIR ... IMAGE python -m
-launcher_core.remote_worker ...``: it travels in the batch JSON and is run without a shell.
-The image (before anything is created on the host) and the runtime (on the PATH the jobs get)
-are checked on every host that gets jobs before any job starts.
+Design: docs/remote_ssh.md
 """
 
 from __future__ import annotations
@@ -33,40 +12,20 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
+import shlex
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from launcher_core.backends.remote_ssh_scripts import (
-    cancel_script,
-    container_check_script,
-    env_prelude,
-    finish_snapshot_script,
-    parse_kv,
-    poll_script,
-    prepare_script,
-    read_log_script,
-    start_script,
-    status_from_line,
-)
-from launcher_core.codesync import (
-    DEFAULT_EXCLUDES,
-    excludes_for_local_outputs,
-    filter_args,
-    git_state,
-    sync_snapshot,
-    write_git_state,
-)
+from launcher_core.backends.base import Backend, CleanReport
 from launcher_core.container import Container, container_from_config, job_binds, python_for, wrap_command
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import (
@@ -80,8 +39,36 @@ from launcher_core.jobs import (
     PullFilter,
     SweepInfo,
 )
-from launcher_core.remote_runner import ATTACHED, CLEANUP, EXIT_STATUS, PID, STARTED
-from launcher_core.ssh import ConnectionPool, HostAddress, SSHConnection, SSHOptions
+from launcher_core.remote.codesync import (
+    DEFAULT_EXCLUDES,
+    excludes_for_local_outputs,
+    filter_args,
+    git_state,
+    sync_snapshot,
+    write_git_state,
+)
+from launcher_core.remote.paths import check_remote_dir, plan_remote, plan_targets
+from launcher_core.remote.scripts import (
+    cancel_script,
+    container_check_script,
+    finish_snapshot_script,
+    parse_kv,
+    poll_script,
+    prepare_script,
+    read_log_script,
+    start_script,
+    status_from_line,
+)
+from launcher_core.remote.ssh import ConnectionPool, HostAddress, SSHConnection, SSHOptions
+from launcher_core.remote.workspace import (
+    clean_host,
+    clean_root,
+    fetch_job_dirs,
+    new_snapshot_tag,
+    remote_job_config,
+    runtime_cwd,
+)
+from launcher_core.runtime.runner import ATTACHED, EXIT_STATUS, PID, STARTED
 
 log = logging.getLogger("launcher_core.remote_ssh")
 
@@ -291,28 +278,6 @@ class _Validator:
         return tuple(value)
 
 
-_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr")
-
-
-def check_remote_dir(key: str, path: str) -> None:
-    """Refuse remote dirs a launcher must never fill (or later clean): the root, system dirs,
-    a home dir itself, ``~user`` forms the shell would not expand once quoted, and ``..``."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    why = None
-    if ".." in parts:
-        why = "must not contain '..'"
-    elif path.startswith("~") and not path.startswith("~/"):
-        why = "may start with '~/' (your home on the host) but not '~user' or '~' alone"
-    elif path.startswith("~/") and len(parts) < 2:
-        why = "must be a directory below your home, e.g. '~/hydra-remote-launcher', not the home itself"
-    elif path.startswith("/") and (len(parts) < 2 or any(path == d or path.startswith(d + "/") for d in _SYSTEM_DIRS)):
-        why = "must not be the file system root, a top-level dir or a system dir"
-    elif not path.startswith(("/", "~/")) and not parts:
-        why = "must name a directory (relative paths are under your home on the host)"
-    if why:
-        raise ConfigError(f"{key} {why}, got {path!r}")
-
-
 def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSettings, ...]:
     if value is None or (isinstance(value, Sequence) and not isinstance(value, str) and not value):
         raise ConfigError(f"{key} is empty: name at least one host, e.g. {key}=[gpu1] or {key}=[user@host:22]")
@@ -409,7 +374,7 @@ class _HostState:
     container_image: str | None = None  # the image on this host (``~/`` expanded)
 
 
-class RemoteSSHBackend:
+class RemoteSSHBackend(Backend):
     name = "remote_ssh"
     detached = True  # jobs outlive the controller; a relaunch re-attaches to them
 
@@ -530,14 +495,13 @@ class RemoteSSHBackend:
         Every path is checked to lie inside the handle's ``remote_dir`` before any host is
         contacted (:mod:`launcher_core.clean`); one sh script per host and chunk of jobs.
         """
-        from launcher_core.clean import CleanReport, plan_remote, plan_targets
 
         plans = plan_remote(
             handles,
             sweep_id=sweep_id,
             sweep_handles=sweep_handles,
             host_of=lambda h: str(h.get("host")),
-            remote_dir_of=_clean_root,
+            remote_dir_of=clean_root,
         )
         report = CleanReport()
         plan_targets(report, plans)
@@ -545,7 +509,7 @@ class RemoteSSHBackend:
             report.sweep_cleaned = not dry_run and sweep_handles is not None
             return report
         self._ensure_masters(plans)
-        results, errors = self._per_host(plans, lambda label, plan: _clean_host(self._conn(label), sweep_id, plan))
+        results, errors = self._per_host(plans, lambda label, plan: clean_host(self._conn(label), sweep_id, plan))
         for label, (cleaned, notes, sweeps_done) in results.items():
             report.cleaned |= cleaned
             report.notes += [f"{label}: {n}" for n in notes]
@@ -765,7 +729,7 @@ class RemoteSSHBackend:
         self, state: _HostState, specs: list[JobSpec], batch_id: str
     ) -> tuple[list[str], dict[str, dict[str, Any]], str]:
         """Write payloads and the batch file locally; return (files to upload, handles, remote batch file)."""
-        from launcher_core.worker import atomic_write_bytes, job_payload_bytes, sweep_payload_bytes
+        from launcher_core.runtime.worker import atomic_write_bytes, job_payload_bytes, sweep_payload_bytes
 
         assert self._sweep is not None
         sweep_dir = self._sweep.sweep_dir
@@ -810,7 +774,7 @@ class RemoteSSHBackend:
                 "runner_pid_file": f"{remote_tag}/batches/{batch_id}.runner.pid",
                 "batch": batch_id,
                 "remote_cwd": state.snapshot,
-                "local_cwd": _runtime_cwd(spec.config),
+                "local_cwd": runtime_cwd(spec.config),
                 "local_sweep_dir": str(sweep_dir),
             }
             spec.release_config()  # it is in the payload now: do not hold thousands of configs
@@ -835,25 +799,18 @@ class RemoteSSHBackend:
         container = self.settings.container
         assert container is not None and state.container_image is not None
         on_host = dataclasses.replace(container, image=state.container_image)
-        argv = [python_for(on_host, self.settings.python), "-m", "launcher_core.remote_worker"]
+        argv = [python_for(on_host, self.settings.python), "-m", "launcher_core.runtime.remote_worker"]
         binds = job_binds([state.snapshot, state.sweep_dir, *self._pythonpath(state)])
         gpus = self.settings.gpus_per_job > 0
         return wrap_command([*argv, sweep_payload, job_payload], on_host, binds, gpus_requested=gpus)
 
     def _copy_pylib(self, sweep_dir: Path, tag_rel: Path) -> list[str]:
-        """Copy ``launcher_core`` (its top-level modules, ~200 kB) into the sweep dir; it is shipped
-        with the payloads and put first on the jobs' PYTHONPATH, so the host needs only
+        """Copy the job-side package (:mod:`launcher_core.runtime`, ~200 kB) into the sweep dir; it
+        is shipped with the payloads and put first on the jobs' PYTHONPATH, so the host needs only
         hydra-core, omegaconf and cloudpickle, never this package."""
-        import launcher_core
+        from launcher_core.runtime import copy_runtime
 
-        src = Path(launcher_core.__file__).parent
-        dest = sweep_dir / tag_rel / "pylib" / "launcher_core"
-        dest.mkdir(parents=True, exist_ok=True)
-        files = []
-        for module in sorted(src.glob("*.py")):
-            shutil.copy2(module, dest / module.name)
-            files.append(str((dest / module.name).relative_to(sweep_dir)))
-        return files
+        return [str(path.relative_to(sweep_dir)) for path in copy_runtime(sweep_dir / tag_rel / "pylib")]
 
     def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
         conn = self._conn(label)
@@ -877,30 +834,7 @@ class RemoteSSHBackend:
         local_dirs: Mapping[str, Path],
         pull_filter: PullFilter | None,
     ) -> None:
-        """One rsync per (remote sweep dir, local sweep dir) pair; then localise the results.
-
-        A bare pull (``pull_filter``) skips large or excluded files in a first rsync and then
-        brings every job's ``.launcher`` dir whole (launcher files are never skipped).
-        """
-        conn = self._conn(label)
-        groups: dict[tuple[str, str], list[str]] = {}
-        for job_id, h in handles.items():
-            local_root = _local_root(Path(local_dirs[job_id]), h["rel"])
-            groups.setdefault((h["remote_sweep_dir"], str(local_root)), []).append(h["rel"])
-        for (remote_sweep, local_root), rels in groups.items():
-            Path(local_root).mkdir(parents=True, exist_ok=True)
-            passes = [(sorted(set(rels)), fetch_filter_args(pull_filter))]
-            if pull_filter is not None and pull_filter.is_bare:
-                passes.append(([f"{r}/{LAUNCHER_DIR}" for r in sorted(set(rels))], fetch_filter_args(None)))
-            for paths, filters in passes:
-                with tempfile.NamedTemporaryFile("w", prefix="hrl-fetch-", suffix=".txt") as listing:
-                    listing.write("".join(f"{p}\n" for p in paths))
-                    listing.flush()
-                    args = ["-a", "-r", f"--files-from={listing.name}", *filters]
-                    args += [conn.remote(remote_sweep + "/"), f"{local_root}/"]
-                    conn.call(f"download of {len(rels)} job dirs", partial(conn.rsync, args, what="result download"))
-        for job_id, h in handles.items():
-            localize_result(Path(local_dirs[job_id]) / LAUNCHER_DIR / RESULT_FILE, h, Path(local_dirs[job_id]))
+        fetch_job_dirs(self._conn(label), handles, local_dirs, pull_filter)
 
     def _cancel_host(self, label: str, handles: dict[str, dict[str, Any]]) -> None:
         conn = self._conn(label)
@@ -910,41 +844,24 @@ class RemoteSSHBackend:
 
 
 # --- helpers --------------------------------------------------------------------------------
-CLEAN_CHUNK = 500  # job dirs per clean script (one ssh command each)
+def env_prelude(
+    settings: RemoteSSHSettings, *, snapshot: str, pythonpath: Sequence[str], extra_env: Mapping[str, str]
+) -> str:
+    """Shell lines that enter the snapshot and activate the job environment explicitly.
 
-
-def _clean_root(handle: Mapping[str, Any]) -> str:
-    from launcher_core.clean import check_root
-
-    return check_root(handle.get("remote_dir"), "the remote_dir of a job handle")
-
-
-def _clean_host(conn: SSHConnection, sweep_id: str, plan: Any) -> tuple[set[str], list[str], bool]:
-    """Run the clean script on one host, in chunks; the sweep-level part goes with the last one.
-
-    Returns (job ids whose dirs are gone, notes, whether every sweep-level part is gone).
+    Non-interactive ssh shells do not read ~/.bashrc, so nothing is assumed to be set up.
     """
-    from launcher_core.backends.remote_ssh_scripts import clean_script, parse_clean
-
-    cleaned: set[str] = set()
-    notes: list[str] = []
-    jobs = [(j.job_id, j.sweep_dir, j.job_dir) for j in plan.jobs]
-    chunks = [jobs[i : i + CLEAN_CHUNK] for i in range(0, len(jobs), CLEAN_CHUNK)] or [[]]
-    sweeps_done = True
-    for n, chunk in enumerate(chunks):
-        last = n == len(chunks) - 1
-        sweeps = [(s.sweep_dir, s.snapshots, s.parents) for s in plan.sweeps] if last else []
-        script = clean_script(sweep_id=sweep_id, jobs=chunk, sweeps=sweeps)
-        timeout = max(conn.options.command_timeout_s, 600.0)  # rm -rf of big job dirs takes a while
-        out = conn.call("clean", lambda s=script, t=timeout: conn.run_script(s, what="clean", timeout_s=t))
-        done, refused, swept, kept = parse_clean(out)
-        cleaned |= done & {j for j, _s, _d in chunk}
-        if refused:
-            notes.append(f"{len(refused)} job dirs kept: their sweep dir is not claimed by sweep {sweep_id}")
-        notes += [f"sweep dir kept: {d} (holds another sweep, or is not this sweep's)" for d in sorted(kept)]
-        if sweeps and len(swept) < len(sweeps):
-            sweeps_done = False
-    return cleaned, notes, sweeps_done
+    lines = [f"cd {shlex.quote(snapshot)}"]
+    path = ":".join(shlex.quote(p) for p in pythonpath)
+    lines.append(f'PYTHONPATH={path}"${{PYTHONPATH:+:$PYTHONPATH}}"; export PYTHONPATH')
+    for name, value in (*extra_env.items(), *settings.env_vars):
+        lines.append(f"{name}={shlex.quote(value)}; export {name}")
+    if settings.env_setup == "conda":
+        # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
+        lines.append(f'eval "$({settings.conda_command} shell.posix hook)"')
+        lines.append(f"conda activate {shlex.quote(settings.conda_env or '')}")
+    lines.extend(settings.prepare_commands)
+    return "\n".join(lines)
 
 
 def _check_image_answer(info: Mapping[str, str], image: str | None, label: str) -> None:
@@ -958,10 +875,6 @@ def _check_image_answer(info: Mapping[str, str], image: str | None, label: str) 
                 f"hydra.launcher.container.image: {what} at {shown} on host {label} "
                 "(a .sif file or a sandbox directory)"
             )
-
-
-def new_snapshot_tag() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def _host_key(label: str) -> str:
@@ -1001,13 +914,6 @@ def _job_rel(spec: JobSpec, sweep_dir: Path) -> str:
     return text
 
 
-def _local_root(local_dir: Path, rel: str) -> Path:
-    parts = len(Path(rel).parts)
-    if local_dir.parts[-parts:] != Path(rel).parts:
-        raise BackendError(f"local dir {local_dir} does not end with the job's subdir {rel}")
-    return Path(*local_dir.parts[:-parts]) if len(local_dir.parts) > parts else Path("/")
-
-
 def _script_dir_in(code_dir: Path | None) -> str | None:
     """The running script's directory relative to the code dir (it is on sys.path locally)."""
     if code_dir is None or not sys.path or not sys.path[0]:
@@ -1018,83 +924,6 @@ def _script_dir_in(code_dir: Path | None) -> str | None:
         return None
     text = rel.as_posix()
     return None if text in ("", ".") else text
-
-
-@contextmanager
-def remote_job_config(config: Any, remote_sweep_dir: str, rel: str) -> Iterator[Any]:
-    """The job config as the host runs it: Hydra writes into the remote sweep dir, same subdir.
-
-    The config is changed in place and restored on exit (a deep copy per job costs more
-    than the rest of a submission).
-    """
-    from omegaconf import open_dict, read_write
-
-    if config is None:
-        raise BackendError("remote_ssh: a job without a composed config cannot be submitted")
-    sweep = config.hydra.sweep
-    with read_write(sweep), open_dict(sweep):
-        old_dir, old_subdir = sweep._get_node("dir")._value(), sweep._get_node("subdir")._value()
-        sweep.dir, sweep.subdir = remote_sweep_dir, rel
-    try:
-        yield config
-    finally:
-        with read_write(sweep), open_dict(sweep):
-            sweep.dir, sweep.subdir = old_dir, old_subdir
-
-
-def _runtime_cwd(config: Any) -> str | None:
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(config, "hydra.runtime.cwd", default=None) if config is not None else None
-    return None if value is None else str(value)
-
-
-def localize_result(path: Path, handle: Mapping[str, Any], local_dir: Path) -> None:
-    """Rewrite a pulled JobReturn's paths from the host's to the local ones.
-
-    The job ran in the remote sweep dir; locally its files are in ``local_dir``, and Hydra code
-    reading ``JobReturn.working_dir`` / ``hydra.runtime.output_dir`` must find them there.
-    Left unchanged if the result cannot be loaded here (the caller reports that when it reads it).
-    """
-    import cloudpickle
-    from omegaconf import open_dict, read_write
-
-    from launcher_core.worker import atomic_write_bytes, load_job_return
-
-    if not path.exists():
-        return
-    try:
-        ret = load_job_return(path)
-    except Exception as exc:  # noqa: BLE001 - reported when the controller loads it
-        log.debug("cannot localise %s: %s", path, exc)
-        return
-    remote_job = str(handle.get("remote_job_dir") or "")
-    if ret.working_dir and remote_job and str(ret.working_dir).startswith(remote_job):
-        ret.working_dir = str(local_dir) + str(ret.working_dir)[len(remote_job) :]
-    elif ret.working_dir and ret.working_dir == handle.get("remote_cwd") and handle.get("local_cwd"):
-        ret.working_dir = handle["local_cwd"]
-    hydra_cfg = getattr(ret, "hydra_cfg", None)
-    if hydra_cfg is not None and "hydra" in hydra_cfg:
-        node = hydra_cfg.hydra
-        with read_write(node.runtime), open_dict(node.runtime):
-            node.runtime.output_dir = str(local_dir)
-        if handle.get("local_sweep_dir"):
-            with read_write(node.sweep), open_dict(node.sweep):
-                node.sweep.dir = handle["local_sweep_dir"]
-                node.sweep.subdir = handle["rel"]
-    atomic_write_bytes(path, cloudpickle.dumps(ret))
-
-
-def fetch_filter_args(pull_filter: PullFilter | None) -> list[str]:
-    """rsync options of a fetch: never the payload back; a bare pull skips big/excluded files."""
-    args = [f"--exclude={LAUNCHER_DIR}/job.pkl", f"--exclude={LAUNCHER_DIR}/{CLEANUP}"]
-    if pull_filter is None or not pull_filter.is_bare:
-        return args
-    args.append(f"--include={LAUNCHER_DIR}/***")
-    args += [f"--exclude={pattern}" for pattern in pull_filter.exclude]
-    if pull_filter.max_size_bytes is not None:
-        args.append(f"--max-size={int(pull_filter.max_size_bytes)}")
-    return args
 
 
 def _partial_error(errors: Mapping[str, BackendError], started: Mapping[str, Any], total: int) -> SubmitError:

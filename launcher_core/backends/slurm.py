@@ -1,60 +1,8 @@
-"""``slurm``: every job of a sweep is one task of a Slurm job array, submitted with ``sbatch``.
+"""``slurm``: each job of a sweep is one task of a Slurm job array, run from sbatch scripts we
+render ourselves (hydra-submitit-launcher's settings), polled with batched ``sacct``; with
+``login_host``, submitted from another machine over SSH.
 
-Why our own sbatch scripts instead of submitit's executor: submitit maps array task ``i`` to
-pickle ``i`` of one ``sbatch`` call, so it cannot split a sweep larger than the cluster's
-``MaxArraySize`` (the limit caps the array *index*); its status watcher lives in the launching
-process and its ``result()`` waits forever on a cancelled job when ``sacct`` is missing. We keep
-hydra-submitit-launcher's config names and submitit's semantics (``--signal`` ``signal_delay_s``
-before the time limit, requeue up to ``max_num_timeout`` times, ``srun`` inside the allocation).
-
-Layout (on the file system the cluster shares with the launching machine, :class:`LocalSite`):
-
-* ``<sweep>/.launcher/slurm/sweep-<hash>.pkl``: task function, Hydra context, singletons (once).
-* ``<job output dir>/.launcher/job.pkl``: the job's composed config; the task writes
-  ``result.pkl``, ``stdout.log`` and ``stderr.log`` next to it, and the batch script writes
-  ``slurm_exit`` (the worker's exit code) and ``slurm_timeouts`` (requeues after a timeout).
-* ``<sweep>/.launcher/slurm/jobs<first>-<last>.sbatch``: one script per array chunk. A chunk
-  holds at most ``MaxArraySize`` jobs; its array index ``i`` runs the job at sweep position
-  ``offset + i`` through a table of launcher dirs in the script, so 1000 jobs cost
-  ``ceil(1000 / MaxArraySize)`` ``sbatch`` calls.
-
-Each array task runs ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD`` (through
-``srun``, optionally inside a container, see :mod:`launcher_core.container`), which exits 1 for
-a task that raised: sacct says FAILED, the state store says FAILED and Hydra gets the real
-exception back. Override values never reach a shell: they only live in the pickled payloads;
-every path in the scripts goes through ``shlex.quote``.
-
-Several tasks per job (``tasks_per_node``/``nodes`` > 1): every task (rank) runs the worker, as
-with submitit; rank 0 writes the result, a failed rank writes its own into ``ranks/`` and the batch
-script makes the lowest failed rank's result the job's (:func:`_failed_rank_function`); ``srun
---kill-on-bad-exit=1`` stops the other ranks when one fails.
-
-Arrays of one sweep: each is throttled to ``array_parallelism`` (``%P``); when the sweep has more
-jobs than that, each array also waits for the previous one (``--dependency=afterany``, so failed
-tasks do not block the rest), which keeps the limit across the whole sweep.
-
-Status is one batched ``sacct`` per poll. Without accounting (``sacct`` fails), ``squeue`` plus
-the ``slurm_exit`` files decide, and a job gone from both without an exit file is reported
-lost instead of being waited for forever.
-
-Timeouts and preemption: the batch shell gets ``SIGUSR2`` ``signal_delay_s`` before the time
-limit (``--signal=B:USR2@N``; slurmctld may send it up to 30 s earlier, ``SIGNAL_EARLY_S``; the
-first command of the script traps it, so one that comes during the set-up cannot kill the shell). If
-it came that late it is a timeout: while fewer than ``max_num_timeout`` requeues after a timeout
-happened, the task gets ``SIGTERM`` (through srun, which gives it the cluster's ``KillWait``
-before SIGKILL; without srun ``signal_delay_s / 2``, 5-60 s), then ``scontrol requeue`` puts it
-back in the queue; otherwise it runs on into the time limit (TIMEOUT). A ``SIGUSR2`` that comes
-earlier is a preemption notice and always requeues. A requeued task starts again from the
-beginning with the same config and output dir and ``SLURM_RESTART_COUNT`` set: resuming means
-loading the last checkpoint the task saved there. Slurm holds requeued jobs for ~120 s
-(BeginTime); every poll releases them with ``scontrol update JobId=... StartTime=now``. The
-signal is ours alone: ``additional_parameters.signal`` and an srun ``--signal`` are refused.
-
-``login_host`` (:class:`LoginSite`): the same scripts and payloads with cluster paths (a dry run
-computes them without connecting), rsynced
-to the login node next to a code snapshot (remote_ssh's layout and :mod:`launcher_core.ssh`'s
-one multiplexed connection); every Slurm command is a session on that connection, and
-``fetch`` rsyncs the finished job dirs home.
+Design: docs/slurm.md; why not submitit's executor: README, "Design choices".
 """
 
 from __future__ import annotations
@@ -76,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.base import Backend
 from launcher_core.container import (
     Container,
     container_from_config,
@@ -94,8 +43,8 @@ from launcher_core.jobs import (
     JobStatus,
     SweepInfo,
 )
+from launcher_core.runtime.worker import RANKS_DIR_ENV
 from launcher_core.validation import check_optional_positive, check_positive
-from launcher_core.worker import RANKS_DIR_ENV
 
 log = logging.getLogger("launcher_core.slurm")
 
@@ -380,7 +329,7 @@ def job_argv(
     sweep_payload: str,
     binds: Sequence[str],
     host_python: str,
-    worker_module: str = "launcher_core.worker",
+    worker_module: str = "launcher_core.runtime.worker",
 ) -> list[str]:
     """What one array task runs (after ``srun``): the worker, inside the container if one is set."""
     python = python_for(options.container, options.python or host_python)
@@ -517,7 +466,7 @@ def _failed_rank_function() -> list[str]:
     """``_hrl_failed_rank``, run when srun (or the worker) exited non-zero.
 
     Every task (rank) of a job runs the worker; rank 0 writes ``result.pkl``, a rank that fails also
-    writes its result to ``ranks/failed.<rank>.pkl`` (:func:`launcher_core.worker.run_ranked`). The
+    writes its result to ``ranks/failed.<rank>.pkl`` (:func:`launcher_core.runtime.worker.run_ranked`). The
     failure of the lowest failed rank becomes the job's result, so Hydra gets that exception even when
     rank 0 completed. If no rank left one (a task was killed), rank 0's result is moved aside: a
     failed job never comes back COMPLETED.
@@ -673,7 +622,7 @@ class LocalSite:
         self.sweep_dir = ""
         self.code_dir = ""
         self.pythonpath: list[str] = []
-        self.worker_module = "launcher_core.worker"
+        self.worker_module = "launcher_core.runtime.worker"
         self.default_python = sys.executable
 
     def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
@@ -727,7 +676,7 @@ class LocalSite:
 
 class RemoteSlurmCommands(SlurmCommands):
     """Slurm's commands on the login node: each one is a session on the one SSH master connection
-    (:mod:`launcher_core.ssh`), after the ``login_setup`` lines (PATH, SLURM_CONF, module load)."""
+    (:mod:`launcher_core.remote.ssh`), after the ``login_setup`` lines (PATH, SLURM_CONF, module load)."""
 
     def __init__(self, conn: Any, setup: Sequence[str], timeout_s: float) -> None:
         super().__init__(timeout_s)
@@ -765,12 +714,12 @@ class LoginSite:
 
     The remote layout is remote_ssh's (:mod:`launcher_core.backends.remote_ssh`): a code snapshot
     per launch under ``<remote_dir>/snapshots``, the sweep dir mirrored under ``<remote_dir>/runs``;
-    jobs run ``launcher_core.remote_worker`` from the shipped modules, so the cluster needs only
+    jobs run ``launcher_core.runtime.remote_worker`` from the shipped modules, so the cluster needs only
     hydra-core, omegaconf and cloudpickle.
     """
 
     def __init__(self, options: SlurmOptions) -> None:
-        from launcher_core.ssh import ConnectionPool, HostAddress, SSHOptions
+        from launcher_core.remote.ssh import ConnectionPool, HostAddress, SSHOptions
 
         assert options.login_host is not None
         self.options = options
@@ -781,12 +730,12 @@ class LoginSite:
         self.commands = RemoteSlurmCommands(self.conn, options.login_setup, options.command_timeout_s)
         self.sweep_dir = self.code_dir = self.local_sweep_dir = ""
         self.pythonpath: list[str] = []
-        self.worker_module = "launcher_core.remote_worker"
+        self.worker_module = "launcher_core.runtime.remote_worker"
         self.default_python = "python3"
 
     def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
-        from launcher_core.backends.remote_ssh import new_snapshot_tag
-        from launcher_core.backends.remote_ssh_scripts import parse_kv, prepare_script
+        from launcher_core.remote.scripts import parse_kv, prepare_script
+        from launcher_core.remote.workspace import new_snapshot_tag
 
         self.local_sweep_dir = str(sweep.sweep_dir)
         tag = new_snapshot_tag()
@@ -826,7 +775,7 @@ class LoginSite:
         self.pythonpath = [pylib, self.code_dir, *(f"{self.code_dir}/{r}" for r in rel_scripts if r)]
 
     def _sync_code(self, sweep: SweepInfo, remote_dir: str, latest: str | None, tag: str) -> None:
-        from launcher_core.codesync import (
+        from launcher_core.remote.codesync import (
             DEFAULT_EXCLUDES,
             excludes_for_local_outputs,
             filter_args,
@@ -851,16 +800,12 @@ class LoginSite:
         self.commands.script(done, what="finishing the code snapshot")
 
     def _ship_pylib(self, sweep_dir: Path) -> None:
-        """Copy ``launcher_core``'s top-level modules into the local sweep dir; ``upload`` sends them
-        along and they come first on the jobs' PYTHONPATH (the cluster needs no install of ours)."""
-        import shutil
+        """Copy the job-side package (:mod:`launcher_core.runtime`) into the local sweep dir;
+        ``upload`` sends it along and it comes first on the jobs' PYTHONPATH (the cluster needs no
+        install of ours)."""
+        from launcher_core.runtime import copy_runtime
 
-        import launcher_core
-
-        dest = sweep_dir / LAUNCHER_DIR / SLURM_DIR / "pylib" / "launcher_core"
-        dest.mkdir(parents=True, exist_ok=True)
-        for module in Path(launcher_core.__file__).parent.glob("*.py"):
-            shutil.copy2(module, dest / module.name)
+        copy_runtime(sweep_dir / LAUNCHER_DIR / SLURM_DIR / "pylib")
 
     def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
         rel = _relative_to(spec.output_dir, Path(self.local_sweep_dir))
@@ -873,7 +818,7 @@ class LoginSite:
 
     @contextmanager
     def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
-        from launcher_core.backends.remote_ssh import remote_job_config
+        from launcher_core.remote.workspace import remote_job_config
 
         with remote_job_config(spec.config, self.sweep_dir, rel) as cfg:
             yield cfg
@@ -916,25 +861,9 @@ class LoginSite:
         return info
 
     def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
-        """One rsync per (remote, local) sweep dir pair, then the results get local paths."""
-        import tempfile
+        from launcher_core.remote.workspace import fetch_job_dirs
 
-        from launcher_core.backends.remote_ssh import fetch_filter_args, localize_result
-
-        groups: dict[tuple[str, str], list[str]] = {}
-        for job_id, h in jobs.items():
-            local_root = _strip_rel(Path(local_dirs[job_id]), str(h["rel"]))
-            groups.setdefault((str(h["remote_sweep_dir"]), str(local_root)), []).append(str(h["rel"]))
-        for (remote_sweep, local_root), rels in groups.items():
-            Path(local_root).mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", prefix="hrl-fetch-", suffix=".txt") as listing:
-                listing.write("".join(f"{r}\n" for r in sorted(set(rels))))
-                listing.flush()
-                args = ["-a", "-r", f"--files-from={listing.name}", *fetch_filter_args(pull_filter)]
-                args += [self.conn.remote(remote_sweep + "/"), f"{local_root}/"]
-                self.conn.call(f"download of {len(rels)} job dirs", lambda a=args: self.conn.rsync(a, what="download"))
-        for job_id, h in jobs.items():
-            localize_result(Path(local_dirs[job_id]) / LAUNCHER_DIR / RESULT_FILE, h, Path(local_dirs[job_id]))
+        fetch_job_dirs(self.conn, jobs, local_dirs, pull_filter)
 
     def clean(
         self,
@@ -946,8 +875,9 @@ class LoginSite:
     ) -> Any:
         """Delete the mirrored job dirs (and, with ``sweep_handles``, the mirrored sweep dir and the
         sweep's snapshots) on the login node, with remote_ssh's checked paths and script."""
-        from launcher_core.backends.remote_ssh import _clean_host
-        from launcher_core.clean import CleanReport, plan_remote, plan_targets
+        from launcher_core.backends.base import CleanReport
+        from launcher_core.remote.paths import plan_remote, plan_targets
+        from launcher_core.remote.workspace import clean_host
 
         label = self.address.label
         plans = plan_remote(
@@ -962,7 +892,7 @@ class LoginSite:
         if dry_run or not plans:
             report.sweep_cleaned = not dry_run and sweep_handles is not None
             return report
-        cleaned, notes, sweeps_done = _clean_host(self.conn, sweep_id, plans[label])
+        cleaned, notes, sweeps_done = clean_host(self.conn, sweep_id, plans[label])
         report.cleaned, report.notes = cleaned, [f"{label}: {n}" for n in notes]
         report.sweep_cleaned = sweep_handles is not None and sweeps_done
         return report
@@ -979,7 +909,7 @@ class LoginSite:
 def login_remote_dir(handle: Mapping[str, Any], sweep_id: str) -> str:
     """The ``remote_dir`` of a login_host job, from its snapshot path
     ``<remote_dir>/snapshots/<sweep_id>/<tag>`` (handles do not store it); checked for cleaning."""
-    from launcher_core.clean import CleanRefused, check_root
+    from launcher_core.remote.paths import CleanRefused, check_root
 
     snapshot = handle.get("remote_cwd")
     parts = str(snapshot or "").rstrip("/").split("/")
@@ -1014,19 +944,12 @@ def _relative_to(path: Path, base: Path | str) -> str:
     return "" if rel in ("", ".") or "\n" in rel else rel
 
 
-def _strip_rel(local_dir: Path, rel: str) -> Path:
-    parts = Path(rel).parts
-    if local_dir.parts[-len(parts) :] != parts:
-        raise BackendError(f"local dir {local_dir} does not end with the job's subdir {rel}")
-    return Path(*local_dir.parts[: -len(parts)]) if len(local_dir.parts) > len(parts) else Path("/")
-
-
 def _prepare_failed(command: str, code: int, stderr: str) -> str:
     return f"hydra.launcher.prepare_commands: {command!r} failed with code {code}: {stderr.strip()[-2000:]}"
 
 
 # --- the backend ------------------------------------------------------------------------------------
-class SlurmBackend:
+class SlurmBackend(Backend):
     """Submits job arrays with ``sbatch``; polls with one ``sacct`` per poll; cancels with ``scancel``."""
 
     name = "slurm"
@@ -1065,7 +988,7 @@ class SlurmBackend:
     def prepare(self, sweep: SweepInfo) -> None:
         """Write the sweep payload (content-addressed: requeued tasks of earlier batches keep theirs);
         with ``login_host`` also sync the code; run ``prepare_commands`` once, in the code dir."""
-        from launcher_core.worker import atomic_write_bytes, sweep_payload_bytes
+        from launcher_core.runtime.worker import atomic_write_bytes, sweep_payload_bytes
 
         self._sweep = sweep
         for d in (self.slurm_dir.parent, self.slurm_dir, self.slurm_dir / "logs"):  # payloads, scripts, logs
@@ -1142,7 +1065,7 @@ class SlurmBackend:
     ) -> Any:
         """With ``login_host``: delete the mirrored job files on the login node. Without it the
         cluster wrote into the local sweep dir itself: there is no other copy to delete."""
-        from launcher_core.clean import CleanReport
+        from launcher_core.backends.base import CleanReport
 
         if isinstance(self.site, LoginSite):
             return self.site.clean(handles, sweep_id=sweep_id, sweep_handles=sweep_handles, dry_run=dry_run)
@@ -1191,7 +1114,7 @@ class SlurmBackend:
 
     def write_scripts(self, jobs: Sequence[JobSpec]) -> list[tuple[Chunk, Path]]:
         """Write every job payload and one sbatch script per chunk (cluster paths); submit nothing."""
-        from launcher_core.worker import atomic_write_bytes
+        from launcher_core.runtime.worker import atomic_write_bytes
 
         assert self._sweep is not None and self._sweep_payload is not None, "prepare() first"
         for spec in jobs:
@@ -1220,8 +1143,29 @@ class SlurmBackend:
             out.append((chunk, path))
         return out
 
+    def dry_run(self, specs: Sequence[JobSpec]) -> dict[str, Any]:
+        """``dry_run=true``: write payloads and sbatch scripts into the sweep dir, submit nothing;
+        per job the script and array index that would run it."""
+        chunks = self.write_scripts(specs)
+        host = self.options.login_host
+        where = f" (with the paths on {host}; nothing was copied there)" if host else ""
+        log.info(
+            "dry run: %d sbatch scripts for %d jobs written to %s%s; nothing was submitted. "
+            "Submit one with `sbatch %s`.",
+            len(chunks),
+            len(specs),
+            self.slurm_dir,
+            where,
+            chunks[0][1] if chunks else "SCRIPT",
+        )
+        return {
+            spec.job_id: DryRunResult(str(script), i, str(spec.output_dir))
+            for chunk, script in chunks
+            for i, spec in enumerate(chunk.specs)
+        }
+
     def _write_job_payload(self, spec: JobSpec, write: Any) -> None:
-        from launcher_core.worker import job_payload_bytes
+        from launcher_core.runtime.worker import job_payload_bytes
 
         ldir = spec.launcher_dir
         _private_dir(ldir)
@@ -1418,56 +1362,6 @@ def from_config(config: Mapping[str, Any]) -> SlurmBackend:
     (``status``, ``pull``, ``cancel``); it cannot submit (it has no task function)."""
     known = {f.name for f in fields(SlurmOptions)}
     return SlurmBackend(SlurmOptions.from_params({k: v for k, v in config.items() if k in known}))
-
-
-def dry_run_batch(
-    *,
-    backend: SlurmBackend,
-    hydra_context: Any,
-    config: Any,
-    job_overrides: Sequence[Sequence[str]],
-    initial_job_idx: int,
-) -> list[Any]:
-    """``dry_run=true``: write payloads and sbatch scripts into the sweep dir, submit nothing.
-
-    Returns one COMPLETED ``JobReturn`` per job whose value names the script that would run it.
-    """
-    from hydra.core.utils import setup_globals
-
-    from launcher_core.controller import build_job_specs, placeholder_return, sweep_id_for
-
-    setup_globals()
-    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_id = sweep_id_for(sweep_dir)
-    specs = build_job_specs(
-        hydra_context=hydra_context,
-        config=config,
-        sweep_id=sweep_id,
-        job_overrides=job_overrides,
-        initial_job_idx=initial_job_idx,
-    )
-    sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name))
-    backend.prepare(sweep)
-    try:
-        chunks = backend.write_scripts(specs)
-    finally:
-        backend.close()
-    host = backend.options.login_host
-    where = f" (with the paths on {host}; nothing was copied there)" if host else ""
-    log.info(
-        "dry run: %d sbatch scripts for %d jobs written to %s%s; nothing was submitted. Submit one with `sbatch %s`.",
-        len(chunks),
-        len(specs),
-        backend.slurm_dir,
-        where,
-        chunks[0][1] if chunks else "SCRIPT",
-    )
-    return [
-        placeholder_return(spec, sweep.task_name, DryRunResult(str(script), i, str(spec.output_dir)))
-        for chunk, script in chunks
-        for i, spec in enumerate(chunk.specs)
-    ]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from hydra.core.override_parser.types import Override
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
+from launcher_core.runtime.worker import set_job_identity
+
 _INTERPOLATION = re.compile(r"\$\{([^${}\\]*)\}")
 _PER_JOB_KEYS = ("hydra.job.num", "hydra.job.id")  # set by set_job_identity on the probe too
 _JOB_DEPENDENT_PREFIXES = ("hydra.overrides", "hydra.job.override_dirname")
@@ -331,18 +333,6 @@ def compose_job(composer: SweepComposer, overrides: Sequence[str], idx: int) -> 
     set_job_identity(cfg, idx)
     OmegaConf.set_readonly(cfg.hydra, True)
     return cfg
-
-
-def set_job_identity(cfg: DictConfig, idx: int) -> None:
-    """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do (a no-op when
-    they are set already: writing an OmegaConf node costs ~10x reading it)."""
-    job = cfg.hydra.job
-    num, job_id = OmegaConf.select(job, "num", default=None), OmegaConf.select(job, "id", default=None)
-    if num == idx and job_id == f"{job.name}_{idx}":
-        return
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
-        cfg.hydra.job.num = idx
 
 
 def job_output_dir(cfg: DictConfig) -> str:

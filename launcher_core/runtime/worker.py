@@ -2,7 +2,7 @@
 
 Used in two ways:
 * in-process by ``local_pool`` (a forked child calls :func:`run_and_save`), and
-* as ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD`` on a remote machine, where
+* as ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD`` on a remote machine, where
   the sweep payload (task function, Hydra context, ``Singleton`` state; cloudpickle) and the
   job payload (the composed job config) were shipped by a backend.
 
@@ -76,12 +76,12 @@ def _picklable_failure(exc: BaseException) -> BaseException:
 
 
 def dump_job_return(ret: Any) -> bytes:
-    """Pickle a ``JobReturn`` as a :class:`~launcher_core.results.StoredJobReturn` (configs
+    """Pickle a ``JobReturn`` as a :class:`~launcher_core.runtime.results.StoredJobReturn` (configs
     loaded lazily); unpicklable return values/exceptions are replaced by text."""
     import cloudpickle
     from hydra.core.utils import JobStatus
 
-    from launcher_core.results import StoredJobReturn
+    from launcher_core.runtime.results import StoredJobReturn
 
     if ret.status == JobStatus.FAILED and isinstance(ret._return_value, BaseException):
         ret._return_value = _picklable_failure(ret._return_value)
@@ -96,12 +96,24 @@ def dump_job_return(ret: Any) -> bytes:
         return cloudpickle.dumps(StoredJobReturn.of(ret))
 
 
+# where the job-side classes lived before they moved into launcher_core.runtime: result files
+# written then name them so
+_MOVED_MODULES = {
+    "launcher_core.results": "launcher_core.runtime.results",
+    "launcher_core.worker": "launcher_core.runtime.worker",
+}
+
+
 def load_job_return(path: Path) -> Any:
     """A job's ``JobReturn`` from its ``result.pkl`` (its configs are unpickled when first read)."""
-    import cloudpickle
+    import pickle
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return super().find_class(_MOVED_MODULES.get(module, module), name)
 
     with open(path, "rb") as f:
-        return cloudpickle.load(f)
+        return _Unpickler(f).load()
 
 
 def failure_summary(result_path: Path) -> str | None:
@@ -123,7 +135,6 @@ def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -
     """Run one composed job config through ``hydra.core.utils.run_job``."""
     from hydra.core.utils import run_job, setup_globals
 
-    from launcher_core.compose import set_job_identity
 
     setup_globals()
     set_job_identity(config, idx)
@@ -242,11 +253,25 @@ def _load_payload(path: str) -> Any:
         return cloudpickle.load(f)
 
 
+def set_job_identity(cfg: Any, idx: int) -> None:
+    """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do (a no-op when
+    they are set already: writing an OmegaConf node costs ~10x reading it)."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    job = cfg.hydra.job
+    num, job_id = OmegaConf.select(job, "num", default=None), OmegaConf.select(job, "id", default=None)
+    if num == idx and job_id == f"{job.name}_{idx}":
+        return
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
+        cfg.hydra.job.num = idx
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point on the job side: ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD``."""
+    """Entry point on the job side: ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD", file=sys.stderr)
+        print("usage: python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD", file=sys.stderr)
         return 2
     from hydra.core.singleton import Singleton
 
@@ -263,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run the importable module, not this ``__main__`` copy: exceptions pickled for the
-    # controller must be ``launcher_core.worker.RemoteJobError``, not ``__main__.RemoteJobError``.
-    from launcher_core import worker as _worker
+    # controller must be ``launcher_core.runtime.worker.RemoteJobError``, not ``__main__.RemoteJobError``.
+    from launcher_core.runtime import worker as _worker
 
     sys.exit(_worker.main())

@@ -1,19 +1,7 @@
-"""Ship the project's code to a host as a frozen, per-launch snapshot, and record what was shipped.
+"""Ship the code dir to a host as a per-launch snapshot that is never modified afterwards
+(rsync ``--link-dest`` on the previous one), and record the local git state next to the results.
 
-Layout on the host (``remote_dir`` of ``hydra.launcher``)::
-
-    <remote_dir>/snapshots/<sweep_id>/<tag>/     the code of one launch, never modified again
-    <remote_dir>/snapshots/<sweep_id>/<tag>.complete
-    <remote_dir>/snapshots/LATEST                "<sweep_id>/<tag>" of the last complete snapshot
-
-A launch rsyncs the code dir into a *new* snapshot directory with ``--link-dest`` pointing at
-the previous complete snapshot: unchanged files become hard links (no transfer, no disk), so a
-snapshot per launch is cheap, and editing the code or relaunching never changes the files under
-jobs that are queued or running. Every batch of the same launch reuses that launch's snapshot,
-so the code is rsynced once per sweep, not per job or batch.
-
-The local git commit, the dirty diff and the untracked files are recorded in the sweep dir
-(``.launcher/code/<tag>/``) next to the results, and shipped with the job payloads.
+Design: docs/remote_ssh.md ("Remote layout", "Starting jobs")
 """
 
 from __future__ import annotations
@@ -28,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from launcher_core.errors import ConfigError
-from launcher_core.ssh import SSHConnection
+from launcher_core.remote.ssh import SSHConnection
 
-log = logging.getLogger("launcher_core.codesync")
+log = logging.getLogger("launcher_core.remote.codesync")
 
 # Sane defaults: version control, caches, virtualenvs, and the usual data / output dirs at the
 # top of the project (anchored with "/" so a package named e.g. ``mypkg/data`` still ships).

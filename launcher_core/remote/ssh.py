@@ -1,25 +1,7 @@
-"""OpenSSH connections: one authenticated ControlMaster per host, everything else multiplexed.
+"""OpenSSH connections: one authenticated ControlMaster per host, and every remote script and
+rsync run as a session on it (bounded in time, retried on a fresh master after transport errors).
 
-Why the ``ssh`` binary and not a Python SSH library: it reads the user's ``~/.ssh/config``
-exactly as their own ``ssh`` does (HostName, User, Port, IdentityFile, UserKnownHostsFile,
-ProxyJump, Match blocks, agents, security keys), it asks for a password or a second factor on
-the terminal once, and rsync can ride on the very same authenticated connection
-(``rsync -e 'ssh -S SOCKET'``). One master connection per host and sweep, and every command
-and every rsync after it is a new *session* on that connection (no new TCP connection, no
-new authentication).
-
-Rules kept here:
-
-* Host keys are always verified (``StrictHostKeyChecking=yes``); ``accept_new_host_keys``
-  allows ``accept-new`` (a never seen host is learnt, a *changed* key is still refused).
-* Nothing ever blocks forever: every ssh/rsync runs with a subprocess timeout, the master has
-  ``ConnectTimeout`` and ``ServerAliveInterval``/``ServerAliveCountMax`` (a dead link is
-  noticed by keep-alives, not by TCP, which may take hours).
-* Multiplexed clients get ``ProxyCommand=false``: if the master is gone they fail at once
-  instead of silently opening a fresh connection (which would ask a 2FA user again and break
-  the "one connection per host" promise). A failure then restarts the master, bounded.
-* Remote scripts are sent on stdin to ``sh -s``: the user's login shell (bash, zsh, fish, csh)
-  only ever sees the fixed words ``sh -s``, so nothing depends on its quoting rules.
+Design: docs/remote_ssh.md ("Connections"); why OpenSSH, not paramiko: README, "Design choices".
 """
 
 from __future__ import annotations
@@ -43,7 +25,7 @@ from typing import TypeVar
 
 from launcher_core.errors import BackendError, ConfigError
 
-log = logging.getLogger("launcher_core.ssh")
+log = logging.getLogger("launcher_core.remote.ssh")
 
 T = TypeVar("T")
 

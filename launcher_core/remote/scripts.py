@@ -8,14 +8,10 @@ The scripts avoid subshells where they loop over jobs, so a poll of many jobs fo
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
 
 from launcher_core.jobs import RESULT_FILE, JobState, JobStatus
-from launcher_core.remote_runner import CANCELLED, CLEANUP, EXIT_STATUS, PID
-
-if TYPE_CHECKING:
-    from launcher_core.backends.remote_ssh import RemoteSSHSettings
+from launcher_core.runtime.runner import CANCELLED, CLEANUP, EXIT_STATUS, PID
 
 q = shlex.quote
 
@@ -109,26 +105,6 @@ fi
 """
 
 
-def env_prelude(
-    settings: RemoteSSHSettings, *, snapshot: str, pythonpath: Sequence[str], extra_env: Mapping[str, str]
-) -> str:
-    """Shell lines that enter the snapshot and activate the job environment explicitly.
-
-    Non-interactive ssh shells do not read ~/.bashrc, so nothing is assumed to be set up.
-    """
-    lines = [f"cd {q(snapshot)}"]
-    path = ":".join(q(p) for p in pythonpath)
-    lines.append(f'PYTHONPATH={path}"${{PYTHONPATH:+:$PYTHONPATH}}"; export PYTHONPATH')
-    for name, value in (*extra_env.items(), *settings.env_vars):
-        lines.append(f"{name}={q(value)}; export {name}")
-    if settings.env_setup == "conda":
-        # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
-        lines.append(f'eval "$({settings.conda_command} shell.posix hook)"')
-        lines.append(f"conda activate {q(settings.conda_env or '')}")
-    lines.extend(settings.prepare_commands)
-    return "\n".join(lines)
-
-
 def finish_snapshot_script(*, prelude: str, remote_dir: str, snapshot: str, latest: str, uv_sync: str | None) -> str:
     sync = f"{uv_sync} sync\n" if uv_sync else ""
     return f"""set -e
@@ -143,7 +119,7 @@ def start_script(*, prelude: str, python: str, batch_file: str) -> str:
     # python is the user's own command (e.g. "uv run --no-sync python"): a shell fragment on purpose
     return f"""set -e
 {prelude}
-exec {python} -m launcher_core.remote_runner {q(batch_file)}
+exec {python} -m launcher_core.runtime.runner {q(batch_file)}
 """
 
 

@@ -1,32 +1,8 @@
-"""Runs on an SSH host: accept a batch of jobs, then run them detached, ``max_parallel`` at a time.
+"""Job runner on an SSH host: ``python -m launcher_core.runtime.runner BATCH_JSON`` accepts a batch
+of jobs (never starting one twice) and runs them detached, ``max_parallel`` at a time per host.
+Standard library and ``launcher_core.runtime`` only: it runs under whatever Python the host has.
 
-    python -m launcher_core.remote_runner BATCH_JSON
-
-Standard library only (plus :mod:`launcher_core.procs`), so it runs under whatever Python
-the user's environment provides. Two parts:
-
-* **Foreground** (inside the ``ssh`` command that submits the batch): for every job, clear
-  the markers of an earlier attempt, unless that attempt is still running (then it is
-  reported as attached, never started twice); fork the daemon, wait until it is up, then
-  print ``HRL-STARTED <job_id>`` / ``HRL-ATTACHED <job_id>`` lines. Only jobs printed here are
-  recorded as submitted by the controller. Repeating the same batch (a retry after a
-  broken link) prints the first attempt's answer instead of starting anything again.
-* **Daemon** (own session, stdio on a log file, child subreaper): takes host-wide slots
-  (``flock`` on ``slot-N`` files shared by every sweep using the same ``remote_dir``) and,
-  per job, forks a *monitor* that becomes the leader of a new session/process group, writes
-  ``pid`` ("PID START_TIME", start time = field 22 of /proc/PID/stat), runs the job with
-  stdout.log/stderr.log, and writes ``exit_status`` when it ends. The job is a fork of the
-  daemon, which imported Hydra once (:func:`preload`), running
-  :func:`launcher_core.remote_worker.main`; if that import failed it is a fresh
-  ``python -m launcher_core.remote_worker`` instead. A job whose batch entry carries an
-  ``argv`` (the container wrapper built by the launcher, see :mod:`launcher_core.container`)
-  is always started as exactly that argv, without a shell. The monitor holds the slot lock
-  until it exits, so slots stay correct even if the daemon dies. As a subreaper the daemon
-  reaps the job's orphans, so a finished job's process group never lingers as zombies (PID 1
-  may not reap on every host).
-
-Markers in each job's ``.launcher`` dir: ``pid``, ``exit_status``, ``cancelled`` (stop before
-start), ``cleanup`` (when orphan cleanup started), ``stdout.log``, ``stderr.log``.
+Design: docs/remote_ssh.md ("Starting jobs")
 """
 
 from __future__ import annotations
@@ -43,18 +19,18 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from launcher_core.procs import become_subreaper, process_start_time
+from launcher_core.runtime.markers import ATTACHED_LINE as ATTACHED
+from launcher_core.runtime.markers import BATCH_FILE as BATCH
+from launcher_core.runtime.markers import CANCELLED_FILE as CANCELLED
+from launcher_core.runtime.markers import CLEANUP_FILE as CLEANUP
+from launcher_core.runtime.markers import EXIT_STATUS_FILE as EXIT_STATUS
+from launcher_core.runtime.markers import RESULT_FILE as RESULT
+from launcher_core.runtime.markers import RUNNER_PID_FILE as PID
+from launcher_core.runtime.markers import STARTED_LINE as STARTED
+from launcher_core.runtime.markers import STDERR_FILE as STDERR
+from launcher_core.runtime.markers import STDOUT_FILE as STDOUT
+from launcher_core.runtime.procs import become_subreaper, process_start_time
 
-STARTED = "HRL-STARTED"
-ATTACHED = "HRL-ATTACHED"
-PID = "pid"
-EXIT_STATUS = "exit_status"
-CANCELLED = "cancelled"
-CLEANUP = "cleanup"
-BATCH = "batch"  # id of the batch that owns the job now (a relaunch may take it over)
-RESULT = "result.pkl"
-STDOUT = "stdout.log"
-STDERR = "stderr.log"
 STALE_MARKERS = (EXIT_STATUS, PID, CANCELLED, CLEANUP, RESULT)
 READY_TIMEOUT_S = 30.0
 _JOB_UMASK = 0o022  # the umask the runner was started with (set in main)
@@ -88,7 +64,7 @@ def _write_pid_file(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m launcher_core.remote_runner BATCH_JSON", file=sys.stderr)
+        print("usage: python -m launcher_core.runtime.runner BATCH_JSON", file=sys.stderr)
         return 2
     global _JOB_UMASK
     _JOB_UMASK = os.umask(0o077)  # markers, logs and locks are private; the job gets the user's umask back
@@ -314,7 +290,7 @@ def _worker_args(batch: dict[str, Any], job: dict[str, Any]) -> list[str]:
 def _exec_worker(batch: dict[str, Any], job: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> int:
     """A fresh process: the job's own ``argv`` (a container) or the interpreter the environment
     set-up resolved for the runner. ``argv[0]`` is looked up on the job environment's PATH."""
-    argv = job.get("argv") or [sys.executable, "-m", "launcher_core.remote_worker", *_worker_args(batch, job)]
+    argv = job.get("argv") or [sys.executable, "-m", "launcher_core.runtime.remote_worker", *_worker_args(batch, job)]
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=batch["cwd"], env=env, umask=_JOB_UMASK
     )
@@ -343,9 +319,9 @@ def _fork_worker(batch: dict[str, Any], job: dict[str, Any], env: dict[str, str]
             os.chdir(batch["cwd"])
             os.environ.clear()
             os.environ.update(env)
-            from launcher_core import remote_worker
+            from launcher_core.runtime import remote_worker
 
-            sys.argv = ["launcher_core.remote_worker", *_worker_args(batch, job)]
+            sys.argv = ["launcher_core.runtime.remote_worker", *_worker_args(batch, job)]
             code = remote_worker.main(sys.argv[1:])
         except SystemExit as exc:  # the task called sys.exit()
             code = exc.code if isinstance(exc.code, int) else 1
@@ -367,15 +343,15 @@ def preload() -> bool:
     """Import what every job imports, once, before forking the jobs (fall back to exec if not)."""
     global _PRELOADED
     try:
-        from launcher_core import remote_worker
+        from launcher_core.runtime import remote_worker
 
         remote_worker.install()
         import cloudpickle  # noqa: F401
         import hydra.core.hydra_config  # noqa: F401
         import hydra.core.utils  # noqa: F401
 
-        import launcher_core.compose  # noqa: F401
-        import launcher_core.worker  # noqa: F401
+        import launcher_core.runtime.results  # noqa: F401
+        import launcher_core.runtime.worker  # noqa: F401
     except Exception:  # noqa: BLE001 - the jobs will report the real import error themselves
         traceback.print_exc()
         return False

@@ -1,25 +1,8 @@
-"""Instance agent of the ``ec2`` backend: runs on the EC2 instance, started by its user-data.
+"""Instance agent of the ``ec2`` backend, started by the user-data: runs the instance's jobs,
+syncs their output dirs to S3, writes their markers, then terminates the instance.
+Standard library and boto3 only (it is embedded in the user-data).
 
-Self-contained on purpose (standard library + boto3 only, no ``launcher_core`` imports): the
-user-data script embeds this file and runs it before the code snapshot is unpacked, with the
-instance's Python. What it does, in order:
-
-1. IMDSv2: fetch a session token, then the instance id, region and life cycle (spot or not).
-2. Read its plan (which jobs, where the code snapshot and payloads are) from S3 and unpack the
-   code snapshot (``code/`` = the user's code, ``lib/`` = ``launcher_core``) into the workspace.
-3. Run its jobs with ``python -m launcher_core.worker SWEEP_PAYLOAD JOB_PAYLOAD``, ``slots`` at a
-   time, each in its own process group, stdout/stderr into the job's ``.launcher`` dir.
-4. Sync every job's output dir to S3 every ``sync_interval_s`` and once more when it ends, then
-   write the job's ``done`` or ``failed`` marker object (files first, so whoever sees a marker
-   finds the files complete).
-5. A spot interruption notice or the ``max_runtime_s`` budget stops the jobs early: their files
-   are synced one last time and they are marked failed with the reason.
-6. Terminate the instance through the API (its IAM role must allow ``ec2:TerminateInstances`` on
-   itself). Exit code 0 means the call succeeded; anything else makes the user-data script power
-   the machine off, which terminates it too (``InstanceInitiatedShutdownBehavior=terminate``).
-
-Credentials never appear here: boto3 takes them from the instance profile through IMDS (or, in
-tests, from the environment of the process that runs the user-data).
+Design: docs/ec2.md ("On the instance")
 """
 
 from __future__ import annotations
@@ -284,7 +267,7 @@ class Agent:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(lib), str(code), *filter(None, [env.get("PYTHONPATH")])])
         payloads = self.workspace / "payloads"
-        cmd = [*self.plan["python"], "-m", "launcher_core.worker", str(payloads / "sweep.pkl")]
+        cmd = [*self.plan["python"], "-m", "launcher_core.runtime.remote_worker", str(payloads / "sweep.pkl")]
         cmd.append(str(payloads / f"{job.job_id}.pkl"))
         self.mark(job, RUNNING)
         with _open_log(job.launcher_dir / "stdout.log") as out, _open_log(job.launcher_dir / "stderr.log") as err:

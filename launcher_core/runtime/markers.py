@@ -1,0 +1,19 @@
+"""Names of the files the job side writes into each job's ``.launcher/`` dir, read back by the
+launching side and the pull daemon: one definition for both sides."""
+
+LAUNCHER_DIR = ".launcher"  # in every job's output dir, next to Hydra's .hydra/
+RESULT_FILE = "result.pkl"
+STDOUT_FILE = "stdout.log"
+STDERR_FILE = "stderr.log"
+PID_FILE = "pid"
+
+# written by the detached runner (runtime/runner.py) on SSH hosts
+RUNNER_PID_FILE = PID_FILE
+EXIT_STATUS_FILE = "exit_status"
+CANCELLED_FILE = "cancelled"
+CLEANUP_FILE = "cleanup"
+BATCH_FILE = "batch"  # id of the batch that owns the job now (a relaunch may take it over)
+
+# lines the runner prints to say it took a job
+STARTED_LINE = "HRL-STARTED"
+ATTACHED_LINE = "HRL-ATTACHED"
