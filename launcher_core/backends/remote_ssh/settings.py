@@ -1,0 +1,294 @@
+"""``hydra.launcher`` of ``remote_ssh``, validated: keys and defaults come from
+``RemoteSSHLauncherConf`` (the one settings source); this module only checks them and builds
+the typed view the backend and the pull daemon use."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher_core.container import Container, container_from_config
+from launcher_core.errors import ConfigError
+from launcher_core.remote.paths import check_remote_dir
+from launcher_core.remote.ssh import HostAddress, SSHOptions
+from launcher_core.settings import reject_unknown
+
+log = logging.getLogger("launcher_core.remote_ssh")
+
+ENV_SETUPS = ("none", "uv", "conda")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    address: HostAddress
+    max_parallel: int
+    remote_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteSSHSettings:
+    """``hydra.launcher`` of ``remote_ssh``, validated. Built from a plain mapping (``from_mapping``)
+    so the pull daemon can rebuild the backend from the state store without Hydra."""
+
+    hosts: tuple[HostSettings, ...]
+    ssh: SSHOptions
+    remote_dir: str | None
+    code_dir: str | None
+    rsync_include: tuple[str, ...]
+    rsync_exclude: tuple[str, ...]
+    rsync_args: tuple[str, ...]
+    python: str
+    env_setup: str
+    conda_env: str | None
+    conda_command: str
+    uv_command: str
+    env_vars: tuple[tuple[str, str], ...]
+    prepare_commands: tuple[str, ...]
+    gpus_per_job: int
+    wait: bool
+    skip_completed: bool
+    poll_interval_s: float
+    kill_grace_s: float
+    container: Container | None
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
+        """Validate a plain dict (``OmegaConf.to_container`` of ``hydra.launcher``). Keys and
+        defaults are those of :class:`RemoteSSHLauncherConf` (the one settings source)."""
+        from hydra_plugins.remote_launcher.config import RemoteSSHEnvConf, RemoteSSHLauncherConf
+
+        reject_unknown(RemoteSSHLauncherConf, cfg, "remote_ssh", prefix)
+        d, de = RemoteSSHLauncherConf(), RemoteSSHEnvConf()
+        v = _Validator(cfg, prefix)
+        default_parallel = v.integer("max_parallel", d.max_parallel, minimum=1)
+        ssh = SSHOptions(
+            ssh_config=v.optional_path("ssh_config"),
+            connect_timeout_s=v.number("connect_timeout_s", d.connect_timeout_s),
+            command_timeout_s=v.number("command_timeout_s", d.command_timeout_s),
+            rsync_timeout_s=v.number("rsync_timeout_s", d.rsync_timeout_s),
+            server_alive_interval_s=v.number("server_alive_interval_s", d.server_alive_interval_s),
+            server_alive_count_max=v.integer("server_alive_count_max", d.server_alive_count_max, minimum=1),
+            accept_new_host_keys=v.boolean("accept_new_host_keys", d.accept_new_host_keys),
+            batch_mode=v.optional_boolean("batch_mode"),
+            control_persist_s=v.integer("control_persist_s", d.control_persist_s, minimum=1),
+            retries=v.integer("retries", d.retries, minimum=0),
+            rsync_path=v.optional_str("rsync_path"),
+        )
+        env = cfg.get("env") or {}
+        if not isinstance(env, Mapping):
+            raise ConfigError(f"{prefix}.env must be a mapping (setup, conda_env, vars, ...), got {env!r}")
+        reject_unknown(RemoteSSHEnvConf, env, "remote_ssh", f"{prefix}.env")
+        ev = _Validator(env, f"{prefix}.env")
+        settings = cls(
+            hosts=_parse_hosts(cfg.get("hosts"), default_parallel, f"{prefix}.hosts"),
+            ssh=ssh,
+            remote_dir=v.optional_remote_path("remote_dir"),
+            code_dir=v.optional_str("code_dir"),
+            rsync_include=v.str_list("rsync_include", d.rsync_include),
+            rsync_exclude=v.str_list("rsync_exclude", d.rsync_exclude),
+            rsync_args=v.str_list("rsync_args", d.rsync_args),
+            python=v.text("python", d.python),
+            env_setup=ev.choice("setup", de.setup, ENV_SETUPS),
+            conda_env=ev.optional_str("conda_env"),
+            conda_command=ev.text("conda_command", de.conda_command),
+            uv_command=ev.text("uv_command", de.uv_command),
+            env_vars=_parse_env_vars(env.get("vars"), f"{prefix}.env.vars"),
+            prepare_commands=v.str_list("prepare_commands", d.prepare_commands),
+            gpus_per_job=v.integer("gpus_per_job", d.gpus_per_job, minimum=0),
+            wait=v.boolean("wait", d.wait),
+            skip_completed=v.boolean("skip_completed", d.skip_completed),
+            poll_interval_s=v.number("poll_interval_s", d.poll_interval_s),
+            kill_grace_s=v.number("kill_grace_s", d.kill_grace_s, allow_zero=True),
+            container=_parse_container(cfg.get("container"), f"{prefix}.container"),
+        )
+        if settings.env_setup == "conda" and not settings.conda_env:
+            raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
+        return settings
+
+    def stored_config(self) -> dict[str, Any]:
+        """What a separate process needs to poll, fetch and cancel these jobs later.
+
+        Environment variables, prepare commands and the container (its ``env``) are left out:
+        they may hold secrets, and only starting jobs needs them.
+        """
+        return {
+            "hosts": [
+                {"host": h.address.label, "max_parallel": h.max_parallel, "remote_dir": h.remote_dir}
+                for h in self.hosts
+            ],
+            "ssh_config": self.ssh.ssh_config,
+            "remote_dir": self.remote_dir,
+            "connect_timeout_s": self.ssh.connect_timeout_s,
+            "command_timeout_s": self.ssh.command_timeout_s,
+            "rsync_timeout_s": self.ssh.rsync_timeout_s,
+            "server_alive_interval_s": self.ssh.server_alive_interval_s,
+            "server_alive_count_max": self.ssh.server_alive_count_max,
+            "accept_new_host_keys": self.ssh.accept_new_host_keys,
+            "batch_mode": self.ssh.batch_mode,
+            "control_persist_s": self.ssh.control_persist_s,
+            "retries": self.ssh.retries,
+            "rsync_path": self.ssh.rsync_path,
+            "poll_interval_s": self.poll_interval_s,
+            "kill_grace_s": self.kill_grace_s,
+        }
+
+    @property
+    def python_command(self) -> str:
+        if self.env_setup == "uv" and self.python == "python3":
+            return f"{self.uv_command} run --no-sync python"
+        return self.python
+
+
+class _Validator:
+    """Reads one key at a time and raises ConfigError naming the full key."""
+
+    def __init__(self, cfg: Mapping[str, Any], prefix: str) -> None:
+        self.cfg = cfg
+        self.prefix = prefix
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.cfg.get(key, default)
+        return default if value is None and default is not None else value
+
+    def _fail(self, key: str, what: str, value: Any) -> ConfigError:
+        return ConfigError(f"{self.prefix}.{key} must be {what}, got {value!r}")
+
+    def number(self, key: str, default: float, allow_zero: bool = False) -> float:
+        value = self._get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < 0 or (value == 0 and not allow_zero):
+            raise self._fail(key, ">= 0" if allow_zero else "a number > 0", value)
+        return float(value)
+
+    def integer(self, key: str, default: int, minimum: int) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false", value)
+        return value
+
+    def optional_boolean(self, key: str) -> bool | None:
+        value = self.cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise self._fail(key, "true, false or null", value)
+        return value
+
+    def text(self, key: str, default: str) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or not value.strip() or "\n" in value or "\x00" in value:
+            raise self._fail(key, "a non-empty single-line string", value)
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        value = self.cfg.get(key)
+        if value is None:
+            return None
+        return self.text(key, "")
+
+    def optional_path(self, key: str) -> str | None:
+        value = self.optional_str(key)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{self.prefix}.{key}: {value!r} is not a file")
+        return str(path)
+
+    def optional_remote_path(self, key: str) -> str | None:
+        path = self.optional_str(key)
+        if path is not None:
+            check_remote_dir(f"{self.prefix}.{key}", path)
+        return path
+
+    def choice(self, key: str, default: str, choices: Sequence[str]) -> str:
+        value = self._get(key, default)
+        if value not in choices:
+            raise self._fail(key, " | ".join(choices), value)
+        return value
+
+    def str_list(self, key: str, default: Sequence[str]) -> tuple[str, ...]:
+        value = self.cfg.get(key)
+        if value is None:
+            return tuple(default)
+        if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(x, str) for x in value):
+            raise self._fail(key, "a list of strings", value)
+        return tuple(value)
+
+
+def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSettings, ...]:
+    if value is None or (isinstance(value, Sequence) and not isinstance(value, str) and not value):
+        raise ConfigError(f"{key} is empty: name at least one host, e.g. {key}=[gpu1] or {key}=[user@host:22]")
+    items = [value] if isinstance(value, (str, Mapping)) else list(value)
+    hosts: list[HostSettings] = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if isinstance(item, str):
+            hosts.append(HostSettings(HostAddress.parse(item, where), default_parallel))
+        elif isinstance(item, Mapping):
+            unknown = set(item) - {"host", "max_parallel", "remote_dir"}
+            if unknown:
+                raise ConfigError(f"{where} has unknown keys {sorted(unknown)}: use host, max_parallel, remote_dir")
+            v = _Validator(item, where)
+            hosts.append(
+                HostSettings(
+                    HostAddress.parse(v.text("host", ""), f"{where}.host"),
+                    v.integer("max_parallel", default_parallel, minimum=1),
+                    v.optional_remote_path("remote_dir"),
+                )
+            )
+        else:
+            raise ConfigError(f"{where} must be a host name or a mapping {{host: ..., max_parallel: N}}, got {item!r}")
+    labels = [h.address.label for h in hosts]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"{key} names {dupes} more than once: give each host once, with its max_parallel")
+    return tuple(hosts)
+
+
+def _parse_container(value: Any, key: str) -> Container | None:
+    """The ``container`` setting, validated like slurm's (:func:`container_from_config`).
+
+    On a host the image must be an absolute path, ``~/PATH`` (the home there) or a URI the
+    runtime fetches itself (``docker://...``): a relative path would depend on the job's cwd.
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)  # the schema's defaults (ContainerConf), as in unit tests
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping (image, runtime, binds, ...), got {value!r}")
+    spec = container_from_config(value, key)
+    if spec is not None and not is_uri(spec.image) and not spec.image.startswith(("/", "~/")):
+        raise ConfigError(
+            f"{key}.image must be an absolute path on the host, ~/PATH (your home there) or a URI "
+            f"(docker://...), got {spec.image!r}"
+        )
+    return spec
+
+
+def is_uri(image: str) -> bool:
+    return "://" in image
+
+
+def _parse_env_vars(value: Any, key: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
+        if isinstance(val, (dict, list)) or val is None or "\x00" in str(val):
+            raise ConfigError(f"{key}.{name} must be a string, got {val!r}")
+        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
+    return tuple(out)
