@@ -86,23 +86,20 @@ class LocalPoolLauncher(BackendLauncher):
     """``hydra/launcher=local_pool``: forked worker processes on this machine."""
 
     def validate(self) -> None:
-        from launcher_core.validation import check_optional_positive, check_positive
+        from launcher_core.backends.local_pool import local_pool_settings
 
-        check_optional_positive("hydra.launcher.n_jobs", self.params.get("n_jobs"), integer=True)
-        check_optional_positive("hydra.launcher.timeout_s", self.params.get("timeout_s"))
-        check_positive("hydra.launcher.kill_grace_s", self.params.get("kill_grace_s", 5.0), allow_zero=True)
+        self.settings = local_pool_settings(self.params)
 
     def make_backend(self) -> Any:
         import os
 
         from launcher_core.backends.local_pool import LocalPoolBackend
 
-        n_jobs = self.params.get("n_jobs") or os.cpu_count() or 1
-        timeout = self.params.get("timeout_s")
+        timeout = self.settings.timeout_s
         return LocalPoolBackend(
-            n_jobs=int(n_jobs),
+            n_jobs=int(self.settings.n_jobs or os.cpu_count() or 1),
             timeout_s=None if timeout is None else float(timeout),
-            kill_grace_s=float(self.params.get("kill_grace_s", 5.0)),
+            kill_grace_s=float(self.settings.kill_grace_s),
             task_function=self.task_function,
             hydra_context=self.hydra_context,
         )

@@ -38,6 +38,20 @@ class _Running:
 _CLEANUP_STEP_S = 0.02
 
 
+def local_pool_settings(params: Mapping[str, Any]) -> Any:
+    """``hydra.launcher`` of local_pool, validated; keys and defaults are those of
+    ``LocalPoolLauncherConf`` (the one settings source)."""
+    from hydra_plugins.remote_launcher.config import LocalPoolLauncherConf
+    from launcher_core.settings import settings_from_mapping
+    from launcher_core.validation import check_optional_positive, check_positive
+
+    settings = settings_from_mapping(LocalPoolLauncherConf, params, "local_pool")
+    check_optional_positive("hydra.launcher.n_jobs", settings.n_jobs, integer=True)
+    check_optional_positive("hydra.launcher.timeout_s", settings.timeout_s)
+    check_positive("hydra.launcher.kill_grace_s", settings.kill_grace_s, allow_zero=True)
+    return settings
+
+
 class LocalPoolBackend(Backend):
     name = "local_pool"
     poll_interval_s = 1.0  # an upper bound: wait() returns as soon as a job exits
@@ -210,12 +224,9 @@ def from_config(config: Mapping[str, Any]) -> LocalPoolBackend:
 
     It cannot start jobs (it has no task function); it knows jobs only by their pid files.
     """
+    settings = local_pool_settings(config)
     return LocalPoolBackend(
-        n_jobs=1,
-        timeout_s=None,
-        kill_grace_s=float(config.get("kill_grace_s", 5.0)),
-        task_function=None,
-        hydra_context=None,
+        n_jobs=1, timeout_s=None, kill_grace_s=float(settings.kill_grace_s), task_function=None, hydra_context=None
     )
 
 
