@@ -1,9 +1,16 @@
-"""Errors users see. Each names the offending key or value and says what would be accepted."""
+"""Errors users see. Each names the offending key or value and says what would be accepted.
+
+They are Hydra's ``CompactHydraException``s: Hydra prints them as one short message, as it prints
+its own config errors, with the full traceback only under ``HYDRA_FULL_ERROR=1``. Anything else
+(a real bug) keeps its traceback.
+"""
 
 from __future__ import annotations
 
+from hydra.errors import CompactHydraException
 
-class LauncherError(Exception):
+
+class LauncherError(CompactHydraException):
     """Base class of every error raised by hydra-remote-launcher on purpose."""
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,6 +200,7 @@ def test_bad_input_is_refused_before_anything_is_launched(
 
     assert proc.returncode != 0, f"{name}: accepted\n{proc.stdout}\n{proc.stderr}"
     assert message in proc.stderr, f"{name}: expected {message!r} in:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, f"{name}: a traceback for a bad setting:\n{proc.stderr[-3000:]}"
     assert not (sweep_dir / "0").exists() and not (sweep_dir / "1").exists(), f"{name}: a job dir was created"
     assert _jobs_in_store(sweep_dir) == 0, f"{name}: jobs were handed to a backend"
     assert not canary.exists(), f"{name}: a Slurm command was run: {canary.read_text() if canary.exists() else ''}"
@@ -230,3 +233,19 @@ def _jobs_in_store(sweep_dir: Path) -> int:
         return conn.execute("SELECT COUNT(*) FROM jobs WHERE state != 'pending'").fetchone()[0]
     finally:
         conn.close()
+
+
+def test_bad_setting_is_one_short_message_and_the_traceback_is_there_on_request(tmp_path: Path) -> None:
+    """Our errors print like Hydra's own config errors; HYDRA_FULL_ERROR=1 still shows everything."""
+    args = [sys.executable, str(REPO_ROOT / "tests" / "apps" / "tasks.py"), "-m", f"hydra.sweep.dir={tmp_path / 's'}"]
+    args += ["x=1,2", "hydra/launcher=local_pool", "hydra.launcher.n_jobs=0"]
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    short = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    full = subprocess.run(
+        args, capture_output=True, text=True, timeout=120, env={**env, "HYDRA_FULL_ERROR": "1"}, cwd=tmp_path
+    )
+    assert short.returncode != 0 and full.returncode != 0
+    assert "hydra.launcher.n_jobs must be > 0, got 0" in short.stderr
+    assert "Traceback" not in short.stderr
+    assert len(short.stderr.strip().splitlines()) <= 3, short.stderr
+    assert "Traceback" in full.stderr and "ConfigError: hydra.launcher.n_jobs must be > 0, got 0" in full.stderr
