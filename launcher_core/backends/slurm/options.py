@@ -1,0 +1,224 @@
+"""The settings of ``hydra/launcher=slurm``: checked once, before anything is launched, with
+errors naming the bad ``hydra.launcher`` key; and the ``#SBATCH`` options they make."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from launcher_core.container import Container, container_from_config
+from launcher_core.errors import ConfigError
+from launcher_core.validation import check_optional_positive, check_positive
+
+_OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_SBATCH_TEXT_KEYS = (
+    "partition",
+    "qos",
+    "comment",
+    "constraint",
+    "exclude",
+    "gres",
+    "mem_per_gpu",
+    "mem_per_cpu",
+    "account",
+)
+
+
+@dataclass
+class SlurmOptions:
+    """Validated ``hydra.launcher`` settings of ``hydra/launcher=slurm`` (names as in
+    hydra-submitit-launcher where they exist there)."""
+
+    timeout_min: int = 60
+    cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int = 1
+    mem_gb: float | None = None
+    nodes: int = 1
+    name: str = "hydra"
+    stderr_to_stdout: bool = False
+    partition: str | None = None
+    qos: str | None = None
+    comment: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    gres: str | None = None
+    cpus_per_gpu: int | None = None
+    gpus_per_task: int | None = None
+    mem_per_gpu: str | None = None
+    mem_per_cpu: str | None = None
+    account: str | None = None
+    signal_delay_s: int = 120
+    max_num_timeout: int = 0
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    array_parallelism: int = 256
+    setup: list[str] = field(default_factory=list)
+    srun_args: list[str] = field(default_factory=list)
+    use_srun: bool = True
+    modules: list[str] = field(default_factory=list)
+    cuda_module: str | None = None
+    prepare_commands: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    container: Container | None = None
+    login_host: str | None = None
+    ssh_config: str | None = None
+    login_setup: list[str] = field(default_factory=list)
+    remote_dir: str | None = None
+    python: str | None = None
+    dry_run: bool = False
+    wait: bool = True
+    skip_completed: bool = False
+    poll_interval_s: float = 5.0
+    max_array_size: int | None = None
+    command_timeout_s: float = 60.0
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], prefix: str = "hydra.launcher") -> SlurmOptions:
+        """Check every setting; raise ``ConfigError`` naming the bad key before anything is launched."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in params.items() if k in known}
+        opts = cls(**values)
+        opts._validate(prefix)
+        return opts
+
+    def _validate(self, p: str) -> None:
+        check_positive(f"{p}.timeout_min", self.timeout_min, integer=True)
+        for key in ("cpus_per_task", "cpus_per_gpu", "gpus_per_task"):
+            check_optional_positive(f"{p}.{key}", getattr(self, key), integer=True)
+        if self.gpus_per_node is not None:
+            check_positive(f"{p}.gpus_per_node", self.gpus_per_node, integer=True, allow_zero=True)
+        check_optional_positive(f"{p}.mem_gb", self.mem_gb)
+        for key in ("tasks_per_node", "nodes", "array_parallelism"):
+            check_positive(f"{p}.{key}", getattr(self, key), integer=True)
+        check_positive(f"{p}.signal_delay_s", self.signal_delay_s, integer=True, allow_zero=True)
+        if self.signal_delay_s > 65535:
+            raise ConfigError(f"{p}.signal_delay_s must be <= 65535 (Slurm's limit), got {self.signal_delay_s}")
+        check_positive(f"{p}.max_num_timeout", self.max_num_timeout, integer=True, allow_zero=True)
+        check_positive(f"{p}.poll_interval_s", self.poll_interval_s)
+        check_positive(f"{p}.command_timeout_s", self.command_timeout_s)
+        check_optional_positive(f"{p}.max_array_size", self.max_array_size, integer=True)
+        _line(f"{p}.name", self.name)
+        for key in (*_SBATCH_TEXT_KEYS, "cuda_module", "python", "remote_dir", "ssh_config"):
+            if getattr(self, key) is not None:
+                _line(f"{p}.{key}", getattr(self, key))
+        for key in ("setup", "srun_args", "modules", "prepare_commands", "login_setup"):
+            value = getattr(self, key) or []
+            setattr(
+                self, key, [_line(f"{p}.{key}", v, allow_empty=key == "setup") for v in _as_list(f"{p}.{key}", value)]
+            )
+        _check_srun_args(f"{p}.srun_args", self.srun_args)
+        self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
+        self.env = dict(_env_vars(f"{p}.env", self.env))
+        self.container = container_from_config(self.container, f"{p}.container")
+        if self.login_host is not None:
+            host = _line(f"{p}.login_host", self.login_host)
+            if host.startswith("-") or any(c.isspace() for c in host):
+                raise ConfigError(f"{p}.login_host must be an SSH host or alias, got {host!r}")
+
+    @property
+    def gpus_requested(self) -> bool:
+        return bool(self.gpus_per_node or self.gpus_per_task or (self.gres and "gpu" in self.gres))
+
+    @property
+    def requeue_grace_s(self) -> int:
+        """How long a task may take to stop (and checkpoint) after SIGTERM before a requeue."""
+        return max(5, min(60, self.signal_delay_s // 2))
+
+    def sbatch_options(self) -> dict[str, Any]:
+        """``#SBATCH`` options (long names without ``--``) every chunk shares."""
+        opts: dict[str, Any] = {
+            "job-name": self.name,
+            "time": self.timeout_min,
+            "nodes": self.nodes,
+            "ntasks-per-node": self.tasks_per_node,
+            "requeue": True,
+            "open-mode": "append",
+        }
+        if self.signal_delay_s:  # 0: no notice before the time limit (Slurm would send none for @0 either)
+            opts["signal"] = f"B:USR2@{self.signal_delay_s}"
+        optional = {
+            "cpus-per-task": self.cpus_per_task,
+            "gpus-per-node": self.gpus_per_node,
+            "cpus-per-gpu": self.cpus_per_gpu,
+            "gpus-per-task": self.gpus_per_task,
+            "mem": None if self.mem_gb is None else _mem(self.mem_gb),
+        }
+        optional.update({k.replace("_", "-"): getattr(self, k) for k in _SBATCH_TEXT_KEYS})
+        opts.update({k: v for k, v in optional.items() if v is not None})
+        opts.update({k.replace("_", "-"): v for k, v in self.additional_parameters.items()})
+        return opts
+
+
+def _line(key: str, value: Any, allow_empty: bool = False) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    text = str(value)
+    if (not text and not allow_empty) or any(c in text for c in "\n\r\0"):
+        raise ConfigError(f"{key} must be a non-empty single line, got {value!r}")
+    return text
+
+
+def _as_list(key: str, value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"{key} must be a list, got {value!r}")
+    return list(value)
+
+
+def _sbatch_parameters(key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping of sbatch options, got {value!r}")
+    out: dict[str, Any] = {}
+    for name, val in value.items():
+        if not isinstance(name, str) or not _OPTION_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not an sbatch option name")
+        reserved = _abbreviates(name.replace("_", "-"), ("array", "output", "error", "chdir", "signal"))
+        if reserved == "signal":
+            raise ConfigError(f"{key}.{name}: {_SIGNAL_IS_OURS}")
+        if reserved:
+            raise ConfigError(f"{key}.{name} is set by the launcher and cannot be overridden")
+        out[name] = val if val is True else _line(f"{key}.{name}", val)
+    return out
+
+
+_SIGNAL_IS_OURS = (
+    "the launcher sets the signal itself (SIGUSR2 to the batch shell, signal_delay_s before the time "
+    "limit: its timeout requeue and preemption handling depend on it); set hydra.launcher.signal_delay_s instead"
+)
+
+
+def _abbreviates(name: str, options: Sequence[str]) -> str | None:
+    """The option of ``options`` that ``name`` spells or abbreviates (Slurm's commands take unambiguous
+    prefixes of long options, ``--sig`` is ``--signal``), or None."""
+    return next((o for o in options if o == name or (len(name) >= 3 and o.startswith(name))), None)
+
+
+def _check_srun_args(key: str, args: Sequence[str]) -> None:
+    """Refuse an srun ``--signal``: Slurm would signal the tasks themselves before the time limit, next to
+    (and racing with) the batch shell's SIGUSR2 that drives timeouts and preemption."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and _abbreviates(arg[2:].partition("=")[0], ("signal",)):
+            raise ConfigError(f"{key}[{i}] ({arg!r}): {_SIGNAL_IS_OURS}")
+
+
+def _env_vars(key: str, value: Any) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
+        if val is None or isinstance(val, (Mapping, list)) or "\0" in str(val):
+            raise ConfigError(f"{key}.{name} must be a plain value, got {val!r}")
+        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
+    return out
+
+
+def _mem(mem_gb: float) -> str:
+    """``--mem`` value as submitit writes it: whole GB, else MB."""
+    return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"

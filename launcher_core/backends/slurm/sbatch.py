@@ -1,0 +1,224 @@
+"""The sbatch script of a job array (one per chunk of at most MaxArraySize jobs) and the
+files it keeps in each job's launcher dir; see docs/slurm.md ("The batch script")."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from launcher_core.backends.slurm.options import SlurmOptions
+from launcher_core.container import python_for, wrap_command
+from launcher_core.jobs import RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec
+from launcher_core.runtime.worker import RANKS_DIR_ENV
+
+SLURM_DIR = "slurm"
+JOB_PAYLOAD_FILE = "job.pkl"
+EXIT_FILE = "slurm_exit"
+TIMEOUTS_FILE = "slurm_timeouts"
+RANKS_DIR = "ranks"  # in a job's launcher dir: results of the tasks (ranks) that failed
+# slurmctld checks time limits every 30 s and sends the --signal up to 30 s early (so that it is
+# never late); a SIGUSR2 within this many seconds of signal_delay_s before the limit is a timeout
+SIGNAL_EARLY_S = 35
+_JOB_TOKEN = "\0JOB_PAYLOAD\0"  # stands for the per-task job payload path in the job argv
+
+
+@dataclass
+class Chunk:
+    """Jobs submitted by one ``sbatch`` call: array index ``i`` runs ``specs[i]`` (sweep position ``offset + i``)."""
+
+    number: int  # 0-based
+    total: int
+    offset: int
+    specs: list[JobSpec]
+
+    @property
+    def script_name(self) -> str:
+        return f"jobs{self.specs[0].idx}-{self.specs[-1].idx}.sbatch"
+
+
+def plan_chunks(specs: Sequence[JobSpec], max_array_size: int) -> list[Chunk]:
+    """Split jobs into arrays of at most ``max_array_size`` tasks (indices 0..max_array_size-1)."""
+    size = max(1, int(max_array_size))
+    starts = range(0, len(specs), size)
+    return [Chunk(n, len(starts), start, list(specs[start : start + size])) for n, start in enumerate(starts)]
+
+
+def _sbatch_line(name: str, value: Any) -> str:
+    if value is True:
+        return f"#SBATCH --{name}"
+    return f"#SBATCH --{name}={shlex.quote(str(value))}"
+
+
+def render_argv(argv: Sequence[str]) -> str:
+    """A shell command line for ``argv``; the job payload placeholder becomes ``"$LAUNCHER_DIR"/job.pkl``."""
+    parts = []
+    for arg in argv:
+        parts.append(f'"$LAUNCHER_DIR"/{JOB_PAYLOAD_FILE}' if arg == _JOB_TOKEN else shlex.quote(arg))
+    return " ".join(parts)
+
+
+def job_argv(
+    options: SlurmOptions,
+    sweep_payload: str,
+    binds: Sequence[str],
+    host_python: str,
+    worker_module: str = "launcher_core.runtime.worker",
+) -> list[str]:
+    """What one array task runs (after ``srun``): the worker, inside the container if one is set."""
+    python = python_for(options.container, options.python or host_python)
+    argv = [python, "-m", worker_module, sweep_payload, _JOB_TOKEN]
+    return wrap_command(argv, options.container, binds, gpus_requested=options.gpus_requested)
+
+
+def render_script(
+    *,
+    options: SlurmOptions,
+    chunk: Chunk,
+    sweep_id: str,
+    code_dir: str,
+    log_dir: str,
+    launcher_dirs: Sequence[str],
+    argv: Sequence[str],
+    pythonpath: Sequence[str] = (),
+) -> str:
+    """The sbatch script of one chunk (a job array).
+
+    Every value that comes from the config is either an ``#SBATCH`` option (validated to be a
+    single line, quoted) or quoted with ``shlex.quote``; ``setup`` lines are shell by design.
+    """
+    first, last = chunk.specs[0].idx, chunk.specs[-1].idx
+    n = len(chunk.specs)
+    sbatch = dict(options.sbatch_options())
+    sbatch["array"] = f"0-{n - 1}%{min(n, options.array_parallelism)}"
+    sbatch["output"] = f"{log_dir}/%A.log"
+    sbatch["chdir"] = code_dir
+    lines = [
+        "#!/bin/bash",
+        f"# hydra-remote-launcher: sweep {sweep_id}, jobs #{first}-#{last}",
+        f"# (array chunk {chunk.number + 1} of {chunk.total}: array index i runs the job at sweep position "
+        f"{chunk.offset} + i)",
+        *(_sbatch_line(k, v) for k, v in sbatch.items()),
+        "",
+        "trap '_hrl_usr2=1' USR2  # a notice during the set-up below is acted on once the task is about to start",
+        "_hrl_dirs=(",
+        *(f"  {shlex.quote(d)}" for d in launcher_dirs),
+        ")",
+        "_hrl_umask=$(umask)",
+        "umask 077  # the launcher's own files (logs, exit code, timeouts) are private; the task keeps the umask",
+        f'chmod 600 {shlex.quote(log_dir)}/"$SLURM_ARRAY_JOB_ID".log 2>/dev/null',
+        'LAUNCHER_DIR="${_hrl_dirs[$SLURM_ARRAY_TASK_ID]}"',
+        "export LAUNCHER_DIR",
+        f'exec >>"$LAUNCHER_DIR"/{STDOUT_FILE} 2>>"$LAUNCHER_DIR"/'
+        + (STDOUT_FILE if options.stderr_to_stdout else STDERR_FILE),
+        f'rm -rf "$LAUNCHER_DIR"/{EXIT_FILE} "$LAUNCHER_DIR"/{RANKS_DIR}',
+        'echo "[hydra-remote-launcher] slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)'
+        ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
+        'umask "$_hrl_umask"',
+    ]
+    lines += _environment_lines(options, pythonpath)
+    if options.setup:
+        lines += ["# setup", *options.setup]
+    lines += _run_lines(options, argv)
+    return "\n".join(lines) + "\n"
+
+
+def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str]) -> list[str]:
+    lines: list[str] = []
+    modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
+    if modules:
+        lines.append("# modules")
+        lines += [f"module load {shlex.quote(m)}" for m in modules]
+    if pythonpath:
+        joined = shlex.quote(":".join(pythonpath))
+        lines.append(f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in options.env.items()]
+    return lines
+
+
+def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
+    """Start the task in the background, requeue on SIGUSR2 (:func:`_requeue_function`), pick the job's result
+    when a task failed (see :func:`_failed_rank_function`), record the exit code."""
+    srun = ""
+    if options.use_srun:
+        # --kill-on-bad-exit: a failed task stops its peers (which would wait for it in a collective
+        # until the time limit); srun_args come after it, so "--kill-on-bad-exit=0" there wins
+        args = ["srun", "--unbuffered", "--kill-on-bad-exit=1", *(shlex.quote(a) for a in options.srun_args)]
+        srun = " ".join(args) + " "
+    return [
+        *_requeue_function(options),
+        "trap _hrl_requeue USR2",
+        'if [ -n "${_hrl_usr2:-}" ]; then _hrl_requeue; fi',
+        *_failed_rank_function(),
+        f'export {RANKS_DIR_ENV}="$LAUNCHER_DIR"/{RANKS_DIR}',
+        f"{srun}{render_argv(argv)} &",
+        "_hrl_child=$!",
+        "while :; do",
+        '  wait "$_hrl_child"',
+        "  _hrl_code=$?",
+        '  kill -0 "$_hrl_child" 2>/dev/null || break',
+        "done",
+        "umask 077",
+        'if [ "$_hrl_code" != 0 ]; then _hrl_failed_rank; fi',
+        f'echo "$_hrl_code" >"$LAUNCHER_DIR"/{EXIT_FILE}',
+        'exit "$_hrl_code"',
+    ]
+
+
+def _requeue_function(options: SlurmOptions) -> list[str]:
+    """``_hrl_requeue``, the SIGUSR2 handler: a timeout (the signal came ``signal_delay_s`` before the
+    limit) requeues while fewer than ``max_num_timeout`` timeout requeues happened, a preemption
+    notice (earlier) always; the running task (if any yet) gets SIGTERM first."""
+    limit_s = options.timeout_min * 60
+    return [
+        "_hrl_requeue() {",
+        "  local kind=preemption n=0",
+        "  umask 077",
+        f"  if [ $((SECONDS + {SIGNAL_EARLY_S})) -ge {limit_s - options.signal_delay_s} ]; then kind=timeout; fi",
+        '  if [ "$kind" = timeout ]; then',
+        f'    n=$(cat "$LAUNCHER_DIR"/{TIMEOUTS_FILE} 2>/dev/null || echo 0)',
+        f'    if [ "$n" -ge {options.max_num_timeout} ]; then',
+        '      echo "[hydra-remote-launcher] time limit near: not requeued'
+        f' ($n requeues after timeouts, max_num_timeout={options.max_num_timeout}; $SECONDS s into the run)" >&2',
+        "      return",
+        "    fi",
+        f'    echo $((n + 1)) >"$LAUNCHER_DIR"/{TIMEOUTS_FILE}',
+        "  fi",
+        '  echo "[hydra-remote-launcher] $kind: stopping the task and requeueing it ($SECONDS s into the run)" >&2',
+        '  if [ -n "${_hrl_child:-}" ]; then',
+        '    kill -TERM "$_hrl_child" 2>/dev/null',
+        f'    ( sleep {options.requeue_grace_s}; kill -KILL "$_hrl_child" 2>/dev/null ) &',
+        '    wait "$_hrl_child"',
+        "  fi",
+        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" && exit 0',
+        '  echo "[hydra-remote-launcher] scontrol requeue failed" >&2',
+        "}",
+    ]
+
+
+def _failed_rank_function() -> list[str]:
+    """``_hrl_failed_rank``, run when srun (or the worker) exited non-zero.
+
+    Every task (rank) of a job runs the worker; rank 0 writes ``result.pkl``, a rank that fails also
+    writes its result to ``ranks/failed.<rank>.pkl`` (:func:`launcher_core.runtime.worker.run_ranked`). The
+    failure of the lowest failed rank becomes the job's result, so Hydra gets that exception even when
+    rank 0 completed. If no rank left one (a task was killed), rank 0's result is moved aside: a
+    failed job never comes back COMPLETED.
+    """
+    ranks = f'"$LAUNCHER_DIR"/{RANKS_DIR}'
+    return [
+        "_hrl_failed_rank() {",
+        "  local f r best=",
+        f"  for f in {ranks}/failed.*.pkl; do",
+        "    r=${f##*/failed.}; r=${r%.pkl}",
+        '    case "$r" in "" | *[!0-9]*) continue ;; esac',
+        '    if [ -z "$best" ] || [ "$r" -lt "$best" ]; then best=$r; fi',
+        "  done",
+        '  if [ -n "$best" ]; then',
+        f'    mv -f {ranks}/failed."$best".pkl "$LAUNCHER_DIR"/{RESULT_FILE}',
+        f'  elif [ -f "$LAUNCHER_DIR"/{RESULT_FILE} ]; then',
+        f'    mkdir -p {ranks} && mv -f "$LAUNCHER_DIR"/{RESULT_FILE} {ranks}/result.0.pkl',
+        "  fi",
+        "}",
+    ]

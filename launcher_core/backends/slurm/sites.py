@@ -1,0 +1,352 @@
+"""Where the cluster is: :class:`LocalSite` (this machine is a login node sharing the file
+system with the compute nodes) or :class:`LoginSite` (``login_host``: a login node over SSH,
+with the workspace layer of :mod:`launcher_core.remote`); see docs/slurm.md ("What runs where")."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from launcher_core.backends.slurm.accounting import ExitInfo, SlurmCommands
+from launcher_core.backends.slurm.options import SlurmOptions
+from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
+from launcher_core.errors import BackendError
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, SweepInfo
+
+log = logging.getLogger("launcher_core.slurm")
+
+
+class LocalSite:
+    """The launching machine is a login node: it runs the Slurm commands and shares the file
+    system with the compute nodes, so job files are written and read in place."""
+
+    def __init__(self, options: SlurmOptions) -> None:
+        self.options = options
+        self.commands = SlurmCommands(options.command_timeout_s)
+        self.sweep_dir = ""
+        self.code_dir = ""
+        self.pythonpath: list[str] = []
+        self.worker_module = "launcher_core.runtime.worker"
+        self.default_python = sys.executable
+
+    def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
+        self.sweep_dir, self.code_dir = str(sweep.sweep_dir), str(sweep.code_dir)
+        self.pythonpath = list(script_dirs)
+        if not dry_run:
+            for command in self.options.prepare_commands:
+                log.info("prepare command: %s", command)
+                proc = subprocess.run(
+                    ["bash", "-c", command], cwd=sweep.code_dir, capture_output=True, text=True, timeout=3600
+                )
+                if proc.returncode != 0:
+                    raise BackendError(_prepare_failed(command, proc.returncode, proc.stderr))
+
+    def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
+        """(output dir on the cluster, path relative to the sweep dir or "")."""
+        return str(spec.output_dir), ""
+
+    @contextmanager
+    def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
+        yield spec.config
+
+    def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
+        """Nothing to upload: the files already are where the cluster reads them."""
+
+    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+        out = {}
+        for job_id, handle in handles.items():
+            ldir = Path(str(handle.get("launcher_dir", "")))
+            try:
+                code: int | None = int((ldir / EXIT_FILE).read_text().strip())
+            except (OSError, ValueError):
+                code = None
+            out[job_id] = ExitInfo(code, (ldir / RESULT_FILE).exists())
+        return out
+
+    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+        """Nothing to fetch: the cluster wrote the results into the shared sweep dir."""
+
+    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+        try:
+            with open(Path(str(handle.get("launcher_dir", ""))) / name, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self.commands.close()
+
+
+class RemoteSlurmCommands(SlurmCommands):
+    """Slurm's commands on the login node: each one is a session on the one SSH master connection
+    (:mod:`launcher_core.remote.ssh`), after the ``login_setup`` lines (PATH, SLURM_CONF, module load)."""
+
+    def __init__(self, conn: Any, setup: Sequence[str], timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.conn = conn
+        self.setup = list(setup)
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+        self.calls[argv[0]] += 1
+        script = "\n".join(
+            [
+                *self.setup,
+                'e="${TMPDIR:-/tmp}/hrl-err.$$"',
+                f'{shlex.join(argv)} 2>"$e"',
+                "rc=$?",
+                'printf "\\n%s %s\\n" __HRL_RC__ "$rc"',
+                'cat "$e"; rm -f "$e"',
+            ]
+        )
+        out = self.script(script, what=argv[0], timeout_s=timeout_s)
+        stdout, sep, rest = out.rpartition("\n__HRL_RC__ ")
+        if not sep:
+            raise BackendError(f"{argv[0]} on {self.conn.label}: unexpected answer {out[-300:]!r}")
+        code, _, stderr = rest.partition("\n")
+        return subprocess.CompletedProcess(list(argv), int(code.strip() or 1), stdout, stderr)
+
+    def script(self, text: str, *, what: str, timeout_s: float | None = None) -> str:
+        """Run a sh script on the login node (bounded, retried on transport errors)."""
+        timeout = timeout_s or self.timeout_s
+        return self.conn.call(what, lambda: self.conn.run_script(text, what=what, timeout_s=timeout))
+
+
+class LoginSite:
+    """``login_host``: code and job files are rsynced to the login node, every Slurm command runs
+    there over one SSH connection, results come back with rsync (``fetch``).
+
+    The remote layout is remote_ssh's (:mod:`launcher_core.backends.remote_ssh`): a code snapshot
+    per launch under ``<remote_dir>/snapshots``, the sweep dir mirrored under ``<remote_dir>/runs``;
+    jobs run ``launcher_core.runtime.remote_worker`` from the shipped modules, so the cluster needs only
+    hydra-core, omegaconf and cloudpickle.
+    """
+
+    def __init__(self, options: SlurmOptions) -> None:
+        from launcher_core.remote.ssh import ConnectionPool, HostAddress, SSHOptions
+
+        assert options.login_host is not None
+        self.options = options
+        self.address = HostAddress.parse(options.login_host, "hydra.launcher.login_host")
+        ssh = SSHOptions(ssh_config=options.ssh_config, command_timeout_s=options.command_timeout_s)
+        self.pool = ConnectionPool(ssh)
+        self.conn = self.pool.get(self.address)
+        self.commands = RemoteSlurmCommands(self.conn, options.login_setup, options.command_timeout_s)
+        self.sweep_dir = self.code_dir = self.local_sweep_dir = ""
+        self.pythonpath: list[str] = []
+        self.worker_module = "launcher_core.runtime.remote_worker"
+        self.default_python = "python3"
+
+    def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
+        from launcher_core.remote.scripts import parse_kv, prepare_script
+        from launcher_core.remote.workspace import new_snapshot_tag
+
+        self.local_sweep_dir = str(sweep.sweep_dir)
+        tag = new_snapshot_tag()
+        remote_dir = self.options.remote_dir or f"~/hydra-remote-launcher/{Path(sweep.code_dir).name}"
+        rel_sweep = _relative_to(sweep.sweep_dir, sweep.code_dir)
+        if dry_run:  # no connection: the layout prepare_script would claim, on a host where it is free
+            shown = _home_relative(remote_dir)
+            if not shown.startswith("/"):
+                log.warning(
+                    "dry run: remote_dir %r is in the home dir on %s, shown as ~", remote_dir, self.address.label
+                )
+            sweep_dir = f"{shown}/runs/{rel_sweep}" if rel_sweep else f"{shown}/runs/by-id/{sweep.sweep_id}"
+            self._set_layout(sweep, script_dirs, shown, sweep_dir, tag)
+            return
+        script = prepare_script(
+            remote_dir=remote_dir, sweep_id=sweep.sweep_id, tag=tag, rel_sweep=rel_sweep, host_key="slurm"
+        )
+        info = parse_kv(self.commands.script(script, what="preparing the remote dirs"))
+        if "remote_dir" not in info or "sweep_dir" not in info:
+            raise BackendError(f"login host {self.address.label}: unexpected answer while preparing: {info}")
+        self._set_layout(sweep, script_dirs, info["remote_dir"], info["sweep_dir"], tag)
+        self._sync_code(sweep, info["remote_dir"], info.get("latest"), tag)
+        self._ship_pylib(sweep.sweep_dir)
+        for command in self.options.prepare_commands:
+            log.info("prepare command on %s: %s", self.address.label, command)
+            body = "\n".join([*self.options.login_setup, f"cd {shlex.quote(self.code_dir)}", command])
+            self.commands.script(body, what=f"prepare command {command!r}", timeout_s=3600)
+
+    def _set_layout(
+        self, sweep: SweepInfo, script_dirs: Sequence[str], remote_dir: str, sweep_dir: str, tag: str
+    ) -> None:
+        """Cluster paths of the sweep dir, the code snapshot and the jobs' PYTHONPATH."""
+        self.sweep_dir = sweep_dir
+        self.code_dir = f"{remote_dir}/snapshots/{sweep.sweep_id}/{tag}"
+        pylib = f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/pylib"
+        rel_scripts = [_relative_to(Path(d), sweep.code_dir) for d in script_dirs]
+        self.pythonpath = [pylib, self.code_dir, *(f"{self.code_dir}/{r}" for r in rel_scripts if r)]
+
+    def _sync_code(self, sweep: SweepInfo, remote_dir: str, latest: str | None, tag: str) -> None:
+        from launcher_core.remote.codesync import (
+            DEFAULT_EXCLUDES,
+            excludes_for_local_outputs,
+            filter_args,
+            git_state,
+            sync_snapshot,
+            write_git_state,
+        )
+
+        code_dir = Path(sweep.code_dir)
+        write_git_state(git_state(code_dir), sweep.sweep_dir / LAUNCHER_DIR / SLURM_DIR / "code")
+        filters = filter_args((), DEFAULT_EXCLUDES, excludes_for_local_outputs(code_dir, sweep.sweep_dir))
+        self.conn.call(
+            "code sync",
+            lambda: sync_snapshot(self.conn, code_dir, self.code_dir, filters=filters, link_dest=latest),
+        )
+        latest_file = f"{remote_dir}/snapshots/LATEST"
+        done = (
+            f"touch {shlex.quote(self.code_dir + '.complete')}\n"
+            f"printf '%s\\n' {shlex.quote(f'{sweep.sweep_id}/{tag}')} > {shlex.quote(latest_file)}.$$\n"
+            f"mv -f {shlex.quote(latest_file)}.$$ {shlex.quote(latest_file)}\n"
+        )
+        self.commands.script(done, what="finishing the code snapshot")
+
+    def _ship_pylib(self, sweep_dir: Path) -> None:
+        """Copy the job-side package (:mod:`launcher_core.runtime`) into the local sweep dir;
+        ``upload`` sends it along and it comes first on the jobs' PYTHONPATH (the cluster needs no
+        install of ours)."""
+        from launcher_core.runtime import copy_runtime
+
+        copy_runtime(sweep_dir / LAUNCHER_DIR / SLURM_DIR / "pylib")
+
+    def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
+        rel = _relative_to(spec.output_dir, Path(self.local_sweep_dir))
+        if not rel:
+            raise BackendError(
+                f"job #{spec.idx}: with login_host the sweep dir is mirrored on the cluster, so the job's "
+                f"output dir {spec.output_dir} must be inside the sweep dir {self.local_sweep_dir}"
+            )
+        return f"{self.sweep_dir}/{rel}", rel
+
+    @contextmanager
+    def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
+        from launcher_core.remote.workspace import remote_job_config
+
+        with remote_job_config(spec.config, self.sweep_dir, rel) as cfg:
+            yield cfg
+
+    def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
+        """One rsync of the files (local sweep dir -> remote sweep dir); stale results of earlier
+        attempts in ``cluster_dirs`` (launcher dirs) are removed first."""
+        import tempfile
+
+        local_root = Path(self.local_sweep_dir)
+        pylib = local_root / LAUNCHER_DIR / SLURM_DIR / "pylib"
+        files = [str(p.relative_to(local_root)) for p in paths]
+        files += [str(p.relative_to(local_root)) for p in pylib.rglob("*.py")]
+        names = (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE, RANKS_DIR)
+        stale = " ".join(shlex.quote(f"{d}/{name}") for d in cluster_dirs for name in names)
+        logs = shlex.quote(f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/logs")
+        self.commands.script(f"mkdir -p {logs}\nrm -rf {stale}", what="preparing the job dirs")
+        with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
+            listing.write("".join(f"{f}\n" for f in files))
+            listing.flush()
+            args = ["-a", f"--files-from={listing.name}", f"{local_root}/", self.conn.remote(self.sweep_dir + "/")]
+            self.conn.call("upload of job files", lambda: self.conn.rsync(args, what="job file upload"))
+
+    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+        """One ssh session: ``JOB_ID CODE|- 0|1`` per job."""
+        lines = []
+        for job_id, handle in handles.items():
+            ldir = shlex.quote(str(handle.get("launcher_dir", "")))
+            lines.append(
+                f"c=-; [ -s {ldir}/{EXIT_FILE} ] && read -r c < {ldir}/{EXIT_FILE}; "
+                f'r=0; [ -f {ldir}/{RESULT_FILE} ] && r=1; echo {shlex.quote(job_id)} "$c" "$r"'
+            )
+        out = self.commands.script("\n".join(lines), what="reading exit codes") if lines else ""
+        info = {}
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) == 3 and words[0] in handles:
+                code = int(words[1]) if words[1].lstrip("-").isdigit() and words[1] != "-" else None
+                info[words[0]] = ExitInfo(code, words[2] == "1")
+        return info
+
+    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+        from launcher_core.remote.workspace import fetch_job_dirs
+
+        fetch_job_dirs(self.conn, jobs, local_dirs, pull_filter)
+
+    def clean(
+        self,
+        handles: Mapping[str, dict[str, Any]],
+        *,
+        sweep_id: str,
+        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
+        dry_run: bool = False,
+    ) -> Any:
+        """Delete the mirrored job dirs (and, with ``sweep_handles``, the mirrored sweep dir and the
+        sweep's snapshots) on the login node, with remote_ssh's checked paths and script."""
+        from launcher_core.backends.base import CleanReport
+        from launcher_core.remote.paths import plan_remote, plan_targets
+        from launcher_core.remote.workspace import clean_host
+
+        label = self.address.label
+        plans = plan_remote(
+            handles,
+            sweep_id=sweep_id,
+            sweep_handles=sweep_handles,
+            host_of=lambda _h: label,
+            remote_dir_of=lambda h: login_remote_dir(h, sweep_id),
+        )
+        report = CleanReport()
+        plan_targets(report, plans)
+        if dry_run or not plans:
+            report.sweep_cleaned = not dry_run and sweep_handles is not None
+            return report
+        cleaned, notes, sweeps_done = clean_host(self.conn, sweep_id, plans[label])
+        report.cleaned, report.notes = cleaned, [f"{label}: {n}" for n in notes]
+        report.sweep_cleaned = sweep_handles is not None and sweeps_done
+        return report
+
+    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+        path = shlex.quote(f"{handle.get('launcher_dir', '')}/{name}")
+        script = f"if [ -f {path} ]; then tail -c +{int(offset) + 1} {path}; fi\n"
+        return self.conn.call("reading a job log", lambda: self.conn.run_script_bytes(script, what="log read"))
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def login_remote_dir(handle: Mapping[str, Any], sweep_id: str) -> str:
+    """The ``remote_dir`` of a login_host job, from its snapshot path
+    ``<remote_dir>/snapshots/<sweep_id>/<tag>`` (handles do not store it); checked for cleaning."""
+    from launcher_core.remote.paths import CleanRefused, check_root
+
+    snapshot = handle.get("remote_cwd")
+    parts = str(snapshot or "").rstrip("/").split("/")
+    if len(parts) < 4 or parts[-3] != "snapshots" or parts[-2] != sweep_id or not parts[-1]:
+        raise CleanRefused(
+            f"refusing to clean: the snapshot path {snapshot!r} of a job handle is not "
+            f"<remote_dir>/snapshots/{sweep_id}/<tag>"
+        )
+    return check_root("/".join(parts[:-3]), f"the remote_dir of the snapshot path {snapshot!r}, i.e.")
+
+
+def _home_relative(remote_dir: str) -> str:
+    """``remote_dir`` as the login host resolves it (see ``remote_path_expr``), with ``~`` for the home
+    dir there, which a dry run cannot ask for."""
+    if remote_dir.startswith(("/", "~/")):
+        return remote_dir
+    return "~" if remote_dir in ("", "~") else f"~/{remote_dir}"
+
+
+def _relative_to(path: Path, base: Path | str) -> str:
+    """``path`` relative to ``base`` as a POSIX string, or "" when it is not strictly inside."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
+    except (ValueError, OSError):
+        return ""
+    return "" if rel in ("", ".") or "\n" in rel else rel
+
+
+def _prepare_failed(command: str, code: int, stderr: str) -> str:
+    return f"hydra.launcher.prepare_commands: {command!r} failed with code {code}: {stderr.strip()[-2000:]}"
