@@ -256,7 +256,7 @@ def test_jobs_are_packed_on_instances(n: int, per_instance: int, cap: int, sizes
 
 
 def test_user_data_scripts_are_valid_bash_and_small(tmp_path: Path) -> None:
-    from launcher_core import ec2_userdata as ud
+    from launcher_core.backends.ec2 import userdata as ud
 
     common = {
         "sweep_id": "s-1",

@@ -19,7 +19,7 @@ import pytest
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from launcher_core.backends.ec2 import _omega_literal
+from launcher_core.backends.ec2.placement import _omega_literal
 from launcher_core.sweep import quote_value
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     AwsWorld,

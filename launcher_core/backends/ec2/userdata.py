@@ -19,7 +19,6 @@ import shlex
 import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 USER_DATA_LIMIT = 16 * 1024
@@ -51,7 +50,9 @@ _AGENT_DECODE = "import base64,sys,zlib; sys.stdout.write(zlib.decompress(base64
 
 def agent_source() -> str:
     """The instance agent as shipped: docstrings and comments dropped (~25% less user-data)."""
-    tree = ast.parse((Path(__file__).parent / "runtime" / "ec2_agent.py").read_text())
+    from launcher_core.runtime import RUNTIME_DIR
+
+    tree = ast.parse((RUNTIME_DIR / "ec2_agent.py").read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (

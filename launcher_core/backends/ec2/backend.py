@@ -1,465 +1,49 @@
-"""``ec2``: run a sweep's jobs on EC2 instances that terminate themselves when done; code,
-payloads, outputs and state markers travel through S3, credentials never leave this machine.
-
-Design: docs/ec2.md
-"""
+"""The ec2 backend: prepare uploads, RunInstances per group of jobs, poll, fetch, cancel and
+clean through EC2 and S3."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import dataclasses
 import fnmatch
-import gzip
 import hashlib
-import io
 import json
 import logging
-import math
 import os
 import random
-import re
-import secrets
-import shlex
-import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from launcher_core.backends.base import Backend
+from launcher_core.backends.ec2.aws import (
+    ENDED_INSTANCE_STATES,
+    RETRYABLE_CODES,
+    TAG_GROUP,
+    TAG_RUN,
+    TAG_SWEEP,
+    AwsApiError,
+    api_error_text,
+    quiet_aws_loggers,
+    root_volume_mapping,
+)
+from launcher_core.backends.ec2.placement import instance_config, new_run_id, plan_groups
+from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
+from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, PullFilter, SweepInfo
 from launcher_core.remote.workspace import runtime_cwd
 
 log = logging.getLogger("launcher_core.ec2")
 
-TAG_SWEEP = "hydra-launcher:sweep-id"
-TAG_RUN = "hydra-launcher:run"
-TAG_GROUP = "hydra-launcher:group"
-RESERVED_TAG_PREFIXES = ("aws:", "hydra-launcher:")
-CREDENTIAL_ENV_NAMES = frozenset(
-    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_SECRET_KEY"}
-)
-RETRYABLE_CODES = frozenset(
-    {
-        "RequestLimitExceeded",
-        "Throttling",
-        "ThrottlingException",
-        "InsufficientInstanceCapacity",
-        "InsufficientHostCapacity",
-        "InternalError",
-        "ServiceUnavailable",
-        "Unavailable",
-    }
-)
-ACTIVE_INSTANCE_STATES = ("pending", "running", "stopping", "stopped")
-ENDED_INSTANCE_STATES = frozenset({"shutting-down", "terminated", "stopping", "stopped"})
 # An instance may be missing from DescribeInstances right after RunInstances (eventual consistency).
 NOT_FOUND_GRACE_S = 300.0
-DEFAULT_EXCLUDES = (
-    ".git",
-    ".hg",
-    ".svn",
-    ".venv",
-    "venv",
-    "__pycache__",
-    "*.pyc",
-    ".mypy_cache",
-    ".pytest_cache",
-    ".ruff_cache",
-    ".tox",
-    "node_modules",
-    "*.egg-info",
-    "outputs",
-    "multirun",
-    ".launcher",
-    ".env",
-)
-_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.compile(r"^subnet-[0-9a-f]+$")}
-_QUIET_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
-
-
-# --- settings ------------------------------------------------------------------------------
-@dataclass
-class Ec2Settings:
-    """Validated ``hydra.launcher`` settings of the ec2 launcher (see ``Ec2LauncherConf``)."""
-
-    ami: str | None = None
-    s3_bucket: str | None = None
-    region: str | None = None
-    instance_type: str = "t3.medium"
-    key_name: str | None = None
-    iam_instance_profile: str | None = None
-    security_group_ids: list[str] = field(default_factory=list)
-    subnet_id: str | None = None
-    s3_prefix: str = "hydra-remote-launcher"
-    spot: bool = False
-    max_price: float | None = None
-    root_volume_gb: int | None = None
-    jobs_per_instance: int = 1
-    max_instances: int = 10
-    max_runtime_min: float = 720.0
-    setup_commands: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    endpoint_url: str | None = None
-    wait: bool = True
-    python: str = "python3"
-    remote_dir: str = "/var/tmp/hydra-remote-launcher"
-    code_dir: str | None = None
-    code_excludes: list[str] = field(default_factory=list)
-    max_code_mb: float = 200.0
-    sync_interval_s: float = 60.0
-    poll_interval_s: float = 10.0
-    kill_grace_s: float = 20.0
-    api_retries: int = 6
-    api_retry_base_s: float = 1.0
-    skip_completed: bool = False
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Ec2Settings:
-        """Build and validate from ``hydra.launcher`` (DictConfig or dict); errors name the key."""
-        plain = _plain(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in plain if k not in known and not k.startswith("_"))
-        if unknown:
-            raise ConfigError(
-                f"hydra.launcher.{unknown[0]} is not a setting of the ec2 launcher; known settings: "
-                + ", ".join(sorted(known))
-            )
-        settings = cls(**{k: v for k, v in plain.items() if k in known})
-        settings.validate()
-        return settings
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def python_cmd(self) -> list[str]:
-        return shlex.split(self.python)
-
-    @property
-    def max_runtime_s(self) -> int:
-        return max(1, math.ceil(self.max_runtime_min * 60))
-
-    def validate(self) -> None:
-        _validate_required(self)
-        _validate_numbers(self)
-        _validate_strings(self)
-        _validate_env_and_tags(self)
-
-
-def _plain(values: Any) -> Any:
-    """Plain Python containers from a (possibly OmegaConf) mapping, recursively."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(values, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(values, resolve=True)
-    if isinstance(values, Mapping):
-        return {k: _plain(v) for k, v in values.items()}
-    if isinstance(values, (list, tuple)):
-        return [_plain(v) for v in values]
-    return values
-
-
-def _key(name: str) -> str:
-    return f"hydra.launcher.{name}"
-
-
-def _validate_required(s: Ec2Settings) -> None:
-    if not isinstance(s.ami, str) or not _AMI.match(s.ami):
-        raise ConfigError(f"{_key('ami')} is required: the id of a Linux AMI in your region (ami-...), got {s.ami!r}")
-    if not isinstance(s.s3_bucket, str) or not _BUCKET.match(s.s3_bucket):
-        raise ConfigError(
-            f"{_key('s3_bucket')} is required: the name of an existing S3 bucket that both this machine and "
-            f"the instances can use, got {s.s3_bucket!r}"
-        )
-    for name in ("instance_type", "python"):
-        value = getattr(s, name)
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{_key(name)} must be a non-empty string, got {value!r}")
-    try:
-        if not shlex.split(s.python):
-            raise ValueError("empty")
-    except ValueError as exc:
-        raise ConfigError(f"{_key('python')} must be a command like 'python3', got {s.python!r} ({exc})") from exc
-
-
-def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0, strict: bool = True) -> None:
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise ConfigError(f"{_key(name)} must be {kind}, got {value!r}")
-    if value < minimum or (strict and value == minimum):
-        raise ConfigError(f"{_key(name)} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
-
-
-def _validate_numbers(s: Ec2Settings) -> None:
-    _check_number("jobs_per_instance", s.jobs_per_instance, integer=True)
-    _check_number("max_instances", s.max_instances, integer=True)
-    _check_number("api_retries", s.api_retries, integer=True)
-    if s.root_volume_gb is not None:
-        _check_number("root_volume_gb", s.root_volume_gb, integer=True)
-    for name in ("max_runtime_min", "sync_interval_s", "poll_interval_s", "max_code_mb"):
-        _check_number(name, getattr(s, name))
-    for name in ("kill_grace_s", "api_retry_base_s"):
-        _check_number(name, getattr(s, name), strict=False)
-    for name in ("spot", "wait", "skip_completed"):
-        if not isinstance(getattr(s, name), bool):
-            raise ConfigError(f"{_key(name)} must be true or false, got {getattr(s, name)!r}")
-    if s.max_price is not None:
-        _check_number("max_price", s.max_price)
-        if not s.spot:
-            raise ConfigError(
-                f"{_key('max_price')} is set but {_key('spot')} is false: set spot=true or drop max_price"
-            )
-
-
-def _validate_strings(s: Ec2Settings) -> None:
-    remote = s.remote_dir
-    if (
-        not isinstance(remote, str)
-        or not remote.startswith("/")
-        or remote.rstrip("/") == ""
-        or any(c in remote for c in "~$`\\\"'")
-        or not remote.isprintable()
-        or ".." in PurePosixPath(remote).parts
-    ):
-        raise ConfigError(
-            f"{_key('remote_dir')} must be an absolute directory other than '/', without '~', '$', quotes or "
-            f"'..', e.g. /var/tmp/hydra-remote-launcher; got {remote!r}"
-        )
-    if not isinstance(s.s3_prefix, str) or ".." in s.s3_prefix.split("/") or not s.s3_prefix.isprintable():
-        raise ConfigError(f"{_key('s3_prefix')} must be a plain key prefix like 'team/sweeps', got {s.s3_prefix!r}")
-    if s.endpoint_url is not None and not re.match(r"^https?://[^\s]+$", str(s.endpoint_url)):
-        raise ConfigError(f"{_key('endpoint_url')} must be an http(s) URL, got {s.endpoint_url!r}")
-    for name in ("setup_commands", "code_excludes", "security_group_ids"):
-        value = getattr(s, name)
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{_key(name)} must be a list of non-empty strings, got {value!r}")
-    for name, pattern in _AWS_ID.items():
-        values = getattr(s, name)
-        for value in values if isinstance(values, list) else [values]:
-            if value is not None and not pattern.match(str(value)):
-                raise ConfigError(f"{_key(name)}: {value!r} is not a valid id ({pattern.pattern})")
-    if s.code_dir is not None and not Path(s.code_dir).expanduser().is_dir():
-        raise ConfigError(f"{_key('code_dir')} must be an existing directory, got {s.code_dir!r}")
-
-
-def _validate_env_and_tags(s: Ec2Settings) -> None:
-    if not isinstance(s.env, dict):
-        raise ConfigError(f"{_key('env')} must be a mapping NAME: value, got {s.env!r}")
-    for name, value in s.env.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise ConfigError(f"{_key('env')}: {name!r} is not a valid environment variable name")
-        if name.upper() in CREDENTIAL_ENV_NAMES:
-            raise ConfigError(
-                f"{_key('env')}.{name}: credentials are never shipped to instances; give them an IAM role "
-                f"with {_key('iam_instance_profile')} instead"
-            )
-        if not isinstance(value, (str, int, float, bool)):
-            raise ConfigError(f"{_key('env')}.{name} must be a string, got {value!r}")
-    if not isinstance(s.tags, dict):
-        raise ConfigError(f"{_key('tags')} must be a mapping key: value, got {s.tags!r}")
-    for key, value in s.tags.items():
-        if not isinstance(key, str) or not key or len(key) > 128 or key.lower().startswith(RESERVED_TAG_PREFIXES):
-            raise ConfigError(
-                f"{_key('tags')}: {key!r} is not allowed (1-128 characters, not starting with aws: or hydra-launcher:)"
-            )
-        if len(str(value)) > 256:
-            raise ConfigError(f"{_key('tags')}.{key}: values are limited to 256 characters")
-
-
-# --- code snapshot -------------------------------------------------------------------------
-def _excluded(rel: PurePosixPath, patterns: Sequence[str]) -> bool:
-    for pattern in patterns:
-        if "/" in pattern.strip("/"):
-            if fnmatch.fnmatch(rel.as_posix(), pattern.strip("/")):
-                return True
-        elif fnmatch.fnmatch(rel.name, pattern.strip("/")):
-            return True
-    return False
-
-
-def _walk_files(root: Path, patterns: Sequence[str], skip: Sequence[Path]) -> Iterator[tuple[Path, PurePosixPath]]:
-    """Regular files under ``root`` (sorted, so the archive is reproducible), minus excludes."""
-    skip_resolved = {p.resolve() for p in skip}
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        rel_dir = PurePosixPath(here.relative_to(root).as_posix())
-        dirnames[:] = sorted(
-            d for d in dirnames if not _excluded(rel_dir / d, patterns) and (here / d).resolve() not in skip_resolved
-        )
-        for name in sorted(filenames):
-            path = here / name
-            if path.is_file() and not _excluded(rel_dir / name, patterns):
-                yield path, rel_dir / name
-
-
-def build_snapshot(
-    code_dir: Path,
-    archive: Path,
-    *,
-    excludes: Sequence[str],
-    skip: Sequence[Path],
-    max_bytes: int,
-    check: Callable[[bytes, str], None],
-) -> int:
-    """Write ``code/`` (the user's code) and ``lib/`` (the job-side package,
-    :func:`launcher_core.runtime.shipped_files`) into a reproducible tar.gz.
-
-    ``check`` sees every file's content before it is added (the credential guard). Returns the
-    number of files. Raises ``ConfigError`` when the code dir is larger than ``max_bytes``.
-    """
-    from launcher_core.runtime import shipped_files
-
-    code_files = [
-        (path, PurePosixPath("code") / rel)
-        for path, rel in _walk_files(code_dir, [*DEFAULT_EXCLUDES, *excludes], skip)
-    ]
-    lib_files = [(path, PurePosixPath("lib") / rel) for path, rel in shipped_files()]
-    total = count = 0
-    with (
-        open(archive, "wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for path, name in [*code_files, *lib_files]:
-            data = path.read_bytes()
-            total += len(data) if name.parts[0] == "code" else 0
-            if total > max_bytes:
-                raise ConfigError(
-                    f"the code dir {code_dir} is larger than {_key('max_code_mb')}="
-                    f"{max_bytes / 2**20:g} MB: exclude data with {_key('code_excludes')} or point "
-                    f"{_key('code_dir')} at the code only"
-                )
-            check(data, f"file {path}")
-            st = path.stat()
-            info = tarfile.TarInfo(name.as_posix())
-            info.size = len(data)
-            info.mode = (st.st_mode & 0o755) | 0o600
-            info.mtime = int(st.st_mtime)
-            tar.addfile(info, io.BytesIO(data))
-            count += 1
-    return count
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --- job placement -------------------------------------------------------------------------
-def plan_groups(jobs: Sequence[JobSpec], jobs_per_instance: int, max_instances: int) -> list[list[JobSpec]]:
-    """Split jobs over instances: ``ceil(N / jobs_per_instance)`` of them, at most ``max_instances``.
-
-    When the cap bites, the jobs are spread evenly (contiguous, sizes differ by at most one) and
-    each instance works through its longer queue ``jobs_per_instance`` at a time.
-    """
-    if not jobs:
-        return []
-    wanted = math.ceil(len(jobs) / jobs_per_instance)
-    if wanted <= max_instances:
-        return [list(jobs[i : i + jobs_per_instance]) for i in range(0, len(jobs), jobs_per_instance)]
-    size, extra = divmod(len(jobs), max_instances)
-    groups, start = [], 0
-    for n in range(max_instances):
-        end = start + size + (1 if n < extra else 0)
-        groups.append(list(jobs[start:end]))
-        start = end
-    return groups
-
-
-_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
-
-
-def _omega_literal(text: str) -> str:
-    """A string OmegaConf keeps verbatim (no ``${...}`` interpolation).
-
-    OmegaConf reads ``\\${`` as an escaped ``${`` and, right before ``${`` only, ``\\\\`` as one
-    backslash: so a run of backslashes there is doubled, then the ``${`` escaped. Elsewhere
-    backslashes are literal and stay as they are.
-    """
-    return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", text)
-
-
 # job entry keys only this machine uses (to localise fetched results); not sent to instances
 _LOCAL_ONLY = ("rel", "remote_cwd", "local_cwd")
 
 
-def instance_config(config: Any, *, sweep_dir: str, subdir: str, code_dir: str) -> Any:
-    """The job config as the instance must see it: sweep dir, subdir and cwd of the instance.
-
-    The local sweep dir often interpolates ``${now:...}``; resolving that on the instance would
-    give another dir, so the instance-side values are written as literals.
-    """
-    from omegaconf import open_dict, read_write
-
-    cfg = copy.deepcopy(config)
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.sweep.dir = _omega_literal(sweep_dir)
-        cfg.hydra.sweep.subdir = _omega_literal(subdir)
-        cfg.hydra.runtime.cwd = _omega_literal(code_dir)
-    return cfg
-
-
-def root_volume_mapping(image: Mapping[str, Any], size_gb: int | None) -> list[dict[str, Any]]:
-    """RunInstances ``BlockDeviceMappings`` resizing the AMI's root volume to ``size_gb`` GiB.
-
-    Only size and DeleteOnTermination are given: type, snapshot and encryption stay the AMI's.
-    The volume goes with the instance (results live in S3), and it cannot be smaller than the
-    AMI's root snapshot, which EC2 would only refuse at RunInstances, after the uploads.
-    """
-    if size_gb is None:
-        return []
-    ami = image.get("ImageId", "the AMI")
-    root = image.get("RootDeviceName")
-    if image.get("RootDeviceType", "ebs") != "ebs" or not root:
-        raise ConfigError(
-            f"{_key('root_volume_gb')}={size_gb} needs an EBS-backed AMI, but {ami} has no EBS root device: "
-            f"drop {_key('root_volume_gb')} or use another {_key('ami')}"
-        )
-    for mapping in image.get("BlockDeviceMappings", []):
-        snapshot_gb = mapping.get("Ebs", {}).get("VolumeSize")
-        if mapping.get("DeviceName") == root and snapshot_gb and size_gb < int(snapshot_gb):
-            raise ConfigError(
-                f"{_key('root_volume_gb')}={size_gb} is smaller than the root snapshot of {ami} "
-                f"({snapshot_gb} GB): set it to at least {snapshot_gb} or leave it unset"
-            )
-    return [{"DeviceName": root, "Ebs": {"VolumeSize": size_gb, "DeleteOnTermination": True}}]
-
-
-def _new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def quiet_aws_loggers() -> None:
-    """botocore at DEBUG level logs signed request headers (the access key id): keep it at INFO+."""
-    for name in _QUIET_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
-            logger.setLevel(logging.INFO)
-
-
-class AwsApiError(BackendError):
-    """An AWS API call failed (after retries when the error was transient)."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --- the backend ---------------------------------------------------------------------------
 class Ec2Backend(Backend):
     """Runs jobs on EC2 instances; see the module docstring for the flow and the S3 layout."""
 
@@ -509,7 +93,8 @@ class Ec2Backend(Backend):
         session = self._session or boto3.session.Session(region_name=self.settings.region)
         if not session.region_name:
             raise ConfigError(
-                f"{_key('region')} is not set and boto3 has no default region (AWS_DEFAULT_REGION or ~/.aws/config)"
+                f"{setting_key('region')} is not set and boto3 has no default region "
+                "(AWS_DEFAULT_REGION or ~/.aws/config)"
             )
         self._session = session
         endpoint = self.settings.endpoint_url or None
@@ -537,7 +122,7 @@ class Ec2Backend(Backend):
                 code = exc.response.get("Error", {}).get("Code", "Unknown")
                 message = exc.response.get("Error", {}).get("Message", str(exc))
                 if code not in RETRYABLE_CODES or attempt == attempts:
-                    raise AwsApiError(_api_error_text(operation, code, message, attempt), code) from exc
+                    raise AwsApiError(api_error_text(operation, code, message, attempt), code) from exc
                 log.warning("EC2 %s: %s (attempt %d of %d); retrying", operation, code, attempt, attempts)
             except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
                 if attempt == attempts:
@@ -562,7 +147,7 @@ class Ec2Backend(Backend):
             if secret in data:
                 raise ConfigError(
                     f"{what} contains your AWS credentials; refusing to upload it. Instances get access "
-                    f"through {_key('iam_instance_profile')}, never through copied keys."
+                    f"through {setting_key('iam_instance_profile')}, never through copied keys."
                 )
 
     def _put(self, key: str, data: bytes, what: str) -> None:
@@ -601,7 +186,7 @@ class Ec2Backend(Backend):
         with tempfile.TemporaryDirectory(prefix="hrl-ec2-") as tmp:
             archive = Path(tmp) / "snapshot.tar.gz"
             code_dir, count = self._build_snapshot(sweep, archive)
-            self._snapshot_key = f"{base}/snapshot-{_sha256_file(archive)[:16]}.tar.gz"
+            self._snapshot_key = f"{base}/snapshot-{sha256_file(archive)[:16]}.tar.gz"
             if not self._exists(self._snapshot_key):
                 self._s3.upload_file(str(archive), self._bucket, self._snapshot_key)
                 log.info("uploaded the code snapshot of %s (%d files) to s3://%s", code_dir, count, self._bucket)
@@ -617,7 +202,7 @@ class Ec2Backend(Backend):
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             raise ConfigError(
-                f"{_key('s3_bucket')}={self.settings.s3_bucket!r} cannot be used ({code or exc}): create the "
+                f"{setting_key('s3_bucket')}={self.settings.s3_bucket!r} cannot be used ({code or exc}): create the "
                 "bucket or fix the name; this machine and the instance role need read/write access to it"
             ) from exc
 
@@ -627,10 +212,10 @@ class Ec2Backend(Backend):
             images = self._ec2_call("describe_images", ImageIds=[self.settings.ami]).get("Images", [])
         except AwsApiError as exc:
             if not str(exc.code).startswith("InvalidAMIID"):
-                raise ConfigError(f"{_key('ami')}={self.settings.ami!r}: {exc}") from exc
+                raise ConfigError(f"{setting_key('ami')}={self.settings.ami!r}: {exc}") from exc
             images = []
         if not images:
-            raise ConfigError(f"{_key('ami')}={self.settings.ami!r} does not exist in region {self.region}")
+            raise ConfigError(f"{setting_key('ami')}={self.settings.ami!r} does not exist in region {self.region}")
         return dict(images[0])
 
     def _build_snapshot(self, sweep: SweepInfo, archive: Path) -> tuple[Path, int]:
@@ -668,7 +253,7 @@ class Ec2Backend(Backend):
             raise BackendError("ec2 backend: prepare() must run before submit()")
         if not jobs:
             return {}
-        run = _new_run_id()
+        run = new_run_id()
         base = self._base(sweep.sweep_id)
         groups = plan_groups(jobs, self.settings.jobs_per_instance, self.settings.max_instances)
         names = [f"g{n:03d}" for n in range(len(groups))]
@@ -807,7 +392,7 @@ class Ec2Backend(Backend):
 
     def render_user_data(self, sweep: SweepInfo, base: str, run: str, group: str, plan_key: str) -> str:
         """The user-data of one instance: the full script, or the S3 fetch stub if it is > 16 KB."""
-        from launcher_core import ec2_userdata as ud
+        from launcher_core.backends.ec2 import userdata as ud
 
         _, workspace = self._remote_paths(sweep, run, group)
         common = {
@@ -842,7 +427,7 @@ class Ec2Backend(Backend):
             full_size=len(full.encode()),
         )
         if len(stub.encode()) > ud.USER_DATA_LIMIT:
-            raise ConfigError(f"even the user-data fetch stub exceeds 16 KB: shorten {_key('python')}")
+            raise ConfigError(f"even the user-data fetch stub exceeds 16 KB: shorten {setting_key('python')}")
         return stub
 
     def _launch(self, sweep: SweepInfo, base: str, run: str, group: str, plan_key: str) -> str:
@@ -1232,111 +817,3 @@ def _filtered_out(rel: PurePosixPath, size: int, pull_filter: PullFilter) -> boo
         elif any(fnmatch.fnmatch(part, bare) for part in rel.parts):
             return True
     return False
-
-
-def _api_error_text(operation: str, code: str, message: str, attempts: int) -> str:
-    text = f"EC2 {operation} failed after {attempts} attempt{'s' if attempts > 1 else ''}: {code}: {message}"
-    if code in ("InsufficientInstanceCapacity", "InsufficientHostCapacity"):
-        text += (
-            f". AWS has no capacity for this instance type here right now: try another "
-            f"{_key('instance_type')}, another {_key('subnet_id')} (availability zone), or spot=false."
-        )
-    elif code in ("RequestLimitExceeded", "Throttling", "ThrottlingException"):
-        text += f". The API kept throttling: raise {_key('api_retries')} or launch fewer instances at once."
-    return text
-
-
-# --- stray instances -----------------------------------------------------------------------
-@dataclass
-class StrayInstance:
-    """An instance of this launcher still alive although no job of ours needs it."""
-
-    instance_id: str
-    sweep_id: str
-    state: str
-    launch_time: str
-    why: str
-
-
-def find_stray_instances(backend: Ec2Backend, home: Path | None = None) -> list[StrayInstance]:
-    """Instances tagged by this launcher that belong to an unknown sweep or run no active job.
-
-    An instance is needed while its sweep's state store shows an active (pending, submitted or
-    running) job on it; everything else (sweep finished, sweep dir deleted, never recorded in
-    this machine's sweep index) is reported.
-    """
-    from launcher_core.state import SweepIndex
-
-    index = SweepIndex(home)
-    try:
-        sweep_dirs = {sweep_id: sweep_dir for sweep_id, sweep_dir, _b, _t in index.sweeps()}
-    finally:
-        index.close()
-    active: dict[str, set[str] | None] = {}
-    stray = []
-    for iid, inst in sorted(backend.describe_sweep_instances().items()):
-        state = inst.get("State", {}).get("Name", "unknown")
-        sweep_id = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get(TAG_SWEEP, "")
-        if state not in ACTIVE_INSTANCE_STATES:
-            continue
-        if sweep_id not in active:
-            active[sweep_id] = _instances_with_active_jobs(sweep_dirs.get(sweep_id))
-        needed_by = active[sweep_id]
-        if needed_by is not None and iid in needed_by:
-            continue
-        why = _stray_reason(sweep_id in sweep_dirs, needed_by is not None)
-        stray.append(StrayInstance(iid, sweep_id, state, str(inst.get("LaunchTime", "")), why))
-    return stray
-
-
-def _stray_reason(known_sweep: bool, has_store: bool) -> str:
-    if not known_sweep:
-        return "unknown sweep (not in this machine's sweep index)"
-    if not has_store:
-        return "the sweep has no state store any more"
-    return "no active job of the sweep runs on it"
-
-
-def _instances_with_active_jobs(sweep_dir: Path | None) -> set[str] | None:
-    """Instance ids of the sweep's active jobs; None when there is no state store to ask."""
-    from launcher_core.state import StateStore
-
-    if sweep_dir is None or not StateStore.exists_in(sweep_dir):
-        return None
-    with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
-        job_rows = store.jobs(states=[JobState.PENDING, JobState.SUBMITTED, JobState.RUNNING])
-    return {str(r.handle["instance_id"]) for r in job_rows if r.handle and r.handle.get("instance_id")}
-
-
-def cleanup(backend: Ec2Backend, *, terminate: bool = False, home: Path | None = None) -> list[StrayInstance]:
-    """Report (and with ``terminate`` also terminate) stray instances; see :func:`find_stray_instances`."""
-    stray = find_stray_instances(backend, home)
-    if terminate and stray:
-        backend.terminate_instances([s.instance_id for s in stray])
-    return stray
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m launcher_core.backends.ec2 cleanup [--terminate]``: list (or end) stray instances."""
-    parser = argparse.ArgumentParser(prog="python -m launcher_core.backends.ec2")
-    sub = parser.add_subparsers(dest="command", required=True)
-    clean = sub.add_parser("cleanup", help="list instances still running for finished or unknown sweeps")
-    clean.add_argument("--terminate", action="store_true", help="terminate them too")
-    clean.add_argument("--region", default=None)
-    clean.add_argument("--endpoint-url", default=None)
-    args = parser.parse_args(argv)
-    settings = Ec2Settings(region=args.region, endpoint_url=args.endpoint_url)
-    backend = Ec2Backend(settings)
-    try:
-        stray = cleanup(backend, terminate=args.terminate)
-    finally:
-        backend.close()
-    for s in stray:
-        print(f"{s.instance_id}\t{s.state}\t{s.sweep_id}\t{s.launch_time}\t{s.why}")
-    verb = "terminated" if args.terminate else "found"
-    print(f"{verb} {len(stray)} stray instance{'s' if len(stray) != 1 else ''}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,220 @@
+"""``hydra.launcher`` of the ec2 launcher, validated; errors name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from launcher_core.errors import ConfigError
+
+RESERVED_TAG_PREFIXES = ("aws:", "hydra-launcher:")
+CREDENTIAL_ENV_NAMES = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_SECRET_KEY"}
+)
+_AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.compile(r"^subnet-[0-9a-f]+$")}
+
+
+@dataclass
+class Ec2Settings:
+    """Validated ``hydra.launcher`` settings of the ec2 launcher (see ``Ec2LauncherConf``)."""
+
+    ami: str | None = None
+    s3_bucket: str | None = None
+    region: str | None = None
+    instance_type: str = "t3.medium"
+    key_name: str | None = None
+    iam_instance_profile: str | None = None
+    security_group_ids: list[str] = field(default_factory=list)
+    subnet_id: str | None = None
+    s3_prefix: str = "hydra-remote-launcher"
+    spot: bool = False
+    max_price: float | None = None
+    root_volume_gb: int | None = None
+    jobs_per_instance: int = 1
+    max_instances: int = 10
+    max_runtime_min: float = 720.0
+    setup_commands: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    endpoint_url: str | None = None
+    wait: bool = True
+    python: str = "python3"
+    remote_dir: str = "/var/tmp/hydra-remote-launcher"
+    code_dir: str | None = None
+    code_excludes: list[str] = field(default_factory=list)
+    max_code_mb: float = 200.0
+    sync_interval_s: float = 60.0
+    poll_interval_s: float = 10.0
+    kill_grace_s: float = 20.0
+    api_retries: int = 6
+    api_retry_base_s: float = 1.0
+    skip_completed: bool = False
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Ec2Settings:
+        """Build and validate from ``hydra.launcher`` (DictConfig or dict); errors name the key."""
+        plain = _plain(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in plain if k not in known and not k.startswith("_"))
+        if unknown:
+            raise ConfigError(
+                f"hydra.launcher.{unknown[0]} is not a setting of the ec2 launcher; known settings: "
+                + ", ".join(sorted(known))
+            )
+        settings = cls(**{k: v for k, v in plain.items() if k in known})
+        settings.validate()
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def python_cmd(self) -> list[str]:
+        return shlex.split(self.python)
+
+    @property
+    def max_runtime_s(self) -> int:
+        return max(1, math.ceil(self.max_runtime_min * 60))
+
+    def validate(self) -> None:
+        _validate_required(self)
+        _validate_numbers(self)
+        _validate_strings(self)
+        _validate_env_and_tags(self)
+
+
+def _plain(values: Any) -> Any:
+    """Plain Python containers from a (possibly OmegaConf) mapping, recursively."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(values, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(values, resolve=True)
+    if isinstance(values, Mapping):
+        return {k: _plain(v) for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [_plain(v) for v in values]
+    return values
+
+
+def setting_key(name: str) -> str:
+    """The user-facing key of a setting, for messages."""
+    return f"hydra.launcher.{name}"
+
+
+def _validate_required(s: Ec2Settings) -> None:
+    if not isinstance(s.ami, str) or not _AMI.match(s.ami):
+        raise ConfigError(
+            f"{setting_key('ami')} is required: the id of a Linux AMI in your region (ami-...), got {s.ami!r}"
+        )
+    if not isinstance(s.s3_bucket, str) or not _BUCKET.match(s.s3_bucket):
+        raise ConfigError(
+            f"{setting_key('s3_bucket')} is required: the name of an existing S3 bucket that both this machine and "
+            f"the instances can use, got {s.s3_bucket!r}"
+        )
+    for name in ("instance_type", "python"):
+        value = getattr(s, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{setting_key(name)} must be a non-empty string, got {value!r}")
+    try:
+        if not shlex.split(s.python):
+            raise ValueError("empty")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{setting_key('python')} must be a command like 'python3', got {s.python!r} ({exc})"
+        ) from exc
+
+
+def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float = 0.0, strict: bool = True) -> None:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{setting_key(name)} must be {kind}, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        raise ConfigError(f"{setting_key(name)} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+
+
+def _validate_numbers(s: Ec2Settings) -> None:
+    _check_number("jobs_per_instance", s.jobs_per_instance, integer=True)
+    _check_number("max_instances", s.max_instances, integer=True)
+    _check_number("api_retries", s.api_retries, integer=True)
+    if s.root_volume_gb is not None:
+        _check_number("root_volume_gb", s.root_volume_gb, integer=True)
+    for name in ("max_runtime_min", "sync_interval_s", "poll_interval_s", "max_code_mb"):
+        _check_number(name, getattr(s, name))
+    for name in ("kill_grace_s", "api_retry_base_s"):
+        _check_number(name, getattr(s, name), strict=False)
+    for name in ("spot", "wait", "skip_completed"):
+        if not isinstance(getattr(s, name), bool):
+            raise ConfigError(f"{setting_key(name)} must be true or false, got {getattr(s, name)!r}")
+    if s.max_price is not None:
+        _check_number("max_price", s.max_price)
+        if not s.spot:
+            raise ConfigError(
+                f"{setting_key('max_price')} is set but {setting_key('spot')} is false: set spot=true or drop max_price"
+            )
+
+
+def _validate_strings(s: Ec2Settings) -> None:
+    remote = s.remote_dir
+    if (
+        not isinstance(remote, str)
+        or not remote.startswith("/")
+        or remote.rstrip("/") == ""
+        or any(c in remote for c in "~$`\\\"'")
+        or not remote.isprintable()
+        or ".." in PurePosixPath(remote).parts
+    ):
+        raise ConfigError(
+            f"{setting_key('remote_dir')} must be an absolute directory other than '/', without '~', '$', quotes or "
+            f"'..', e.g. /var/tmp/hydra-remote-launcher; got {remote!r}"
+        )
+    if not isinstance(s.s3_prefix, str) or ".." in s.s3_prefix.split("/") or not s.s3_prefix.isprintable():
+        raise ConfigError(
+            f"{setting_key('s3_prefix')} must be a plain key prefix like 'team/sweeps', got {s.s3_prefix!r}"
+        )
+    if s.endpoint_url is not None and not re.match(r"^https?://[^\s]+$", str(s.endpoint_url)):
+        raise ConfigError(f"{setting_key('endpoint_url')} must be an http(s) URL, got {s.endpoint_url!r}")
+    for name in ("setup_commands", "code_excludes", "security_group_ids"):
+        value = getattr(s, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{setting_key(name)} must be a list of non-empty strings, got {value!r}")
+    for name, pattern in _AWS_ID.items():
+        values = getattr(s, name)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not pattern.match(str(value)):
+                raise ConfigError(f"{setting_key(name)}: {value!r} is not a valid id ({pattern.pattern})")
+    if s.code_dir is not None and not Path(s.code_dir).expanduser().is_dir():
+        raise ConfigError(f"{setting_key('code_dir')} must be an existing directory, got {s.code_dir!r}")
+
+
+def _validate_env_and_tags(s: Ec2Settings) -> None:
+    if not isinstance(s.env, dict):
+        raise ConfigError(f"{setting_key('env')} must be a mapping NAME: value, got {s.env!r}")
+    for name, value in s.env.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ConfigError(f"{setting_key('env')}: {name!r} is not a valid environment variable name")
+        if name.upper() in CREDENTIAL_ENV_NAMES:
+            raise ConfigError(
+                f"{setting_key('env')}.{name}: credentials are never shipped to instances; give them an IAM role "
+                f"with {setting_key('iam_instance_profile')} instead"
+            )
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"{setting_key('env')}.{name} must be a string, got {value!r}")
+    if not isinstance(s.tags, dict):
+        raise ConfigError(f"{setting_key('tags')} must be a mapping key: value, got {s.tags!r}")
+    for key, value in s.tags.items():
+        if not isinstance(key, str) or not key or len(key) > 128 or key.lower().startswith(RESERVED_TAG_PREFIXES):
+            raise ConfigError(
+                f"{setting_key('tags')}: {key!r} is not allowed (1-128 characters, not starting with aws: or "
+                "hydra-launcher:)"
+            )
+        if len(str(value)) > 256:
+            raise ConfigError(f"{setting_key('tags')}.{key}: values are limited to 256 characters")
