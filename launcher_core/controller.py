@@ -112,40 +112,65 @@ class SweepController:
     def plan(self, specs: Sequence[JobSpec]) -> tuple[list[JobSpec], dict[str, dict[str, Any]]]:
         """Split jobs into those to submit and those already running on the backend.
 
-        Jobs completed earlier are skipped when ``skip_completed``; jobs an earlier launch
-        already handed to a backend that keeps them running without us (``detached``) are
-        re-attached, never submitted twice. Everything else is (re)submitted.
+        An *interrupted* launch (jobs handed to the backend by a launch that did not end: the
+        launching process was killed, lost contact, hit a full disk) always resumes: jobs that
+        finished are collected, jobs still on a detached backend re-attached (a job that finished
+        while no launcher was alive is fetched from there), and only jobs that never started, were
+        cancelled or whose results are lost are (re)started. ``skip_completed`` only decides what
+        happens to completed jobs of a launch that had ended. Never a job submitted twice.
         """
         known = {r.job_id: r for r in self.store.jobs(job_ids=[s.job_id for s in specs])}
         to_submit: list[JobSpec] = []
         reattach: dict[str, dict[str, Any]] = {}
         stale: dict[str, dict[str, Any]] = {}
+        resumed = {"collected": 0, "re-attached": 0}
         for spec in specs:
             row = known.get(spec.job_id)
             if row is not None and self._reusable(row, spec):
                 self._set_state(spec.job_id, row.state)
+                resumed["collected"] += row.interrupted
                 continue
-            if row is not None and row.state.is_active and row.handle:
-                if self.backend.detached:
+            if row is not None and row.handle and self._still_on_backend(row):
+                if self.backend.detached or (row.interrupted and self.backend.reattachable(row.handle)):
                     reattach[spec.job_id] = row.handle
                     self._set_state(spec.job_id, row.state)
+                    resumed["re-attached"] += row.interrupted
                     continue
-                stale[spec.job_id] = row.handle
+                if row.state.is_active:
+                    stale[spec.job_id] = row.handle
             to_submit.append(spec)
         if stale:
             log.warning("%d jobs of an earlier launch were left running; stopping them", len(stale))
             self.backend.cancel(stale)
         self.store.add_jobs(specs)
         self.store.reset_to_pending([s.job_id for s in to_submit])
+        if any(r.interrupted for r in known.values()):
+            log.info(
+                "resuming an interrupted launch of %s: %d jobs collected, %d re-attached, %d started",
+                self.sweep.sweep_dir,
+                resumed["collected"],
+                resumed["re-attached"],
+                len(to_submit),
+            )
+        elif len(to_submit) < len(specs):
+            log.info("%d jobs already completed or running: not launched again", len(specs) - len(to_submit))
         return to_submit, reattach
 
     def _reusable(self, row: JobRow, spec: JobSpec) -> bool:
-        return (
-            self.options.skip_completed
-            and row.outcome is JobState.COMPLETED
-            and (row.output_dir / ".launcher" / "result.pkl").exists()
-            and row.output_dir == spec.output_dir
-        )
+        """A finished job whose files are home: kept when its launch was interrupted (it belongs
+        to that launch), or with ``skip_completed``."""
+        if row.output_dir != spec.output_dir or not (row.output_dir / ".launcher" / "result.pkl").exists():
+            return False
+        if row.interrupted:  # fetched in full (a job whose fetch was cut short is fetched again)
+            return row.state is JobState.PULLED and row.outcome in (JobState.COMPLETED, JobState.FAILED)
+        return self.options.skip_completed and row.outcome is JobState.COMPLETED
+
+    @staticmethod
+    def _still_on_backend(row: JobRow) -> bool:
+        """Running there, or finished there while no launch was alive and not fetched yet."""
+        if row.state.is_active:
+            return True
+        return row.interrupted and row.state in (JobState.COMPLETED, JobState.FAILED)
 
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
         """Submit, and record every job that really started — also when submission fails
@@ -425,11 +450,10 @@ def _launch(
         _register(sweep_id, sweep_dir, backend.name)
         controller = SweepController(backend, store, options, sweep)
         to_submit, reattached = controller.plan(specs)
-        if len(to_submit) < len(specs):
-            log.info("%d jobs already completed or running: not launched again", len(specs) - len(to_submit))
         backend.prepare(sweep)
         active = {**reattached, **controller.submit(to_submit)}
         if not options.wait:
+            store.mark_collected(s.job_id for s in specs)  # the pull daemon takes them from here
             return _detached_returns(specs, sweep, backend.name)
         progress = SweepProgress(len(specs), label)
         try:
@@ -437,6 +461,7 @@ def _launch(
         finally:
             progress.close()
         returns = collect_returns(specs, store)
+        store.mark_collected(s.job_id for s in specs)
         _summarise(label, sweep_dir, specs, returns, store, time.monotonic() - started)
         return returns
     except sqlite3.OperationalError as exc:

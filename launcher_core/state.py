@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 # columns added after the first release, with their types (see StateStore._add_missing_columns)
-_OPTIONAL_COLUMNS = {"outcome": "TEXT", "pull_mode": "TEXT", "cleaned_at": "REAL"}
+_OPTIONAL_COLUMNS = {"outcome": "TEXT", "pull_mode": "TEXT", "cleaned_at": "REAL", "collected_at": "REAL"}
 
 
 @dataclass
@@ -69,6 +69,14 @@ class JobRow:
     finished_at: float | None
     pulled_at: float | None
     cleaned_at: float | None = None  # backend-side files deleted (``launcher-core clean``)
+    # the launch that started the job ended normally (returned its result to Hydra, or, with
+    # wait=false, handed it to the pull daemon); None while a launch still owns the job
+    collected_at: float | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Handed to a backend by a launch that did not end (killed, lost contact, disk full)."""
+        return self.submitted_at is not None and self.collected_at is None
 
     @property
     def duration_s(self) -> float | None:
@@ -121,7 +129,10 @@ class StateStore:
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
         for name, sql_type in _OPTIONAL_COLUMNS.items():
             if name not in have:
-                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+                with self._tx() as cur:  # one transaction: a kill in between leaves neither
+                    cur.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type}")
+                    if name == "collected_at":  # launches of older versions all count as ended
+                        cur.execute("UPDATE jobs SET collected_at=updated_at WHERE submitted_at IS NOT NULL")
 
     @classmethod
     def for_sweep_dir(cls, sweep_dir: Path, readonly: bool = False) -> StateStore:
@@ -195,10 +206,18 @@ class StateStore:
         with self._tx() as cur:
             cur.executemany(
                 "UPDATE jobs SET state='pending', handle=NULL, host=NULL, exit_reason=NULL, "
-                "outcome=NULL, pull_mode=NULL, cleaned_at=NULL, "
+                "outcome=NULL, pull_mode=NULL, cleaned_at=NULL, collected_at=NULL, "
                 "submitted_at=NULL, started_at=NULL, finished_at=NULL, pulled_at=NULL, "
                 "updated_at=? WHERE job_id=?",
                 [(now, j) for j in job_ids],
+            )
+
+    def mark_collected(self, job_ids: Iterable[str]) -> None:
+        """The launch owning these jobs ended normally (see :attr:`JobRow.interrupted`)."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET collected_at=?, updated_at=? WHERE job_id=?", [(now, now, j) for j in job_ids]
             )
 
     def mark_submitted(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
@@ -321,6 +340,7 @@ def _row_to_job(r: dict[str, Any]) -> JobRow:
         finished_at=r["finished_at"],
         pulled_at=r["pulled_at"],
         cleaned_at=r.get("cleaned_at"),  # absent in a store of an older version opened read-only
+        collected_at=r.get("collected_at", r["updated_at"]),  # older versions: every launch ended
     )
 
 

@@ -102,7 +102,7 @@ def test_server_frozen_mid_launch_then_relaunch_starts_only_the_missing_jobs(
     extra_sshd.resume()
     proc, sweep = launch(ssh_env, proj, "frozen", *args, hosts=hosts, ssh_config=config, **FAST_FAIL)
     assert proc.returncode == 0, proc.stderr
-    assert "3 jobs already completed or running: not launched again" in proc.stdout + proc.stderr
+    assert "0 jobs collected, 3 re-attached, 3 started" in proc.stdout + proc.stderr
     assert runs(record) == dict.fromkeys(range(6), 1)  # no duplicates, none lost
     assert sorted(result(sweep, n).return_value["x"] for n in range(6)) == list(range(6))
 

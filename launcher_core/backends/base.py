@@ -83,6 +83,11 @@ class Backend(abc.ABC):
         """Stop the given jobs; they are marked cancelled by the caller."""
 
     # --- optional, with "not supported" defaults ----------------------------------------------
+    def reattachable(self, handle: Mapping[str, Any]) -> bool:
+        """Whether a job an earlier, dead launch handed over can be re-attached (polled and fetched
+        again) rather than started anew. Detached backends always can; others say per job."""
+        return self.detached
+
     def close(self) -> None:  # noqa: B027 - optional, nothing to release by default
         """Release connections and local resources."""
 

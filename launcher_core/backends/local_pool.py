@@ -81,9 +81,10 @@ class LocalPoolBackend(Backend):
         become_subreaper()
 
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+        """Queue the jobs; they start at the next :meth:`poll`, after the controller recorded them
+        as submitted (a launcher killed in between never leaves a running job unrecorded)."""
         self._queue.extend(jobs)
         self._queued.update(j.job_id for j in jobs)
-        self._start_queued()
         return {j.job_id: {"host": "localhost", "pid_file": str(j.launcher_dir / PID_FILE)} for j in jobs}
 
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
@@ -96,8 +97,14 @@ class LocalPoolBackend(Backend):
         asked = handles.keys() - self._queued  # a set operation: no Python loop over the sweep
         return {job_id: self._status(job_id, handles[job_id]) for job_id in asked}
 
+    def reattachable(self, handle: Mapping[str, Any]) -> bool:
+        """A job of a killed launcher that started (it wrote its pid file) runs on as an orphan
+        and writes its own result: wait for it rather than start it again."""
+        return _read_pid_file(handle) is not None
+
     def wait(self, timeout_s: float) -> None:
         """Block until a running job exits, a timeout is due, or ``timeout_s`` has passed."""
+        self._start_queued()  # submitted jobs start at once when a slot is free
         if self._cleanups:
             timeout_s = min(timeout_s, _CLEANUP_STEP_S)
         if self.timeout_s is not None and self._running:
@@ -121,9 +128,10 @@ class LocalPoolBackend(Backend):
 
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
         wanted = set(handles)
+        ours = wanted & (self._queued | self._running.keys() | self._done.keys())
         self._queue = deque(j for j in self._queue if j.job_id not in wanted)
         self._queued -= wanted
-        for job_id in wanted:
+        for job_id in ours:
             run = self._running.get(job_id)
             if run is not None:
                 kill_group_blocking(run.pid, self.kill_grace_s)
@@ -134,7 +142,7 @@ class LocalPoolBackend(Backend):
                 os.close(left.pidfd)
         # stale handles from an earlier controller that died: kill by pid if it is still ours
         for job_id, handle in handles.items():
-            if job_id not in self._done or self._done[job_id].state is JobState.CANCELLED:
+            if job_id not in ours or self._done[job_id].state is JobState.CANCELLED:
                 kill_stale_handle(handle, self.kill_grace_s)
 
     def close(self) -> None:
