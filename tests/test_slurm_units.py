@@ -21,6 +21,7 @@ from launcher_core.backends.slurm import (
 )
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobSpec
+from launcher_core.settings import setting_names
 from tests.conftest import REPO_ROOT
 
 
@@ -177,6 +178,27 @@ def test_cluster_presets_are_valid_settings(preset: Path) -> None:
     schema = OmegaConf.structured(SlurmArrayLauncherConf)
     merged = OmegaConf.merge(schema, cfg.hydra.launcher)  # unknown keys or wrong types fail here
     SlurmOptions.from_params(OmegaConf.to_container(merged, resolve=False))
+
+
+def test_settings_are_the_schemas_keys_and_an_unknown_key_is_refused_by_name() -> None:
+    """One settings source: SlurmOptions takes its keys and defaults from SlurmArrayLauncherConf."""
+    assert setting_names(SlurmOptions) == setting_names(SlurmArrayLauncherConf)
+    defaults = SlurmOptions.from_params({})
+    assert (defaults.timeout_min, defaults.array_parallelism, defaults.container) == (60, 256, None)
+    assert defaults.name == "hydra"  # the schema's ${hydra.job.name}, unresolved outside Hydra
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.partitionz is not a setting of the slurm launcher"):
+        SlurmOptions.from_params({"partitionz": "gpu"})
+
+
+def test_stored_config_holds_known_secret_free_keys_and_rebuilds_the_backend() -> None:
+    from launcher_core.backends.slurm import SlurmBackend, from_config
+
+    options = SlurmOptions.from_params({"timeout_min": 7, "env": {"TOKEN": "secret"}, "login_setup": ["module load x"]})
+    stored = SlurmBackend(options).stored_config()
+    assert set(stored) <= set(setting_names(SlurmArrayLauncherConf)) and "env" not in stored
+    assert from_config(stored).stored_config() == stored
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.bogus is not a setting of the slurm launcher"):
+        from_config({**stored, "bogus": 1})
 
 
 def _login_dry_run(code_dir: Path, sweep_dir: Path, **params: object) -> tuple[str, dict, list[str]]:

@@ -108,7 +108,8 @@ class ContainerConf:
 
 @dataclass
 class SlurmArrayLauncherConf:
-    """``hydra/launcher=slurm``; validated by ``launcher_core.backends.slurm.SlurmOptions``.
+    """``hydra/launcher=slurm``; the one list of its keys and defaults:
+    ``launcher_core.backends.slurm.options.SlurmOptions`` derives from it and adds the checks.
     Names follow hydra-submitit-launcher's ``submitit_slurm``."""
 
     _target_: str = f"{_PKG}.launchers.SlurmArrayLauncher"

@@ -111,13 +111,9 @@ class SlurmArrayLauncher(BackendLauncher):
     secret_keys = ("env", "container.env")
 
     def validate(self) -> None:
-        from omegaconf import OmegaConf
-
         from launcher_core.backends.slurm import SlurmOptions
 
-        params = self.params
-        plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in params.items()}
-        self.options = SlurmOptions.from_params(plain)
+        self.options = SlurmOptions.from_params(self.params)  # OmegaConf values resolved there
         container = self.options.container
         if container is not None and not self.options.login_host and not self.options.dry_run:
             # jobs will run from this file system: the image must be there (remote with login_host;

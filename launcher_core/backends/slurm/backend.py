@@ -11,7 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -328,8 +328,7 @@ def _script_dirs(task_function: Any, code_dir: Path) -> list[str]:
 def from_config(config: Mapping[str, Any]) -> SlurmBackend:
     """A backend that polls, cancels and reads logs of a sweep's jobs from another process
     (``status``, ``pull``, ``cancel``); it cannot submit (it has no task function)."""
-    known = {f.name for f in fields(SlurmOptions)}
-    return SlurmBackend(SlurmOptions.from_params({k: v for k, v in config.items() if k in known}))
+    return SlurmBackend(SlurmOptions.from_params(config))
 
 
 @dataclass(frozen=True)

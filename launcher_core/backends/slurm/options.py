@@ -3,13 +3,16 @@ errors naming the bad ``hydra.launcher`` key; and the ``#SBATCH`` options they m
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
-from launcher_core.container import Container, container_from_config
+from hydra_plugins.remote_launcher.config import ContainerConf, SlurmArrayLauncherConf
+from launcher_core.container import container_from_config
 from launcher_core.errors import ConfigError
+from launcher_core.settings import settings_from_mapping
 from launcher_core.validation import check_optional_positive, check_positive
 
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -27,59 +30,16 @@ _SBATCH_TEXT_KEYS = (
 
 
 @dataclass
-class SlurmOptions:
-    """Validated ``hydra.launcher`` settings of ``hydra/launcher=slurm`` (names as in
-    hydra-submitit-launcher where they exist there)."""
-
-    timeout_min: int = 60
-    cpus_per_task: int | None = None
-    gpus_per_node: int | None = None
-    tasks_per_node: int = 1
-    mem_gb: float | None = None
-    nodes: int = 1
-    name: str = "hydra"
-    stderr_to_stdout: bool = False
-    partition: str | None = None
-    qos: str | None = None
-    comment: str | None = None
-    constraint: str | None = None
-    exclude: str | None = None
-    gres: str | None = None
-    cpus_per_gpu: int | None = None
-    gpus_per_task: int | None = None
-    mem_per_gpu: str | None = None
-    mem_per_cpu: str | None = None
-    account: str | None = None
-    signal_delay_s: int = 120
-    max_num_timeout: int = 0
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    array_parallelism: int = 256
-    setup: list[str] = field(default_factory=list)
-    srun_args: list[str] = field(default_factory=list)
-    use_srun: bool = True
-    modules: list[str] = field(default_factory=list)
-    cuda_module: str | None = None
-    prepare_commands: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    container: Container | None = None
-    login_host: str | None = None
-    ssh_config: str | None = None
-    login_setup: list[str] = field(default_factory=list)
-    remote_dir: str | None = None
-    python: str | None = None
-    dry_run: bool = False
-    wait: bool = True
-    skip_completed: bool = False
-    poll_interval_s: float = 5.0
-    max_array_size: int | None = None
-    command_timeout_s: float = 60.0
+class SlurmOptions(SlurmArrayLauncherConf):
+    """Validated ``hydra.launcher`` settings of ``hydra/launcher=slurm``: the keys and defaults of
+    :class:`SlurmArrayLauncherConf`, checked. After :meth:`from_params`, ``container`` is a
+    :class:`~launcher_core.container.Container` or None and the list/dict settings are plain."""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], prefix: str = "hydra.launcher") -> SlurmOptions:
-        """Check every setting; raise ``ConfigError`` naming the bad key before anything is launched."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in params.items() if k in known}
-        opts = cls(**values)
+        """Check every setting; raise ``ConfigError`` naming the bad (or unknown) key before
+        anything is launched. ``params``: ``hydra.launcher`` or a stored config (plain or OmegaConf)."""
+        opts = settings_from_mapping(cls, params, "slurm", prefix)
         opts._validate(prefix)
         return opts
 
@@ -99,6 +59,8 @@ class SlurmOptions:
         check_positive(f"{p}.poll_interval_s", self.poll_interval_s)
         check_positive(f"{p}.command_timeout_s", self.command_timeout_s)
         check_optional_positive(f"{p}.max_array_size", self.max_array_size, integer=True)
+        if self.name == SlurmArrayLauncherConf.name:  # not resolved: built without Hydra (pull, tests)
+            self.name = "hydra"
         _line(f"{p}.name", self.name)
         for key in (*_SBATCH_TEXT_KEYS, "cuda_module", "python", "remote_dir", "ssh_config"):
             if getattr(self, key) is not None:
@@ -111,7 +73,10 @@ class SlurmOptions:
         _check_srun_args(f"{p}.srun_args", self.srun_args)
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
         self.env = dict(_env_vars(f"{p}.env", self.env))
-        self.container = container_from_config(self.container, f"{p}.container")
+        container: Any = self.container
+        if isinstance(container, ContainerConf):  # the schema's default: no image, no container
+            container = dataclasses.asdict(container)
+        self.container = container_from_config(container, f"{p}.container")
         if self.login_host is not None:
             host = _line(f"{p}.login_host", self.login_host)
             if host.startswith("-") or any(c.isspace() for c in host):
