@@ -121,6 +121,23 @@ def test_bad_settings_are_rejected_naming_the_key(change: dict, message: str) ->
         Ec2Settings.from_mapping(values)
 
 
+def test_settings_take_keys_and_defaults_from_the_hydra_config() -> None:
+    from hydra_plugins.remote_launcher.config import Ec2LauncherConf
+    from launcher_core.settings import setting_names
+
+    # (not issubclass: Hydra's plugin scan may import the config module a second time)
+    assert [c.__name__ for c in Ec2Settings.__mro__[:2]] == ["Ec2Settings", "Ec2LauncherConf"]
+    names = setting_names(Ec2LauncherConf)
+    assert setting_names(Ec2Settings) == names and len(names) == 31
+    values = {"ami": "ami-0123456789abcdef0", "s3_bucket": "my-sweeps"}
+    built = Ec2Settings.from_mapping({**values, "_target_": "ignored"})
+    defaults = Ec2LauncherConf()
+    assert {n: getattr(built, n) for n in names} == {**{n: getattr(defaults, n) for n in names}, **values}
+    stored = built.to_dict()
+    assert list(stored) == names  # no _target_ in the state store
+    assert Ec2Settings.from_mapping(stored) == built
+
+
 def _nothing_launched(aws: AwsWorld) -> None:
     assert aws.instances() == {}
     assert aws.s3_objects() == {}

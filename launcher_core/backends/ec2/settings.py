@@ -7,11 +7,13 @@ import math
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hydra_plugins.remote_launcher.config import Ec2LauncherConf
 from launcher_core.errors import ConfigError
+from launcher_core.settings import setting_names, settings_from_mapping
 
 RESERVED_TAG_PREFIXES = ("aws:", "hydra-launcher:")
 CREDENTIAL_ENV_NAMES = frozenset(
@@ -24,58 +26,21 @@ _AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.
 
 
 @dataclass
-class Ec2Settings:
-    """Validated ``hydra.launcher`` settings of the ec2 launcher (see ``Ec2LauncherConf``)."""
-
-    ami: str | None = None
-    s3_bucket: str | None = None
-    region: str | None = None
-    instance_type: str = "t3.medium"
-    key_name: str | None = None
-    iam_instance_profile: str | None = None
-    security_group_ids: list[str] = field(default_factory=list)
-    subnet_id: str | None = None
-    s3_prefix: str = "hydra-remote-launcher"
-    spot: bool = False
-    max_price: float | None = None
-    root_volume_gb: int | None = None
-    jobs_per_instance: int = 1
-    max_instances: int = 10
-    max_runtime_min: float = 720.0
-    setup_commands: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    endpoint_url: str | None = None
-    wait: bool = True
-    python: str = "python3"
-    remote_dir: str = "/var/tmp/hydra-remote-launcher"
-    code_dir: str | None = None
-    code_excludes: list[str] = field(default_factory=list)
-    max_code_mb: float = 200.0
-    sync_interval_s: float = 60.0
-    poll_interval_s: float = 10.0
-    kill_grace_s: float = 20.0
-    api_retries: int = 6
-    api_retry_base_s: float = 1.0
-    skip_completed: bool = False
+class Ec2Settings(Ec2LauncherConf):
+    """``hydra.launcher`` of the ec2 launcher, validated. Its keys and defaults are those of
+    ``Ec2LauncherConf`` (the one settings source); this class adds the checks and helpers."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Ec2Settings:
         """Build and validate from ``hydra.launcher`` (DictConfig or dict); errors name the key."""
-        plain = _plain(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in plain if k not in known and not k.startswith("_"))
-        if unknown:
-            raise ConfigError(
-                f"hydra.launcher.{unknown[0]} is not a setting of the ec2 launcher; known settings: "
-                + ", ".join(sorted(known))
-            )
-        settings = cls(**{k: v for k, v in plain.items() if k in known})
+        settings = settings_from_mapping(cls, values, "ec2")
         settings.validate()
         return settings
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as plain values (what :func:`from_mapping` takes back)."""
+        names = set(setting_names(Ec2LauncherConf))
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
 
     @property
     def python_cmd(self) -> list[str]:
@@ -90,19 +55,6 @@ class Ec2Settings:
         _validate_numbers(self)
         _validate_strings(self)
         _validate_env_and_tags(self)
-
-
-def _plain(values: Any) -> Any:
-    """Plain Python containers from a (possibly OmegaConf) mapping, recursively."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(values, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(values, resolve=True)
-    if isinstance(values, Mapping):
-        return {k: _plain(v) for k, v in values.items()}
-    if isinstance(values, (list, tuple)):
-        return [_plain(v) for v in values]
-    return values
 
 
 def setting_key(name: str) -> str:
