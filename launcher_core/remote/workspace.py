@@ -8,16 +8,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from launcher_core.errors import BackendError
+from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
-from launcher_core.remote.paths import check_root
+from launcher_core.remote.paths import RemotePlan, check_root
 from launcher_core.remote.ssh import SSHConnection
 from launcher_core.runtime.markers import CLEANUP_FILE
+
+if TYPE_CHECKING:
+    from launcher_core.backends.base import CleanReport
 
 log = logging.getLogger("launcher_core.remote")
 
@@ -180,3 +184,189 @@ def fetch_job_dirs(
     for job_id, h in handles.items():
         local_dir = Path(local_dirs[job_id])
         localize_result(local_dir / LAUNCHER_DIR / RESULT_FILE, h, local_dir)
+
+
+# --- the workspace on a host: claim, code snapshot, runtime, uploads, logs, clean -------------------
+def default_remote_dir(code_dir: Path | str) -> str:
+    """Where a host keeps snapshots and sweep dirs when no ``remote_dir`` is set."""
+    return f"~/hydra-remote-launcher/{Path(code_dir).name}"
+
+
+def path_inside(path: Path | str, base: Path | str) -> str | None:
+    """``path`` relative to ``base`` (both resolved) as a POSIX string; None unless strictly inside.
+    The sweep dir inside the code dir is mirrored as ``<remote_dir>/runs/<this>`` on a host (else
+    ``runs/by-id/<sweep_id>``); a job dir inside the sweep dir keeps this subdir there."""
+    try:
+        rel = Path(path).resolve().relative_to(Path(base).resolve())
+    except (ValueError, OSError):
+        return None
+    text = rel.as_posix()
+    return None if text in ("", ".") or "\n" in text else text
+
+
+@dataclass(frozen=True)
+class RemoteWorkspace:
+    """A sweep's dirs on one host, as :func:`claim_workspace` found them (paths on the host)."""
+
+    remote_dir: str
+    sweep_dir: str  # the mirrored sweep dir, claimed for this sweep
+    snapshot: str  # <remote_dir>/snapshots/<sweep_id>/<tag>: this launch's code snapshot
+    snapshot_name: str  # <sweep_id>/<tag>, what snapshots/LATEST names once it is complete
+    snapshot_complete: bool  # an earlier launch with the same tag finished it already
+    latest: str | None  # the previous complete snapshot (rsync --link-dest), if any
+    container_image: str | None = None  # the image's path there (``~/`` expanded), when asked
+
+
+def claim_workspace(
+    conn: SSHConnection,
+    *,
+    remote_dir: str,
+    sweep_id: str,
+    tag: str,
+    rel_sweep: str | None,
+    host_key: str,
+    container_image: str | None = None,
+    where: str | None = None,
+) -> RemoteWorkspace:
+    """Run :func:`~launcher_core.remote.scripts.prepare_script` on the host: create the dirs, claim
+    the mirrored sweep dir and report the layout. With ``container_image`` (a path on the host) a
+    missing or unreadable image is a ConfigError naming ``hydra.launcher.container.image``.
+    ``where`` names the host in errors (default ``host <label>``)."""
+    from launcher_core.remote.scripts import parse_kv, prepare_script
+
+    script = prepare_script(
+        remote_dir=remote_dir,
+        sweep_id=sweep_id,
+        tag=tag,
+        rel_sweep=rel_sweep,
+        host_key=host_key,
+        container_image=container_image,
+    )
+    info = parse_kv(conn.call("preparing the remote dirs", lambda: conn.run_script(script, what="prepare")))
+    answers = {"container_image_missing": "no image", "container_image_unreadable": "cannot read the image"}
+    for marker, what in answers.items():
+        if marker in info:
+            resolved = info[marker]
+            shown = repr(container_image) if resolved == container_image else f"{container_image!r} ({resolved})"
+            raise ConfigError(
+                f"hydra.launcher.container.image: {what} at {shown} on host {conn.label} "
+                "(a .sif file or a sandbox directory)"
+            )
+    if "remote_dir" not in info or "sweep_dir" not in info:
+        raise BackendError(f"{where or f'host {conn.label}'}: unexpected answer while preparing: {info}")
+    return RemoteWorkspace(
+        remote_dir=info["remote_dir"],
+        sweep_dir=info["sweep_dir"],
+        snapshot=f"{info['remote_dir']}/snapshots/{sweep_id}/{tag}",
+        snapshot_name=f"{sweep_id}/{tag}",
+        snapshot_complete=bool(info.get("snapshot_complete")),
+        latest=info.get("latest"),
+        container_image=info.get("container_image"),
+    )
+
+
+def sync_code_snapshot(
+    conn: SSHConnection,
+    workspace: RemoteWorkspace,
+    code_dir: Path,
+    local_sweep_dir: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] | None = None,
+    extra_args: Sequence[str] = (),
+    prelude: str = "",
+    uv_sync: str | None = None,
+) -> None:
+    """Fill the workspace's new snapshot with the code dir (one rsync, ``--link-dest`` on the
+    previous snapshot; ``exclude`` defaults to :data:`~launcher_core.remote.codesync.DEFAULT_EXCLUDES`,
+    and the local sweep dir is left out when it lies in the code dir), then run
+    :func:`~launcher_core.remote.scripts.finish_snapshot_script` (``prelude`` and ``uv sync`` first,
+    then the snapshot is marked complete and becomes ``snapshots/LATEST``)."""
+    from launcher_core.remote.codesync import DEFAULT_EXCLUDES, excludes_for_local_outputs, filter_args, sync_snapshot
+    from launcher_core.remote.scripts import finish_snapshot_script
+
+    filters = filter_args(
+        include,
+        DEFAULT_EXCLUDES if exclude is None else exclude,
+        excludes_for_local_outputs(code_dir, local_sweep_dir),
+    )
+    tic = time.monotonic()
+    conn.call(
+        "code sync",
+        lambda: sync_snapshot(
+            conn, code_dir, workspace.snapshot, filters=filters, link_dest=workspace.latest, extra_args=extra_args
+        ),
+    )
+    finish = finish_snapshot_script(
+        prelude=prelude,
+        remote_dir=workspace.remote_dir,
+        snapshot=workspace.snapshot,
+        latest=workspace.snapshot_name,
+        uv_sync=uv_sync,
+    )
+    conn.call("finishing the code snapshot", lambda: conn.run_script(finish, what="snapshot setup"))
+    log.info("code synced to %s:%s in %.1f s", conn.label, workspace.snapshot, time.monotonic() - tic)
+
+
+def ship_runtime(local_sweep_dir: Path, pylib_rel: Path | str) -> list[str]:
+    """Copy the job-side package (:mod:`launcher_core.runtime`) to ``<local sweep dir>/<pylib_rel>``,
+    to be uploaded with the payloads and put first on the jobs' PYTHONPATH (the host needs only
+    hydra-core, omegaconf and cloudpickle); returns the files, relative to the local sweep dir."""
+    from launcher_core.runtime import copy_runtime
+
+    return [str(p.relative_to(local_sweep_dir)) for p in copy_runtime(Path(local_sweep_dir) / pylib_rel)]
+
+
+def upload_files(conn: SSHConnection, local_root: Path, remote_root: str, files: Sequence[str], *, what: str) -> None:
+    """One rsync of ``files`` (paths relative to ``local_root``) to the same paths under
+    ``remote_root`` on the host."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
+        listing.write("".join(f"{f}\n" for f in files))
+        listing.flush()
+        args = ["-a", f"--files-from={listing.name}", f"{local_root}/", conn.remote(remote_root + "/")]
+        conn.call(what, lambda: conn.rsync(args, what=what))
+
+
+def read_remote_log(conn: SSHConnection, path: str, offset: int) -> bytes:
+    """The bytes of a log file on the host from ``offset`` on (nothing while it does not exist)."""
+    from launcher_core.remote.scripts import read_log_script
+
+    script = read_log_script(path, offset)
+    return conn.call("reading a job log", lambda: conn.run_script_bytes(script, what="log read"))
+
+
+def clean_workspaces(
+    handles: Mapping[str, Mapping[str, Any]],
+    *,
+    sweep_id: str,
+    sweep_handles: Mapping[str, Mapping[str, Any]] | None,
+    dry_run: bool,
+    host_of: Callable[[Mapping[str, Any]], str],
+    remote_dir_of: Callable[[Mapping[str, Any]], str],
+    run: Callable[[Mapping[str, RemotePlan]], tuple[Mapping[str, Any], Mapping[str, Any]]],
+) -> CleanReport:
+    """``Backend.clean`` on SSH hosts: every path is planned and checked
+    (:func:`~launcher_core.remote.paths.plan_remote`) before any host is contacted; ``run(plans)``
+    runs :func:`clean_host` per host and returns ``(its results by host, errors by host)``."""
+    from launcher_core.backends.base import CleanReport
+    from launcher_core.remote.paths import plan_remote, plan_targets
+
+    plans = plan_remote(
+        handles, sweep_id=sweep_id, sweep_handles=sweep_handles, host_of=host_of, remote_dir_of=remote_dir_of
+    )
+    report = CleanReport()
+    plan_targets(report, plans)
+    if dry_run or not plans:
+        report.sweep_cleaned = not dry_run and sweep_handles is not None
+        return report
+    results, errors = run(plans)
+    for label, (cleaned, notes, sweeps_done) in results.items():
+        report.cleaned |= cleaned
+        report.notes += [f"{label}: {n}" for n in notes]
+        if not sweeps_done:
+            report.notes.append(f"{label}: sweep-level files kept")
+    report.errors = [str(e) for e in errors.values()]
+    report.sweep_cleaned = sweep_handles is not None and not errors and all(d for _c, _n, d in results.values())
+    return report

@@ -21,6 +21,8 @@ from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, SweepInfo
 
 log = logging.getLogger("launcher_core.slurm")
 
+PYLIB_REL = f"{LAUNCHER_DIR}/{SLURM_DIR}/pylib"  # the shipped runtime, in the sweep dir (local and mirrored)
+
 
 class LocalSite:
     """The launching machine is a login node: it runs the Slurm commands and shares the file
@@ -122,10 +124,10 @@ class LoginSite:
     """``login_host``: code and job files are rsynced to the login node, every Slurm command runs
     there over one SSH connection, results come back with rsync (``fetch``).
 
-    The remote layout is remote_ssh's (:mod:`launcher_core.backends.remote_ssh`): a code snapshot
+    The workspace there is remote_ssh's (:mod:`launcher_core.remote.workspace`): a code snapshot
     per launch under ``<remote_dir>/snapshots``, the sweep dir mirrored under ``<remote_dir>/runs``;
-    jobs run ``launcher_core.runtime.remote_worker`` from the shipped modules, so the cluster needs only
-    hydra-core, omegaconf and cloudpickle.
+    jobs run ``launcher_core.runtime.remote_worker`` from the shipped runtime, so the cluster needs
+    only hydra-core, omegaconf and cloudpickle.
     """
 
     def __init__(self, options: SlurmOptions) -> None:
@@ -142,15 +144,25 @@ class LoginSite:
         self.pythonpath: list[str] = []
         self.worker_module = "launcher_core.runtime.remote_worker"
         self.default_python = "python3"
+        self._runtime_files: list[str] = []  # the shipped runtime, relative to the local sweep dir
 
     def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
-        from launcher_core.remote.scripts import parse_kv, prepare_script
-        from launcher_core.remote.workspace import new_snapshot_tag
+        """Claim the mirrored sweep dir, sync the code into a new snapshot, ship the runtime and
+        run ``prepare_commands`` there; a dry run only works out the paths (no connection)."""
+        from launcher_core.remote.codesync import git_state, write_git_state
+        from launcher_core.remote.workspace import (
+            claim_workspace,
+            default_remote_dir,
+            new_snapshot_tag,
+            path_inside,
+            ship_runtime,
+            sync_code_snapshot,
+        )
 
         self.local_sweep_dir = str(sweep.sweep_dir)
         tag = new_snapshot_tag()
-        remote_dir = self.options.remote_dir or f"~/hydra-remote-launcher/{Path(sweep.code_dir).name}"
-        rel_sweep = _relative_to(sweep.sweep_dir, sweep.code_dir)
+        remote_dir = self.options.remote_dir or default_remote_dir(sweep.code_dir)
+        rel_sweep = path_inside(sweep.sweep_dir, sweep.code_dir)
         if dry_run:  # no connection: the layout prepare_script would claim, on a host where it is free
             shown = _home_relative(remote_dir)
             if not shown.startswith("/"):
@@ -160,15 +172,20 @@ class LoginSite:
             sweep_dir = f"{shown}/runs/{rel_sweep}" if rel_sweep else f"{shown}/runs/by-id/{sweep.sweep_id}"
             self._set_layout(sweep, script_dirs, shown, sweep_dir, tag)
             return
-        script = prepare_script(
-            remote_dir=remote_dir, sweep_id=sweep.sweep_id, tag=tag, rel_sweep=rel_sweep, host_key="slurm"
+        workspace = claim_workspace(
+            self.conn,
+            remote_dir=remote_dir,
+            sweep_id=sweep.sweep_id,
+            tag=tag,
+            rel_sweep=rel_sweep,
+            host_key="slurm",
+            where=f"login host {self.address.label}",
         )
-        info = parse_kv(self.commands.script(script, what="preparing the remote dirs"))
-        if "remote_dir" not in info or "sweep_dir" not in info:
-            raise BackendError(f"login host {self.address.label}: unexpected answer while preparing: {info}")
-        self._set_layout(sweep, script_dirs, info["remote_dir"], info["sweep_dir"], tag)
-        self._sync_code(sweep, info["remote_dir"], info.get("latest"), tag)
-        self._ship_pylib(sweep.sweep_dir)
+        self._set_layout(sweep, script_dirs, workspace.remote_dir, workspace.sweep_dir, tag)
+        write_git_state(git_state(Path(sweep.code_dir)), sweep.sweep_dir / LAUNCHER_DIR / SLURM_DIR / "code")
+        if not workspace.snapshot_complete:
+            sync_code_snapshot(self.conn, workspace, Path(sweep.code_dir), sweep.sweep_dir)
+        self._runtime_files = ship_runtime(sweep.sweep_dir, PYLIB_REL)
         for command in self.options.prepare_commands:
             log.info("prepare command on %s: %s", self.address.label, command)
             body = "\n".join([*self.options.login_setup, f"cd {shlex.quote(self.code_dir)}", command])
@@ -178,47 +195,18 @@ class LoginSite:
         self, sweep: SweepInfo, script_dirs: Sequence[str], remote_dir: str, sweep_dir: str, tag: str
     ) -> None:
         """Cluster paths of the sweep dir, the code snapshot and the jobs' PYTHONPATH."""
+        from launcher_core.remote.workspace import path_inside
+
         self.sweep_dir = sweep_dir
         self.code_dir = f"{remote_dir}/snapshots/{sweep.sweep_id}/{tag}"
-        pylib = f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/pylib"
-        rel_scripts = [_relative_to(Path(d), sweep.code_dir) for d in script_dirs]
+        rel_scripts = [path_inside(Path(d), sweep.code_dir) for d in script_dirs]
+        pylib = f"{self.sweep_dir}/{PYLIB_REL}"
         self.pythonpath = [pylib, self.code_dir, *(f"{self.code_dir}/{r}" for r in rel_scripts if r)]
 
-    def _sync_code(self, sweep: SweepInfo, remote_dir: str, latest: str | None, tag: str) -> None:
-        from launcher_core.remote.codesync import (
-            DEFAULT_EXCLUDES,
-            excludes_for_local_outputs,
-            filter_args,
-            git_state,
-            sync_snapshot,
-            write_git_state,
-        )
-
-        code_dir = Path(sweep.code_dir)
-        write_git_state(git_state(code_dir), sweep.sweep_dir / LAUNCHER_DIR / SLURM_DIR / "code")
-        filters = filter_args((), DEFAULT_EXCLUDES, excludes_for_local_outputs(code_dir, sweep.sweep_dir))
-        self.conn.call(
-            "code sync",
-            lambda: sync_snapshot(self.conn, code_dir, self.code_dir, filters=filters, link_dest=latest),
-        )
-        latest_file = f"{remote_dir}/snapshots/LATEST"
-        done = (
-            f"touch {shlex.quote(self.code_dir + '.complete')}\n"
-            f"printf '%s\\n' {shlex.quote(f'{sweep.sweep_id}/{tag}')} > {shlex.quote(latest_file)}.$$\n"
-            f"mv -f {shlex.quote(latest_file)}.$$ {shlex.quote(latest_file)}\n"
-        )
-        self.commands.script(done, what="finishing the code snapshot")
-
-    def _ship_pylib(self, sweep_dir: Path) -> None:
-        """Copy the job-side package (:mod:`launcher_core.runtime`) into the local sweep dir;
-        ``upload`` sends it along and it comes first on the jobs' PYTHONPATH (the cluster needs no
-        install of ours)."""
-        from launcher_core.runtime import copy_runtime
-
-        copy_runtime(sweep_dir / LAUNCHER_DIR / SLURM_DIR / "pylib")
-
     def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
-        rel = _relative_to(spec.output_dir, Path(self.local_sweep_dir))
+        from launcher_core.remote.workspace import path_inside
+
+        rel = path_inside(spec.output_dir, self.local_sweep_dir)
         if not rel:
             raise BackendError(
                 f"job #{spec.idx}: with login_host the sweep dir is mirrored on the cluster, so the job's "
@@ -234,23 +222,17 @@ class LoginSite:
             yield cfg
 
     def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
-        """One rsync of the files (local sweep dir -> remote sweep dir); stale results of earlier
-        attempts in ``cluster_dirs`` (launcher dirs) are removed first."""
-        import tempfile
+        """One rsync of the files and the shipped runtime (local sweep dir -> remote sweep dir);
+        stale results of earlier attempts in ``cluster_dirs`` (launcher dirs) are removed first."""
+        from launcher_core.remote.workspace import upload_files
 
         local_root = Path(self.local_sweep_dir)
-        pylib = local_root / LAUNCHER_DIR / SLURM_DIR / "pylib"
-        files = [str(p.relative_to(local_root)) for p in paths]
-        files += [str(p.relative_to(local_root)) for p in pylib.rglob("*.py")]
+        files = [str(p.relative_to(local_root)) for p in paths] + self._runtime_files
         names = (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE, RANKS_DIR)
         stale = " ".join(shlex.quote(f"{d}/{name}") for d in cluster_dirs for name in names)
         logs = shlex.quote(f"{self.sweep_dir}/{LAUNCHER_DIR}/{SLURM_DIR}/logs")
         self.commands.script(f"mkdir -p {logs}\nrm -rf {stale}", what="preparing the job dirs")
-        with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
-            listing.write("".join(f"{f}\n" for f in files))
-            listing.flush()
-            args = ["-a", f"--files-from={listing.name}", f"{local_root}/", self.conn.remote(self.sweep_dir + "/")]
-            self.conn.call("upload of job files", lambda: self.conn.rsync(args, what="job file upload"))
+        upload_files(self.conn, local_root, self.sweep_dir, files, what="upload of job files")
 
     def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
         """One ssh session: ``JOB_ID CODE|- 0|1`` per job."""
@@ -285,32 +267,23 @@ class LoginSite:
     ) -> Any:
         """Delete the mirrored job dirs (and, with ``sweep_handles``, the mirrored sweep dir and the
         sweep's snapshots) on the login node, with remote_ssh's checked paths and script."""
-        from launcher_core.backends.base import CleanReport
-        from launcher_core.remote.paths import plan_remote, plan_targets
-        from launcher_core.remote.workspace import clean_host
+        from launcher_core.remote.workspace import clean_host, clean_workspaces
 
         label = self.address.label
-        plans = plan_remote(
+        return clean_workspaces(
             handles,
             sweep_id=sweep_id,
             sweep_handles=sweep_handles,
+            dry_run=dry_run,
             host_of=lambda _h: label,
             remote_dir_of=lambda h: login_remote_dir(h, sweep_id),
+            run=lambda plans: ({host: clean_host(self.conn, sweep_id, plan) for host, plan in plans.items()}, {}),
         )
-        report = CleanReport()
-        plan_targets(report, plans)
-        if dry_run or not plans:
-            report.sweep_cleaned = not dry_run and sweep_handles is not None
-            return report
-        cleaned, notes, sweeps_done = clean_host(self.conn, sweep_id, plans[label])
-        report.cleaned, report.notes = cleaned, [f"{label}: {n}" for n in notes]
-        report.sweep_cleaned = sweep_handles is not None and sweeps_done
-        return report
 
     def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
-        path = shlex.quote(f"{handle.get('launcher_dir', '')}/{name}")
-        script = f"if [ -f {path} ]; then tail -c +{int(offset) + 1} {path}; fi\n"
-        return self.conn.call("reading a job log", lambda: self.conn.run_script_bytes(script, what="log read"))
+        from launcher_core.remote.workspace import read_remote_log
+
+        return read_remote_log(self.conn, f"{handle.get('launcher_dir', '')}/{name}", offset)
 
     def close(self) -> None:
         self.pool.close()
@@ -337,15 +310,6 @@ def _home_relative(remote_dir: str) -> str:
     if remote_dir.startswith(("/", "~/")):
         return remote_dir
     return "~" if remote_dir in ("", "~") else f"~/{remote_dir}"
-
-
-def _relative_to(path: Path, base: Path | str) -> str:
-    """``path`` relative to ``base`` as a POSIX string, or "" when it is not strictly inside."""
-    try:
-        rel = Path(path).resolve().relative_to(Path(base).resolve()).as_posix()
-    except (ValueError, OSError):
-        return ""
-    return "" if rel in ("", ".") or "\n" in rel else rel
 
 
 def _prepare_failed(command: str, code: int, stderr: str) -> str:
