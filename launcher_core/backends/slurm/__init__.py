@@ -1,10 +1,7 @@
-"""``slurm``: each job of a sweep is one task of a Slurm job array, run from sbatch scripts rendered
-here, polled with batched ``sacct``; with ``login_host``, submitted from another machine over SSH.
+"""``slurm``: each job of a sweep is one task of a Slurm job array (sbatch scripts rendered here,
+batched ``sacct``), optionally submitted from another machine through ``login_host``.
 
-:mod:`.options` checks the settings, :mod:`.sbatch` renders the scripts, :mod:`.accounting` asks
-Slurm, :mod:`.sites` is where the cluster is (this machine, or a login node over SSH) and
-:mod:`.backend` is the backend. Design: docs/slurm.md; why not submitit's executor: README,
-"Design choices".
+Design: docs/slurm.md (its "Code:" paragraph says which module does what).
 """
 
 from launcher_core.backends.slurm.accounting import (

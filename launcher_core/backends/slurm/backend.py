@@ -66,7 +66,8 @@ class SlurmBackend(Backend):
         return self.commands.calls
 
     def stored_config(self) -> dict[str, Any]:
-        """What ``status``/``pull``/``cancel`` need to rebuild this backend (no env values, no secrets)."""
+        """What ``status``/``pull``/``cancel`` need to rebuild this backend (no env values, no secrets;
+        only settings keys: :func:`from_config` refuses any other)."""
         return {
             "poll_interval_s": self.options.poll_interval_s,
             "command_timeout_s": self.options.command_timeout_s,

@@ -167,9 +167,7 @@ def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
 
 
 def _requeue_function(options: SlurmOptions) -> list[str]:
-    """``_hrl_requeue``, the SIGUSR2 handler: a timeout (the signal came ``signal_delay_s`` before the
-    limit) requeues while fewer than ``max_num_timeout`` timeout requeues happened, a preemption
-    notice (earlier) always; the running task (if any yet) gets SIGTERM first."""
+    """``_hrl_requeue``, the SIGUSR2 handler (docs/slurm.md, "Timeouts, preemption, requeue")."""
     limit_s = options.timeout_min * 60
     return [
         "_hrl_requeue() {",
@@ -198,14 +196,8 @@ def _requeue_function(options: SlurmOptions) -> list[str]:
 
 
 def _failed_rank_function() -> list[str]:
-    """``_hrl_failed_rank``, run when srun (or the worker) exited non-zero.
-
-    Every task (rank) of a job runs the worker; rank 0 writes ``result.pkl``, a rank that fails also
-    writes its result to ``ranks/failed.<rank>.pkl`` (:func:`launcher_core.runtime.worker.run_ranked`). The
-    failure of the lowest failed rank becomes the job's result, so Hydra gets that exception even when
-    rank 0 completed. If no rank left one (a task was killed), rank 0's result is moved aside: a
-    failed job never comes back COMPLETED.
-    """
+    """``_hrl_failed_rank``, run when srun (or the worker) exited non-zero: the lowest failed rank's
+    result becomes the job's (docs/slurm.md, "Several tasks per job")."""
     ranks = f'"$LAUNCHER_DIR"/{RANKS_DIR}'
     return [
         "_hrl_failed_rank() {",

@@ -121,14 +121,9 @@ class RemoteSlurmCommands(SlurmCommands):
 
 
 class LoginSite:
-    """``login_host``: code and job files are rsynced to the login node, every Slurm command runs
-    there over one SSH connection, results come back with rsync (``fetch``).
-
-    The workspace there is remote_ssh's (:mod:`launcher_core.remote.workspace`): a code snapshot
-    per launch under ``<remote_dir>/snapshots``, the sweep dir mirrored under ``<remote_dir>/runs``;
-    jobs run ``launcher_core.runtime.remote_worker`` from the shipped runtime, so the cluster needs
-    only hydra-core, omegaconf and cloudpickle.
-    """
+    """``login_host``: every Slurm command runs on the login node over one SSH connection, in
+    remote_ssh's workspace layout there (:mod:`launcher_core.remote.workspace`); docs/slurm.md,
+    "What runs where" and "``login_host`` in more detail"."""
 
     def __init__(self, options: SlurmOptions) -> None:
         from launcher_core.remote.ssh import ConnectionPool, HostAddress, SSHOptions
