@@ -1,11 +1,5 @@
 """``ec2``: run a sweep's jobs on EC2 instances that terminate themselves when done; code,
-payloads, outputs and state markers travel through S3, credentials never leave this machine.
-
-Modules: :mod:`.settings` (``hydra.launcher``, validated), :mod:`.snapshot` (the code tarball),
-:mod:`.placement` (jobs per instance, instance-side job configs), :mod:`.userdata` (the bootstrap
-script), :mod:`.aws` (tags, retries, root volume), :mod:`.backend` (the backend),
-:mod:`.strays` (stray instances and the ``cleanup`` command). The instance agent is
-:mod:`launcher_core.runtime.ec2_agent`. Design: docs/ec2.md
+payloads, outputs and state markers travel through S3. Design and module map: docs/ec2.md
 """
 
 from launcher_core.backends.ec2.aws import TAG_GROUP, TAG_RUN, TAG_SWEEP, AwsApiError, root_volume_mapping

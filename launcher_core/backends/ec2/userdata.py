@@ -1,14 +1,5 @@
-"""User-data scripts of the ``ec2`` backend: the bash that starts the instance agent.
-
-Every value from the launcher config reaches bash either ``shlex``-quoted or inside a quoted
-heredoc (no expansion at all), so override values, paths and tags can never run as commands;
-``setup_commands`` are the one place meant to be shell code and are inserted as written.
-Nothing here ever holds credentials: the instance uses its IAM instance profile.
-
-EC2 accepts at most 16 KB of user-data. When the full script is larger (long setup_commands
-or env), the backend uploads it to S3 and the instance gets :func:`render_fetch_stub`, which
-downloads it (aws CLI if present, else the configured Python with boto3) and runs it.
-"""
+"""The instance's user-data: the bash that runs ``setup_commands`` and starts the agent, or the
+stub that fetches it from S3 when it exceeds EC2's 16 KB (quoting rules: docs/ec2.md)."""
 
 from __future__ import annotations
 
