@@ -19,7 +19,7 @@ import pytest
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from launcher_core.backends.ec2.placement import _omega_literal
+from launcher_core.backends.ec2.placement import _omega_literal, instance_job_config
 from launcher_core.sweep import quote_value
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     AwsWorld,
@@ -148,3 +148,18 @@ def test_instance_side_paths_are_not_interpolated_by_omegaconf(text: str) -> Non
     the instance must read back exactly the local text, whatever backslashes precede a ``${``."""
     literal = _omega_literal(text)
     assert OmegaConf.create({"v": literal, "x": "X", "y": "Y"}).v == text
+
+
+def test_instance_job_config_is_relocated_in_place_as_literals_and_restored() -> None:
+    """The shared relocation (remote_job_config) plus the instance's cwd, all three as literals;
+    the local config is the same object afterwards, with its own (unresolved) values back."""
+    cfg = OmegaConf.create(
+        {"hydra": {"sweep": {"dir": "multirun/${x}", "subdir": "${num}"}, "runtime": {"cwd": "/local"}}, "x": 1}
+    )
+    subdir = "n1 a\\${y} $HOME"
+    with instance_job_config(cfg, sweep_dir="/r/s-1/sweep", subdir=subdir, code_dir="/r/s-1/ws ${z}/code") as job:
+        assert job is cfg
+        assert (job.hydra.sweep.dir, job.hydra.sweep.subdir) == ("/r/s-1/sweep", subdir)
+        assert job.hydra.runtime.cwd == "/r/s-1/ws ${z}/code"
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert raw["hydra"] == {"sweep": {"dir": "multirun/${x}", "subdir": "${num}"}, "runtime": {"cwd": "/local"}}

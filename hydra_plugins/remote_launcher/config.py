@@ -31,7 +31,8 @@ class LocalPoolLauncherConf:
 
 @dataclass
 class Ec2LauncherConf:
-    """``hydra/launcher=ec2``; validated by ``launcher_core.backends.ec2.Ec2Settings``."""
+    """``hydra/launcher=ec2``; the one list of its keys and defaults:
+    ``launcher_core.backends.ec2.settings.Ec2Settings`` derives from it and adds the checks."""
 
     _target_: str = f"{_PKG}.launchers.Ec2Launcher"
     # required: a Linux AMI whose `python` has hydra-core, omegaconf, cloudpickle and boto3
@@ -73,6 +74,7 @@ class Ec2LauncherConf:
     remote_dir: str = "/var/tmp/hydra-remote-launcher"
     # what to ship; null = the current working directory
     code_dir: Optional[str] = None
+    # rsync patterns left out on top of launcher_core.remote.codesync.DEFAULT_EXCLUDES, .env and .launcher
     code_excludes: List[str] = field(default_factory=list)
     max_code_mb: float = 200.0
     # how often instances upload new output files; how often the launcher polls

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -194,3 +195,129 @@ def check_filters_keep(code_dir: Path, needed: Sequence[Path], filters: Sequence
             f"{key} would leave {', '.join(missing)} out of the code snapshot, but the jobs need it "
             "(the app's entry script): remove the pattern or add it to rsync_include"
         )
+
+
+# --- rsync filter patterns, for copies made without rsync -------------------------------------
+# ec2 builds its code tarball and its bare pulls from S3 in Python: the same patterns
+# (DEFAULT_EXCLUDES, the user's excludes) must mean there what they mean to rsync.
+# tests/test_ec2_snapshot.py compares this with rsync itself.
+
+
+@dataclass(frozen=True)
+class _Rule:
+    include: bool
+    regex: re.Pattern[str]
+    dir_only: bool  # "name/": directories only
+    anchored: bool  # "/name": at the transfer root only
+    name_only: bool  # no "/" and no "**": matched against the last path element
+    tail: int  # an inner "/" without "**": matched against this many elements at the end; 0: n/a
+    any_suffix: bool  # an unanchored "**" (not leading): tried at the start and after every "/"
+    wild2_prefix: bool  # a leading "**" may match at the very start ("**/x" matches "x")
+    wild3_suffix: bool  # a trailing "/***" also matches the directory itself
+
+
+def _wildcard_regex(pattern: str) -> str:
+    """rsync's wildmatch as a regex: ``*``, ``?`` and ``[...]`` stop at ``/``, ``**`` does not; a
+    backslash escapes the next character."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+                continue
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i + 1 < len(pattern):
+            i += 1
+            out.append(re.escape(pattern[i]))
+        elif c == "[":
+            negate = pattern[i + 1 : i + 2] in ("!", "^")
+            first = i + 2 if negate else i + 1
+            end = pattern.find("]", first + 1)  # a "]" right after "[" or "[!" is a member
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                members = re.sub(r"([\\\[\]&~|^]|-(?=-))", r"\\\1", pattern[first:end])
+                out.append(f"(?!/)[{'^' if negate else ''}{members}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _rule(pattern: str, include: bool) -> _Rule:
+    dir_only = len(pattern) > 1 and pattern.endswith("/")
+    body = pattern[:-1] if dir_only else pattern
+    wild = any(c in body for c in "*?[")  # without these, a backslash is an ordinary character
+    wild2 = wild and "**" in body
+    anchored = body.startswith("/")
+    slashes = body.count("/")  # the anchoring "/" counts, as in rsync
+    core = body[1:] if anchored else body
+    return _Rule(
+        include=include,
+        regex=re.compile(_wildcard_regex(core) if wild else re.escape(core)),
+        dir_only=dir_only,
+        anchored=anchored,
+        name_only=not slashes and not wild2,
+        tail=slashes + 1 if not anchored and slashes and not wild2 else 0,
+        any_suffix=not anchored and wild2 and not body.startswith("**"),
+        wild2_prefix=wild2 and body.startswith("**"),
+        wild3_suffix=wild2 and body.endswith("***"),
+    )
+
+
+def _rule_matches(rule: _Rule, path: str, is_dir: bool) -> bool:
+    """rsync's ``rule_matches`` (exclude.c) for a path relative to the transfer root."""
+    if not path or (rule.dir_only and not is_dir):
+        return False
+    if rule.name_only:
+        path = path.rpartition("/")[2]
+    elif rule.wild2_prefix:
+        path = "/" + path
+    if is_dir and rule.wild3_suffix:
+        path += "/"
+    if rule.tail:
+        parts = path.split("/")
+        if len(parts) < rule.tail:
+            return False
+        candidates = ["/".join(parts[-rule.tail :])]
+    elif rule.any_suffix:
+        candidates = [path] + [path[i + 1 :] for i, c in enumerate(path) if c == "/"]
+    else:
+        candidates = [path]
+    return any(rule.regex.fullmatch(c) for c in candidates)
+
+
+class RsyncFilter:
+    """``--include``/``--exclude`` rules (as :func:`filter_args` passes them) applied the way rsync
+    applies them, for copies made without rsync: the first rule that matches decides, and
+    nothing inside an excluded directory is copied (rsync does not go in). Paths are
+    ``/``-separated and relative to the transfer root (the code dir of a snapshot)."""
+
+    def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+        self.rules = [_rule(p, True) for p in include if p] + [_rule(p, False) for p in exclude if p]
+
+    def excludes_entry(self, path: str, *, is_dir: bool) -> bool:
+        """Whether this entry is left out, given that its parent dirs are copied (for a walk that
+        does not enter excluded dirs)."""
+        for rule in self.rules:
+            if _rule_matches(rule, path, is_dir):
+                return not rule.include
+        return False
+
+    def excludes(self, path: str, *, is_dir: bool = False, listed: str = "") -> bool:
+        """Whether this entry is left out, itself or because one of its parent dirs is.
+
+        ``listed``: the ``--files-from`` entry ``path`` lies in (a job's subdir in a fetch from
+        the sweep dir); rsync checks that entry and what is below it, not the dirs above it."""
+        parts = path.strip("/").split("/")
+        skip_above = len(listed.strip("/").split("/")) if listed.strip("/") else 1
+        for n in range(skip_above, len(parts)):
+            if self.excludes_entry("/".join(parts[:n]), is_dir=True):
+                return True
+        return self.excludes_entry("/".join(parts), is_dir=is_dir)

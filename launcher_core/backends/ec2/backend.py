@@ -4,7 +4,6 @@ clean through EC2 and S3."""
 from __future__ import annotations
 
 import copy
-import fnmatch
 import hashlib
 import json
 import logging
@@ -12,7 +11,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,11 +28,12 @@ from launcher_core.backends.ec2.aws import (
     quiet_aws_loggers,
     root_volume_mapping,
 )
-from launcher_core.backends.ec2.placement import instance_config, new_run_id, plan_groups
+from launcher_core.backends.ec2.placement import instance_job_config, new_run_id, plan_groups
 from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
-from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file
+from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file, snapshot_filter
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, PullFilter, SweepInfo
+from launcher_core.remote.codesync import RsyncFilter
 from launcher_core.remote.workspace import runtime_cwd
 
 log = logging.getLogger("launcher_core.ec2")
@@ -45,7 +45,7 @@ _LOCAL_ONLY = ("rel", "remote_cwd", "local_cwd")
 
 
 class Ec2Backend(Backend):
-    """Runs jobs on EC2 instances; see the module docstring for the flow and the S3 layout."""
+    """Runs jobs on EC2 instances; the flow and the S3 layout: docs/ec2.md."""
 
     name = "ec2"
     detached = True  # instances keep running without us; a relaunch re-attaches to them
@@ -223,8 +223,7 @@ class Ec2Backend(Backend):
         count = build_snapshot(
             Path(code_dir),
             archive,
-            excludes=self.settings.code_excludes,
-            skip=[sweep.sweep_dir],
+            code_filter=snapshot_filter(Path(code_dir), sweep.sweep_dir, self.settings.code_excludes),
             max_bytes=int(self.settings.max_code_mb * 2**20),
             check=self.check_no_secrets,
         )
@@ -333,9 +332,11 @@ class Ec2Backend(Backend):
                 if spec.config is None:
                     raise BackendError(f"job #{spec.idx} has no composed config")
                 remote_out = f"{remote_sweep}/{PurePosixPath(*Path(subdir).parts)}"
-                cfg = instance_config(spec.config, sweep_dir=remote_sweep, subdir=subdir, code_dir=f"{workspace}/code")
                 job_prefix = f"{base}/runs/{run}/jobs/{spec.job_id}"
-                data = job_payload_bytes(cfg, spec.idx, f"{remote_out}/.launcher/result.pkl")
+                local_cwd = runtime_cwd(spec.config)
+                code = f"{workspace}/code"
+                with instance_job_config(spec.config, sweep_dir=remote_sweep, subdir=subdir, code_dir=code) as cfg:
+                    data = job_payload_bytes(cfg, spec.idx, f"{remote_out}/.launcher/result.pkl")
                 spec.release_config()  # it is in the payload now: do not hold thousands of configs
                 self.check_no_secrets(data, f"the payload of job #{spec.idx}")  # all checked before any upload
                 uploads.append((f"{job_prefix}/job.pkl", data, f"the payload of job #{spec.idx}"))
@@ -347,8 +348,8 @@ class Ec2Backend(Backend):
                     "out_prefix": f"{job_prefix}/out/",
                     # what fetch needs to point the pulled JobReturn at local paths
                     "rel": PurePosixPath(*Path(subdir).parts).as_posix(),
-                    "remote_cwd": f"{workspace}/code",
-                    "local_cwd": runtime_cwd(spec.config),
+                    "remote_cwd": code,
+                    "local_cwd": local_cwd,
                 }
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda u: self._put(*u), uploads))
@@ -591,10 +592,13 @@ class Ec2Backend(Backend):
         for job_id, handle in jobs.items():
             if handle.get("out_prefix"):
                 local_dir = Path(local_dirs[job_id])
-                self._fetch_job(handle["bucket"], handle["out_prefix"], local_dir, pull_filter)
+                skip = _bare_filter(pull_filter, str(handle.get("rel") or ""))
+                self._fetch_job(handle["bucket"], handle["out_prefix"], local_dir, skip)
                 localize_result(local_dir / LAUNCHER_DIR / RESULT_FILE, handle, local_dir)
 
-    def _fetch_job(self, bucket: str, prefix: str, dest: Path, pull_filter: PullFilter | None) -> None:
+    def _fetch_job(
+        self, bucket: str, prefix: str, dest: Path, skip: Callable[[PurePosixPath, int], bool] | None
+    ) -> None:
         paginator = self._s3.get_paginator("list_objects_v2")
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
@@ -606,7 +610,7 @@ class Ec2Backend(Backend):
                     log.warning("skipping S3 object with an unsafe path: %s", obj["Key"])
                     continue
                 private = ".launcher" in rel.parts
-                if not private and pull_filter is not None and _filtered_out(rel, int(obj["Size"]), pull_filter):
+                if not private and skip is not None and skip(rel, int(obj["Size"])):
                     continue
                 stamp = obj["LastModified"].timestamp()
                 if _same_file(target, int(obj["Size"]), stamp):
@@ -804,16 +808,18 @@ def _same_file(path: Path, size: int, mtime: float) -> bool:
     return st.st_size == size and abs(st.st_mtime - mtime) < 1e-3
 
 
-def _filtered_out(rel: PurePosixPath, size: int, pull_filter: PullFilter) -> bool:
-    """``pull --bare``: skip files above the size limit or matching an rsync-style exclude."""
-    if pull_filter.max_size_bytes is not None and size > pull_filter.max_size_bytes:
-        return True
-    for pattern in pull_filter.exclude:
-        bare = pattern.strip("/")
-        if "/" in bare:
-            parents = [rel.parents[i].as_posix() for i in range(len(rel.parts) - 1)]
-            if any(fnmatch.fnmatch(p, bare) for p in [rel.as_posix(), *parents]):
-                return True
-        elif any(fnmatch.fnmatch(part, bare) for part in rel.parts):
+def _bare_filter(pull_filter: PullFilter | None, job_rel: str) -> Callable[[PurePosixPath, int], bool] | None:
+    """``pull --bare``: which of a job's files to skip (``None``: none). Files above the size limit,
+    and files an exclude pattern matches as it does in the other backends' rsync fetch: on the
+    path from the sweep dir (``job_rel``, the job's subdir, first; :class:`RsyncFilter`)."""
+    if pull_filter is None or not pull_filter.is_bare:
+        return None
+    patterns = RsyncFilter(exclude=pull_filter.exclude)
+    limit = pull_filter.max_size_bytes
+
+    def skip(rel: PurePosixPath, size: int) -> bool:
+        if limit is not None and size > limit:
             return True
-    return False
+        return patterns.excludes(f"{job_rel}/{rel.as_posix()}" if job_rel else rel.as_posix(), listed=job_rel)
+
+    return skip

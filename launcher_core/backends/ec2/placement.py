@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from launcher_core.jobs import JobSpec
+from launcher_core.remote.workspace import remote_job_config
 
 
 def plan_groups(jobs: Sequence[JobSpec], jobs_per_instance: int, max_instances: int) -> list[list[JobSpec]]:
@@ -46,20 +47,32 @@ def _omega_literal(text: str) -> str:
     return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", text)
 
 
-def instance_config(config: Any, *, sweep_dir: str, subdir: str, code_dir: str) -> Any:
-    """The job config as the instance must see it: sweep dir, subdir and cwd of the instance.
+@contextmanager
+def instance_job_config(config: Any, *, sweep_dir: str, subdir: str, code_dir: str) -> Iterator[Any]:
+    """The job config as its instance must see it, for the time of the ``with``: relocated like
+    every remote job's (:func:`launcher_core.remote.workspace.remote_job_config`: the instance's
+    sweep dir, same subdir, changed in place and restored), and with the instance's code dir as
+    ``hydra.runtime.cwd`` (the jobs run there; Hydra reports it as the original cwd).
 
-    The local sweep dir often interpolates ``${now:...}``; resolving that on the instance would
-    give another dir, so the instance-side values are written as literals.
+    Unlike the shared relocation, the three values are written as OmegaConf literals: the
+    instance resolves its config again, and a ``${`` or a backslash before one in these strings
+    must come out as written there. The settings checks (no ``$`` in ``remote_dir``, plain sweep
+    ids) and Hydra (no ``${`` in a job's output dir) keep them out today; the escaping keeps that
+    true whatever reaches these strings later.
     """
     from omegaconf import open_dict, read_write
 
-    cfg = copy.deepcopy(config)
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.sweep.dir = _omega_literal(sweep_dir)
-        cfg.hydra.sweep.subdir = _omega_literal(subdir)
-        cfg.hydra.runtime.cwd = _omega_literal(code_dir)
-    return cfg
+    with remote_job_config(config, _omega_literal(sweep_dir), _omega_literal(subdir)) as cfg:
+        runtime = cfg.hydra.runtime
+        with read_write(runtime), open_dict(runtime):
+            node = runtime._get_node("cwd")
+            old_cwd = node._value() if node is not None else None
+            runtime.cwd = _omega_literal(code_dir)
+        try:
+            yield cfg
+        finally:
+            with read_write(runtime), open_dict(runtime):
+                runtime.cwd = old_cwd
 
 
 def new_run_id() -> str:

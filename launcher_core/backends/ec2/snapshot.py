@@ -3,7 +3,6 @@ tarball."""
 
 from __future__ import annotations
 
-import fnmatch
 import gzip
 import hashlib
 import io
@@ -14,74 +13,54 @@ from pathlib import Path, PurePosixPath
 
 from launcher_core.backends.ec2.settings import setting_key
 from launcher_core.errors import ConfigError
+from launcher_core.remote.codesync import DEFAULT_EXCLUDES, RsyncFilter, excludes_for_local_outputs
 
-DEFAULT_EXCLUDES = (
-    ".git",
-    ".hg",
-    ".svn",
-    ".venv",
-    "venv",
-    "__pycache__",
-    "*.pyc",
-    ".mypy_cache",
-    ".pytest_cache",
-    ".ruff_cache",
-    ".tox",
-    "node_modules",
-    "*.egg-info",
-    "outputs",
-    "multirun",
-    ".launcher",
-    ".env",
-)
+# Left out on top of the excludes every snapshot has (DEFAULT_EXCLUDES, matched as rsync matches
+# them): ec2 promises that your credentials never reach an instance, and the content check only
+# knows the active keys, so a ``.env`` file (where projects keep keys) never goes into the
+# tarball, nor ``.launcher/`` dirs of earlier runs (their payloads and logs).
+EC2_EXCLUDES = (".env", ".launcher")
 
 
-def _excluded(rel: PurePosixPath, patterns: Sequence[str]) -> bool:
-    for pattern in patterns:
-        if "/" in pattern.strip("/"):
-            if fnmatch.fnmatch(rel.as_posix(), pattern.strip("/")):
-                return True
-        elif fnmatch.fnmatch(rel.name, pattern.strip("/")):
-            return True
-    return False
+def snapshot_filter(code_dir: Path, sweep_dir: Path, code_excludes: Sequence[str]) -> RsyncFilter:
+    """What the tarball leaves out of ``code_dir``: the default excludes, ec2's own, the user's
+    ``code_excludes`` and this sweep's dir when it lies inside the code dir."""
+    return RsyncFilter(
+        exclude=[*DEFAULT_EXCLUDES, *EC2_EXCLUDES, *code_excludes, *excludes_for_local_outputs(code_dir, sweep_dir)]
+    )
 
 
-def _walk_files(root: Path, patterns: Sequence[str], skip: Sequence[Path]) -> Iterator[tuple[Path, PurePosixPath]]:
-    """Regular files under ``root`` (sorted, so the archive is reproducible), minus excludes."""
-    skip_resolved = {p.resolve() for p in skip}
+def _walk_files(root: Path, code_filter: RsyncFilter) -> Iterator[tuple[Path, PurePosixPath]]:
+    """Regular files under ``root`` (sorted, so the archive is reproducible) that the filter keeps;
+    excluded dirs are not entered."""
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
-        rel_dir = PurePosixPath(here.relative_to(root).as_posix())
-        dirnames[:] = sorted(
-            d for d in dirnames if not _excluded(rel_dir / d, patterns) and (here / d).resolve() not in skip_resolved
-        )
+        rel_dir = here.relative_to(root).as_posix()
+        prefix = "" if rel_dir == "." else f"{rel_dir}/"
+        dirnames[:] = sorted(d for d in dirnames if not code_filter.excludes_entry(prefix + d, is_dir=True))
         for name in sorted(filenames):
             path = here / name
-            if path.is_file() and not _excluded(rel_dir / name, patterns):
-                yield path, rel_dir / name
+            if path.is_file() and not code_filter.excludes_entry(prefix + name, is_dir=False):
+                yield path, PurePosixPath(prefix + name)
 
 
 def build_snapshot(
     code_dir: Path,
     archive: Path,
     *,
-    excludes: Sequence[str],
-    skip: Sequence[Path],
+    code_filter: RsyncFilter,
     max_bytes: int,
     check: Callable[[bytes, str], None],
 ) -> int:
-    """Write ``code/`` (the user's code) and ``lib/`` (the job-side package,
-    :func:`launcher_core.runtime.shipped_files`) into a reproducible tar.gz.
+    """Write ``code/`` (the user's code, minus what ``code_filter`` leaves out) and ``lib/`` (the
+    job-side package, :func:`launcher_core.runtime.shipped_files`) into a reproducible tar.gz.
 
     ``check`` sees every file's content before it is added (the credential guard). Returns the
     number of files. Raises ``ConfigError`` when the code dir is larger than ``max_bytes``.
     """
     from launcher_core.runtime import shipped_files
 
-    code_files = [
-        (path, PurePosixPath("code") / rel)
-        for path, rel in _walk_files(code_dir, [*DEFAULT_EXCLUDES, *excludes], skip)
-    ]
+    code_files = [(path, PurePosixPath("code") / rel) for path, rel in _walk_files(code_dir, code_filter)]
     lib_files = [(path, PurePosixPath("lib") / rel) for path, rel in shipped_files()]
     total = count = 0
     with (
