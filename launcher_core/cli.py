@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None
     summary.add_column("total", justify="right")
     summary.add_row(*[str(counts.get(s, 0)) for s in STATE_STYLE if s != "pulled"], str(pulled), str(len(rows)))
     console.print(summary)
-    console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}")
+    console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}   code: {_code_label(meta)}")
     if not show_jobs:
         return
     jobs = Table(show_header=True)
@@ -185,9 +185,25 @@ def cmd_list(args: argparse.Namespace) -> int:
             counts = store.counts()
             meta = store.meta()
         states = ", ".join(f"{n} {s.value}" for s, n in sorted(counts.items(), key=lambda kv: kv[0].value))
-        commit = str(meta.get("code_commit") or "-")[:10] + (" +dirty" if meta.get("code_dirty") else "")
+        commit = _code_label(meta)
         table.add_row(sweep_id, backend, str(sum(counts.values())), states, _fmt_time(launched), commit, str(sweep_dir))
     _console().print(table)
+    return 0
+
+
+def _code_label(meta: Mapping[str, Any]) -> str:
+    """``1a2b3c4d5e +dirty``: the commit the sweep's last launch ran ("-" outside git)."""
+    return str(meta.get("code_commit") or "-")[:10] + (" +dirty" if meta.get("code_dirty") else "")
+
+
+# --- diff ------------------------------------------------------------------------------------
+def cmd_diff(args: argparse.Namespace) -> int:
+    """What code differed between two sweeps (or, with one, what the sweep ran beyond its commit)."""
+    from launcher_core.snapshots import describe_code_difference, sweep_code
+
+    first = sweep_code(_one_sweep(args.sweep))
+    second = sweep_code(_one_sweep(args.other)) if args.other else None
+    sys.stdout.write(describe_code_difference(first, second))
     return 0
 
 
@@ -409,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
         lst = sub.add_parser(name, help="recent sweeps")
         lst.add_argument("--limit", type=int, default=20)
         lst.set_defaults(func=cmd_list)
+
+    diff = sub.add_parser("diff", help="what code differed between two sweeps (one: its uncommitted changes)")
+    diff.add_argument("sweep", help="sweep dir or sweep id")
+    diff.add_argument("other", nargs="?", help="another sweep dir or sweep id")
+    diff.set_defaults(func=cmd_diff)
 
     logs = sub.add_parser("logs", help="a job's stdout (or stderr)")
     logs.add_argument("sweep", help="sweep dir or sweep id")

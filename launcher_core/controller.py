@@ -10,6 +10,7 @@ import contextlib
 import functools
 import gc
 import hashlib
+import json
 import logging
 import os
 import re
@@ -101,6 +102,7 @@ class SweepController:
         self.sweep = sweep
         self.states: dict[str, JobState] = {}
         self.counts: dict[JobState, int] = {}  # kept with states: the progress bar reads it on every change
+        self.code_record: dict[str, Any] | None = None  # written as each job's .launcher/code.json
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -179,12 +181,24 @@ class SweepController:
             handles = dict(self.backend.submit(specs)) if specs else {}
         except SubmitError as exc:
             self._record_submitted(exc.started)
+            self._write_code_records(specs, exc.started)
             raise
         self._record_submitted(handles)
+        self._write_code_records(specs, handles)
         missing = [s.job_id for s in specs if s.job_id not in handles]
         if missing:
             raise BackendError(f"backend {self.backend.name} did not start {len(missing)} of {len(specs)} jobs")
         return handles
+
+    def _write_code_records(self, specs: Sequence[JobSpec], started: Mapping[str, Any]) -> None:
+        """``.launcher/code.json`` in the dir of each job that started: the code it runs."""
+        if self.code_record is None:
+            return
+        from launcher_core.snapshots import write_code_record
+
+        for spec in specs:
+            if spec.job_id in started:
+                write_code_record(spec.launcher_dir, self.code_record)
 
     def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
         self.store.mark_submitted(handles)
@@ -436,9 +450,15 @@ def _launch(
     )
     store = StateStore.for_sweep_dir(sweep_dir)
     try:
-
+        git, code_id = _record_code(sweep)
+        if backend.runs_local_code:
+            sweep.code_snapshot = _freeze(sweep, code_id)
         store.set_meta(
             {
+                "code_commit": git.commit,
+                "code_dirty": git.dirty,
+                "code_branch": git.branch,
+                "code_snapshot": code_id,
                 "backend_config": backend.stored_config(),
                 "sweep_id": sweep_id,
                 "backend": backend.name,
@@ -450,6 +470,7 @@ def _launch(
         _register(sweep_id, sweep_dir, backend.name)
         controller = SweepController(backend, store, options, sweep)
         to_submit, reattached = controller.plan(specs)
+        controller.code_record = code_record(git, code_id)
         backend.prepare(sweep)
         active = {**reattached, **controller.submit(to_submit)}
         if not options.wait:
@@ -471,6 +492,44 @@ def _launch(
             backend.close()
         finally:
             store.close()
+
+
+# one code snapshot (and code record) per launching process: every batch of a sweep shares it
+_LAUNCH_CODE_ID = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+CODE_DIR = "code"  # in the sweep's .launcher/: the full diff once, and the frozen snapshot
+
+
+def _record_code(sweep: SweepInfo) -> tuple[Any, str]:
+    """The git state of the code dir, read once per launch; the full diff and the summary are
+    kept once per sweep (``.launcher/code/<id>.diff``, ``<id>.json``)."""
+    from launcher_core.remote.codesync import git_state
+
+    git = git_state(sweep.code_dir)
+    dest = sweep.sweep_dir / ".launcher" / CODE_DIR
+    summary = dest / f"{_LAUNCH_CODE_ID}.json"
+    if not summary.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / f"{_LAUNCH_CODE_ID}.diff").write_text(git.diff)
+        tmp = summary.with_suffix(".tmp")
+        tmp.write_text(json.dumps(git.summary(), indent=1) + "\n")
+        os.replace(tmp, summary)
+    return git, _LAUNCH_CODE_ID
+
+
+def code_record(git: Any, code_id: str) -> dict[str, Any]:
+    from launcher_core.snapshots import code_record as record
+
+    return record(git, code_id)
+
+
+def _freeze(sweep: SweepInfo, code_id: str) -> Path:
+    from launcher_core.snapshots import freeze_code
+
+    snapshot = sweep.sweep_dir / ".launcher" / CODE_DIR / code_id
+    tic = time.monotonic()
+    freeze_code(sweep.code_dir, snapshot, sweep_dir=sweep.sweep_dir)
+    log.debug("code dir %s frozen into %s in %.2f s", sweep.code_dir, snapshot, time.monotonic() - tic)
+    return snapshot
 
 
 def _store_failure(sweep_dir: Path, exc: Exception, backend: Backend) -> str:

@@ -130,3 +130,6 @@ class SweepInfo:
     sweep_dir: Path
     code_dir: Path
     task_name: str
+    # the launch's frozen copy of code_dir, for backends whose jobs run from this file system
+    # (``Backend.runs_local_code``); jobs import from it
+    code_snapshot: Path | None = None

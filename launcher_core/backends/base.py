@@ -48,6 +48,9 @@ class Backend(abc.ABC):
     #: jobs keep running without the launching process: a relaunch re-attaches to them instead of
     #: submitting them again, and Ctrl-C does not cancel them
     detached: ClassVar[bool] = False
+    #: jobs run from this machine's file system (not a copy shipped elsewhere): the controller
+    #: freezes the code dir for them (``SweepInfo.code_snapshot``)
+    runs_local_code: bool = False
     #: how often the launch loop polls (None: the launcher's own ``poll_interval_s``)
     poll_interval_s: float | None = None
 

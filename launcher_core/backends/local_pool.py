@@ -54,6 +54,7 @@ def local_pool_settings(params: Mapping[str, Any]) -> Any:
 
 class LocalPoolBackend(Backend):
     name = "local_pool"
+    runs_local_code = True
     poll_interval_s = 1.0  # an upper bound: wait() returns as soon as a job exits
 
     def __init__(
@@ -75,10 +76,12 @@ class LocalPoolBackend(Backend):
         self._running: dict[str, _Running] = {}
         self._done: dict[str, JobStatus] = {}
         self._cleanups: list[GroupKill] = []
+        self._code: tuple[Path, Path] | None = None  # (code dir, its frozen snapshot)
 
     # --- contract -----------------------------------------------------------------------
     def prepare(self, sweep: SweepInfo) -> None:
         become_subreaper()
+        self._code = (sweep.code_dir, sweep.code_snapshot) if sweep.code_snapshot else None
 
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
         """Queue the jobs; they start at the next :meth:`poll`, after the controller recorded them
@@ -181,7 +184,7 @@ class LocalPoolBackend(Backend):
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # child: never returns
-            _child_main(self._task_function, self._hydra_context, spec)
+            _child_main(self._task_function, self._hydra_context, spec, self._code)
         return pid
 
     def _reap_finished(self) -> None:
@@ -277,10 +280,14 @@ def kill_stale_handle(handle: Mapping[str, Any], grace_s: float) -> None:
         kill_group_blocking(pid_info[0], grace_s)
 
 
-def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec) -> None:
+def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec, frozen: tuple[Path, Path] | None) -> None:
     code = 1
     try:
         os.setsid()
+        if frozen is not None:  # imports made while the job runs find the code as it was at launch
+            from launcher_core.snapshots import enter_snapshot
+
+            enter_snapshot(*frozen)
         _write_pid_file(spec.launcher_dir / PID_FILE)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
