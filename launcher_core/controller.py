@@ -622,6 +622,9 @@ def dry_run_batch(
         initial_job_idx=initial_job_idx,
     )
     sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name))
+    if backend.runs_local_code:  # the written scripts run the code as it is now, whenever submitted
+        _, code_id = _record_code(sweep)
+        sweep.code_snapshot = _freeze(sweep, code_id)
     backend.prepare(sweep)
     try:
         values = backend.dry_run(specs)

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 
 from launcher_core.errors import ConfigError
 from launcher_core.remote.codesync import DEFAULT_EXCLUDES, GitState, excludes_for_local_outputs, filter_args
+from launcher_core.runtime.worker import CODE_SNAPSHOT_ENV as CODE_SNAPSHOT_ENV
+from launcher_core.runtime.worker import enter_snapshot as enter_snapshot
 
 CODE_FILE = "code.json"  # in each job's .launcher/ dir
 SNAPSHOT_TIMEOUT_S = 600.0
@@ -78,29 +79,6 @@ def _write_pointer(code_dir: Path, snapshot: Path) -> None:
         os.replace(tmp, pointer)
     except OSError:  # only the next launch's speed depends on it
         pass
-
-
-def import_path_in_snapshot(code_dir: Path, snapshot: Path, path: Sequence[str] | None = None) -> list[str]:
-    """``sys.path`` with every entry inside ``code_dir`` pointed at the same place in ``snapshot``
-    (the script's own dir included), so imports made while a job runs find the frozen code."""
-    root = code_dir.resolve()
-    out = []
-    for entry in sys.path if path is None else path:
-        try:
-            rel = Path(entry or os.getcwd()).resolve().relative_to(root)
-        except (ValueError, OSError):
-            out.append(entry)
-            continue
-        out.append(str(snapshot / rel))
-    return out
-
-
-def enter_snapshot(code_dir: Path, snapshot: Path) -> None:
-    """In a job process: import from the snapshot from now on (modules imported already stay)."""
-    import importlib
-
-    sys.path[:] = import_path_in_snapshot(code_dir, snapshot)
-    importlib.invalidate_caches()
 
 
 def code_record(git: GitState, snapshot_id: str) -> dict[str, object]:

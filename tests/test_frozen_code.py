@@ -20,6 +20,7 @@ import pytest
 from launcher_core import cli
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
+from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
 from tests.sshd import make_project
 
 pytestmark = pytest.mark.slow
@@ -135,3 +136,51 @@ def test_relaunch_links_unchanged_files_to_the_previous_snapshot(tmp_path: Path)
     with open(proj / "big.py", "a") as f:
         f.write("Y = 2\n")
     assert "Y = 2" not in (second / "big.py").read_text()
+
+
+@pytest.mark.slurm
+def test_slurm_shared_file_system_jobs_import_the_code_as_it_was_at_launch(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """The usual login-node use: jobs may queue for days while the code dir changes."""
+    proj = _git_project(tmp_path / "proj")
+    sweep_dir, go = proj / "multirun" / "slurm", tmp_path / "go"
+    argv = [
+        sys.executable,
+        str(proj / "app.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.wait=false",
+        "hydra.launcher.timeout_min=5",
+        f"hydra.sweep.dir={sweep_dir}",
+        "x=0,1,2",
+        f"wait_for={go}",
+    ]
+    launched = subprocess.run(argv, cwd=proj, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    (proj / "helper.py").write_text('VERSION = "v2-edited-after-launch"\n')  # right after the launch returns
+    go.touch()
+    deadline = time.monotonic() + 120
+    results = [sweep_dir / str(n) / ".launcher" / "result.pkl" for n in range(3)]
+    while not all(p.exists() for p in results) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [load_job_return(p).return_value["helper"] for p in results] == ["v1"] * 3
+    head = _git(proj, "rev-parse", "HEAD").strip()
+    assert json.loads((sweep_dir / "0" / ".launcher" / "code.json").read_text())["commit"] == head
+    script = next((sweep_dir / ".launcher" / "slurm").glob("*.sbatch")).read_text()
+    assert "HRL_CODE_SNAPSHOT" in script and str(sweep_dir / ".launcher" / "code") in script
+
+
+def test_import_path_maps_only_what_the_snapshot_holds(tmp_path: Path) -> None:
+    from launcher_core.runtime.worker import import_path_in_snapshot
+
+    code, snapshot = tmp_path / "proj", tmp_path / "snap"
+    for d in (code / "src", code / ".venv" / "lib", snapshot / "src"):
+        d.mkdir(parents=True)
+    path = [str(code), str(code / "src"), str(code / ".venv" / "lib"), "/usr/lib/python3.11"]
+    assert import_path_in_snapshot(code, snapshot, path) == [
+        str(snapshot),
+        str(snapshot / "src"),
+        str(code / ".venv" / "lib"),  # a venv inside the project is not frozen: imported in place
+        "/usr/lib/python3.11",
+    ]

@@ -285,7 +285,7 @@ def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec, frozen: t
     try:
         os.setsid()
         if frozen is not None:  # imports made while the job runs find the code as it was at launch
-            from launcher_core.snapshots import enter_snapshot
+            from launcher_core.runtime.worker import enter_snapshot
 
             enter_snapshot(*frozen)
         _write_pid_file(spec.launcher_dir / PID_FILE)

@@ -16,6 +16,7 @@ see exit codes (SLURM's sacct) report the same state as Hydra does.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import traceback
@@ -26,6 +27,8 @@ EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 # set by the slurm backend's batch script: every task of a multi-task job runs the worker (see run_ranked)
 RANKS_DIR_ENV = "HRL_RANKS_DIR"
+# JSON [code dir, its frozen snapshot]: the job imports from the snapshot (launcher_core.snapshots)
+CODE_SNAPSHOT_ENV = "HRL_CODE_SNAPSHOT"
 
 
 class RemoteJobError(RuntimeError):
@@ -267,6 +270,37 @@ def set_job_identity(cfg: Any, idx: int) -> None:
         cfg.hydra.job.num = idx
 
 
+def import_path_in_snapshot(code_dir: Path, snapshot: Path, path: list[str] | None = None) -> list[str]:
+    """``sys.path`` with every entry inside ``code_dir`` pointed at the same place in ``snapshot``
+    (the script's own dir included), so imports made while a job runs find the frozen code.
+    Entries the snapshot left out (a venv inside the project, say) stay as they are."""
+    root = code_dir.resolve()
+    out = []
+    for entry in sys.path if path is None else path:
+        try:
+            frozen = snapshot / Path(entry or os.getcwd()).resolve().relative_to(root)
+        except (ValueError, OSError):
+            out.append(entry)
+            continue
+        out.append(str(frozen) if frozen.is_dir() else entry)
+    return out
+
+
+def enter_snapshot(code_dir: Path, snapshot: Path) -> None:
+    """In a job process: import from the snapshot from now on (modules imported already stay)."""
+    import importlib
+
+    sys.path[:] = import_path_in_snapshot(code_dir, snapshot)
+    importlib.invalidate_caches()
+
+
+def _enter_snapshot_from_env() -> None:
+    value = os.environ.get(CODE_SNAPSHOT_ENV)
+    if value:
+        code_dir, snapshot = json.loads(value)
+        enter_snapshot(Path(code_dir), Path(snapshot))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point on the job side: ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD``."""
     args = sys.argv[1:] if argv is None else argv
@@ -275,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from hydra.core.singleton import Singleton
 
+    _enter_snapshot_from_env()  # before the payload: unpickling the task imports its module
     sweep = _load_payload(args[0])
     job = _load_payload(args[1])
     Singleton.set_state(sweep["singleton_state"])

@@ -51,6 +51,8 @@ class SlurmBackend(Backend):
         self.options = options
         self.poll_interval_s = options.poll_interval_s
         self.site: LocalSite | LoginSite = LoginSite(options) if options.login_host else LocalSite(options)
+        # on a shared file system the jobs run from here: the controller freezes the code for them
+        self.runs_local_code = not options.login_host
         self.commands = self.site.commands
         self._task_function = task_function
         self._hydra_context = hydra_context
@@ -223,6 +225,7 @@ class SlurmBackend(Backend):
                 launcher_dirs=[self._cluster_dirs(s)[1] for s in chunk.specs],
                 argv=argv,
                 pythonpath=self.site.pythonpath,
+                job_env=self.site.job_env,
             )
             path = self.slurm_dir / chunk.script_name
             atomic_write_bytes(path, text.encode(), mode=0o600)  # may hold `env` values: owner-only

@@ -4,7 +4,7 @@ files it keeps in each job's launcher dir; see docs/slurm.md ("The batch script"
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,7 @@ def render_script(
     launcher_dirs: Sequence[str],
     argv: Sequence[str],
     pythonpath: Sequence[str] = (),
+    job_env: Mapping[str, str] | None = None,
 ) -> str:
     """The sbatch script of one chunk (a job array).
 
@@ -117,14 +118,14 @@ def render_script(
         ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
         'umask "$_hrl_umask"',
     ]
-    lines += _environment_lines(options, pythonpath)
+    lines += _environment_lines(options, pythonpath, job_env or {})
     if options.setup:
         lines += ["# setup", *options.setup]
     lines += _run_lines(options, argv)
     return "\n".join(lines) + "\n"
 
 
-def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str]) -> list[str]:
+def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str], job_env: Mapping[str, str]) -> list[str]:
     lines: list[str] = []
     modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
     if modules:
@@ -133,7 +134,7 @@ def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str]) -> list
     if pythonpath:
         joined = shlex.quote(":".join(pythonpath))
         lines.append(f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in options.env.items()]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in {**options.env, **job_env}.items()]
     return lines
 
 

@@ -4,6 +4,7 @@ with the workspace layer of :mod:`launcher_core.remote`); see docs/slurm.md ("Wh
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import subprocess
@@ -18,6 +19,7 @@ from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
 from launcher_core.errors import BackendError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, SweepInfo
+from launcher_core.runtime.worker import CODE_SNAPSHOT_ENV
 
 log = logging.getLogger("launcher_core.slurm")
 
@@ -36,10 +38,13 @@ class LocalSite:
         self.pythonpath: list[str] = []
         self.worker_module = "launcher_core.runtime.worker"
         self.default_python = sys.executable
+        self.job_env: dict[str, str] = {}
 
     def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
         self.sweep_dir, self.code_dir = str(sweep.sweep_dir), str(sweep.code_dir)
         self.pythonpath = list(script_dirs)
+        if sweep.code_snapshot is not None:  # jobs import the code as it was at launch
+            self.job_env = {CODE_SNAPSHOT_ENV: json.dumps([self.code_dir, str(sweep.code_snapshot)])}
         if not dry_run:
             for command in self.options.prepare_commands:
                 log.info("prepare command: %s", command)
@@ -138,6 +143,7 @@ class LoginSite:
         self.sweep_dir = self.code_dir = self.local_sweep_dir = ""
         self.pythonpath: list[str] = []
         self.worker_module = "launcher_core.runtime.remote_worker"
+        self.job_env: dict[str, str] = {}  # the login node's own snapshot is the frozen code
         self.default_python = "python3"
         self._runtime_files: list[str] = []  # the shipped runtime, relative to the local sweep dir
 
