@@ -41,6 +41,16 @@ class CleanReport:
         self.targets.setdefault(location, []).append(path)
 
 
+@dataclass(frozen=True)
+class CleanRequest:
+    """What :meth:`Backend.clean` was asked to delete."""
+
+    handles: Mapping[str, Handle]
+    sweep_id: str
+    sweep_handles: Mapping[str, Handle] | None = None  # every job of the sweep: sweep-level files too
+    dry_run: bool = False
+
+
 class Backend(abc.ABC):
     """Prepare once, submit in batches, poll many at once, fetch, cancel; optionally more."""
 
@@ -126,9 +136,13 @@ class Backend(abc.ABC):
     ) -> CleanReport:
         """Delete the backend-side files of jobs already pulled home; with ``sweep_handles``
         (every job of the sweep, all clean after this call) also the sweep-level leftovers.
+        Backends implement :meth:`clean_backend_files`."""
+        return self.clean_backend_files(CleanRequest(handles, sweep_id, sweep_handles, dry_run))
 
-        Must refuse (:class:`launcher_core.remote.paths.CleanRefused`) any path outside the
-        sweep's own remote dirs before deleting anything, report in ``cleaned`` only jobs whose
-        files are gone, and be safe to repeat. ``dry_run`` contacts nothing and fills only the
-        targets. The default: this backend keeps no remote copies."""
+    def clean_backend_files(self, request: CleanRequest) -> CleanReport:
+        """What :meth:`clean` does on this backend. Must refuse
+        (:class:`launcher_core.remote.paths.CleanRefused`) any path outside the sweep's own remote
+        dirs before deleting anything, report in ``cleaned`` only jobs whose files are gone, and be
+        safe to repeat; ``dry_run`` contacts nothing and fills only the targets. The default: this
+        backend keeps no remote copies."""
         return CleanReport(nothing_to_clean=f"the {self.name} backend keeps no remote copies")

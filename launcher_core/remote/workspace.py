@@ -21,7 +21,7 @@ from launcher_core.remote.ssh import SSHConnection
 from launcher_core.runtime.markers import CLEANUP_FILE
 
 if TYPE_CHECKING:
-    from launcher_core.backends.base import CleanReport
+    from launcher_core.backends.base import CleanReport, CleanRequest
 
 log = logging.getLogger("launcher_core.remote")
 
@@ -338,11 +338,8 @@ def read_remote_log(conn: SSHConnection, path: str, offset: int) -> bytes:
 
 
 def clean_workspaces(
-    handles: Mapping[str, Mapping[str, Any]],
+    request: CleanRequest,
     *,
-    sweep_id: str,
-    sweep_handles: Mapping[str, Mapping[str, Any]] | None,
-    dry_run: bool,
     host_of: Callable[[Mapping[str, Any]], str],
     remote_dir_of: Callable[[Mapping[str, Any]], str],
     run: Callable[[Mapping[str, RemotePlan]], tuple[Mapping[str, Any], Mapping[str, Any]]],
@@ -353,13 +350,18 @@ def clean_workspaces(
     from launcher_core.backends.base import CleanReport
     from launcher_core.remote.paths import plan_remote, plan_targets
 
+    sweep_handles = request.sweep_handles
     plans = plan_remote(
-        handles, sweep_id=sweep_id, sweep_handles=sweep_handles, host_of=host_of, remote_dir_of=remote_dir_of
+        request.handles,
+        sweep_id=request.sweep_id,
+        sweep_handles=sweep_handles,
+        host_of=host_of,
+        remote_dir_of=remote_dir_of,
     )
     report = CleanReport()
     plan_targets(report, plans)
-    if dry_run or not plans:
-        report.sweep_cleaned = not dry_run and sweep_handles is not None
+    if request.dry_run or not plans:
+        report.sweep_cleaned = not request.dry_run and sweep_handles is not None
         return report
     results, errors = run(plans)
     for label, (cleaned, notes, sweeps_done) in results.items():

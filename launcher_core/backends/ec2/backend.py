@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from launcher_core.backends.base import Backend
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest
 from launcher_core.backends.ec2.aws import (
     ENDED_INSTANCE_STATES,
     RETRYABLE_CODES,
@@ -679,14 +679,7 @@ class Ec2Backend(Backend):
         return {str(j["job_id"]) for j in plan.get("jobs", [])} - finished
 
     # --- optional: clean -------------------------------------------------------------------
-    def clean(
-        self,
-        handles: Mapping[str, dict[str, Any]],
-        *,
-        sweep_id: str,
-        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
-        dry_run: bool = False,
-    ) -> Any:
+    def clean_backend_files(self, request: CleanRequest) -> CleanReport:
         """Delete each job's objects (``runs/<run>/jobs/<job_id>/``: payload and synced outputs);
         with ``sweep_handles`` (every job of the sweep, all clean after this) everything left
         under ``PREFIX/SWEEP_ID/``: code tarball, sweep payload, plans, agent logs, markers.
@@ -696,25 +689,25 @@ class Ec2Backend(Backend):
         """
         from launcher_core.backends.base import CleanReport
 
-        base = self._clean_base(sweep_id)
+        base = self._clean_base(request.sweep_id)
         location = f"s3://{self._bucket}"
-        prefixes = {job_id: self._clean_job_prefix(job_id, h, base) for job_id, h in handles.items()}
+        prefixes = {job_id: self._clean_job_prefix(job_id, h, base) for job_id, h in request.handles.items()}
         report = CleanReport()
         report.jobs[location] = len(prefixes)
         for prefix in prefixes.values():
             report.add_target(location, prefix)
-        if sweep_handles is not None:
-            for handle in sweep_handles.values():
+        if request.sweep_handles is not None:
+            for handle in request.sweep_handles.values():
                 self._check_handle_base(handle, base)
             report.add_target(location, f"{base}/")
-        if dry_run:
+        if request.dry_run:
             return report
         self._connect()
         try:
             for job_id, prefix in prefixes.items():
                 self._delete_prefix(prefix)
                 report.cleaned.add(job_id)  # what is gone so far is recorded even if a later call fails
-            if sweep_handles is not None:
+            if request.sweep_handles is not None:
                 self._delete_prefix(f"{base}/")
                 report.sweep_cleaned = True
         except Exception as exc:  # noqa: BLE001 - S3/network errors: report, keep what was done

@@ -14,7 +14,6 @@ import logging
 import re
 import shlex
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from launcher_core.backends.base import Backend, CleanReport
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest
 from launcher_core.backends.remote_ssh.settings import HostSettings, RemoteSSHSettings, is_uri
 from launcher_core.container import Container, job_binds, python_for, wrap_command
 from launcher_core.errors import BackendError, ConfigError, SubmitError
@@ -41,32 +40,34 @@ from launcher_core.jobs import (
     SweepInfo,
 )
 from launcher_core.remote.codesync import (
-    excludes_for_local_outputs,
-    filter_args,
     git_state,
-    sync_snapshot,
     write_git_state,
 )
-from launcher_core.remote.paths import plan_remote, plan_targets
 from launcher_core.remote.scripts import (
     cancel_script,
     container_check_script,
-    finish_snapshot_script,
     parse_kv,
     poll_script,
-    prepare_script,
-    read_log_script,
     start_script,
     status_from_line,
 )
 from launcher_core.remote.ssh import ConnectionPool, HostAddress, SSHConnection
 from launcher_core.remote.workspace import (
+    RemoteWorkspace,
+    claim_workspace,
     clean_host,
     clean_root,
+    clean_workspaces,
+    default_remote_dir,
     fetch_job_dirs,
     new_snapshot_tag,
+    path_inside,
+    read_remote_log,
     remote_job_config,
     runtime_cwd,
+    ship_runtime,
+    sync_code_snapshot,
+    upload_files,
 )
 from launcher_core.runtime.runner import ATTACHED, EXIT_STATUS, PID, STARTED
 
@@ -100,11 +101,21 @@ class _HostState:
 
     settings: HostSettings
     conn: SSHConnection
-    remote_dir: str
-    sweep_dir: str
-    snapshot: str
+    workspace: RemoteWorkspace
     shipped_sweep_files: bool = False
     container_image: str | None = None  # the image on this host (``~/`` expanded)
+
+    @property
+    def remote_dir(self) -> str:
+        return self.workspace.remote_dir
+
+    @property
+    def sweep_dir(self) -> str:
+        return self.workspace.sweep_dir
+
+    @property
+    def snapshot(self) -> str:
+        return self.workspace.snapshot
 
 
 class RemoteSSHBackend(Backend):
@@ -214,51 +225,30 @@ class RemoteSSHBackend(Backend):
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
 
-    def clean(
-        self,
-        handles: Mapping[str, dict[str, Any]],
-        *,
-        sweep_id: str,
-        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
-        dry_run: bool = False,
-    ) -> Any:
+    def clean_backend_files(self, request: CleanRequest) -> CleanReport:
         """Delete the job dirs of ``handles`` on their hosts; with ``sweep_handles`` (every job of
         the sweep, all clean after this) also the remote sweep dirs and the sweep's snapshots.
 
         Every path is checked to lie inside the handle's ``remote_dir`` before any host is
-        contacted (:mod:`launcher_core.clean`); one sh script per host and chunk of jobs.
+        contacted (:mod:`launcher_core.remote.paths`); one sh script per host and chunk of jobs.
         """
 
-        plans = plan_remote(
-            handles,
-            sweep_id=sweep_id,
-            sweep_handles=sweep_handles,
+        def run(plans: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+            self._ensure_masters(plans)
+            return self._per_host(plans, lambda label, plan: clean_host(self._conn(label), request.sweep_id, plan))
+
+        return clean_workspaces(
+            request,
             host_of=lambda h: str(h.get("host")),
             remote_dir_of=clean_root,
+            run=run,
         )
-        report = CleanReport()
-        plan_targets(report, plans)
-        if dry_run or not plans:
-            report.sweep_cleaned = not dry_run and sweep_handles is not None
-            return report
-        self._ensure_masters(plans)
-        results, errors = self._per_host(plans, lambda label, plan: clean_host(self._conn(label), sweep_id, plan))
-        for label, (cleaned, notes, sweeps_done) in results.items():
-            report.cleaned |= cleaned
-            report.notes += [f"{label}: {n}" for n in notes]
-            if not sweeps_done:
-                report.notes.append(f"{label}: sweep-level files kept")
-        report.errors = [str(e) for e in errors.values()]
-        report.sweep_cleaned = sweep_handles is not None and not errors and all(d for _c, _n, d in results.values())
-        return report
 
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
         """Bytes of a job's live stdout/stderr log on the host, from ``offset`` on."""
         name = STDERR_FILE if stream == "stderr" else STDOUT_FILE
         path = f"{handle['launcher_dir']}/{name}"
-        script = read_log_script(path, offset)
-        conn = self._conn(str(handle["host"]))
-        return conn.call("reading a job log", lambda: conn.run_script_bytes(script, what="log read"))
+        return read_remote_log(self._conn(str(handle["host"])), path, offset)
 
     def close(self) -> None:
         stats = self.pool.stats()
@@ -340,32 +330,36 @@ class RemoteSSHBackend(Backend):
         sweep, code_dir = self._sweep, self._code_dir
         host = self._hosts_by_label[label]
         conn = self._conn(label)
-        remote_dir = host.remote_dir or self.settings.remote_dir or f"~/hydra-remote-launcher/{code_dir.name}"
-        rel = _relative_sweep_dir(sweep.sweep_dir, code_dir)
+        remote_dir = host.remote_dir or self.settings.remote_dir or default_remote_dir(code_dir)
         container = self.settings.container
         image = container.image if container and not is_uri(container.image) else None
-        script = prepare_script(
+        workspace = claim_workspace(
+            conn,
             remote_dir=remote_dir,
             sweep_id=sweep.sweep_id,
             tag=self.tag,
-            rel_sweep=rel,
+            rel_sweep=path_inside(sweep.sweep_dir, code_dir),
             host_key=_host_key(label),
             container_image=image,
         )
-        info = parse_kv(conn.call("preparing the remote dirs", lambda: conn.run_script(script, what="prepare")))
-        _check_image_answer(info, image, label)
-        if "remote_dir" not in info or "sweep_dir" not in info:
-            raise BackendError(f"host {label}: unexpected answer while preparing: {info}")
         state = _HostState(
             settings=host,
             conn=conn,
-            remote_dir=info["remote_dir"],
-            sweep_dir=info["sweep_dir"],
-            snapshot=f"{info['remote_dir']}/snapshots/{sweep.sweep_id}/{self.tag}",
-            container_image=info.get("container_image") or (container.image if container else None),
+            workspace=workspace,
+            container_image=workspace.container_image or (container.image if container else None),
         )
-        if not info.get("snapshot_complete"):
-            self._sync_code(state, code_dir, info.get("latest"))
+        if not workspace.snapshot_complete:
+            sync_code_snapshot(
+                conn,
+                workspace,
+                code_dir,
+                sweep.sweep_dir,
+                include=self.settings.rsync_include,
+                exclude=self.settings.rsync_exclude,
+                extra_args=self.settings.rsync_args,
+                prelude=self._prelude(state),
+                uv_sync=self.settings.uv_command if self.settings.env_setup == "uv" else None,
+            )
         if container is not None:
             self._check_runtime(state, container)
         self._prepared[label] = state
@@ -383,34 +377,9 @@ class RemoteSSHBackend(Backend):
                 "or load it in hydra.launcher.prepare_commands (e.g. 'module load apptainer')"
             )
 
-    def _sync_code(self, state: _HostState, code_dir: Path, latest: str | None) -> None:
-        assert self._sweep is not None
-        conn, settings = state.conn, self.settings
-        filters = filter_args(
-            settings.rsync_include,
-            settings.rsync_exclude,
-            excludes_for_local_outputs(code_dir, self._sweep.sweep_dir),
-        )
-        tic = time.monotonic()
-        conn.call(
-            "code sync",
-            lambda: sync_snapshot(
-                conn, code_dir, state.snapshot, filters=filters, link_dest=latest, extra_args=settings.rsync_args
-            ),
-        )
-        finish = finish_snapshot_script(
-            prelude=self._prelude(state),
-            remote_dir=state.remote_dir,
-            snapshot=state.snapshot,
-            latest=f"{self._sweep.sweep_id}/{self.tag}",
-            uv_sync=settings.uv_command if settings.env_setup == "uv" else None,
-        )
-        conn.call("finishing the code snapshot", lambda: conn.run_script(finish, what="snapshot setup"))
-        log.info("code synced to %s:%s in %.1f s", conn.label, state.snapshot, time.monotonic() - tic)
-
     def _pythonpath(self, state: _HostState) -> list[str]:
         pythonpath = [self._remote_tag_dir(state) + "/pylib", state.snapshot]
-        script_dir = _script_dir_in(self._code_dir)
+        script_dir = path_inside(sys.path[0], self._code_dir) if self._code_dir and sys.path and sys.path[0] else None
         if script_dir:
             pythonpath.append(f"{state.snapshot}/{script_dir}")
         return pythonpath
@@ -439,11 +408,7 @@ class RemoteSSHBackend(Backend):
         files, handles, batch_file = self._write_batch(state, specs, batch_id)
         assert self._sweep is not None
         local_root = self._sweep.sweep_dir
-        with tempfile.NamedTemporaryFile("w", prefix="hrl-files-", suffix=".txt") as listing:
-            listing.write("".join(f"{f}\n" for f in files))
-            listing.flush()
-            args = ["-a", f"--files-from={listing.name}", f"{local_root}/", conn.remote(state.sweep_dir + "/")]
-            conn.call(f"upload of {len(specs)} job payloads", lambda: conn.rsync(args, what="payload upload"))
+        upload_files(conn, local_root, state.sweep_dir, files, what=f"upload of {len(specs)} job payloads")
         state.shipped_sweep_files = True
         script = start_script(prelude=self._prelude(state), python=self.settings.python_command, batch_file=batch_file)
         output = conn.call(f"start of {len(specs)} jobs", lambda: conn.run_script(script, what="job start"))
@@ -473,7 +438,7 @@ class RemoteSSHBackend(Backend):
             if self._sweep_payload is None:
                 path = sweep_dir / tag_rel / f"sweep-{self._uid}.pkl"
                 atomic_write_bytes(path, sweep_payload_bytes(self._task_function, self._hydra_context))
-                self._pylib = self._copy_pylib(sweep_dir, tag_rel)
+                self._pylib = ship_runtime(sweep_dir, tag_rel / "pylib")
                 self._sweep_payload = path
         files.append(str(self._sweep_payload.relative_to(sweep_dir)))
         sweep_payload = f"{state.sweep_dir}/{self._sweep_payload.relative_to(sweep_dir)}"
@@ -537,14 +502,6 @@ class RemoteSSHBackend(Backend):
         gpus = self.settings.gpus_per_job > 0
         return wrap_command([*argv, sweep_payload, job_payload], on_host, binds, gpus_requested=gpus)
 
-    def _copy_pylib(self, sweep_dir: Path, tag_rel: Path) -> list[str]:
-        """Copy the job-side package (:mod:`launcher_core.runtime`, ~200 kB) into the sweep dir; it
-        is shipped with the payloads and put first on the jobs' PYTHONPATH, so the host needs only
-        hydra-core, omegaconf and cloudpickle, never this package."""
-        from launcher_core.runtime import copy_runtime
-
-        return [str(path.relative_to(sweep_dir)) for path in copy_runtime(sweep_dir / tag_rel / "pylib")]
-
     def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
         conn = self._conn(label)
         jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
@@ -597,19 +554,6 @@ def env_prelude(
     return "\n".join(lines)
 
 
-def _check_image_answer(info: Mapping[str, str], image: str | None, label: str) -> None:
-    """Turn the prepare script's image report into an error naming the key and the value."""
-    answers = {"container_image_missing": "no image", "container_image_unreadable": "cannot read the image"}
-    for marker, what in answers.items():
-        if marker in info:
-            resolved = info[marker]
-            shown = repr(image) if resolved == image else f"{image!r} ({resolved})"
-            raise ConfigError(
-                f"hydra.launcher.container.image: {what} at {shown} on host {label} "
-                "(a .sif file or a sandbox directory)"
-            )
-
-
 def _host_key(label: str) -> str:
     return _SAFE_LABEL.sub("_", label).strip("_") or "host"
 
@@ -619,18 +563,6 @@ def _group_by_host(handles: Mapping[str, dict[str, Any]]) -> dict[str, dict[str,
     for job_id, handle in handles.items():
         out.setdefault(str(handle["host"]), {})[job_id] = handle
     return out
-
-
-def _relative_sweep_dir(sweep_dir: Path, code_dir: Path) -> str | None:
-    """The local sweep dir relative to the code dir, mirrored under ``runs/`` on the host."""
-    try:
-        rel = Path(sweep_dir).resolve().relative_to(code_dir)
-    except ValueError:
-        return None
-    text = rel.as_posix()
-    if text in ("", ".") or ".." in rel.parts or "\n" in text:
-        return None
-    return text
 
 
 def _job_rel(spec: JobSpec, sweep_dir: Path) -> str:
@@ -645,18 +577,6 @@ def _job_rel(spec: JobSpec, sweep_dir: Path) -> str:
     if text in ("", ".") or "\n" in text:
         raise BackendError(f"job #{spec.idx}: hydra.sweep.subdir must name a subdirectory, got {text!r}")
     return text
-
-
-def _script_dir_in(code_dir: Path | None) -> str | None:
-    """The running script's directory relative to the code dir (it is on sys.path locally)."""
-    if code_dir is None or not sys.path or not sys.path[0]:
-        return None
-    try:
-        rel = Path(sys.path[0]).resolve().relative_to(code_dir)
-    except (ValueError, OSError):
-        return None
-    text = rel.as_posix()
-    return None if text in ("", ".") else text
 
 
 def _partial_error(errors: Mapping[str, BackendError], started: Mapping[str, Any], total: int) -> SubmitError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.base import Backend
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest
 from launcher_core.backends.slurm.accounting import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmAccounting,
@@ -143,20 +143,13 @@ class SlurmBackend(Backend):
     def close(self) -> None:
         self.site.close()
 
-    def clean(
-        self,
-        handles: Mapping[str, dict[str, Any]],
-        *,
-        sweep_id: str,
-        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
-        dry_run: bool = False,
-    ) -> Any:
+    def clean_backend_files(self, request: CleanRequest) -> CleanReport:
         """With ``login_host``: delete the mirrored job files on the login node. Without it the
         cluster wrote into the local sweep dir itself: there is no other copy to delete."""
         from launcher_core.backends.base import CleanReport
 
         if isinstance(self.site, LoginSite):
-            return self.site.clean(handles, sweep_id=sweep_id, sweep_handles=sweep_handles, dry_run=dry_run)
+            return self.site.clean(request)
         return CleanReport(nothing_to_clean="slurm on a shared file system: the sweep dir is the only copy")
 
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:

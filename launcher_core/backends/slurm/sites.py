@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.base import CleanReport, CleanRequest
 from launcher_core.backends.slurm.accounting import ExitInfo, SlurmCommands
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
@@ -258,27 +259,17 @@ class LoginSite:
 
         fetch_job_dirs(self.conn, jobs, local_dirs, pull_filter)
 
-    def clean(
-        self,
-        handles: Mapping[str, dict[str, Any]],
-        *,
-        sweep_id: str,
-        sweep_handles: Mapping[str, dict[str, Any]] | None = None,
-        dry_run: bool = False,
-    ) -> Any:
+    def clean(self, request: CleanRequest) -> CleanReport:
         """Delete the mirrored job dirs (and, with ``sweep_handles``, the mirrored sweep dir and the
         sweep's snapshots) on the login node, with remote_ssh's checked paths and script."""
         from launcher_core.remote.workspace import clean_host, clean_workspaces
 
         label = self.address.label
         return clean_workspaces(
-            handles,
-            sweep_id=sweep_id,
-            sweep_handles=sweep_handles,
-            dry_run=dry_run,
+            request,
             host_of=lambda _h: label,
-            remote_dir_of=lambda h: login_remote_dir(h, sweep_id),
-            run=lambda plans: ({host: clean_host(self.conn, sweep_id, plan) for host, plan in plans.items()}, {}),
+            remote_dir_of=lambda h: login_remote_dir(h, request.sweep_id),
+            run=lambda plans: ({host: clean_host(self.conn, request.sweep_id, p) for host, p in plans.items()}, {}),
         )
 
     def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
