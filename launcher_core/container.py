@@ -7,17 +7,16 @@ Design: docs/slurm.md ("Containers"), docs/remote_ssh.md
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from launcher_core.errors import ConfigError
+from launcher_core.validation import env_vars
 
 RUNTIMES = ("singularity", "apptainer")
 NV_CHOICES = ("auto", "true", "false")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def container_from_config(cfg: Mapping[str, Any] | Container | None, key: str = 
         binds=tuple(validate_bind(f"{key}.binds", b) for b in _list(f"{key}.binds", cfg.get("binds"))),
         nv=_nv(f"{key}.nv", cfg.get("nv", "auto")),
         extra_args=tuple(_text(f"{key}.extra_args", a) for a in _list(f"{key}.extra_args", cfg.get("extra_args"))),
-        env=tuple(_env(f"{key}.env", cfg.get("env"))),
+        env=tuple(env_vars(f"{key}.env", cfg.get("env"))),
         python=_text(f"{key}.python", cfg.get("python") or "python"),
     )
 
@@ -170,18 +169,3 @@ def _nv(key: str, value: Any) -> str:
     if text not in NV_CHOICES:
         raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
     return text
-
-
-def _env(key: str, value: Any) -> list[tuple[str, str]]:
-    if value is None:
-        return []
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
-    out = []
-    for name, val in value.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
-        if val is None or isinstance(val, (dict, list)) or "\0" in str(val):
-            raise ConfigError(f"{key}.{name} must be a plain value, got {val!r}")
-        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
-    return out

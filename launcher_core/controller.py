@@ -429,16 +429,7 @@ def _launch(
     code_dir: Path | None,
 ) -> list[Any]:
     started = time.monotonic()
-    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_id = sweep_id_for(sweep_dir)
-    specs = build_job_specs(
-        hydra_context=hydra_context,
-        config=config,
-        sweep_id=sweep_id,
-        job_overrides=job_overrides,
-        initial_job_idx=initial_job_idx,
-    )
+    sweep_dir, sweep_id, specs = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
     backend = backend_factory()
     label = backend.name
     _log_jobs(label, sweep_dir, specs)
@@ -532,6 +523,23 @@ def _freeze(sweep: SweepInfo, code_id: str) -> Path:
     return snapshot
 
 
+def _sweep_jobs(
+    hydra_context: Any, config: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+) -> tuple[Path, str, list[JobSpec]]:
+    """The sweep dir (created), its id and the batch's job specs."""
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = sweep_id_for(sweep_dir)
+    specs = build_job_specs(
+        hydra_context=hydra_context,
+        config=config,
+        sweep_id=sweep_id,
+        job_overrides=job_overrides,
+        initial_job_idx=initial_job_idx,
+    )
+    return sweep_dir, sweep_id, specs
+
+
 def _store_failure(sweep_dir: Path, exc: Exception, backend: Backend) -> str:
     """What to tell the user when the state store cannot be written (full disk, read-only)."""
     what = "the disk under it is full" if "full" in str(exc) else str(exc)
@@ -611,16 +619,7 @@ def dry_run_batch(
     from hydra.core.utils import setup_globals
 
     setup_globals()
-    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_id = sweep_id_for(sweep_dir)
-    specs = build_job_specs(
-        hydra_context=hydra_context,
-        config=config,
-        sweep_id=sweep_id,
-        job_overrides=job_overrides,
-        initial_job_idx=initial_job_idx,
-    )
+    sweep_dir, sweep_id, specs = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
     sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name))
     if backend.runs_local_code:  # the written scripts run the code as it is now, whenever submitted
         _, code_id = _record_code(sweep)

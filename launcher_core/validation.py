@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from launcher_core.errors import ConfigError
@@ -19,3 +21,23 @@ def check_positive(key: str, value: Any, *, integer: bool = False, allow_zero: b
 def check_optional_positive(key: str, value: Any, *, integer: bool = False) -> None:
     if value is not None:
         check_positive(key, value, integer=integer)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def env_vars(key: str, value: Any) -> list[tuple[str, str]]:
+    """Environment variables of the jobs (``env``, ``env.vars``, ``container.env``): a mapping of
+    valid names to plain values (booleans as ``true``/``false``), in order."""
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
+    out = []
+    for name, val in value.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
+        if val is None or isinstance(val, (Mapping, list)) or "\0" in str(val):
+            raise ConfigError(f"{key}.{name} must be a plain value, got {val!r}")
+        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
+    return out

@@ -68,6 +68,11 @@ class BackendLauncher(Launcher):
         )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self._launch_batch(job_overrides, initial_job_idx)
+
+    def _launch_batch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, code_dir: Any = None
+    ) -> Sequence[JobReturn]:
         from launcher_core.controller import launch_batch
 
         assert self.config is not None and self.hydra_context is not None
@@ -79,6 +84,7 @@ class BackendLauncher(Launcher):
             task_function=self.task_function,
             job_overrides=job_overrides,
             initial_job_idx=initial_job_idx,
+            code_dir=code_dir,
         )
 
 
@@ -203,23 +209,12 @@ class RemoteSSHLauncher(BackendLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from pathlib import Path
 
-        from launcher_core.controller import launch_batch
-
-        assert self.config is not None and self.hydra_context is not None
+        assert self.config is not None
         # the project to ship: hydra.launcher.code_dir, else where the app was started from
         settings = self._settings()
         code_dir = settings.code_dir or str(self.config.hydra.runtime.cwd)
         self._check_entry_script_ships(Path(code_dir), settings)
-        return launch_batch(
-            backend_factory=self.make_backend,
-            options=self.launch_options(),
-            hydra_context=self.hydra_context,
-            config=self.config,
-            task_function=self.task_function,
-            job_overrides=job_overrides,
-            initial_job_idx=initial_job_idx,
-            code_dir=Path(code_dir),
-        )
+        return self._launch_batch(job_overrides, initial_job_idx, code_dir=Path(code_dir))
 
     @staticmethod
     def _check_entry_script_ships(code_dir: Any, settings: Any) -> None:

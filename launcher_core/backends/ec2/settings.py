@@ -14,6 +14,7 @@ from typing import Any
 from hydra_plugins.remote_launcher.config import Ec2LauncherConf
 from launcher_core.errors import ConfigError
 from launcher_core.settings import setting_names, settings_from_mapping
+from launcher_core.validation import env_vars
 
 RESERVED_TAG_PREFIXES = ("aws:", "hydra-launcher:")
 CREDENTIAL_ENV_NAMES = frozenset(
@@ -21,7 +22,6 @@ CREDENTIAL_ENV_NAMES = frozenset(
 )
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.compile(r"^subnet-[0-9a-f]+$")}
 
 
@@ -148,18 +148,12 @@ def _validate_strings(s: Ec2Settings) -> None:
 
 
 def _validate_env_and_tags(s: Ec2Settings) -> None:
-    if not isinstance(s.env, dict):
-        raise ConfigError(f"{setting_key('env')} must be a mapping NAME: value, got {s.env!r}")
-    for name, value in s.env.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise ConfigError(f"{setting_key('env')}: {name!r} is not a valid environment variable name")
+    for name, _value in env_vars(setting_key("env"), s.env):
         if name.upper() in CREDENTIAL_ENV_NAMES:
             raise ConfigError(
                 f"{setting_key('env')}.{name}: credentials are never shipped to instances; give them an IAM role "
                 f"with {setting_key('iam_instance_profile')} instead"
             )
-        if not isinstance(value, (str, int, float, bool)):
-            raise ConfigError(f"{setting_key('env')}.{name} must be a string, got {value!r}")
     if not isinstance(s.tags, dict):
         raise ConfigError(f"{setting_key('tags')} must be a mapping key: value, got {s.tags!r}")
     for key, value in s.tags.items():

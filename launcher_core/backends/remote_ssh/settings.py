@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ from launcher_core.errors import ConfigError
 from launcher_core.remote.paths import check_remote_dir
 from launcher_core.remote.ssh import HostAddress, SSHOptions
 from launcher_core.settings import reject_unknown
+from launcher_core.validation import env_vars
 
 log = logging.getLogger("launcher_core.remote_ssh")
 
 ENV_SETUPS = ("none", "uv", "conda")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class RemoteSSHSettings:
             conda_env=ev.optional_str("conda_env"),
             conda_command=ev.text("conda_command", de.conda_command),
             uv_command=ev.text("uv_command", de.uv_command),
-            env_vars=_parse_env_vars(env.get("vars"), f"{prefix}.env.vars"),
+            env_vars=tuple(env_vars(f"{prefix}.env.vars", env.get("vars"))),
             prepare_commands=v.str_list("prepare_commands", d.prepare_commands),
             gpus_per_job=v.integer("gpus_per_job", d.gpus_per_job, minimum=0),
             wait=v.boolean("wait", d.wait),
@@ -277,18 +276,3 @@ def _parse_container(value: Any, key: str) -> Container | None:
 
 def is_uri(image: str) -> bool:
     return "://" in image
-
-
-def _parse_env_vars(value: Any, key: str) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
-    out = []
-    for name, val in value.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
-        if isinstance(val, (dict, list)) or val is None or "\x00" in str(val):
-            raise ConfigError(f"{key}.{name} must be a string, got {val!r}")
-        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
-    return tuple(out)

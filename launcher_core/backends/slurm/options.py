@@ -13,7 +13,7 @@ from hydra_plugins.remote_launcher.config import ContainerConf, SlurmArrayLaunch
 from launcher_core.container import container_from_config
 from launcher_core.errors import ConfigError
 from launcher_core.settings import settings_from_mapping
-from launcher_core.validation import check_optional_positive, check_positive
+from launcher_core.validation import check_optional_positive, check_positive, env_vars
 
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _SBATCH_TEXT_KEYS = (
@@ -72,7 +72,7 @@ class SlurmOptions(SlurmArrayLauncherConf):
             )
         _check_srun_args(f"{p}.srun_args", self.srun_args)
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
-        self.env = dict(_env_vars(f"{p}.env", self.env))
+        self.env = dict(env_vars(f"{p}.env", self.env))
         container: Any = self.container
         if isinstance(container, ContainerConf):  # the schema's default: no image, no container
             container = dataclasses.asdict(container)
@@ -167,21 +167,6 @@ def _check_srun_args(key: str, args: Sequence[str]) -> None:
     for i, arg in enumerate(args):
         if arg.startswith("--") and _abbreviates(arg[2:].partition("=")[0], ("signal",)):
             raise ConfigError(f"{key}[{i}] ({arg!r}): {_SIGNAL_IS_OURS}")
-
-
-def _env_vars(key: str, value: Any) -> list[tuple[str, str]]:
-    if value is None:
-        return []
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{key} must be a mapping NAME: value, got {value!r}")
-    out = []
-    for name, val in value.items():
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise ConfigError(f"{key}: {name!r} is not a valid environment variable name")
-        if val is None or isinstance(val, (Mapping, list)) or "\0" in str(val):
-            raise ConfigError(f"{key}.{name} must be a plain value, got {val!r}")
-        out.append((name, str(val).lower() if isinstance(val, bool) else str(val)))
-    return out
 
 
 def _mem(mem_gb: float) -> str:
