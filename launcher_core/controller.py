@@ -499,11 +499,10 @@ def _record_code(sweep: SweepInfo) -> tuple[Any, str]:
     dest = sweep.sweep_dir / ".launcher" / CODE_DIR
     summary = dest / f"{_LAUNCH_CODE_ID}.json"
     if not summary.exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / f"{_LAUNCH_CODE_ID}.diff").write_text(git.diff)
-        tmp = summary.with_suffix(".tmp")
-        tmp.write_text(json.dumps(git.summary(), indent=1) + "\n")
-        os.replace(tmp, summary)
+        from launcher_core.snapshots import write_private
+
+        write_private(dest / f"{_LAUNCH_CODE_ID}.diff", git.diff)  # may hold anything: private
+        write_private(summary, json.dumps(git.summary(), indent=1) + "\n")
     return git, _LAUNCH_CODE_ID
 
 

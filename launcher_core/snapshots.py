@@ -53,11 +53,12 @@ def freeze_code(code_dir: Path, snapshot: Path, *, sweep_dir: Path, excludes: Se
         raise ConfigError("freezing the code for the jobs needs rsync on this machine (apt install rsync)")
     partial = snapshot.with_name(snapshot.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     filters = filter_args((), (*DEFAULT_EXCLUDES, *excludes), excludes_for_local_outputs(code_dir, sweep_dir))
     # nanosecond mtimes: a file edited within the second of the previous snapshot, same size, is
     # still seen as changed (rsync compares whole seconds by default)
-    argv = ["rsync", "-a", "--modify-window=-1", *filters]
+    # private like everything in .launcher/ (the owner keeps the execute bits the code had)
+    argv = ["rsync", "-a", "--modify-window=-1", "--chmod=go-rwx", *filters]
     previous = _previous_snapshot(code_dir)
     if previous is not None:
         argv.append(f"--link-dest={previous}")
@@ -95,11 +96,18 @@ def code_record(git: GitState, snapshot_id: str) -> dict[str, object]:
     }
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically, mode 0600 (its dir created 0700)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def write_code_record(launcher_dir: Path, record: dict[str, object]) -> None:
-    launcher_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = launcher_dir / f".{CODE_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, launcher_dir / CODE_FILE)
+    write_private(launcher_dir / CODE_FILE, json.dumps(record, indent=1) + "\n")
 
 
 # --- comparing the code of sweeps (launcher-core diff) -----------------------------------------
