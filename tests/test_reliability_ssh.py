@@ -46,6 +46,7 @@ FAST_FAIL = {
     "command_timeout_s": 4,
     "rsync_timeout_s": 6,
     "server_alive_interval_s": 1,
+    "reconnect_grace_s": 0,
 }
 
 # Jobs may fill a scratch dir: cfg.fill_mb MB into cfg.fill_dir when x is in cfg.fill_on.

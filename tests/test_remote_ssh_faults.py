@@ -26,7 +26,13 @@ from tests.test_remote_ssh import launch, result, states
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 
-FAST_FAIL = {"retries": 1, "connect_timeout_s": 2, "command_timeout_s": 4, "server_alive_interval_s": 1}
+FAST_FAIL = {
+    "retries": 1,
+    "connect_timeout_s": 2,
+    "command_timeout_s": 4,
+    "server_alive_interval_s": 1,
+    "reconnect_grace_s": 0,  # give up at the first lost poll (riding outages out is tested below)
+}
 
 
 def runs(record: Path) -> Counter[int]:
@@ -136,5 +142,42 @@ def test_server_killed_while_jobs_run_then_relaunch_reattaches(
     extra_sshd.start()
     proc, sweep = launch(ssh_env, proj, "killed", *args, **settings, **FAST_FAIL)
     assert proc.returncode == 0, proc.stderr
+    assert runs(record) == {1: 1, 2: 1, 3: 1}
+    assert [result(sweep, n).return_value["x"] for n in range(3)] == [1, 2, 3]
+
+
+def test_short_outage_while_jobs_run_is_ridden_out_without_a_relaunch(
+    ssh_env: SSHTestEnv, extra_sshd: SSHServer, tmp_path: Path
+) -> None:
+    """The server and its connections go away for a few seconds and come back on the same port:
+    the launch keeps retrying (saying so), then collects every job, each run exactly once."""
+    proj = make_project(tmp_path / "proj")
+    record = shared_file("hrl-rec")
+    go = record.parent / "go"
+    settings = {"hosts": f"[{extra_sshd.alias()}]", "ssh_config": extra_sshd.ssh_config, "max_parallel": 3}
+    args = ("x=1,2,3", f"record={record}", f"wait_for={go}")
+    outage = {**FAST_FAIL, "reconnect_grace_s": 60}
+
+    def outage_while_running() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if record.exists() and len(record.read_text().splitlines()) == 3:
+                extra_sshd.stop()  # listener and its connections killed
+                go.write_text("go")  # the jobs finish while the server is down
+                time.sleep(6)
+                extra_sshd.start()  # back on the same port
+                return
+            time.sleep(0.02)
+
+    flapper = threading.Thread(target=outage_while_running, daemon=True)
+    flapper.start()
+    tic = time.monotonic()
+    proc, sweep = launch(ssh_env, proj, "outage", *args, **settings, **outage)
+    flapper.join(30)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - tic < 60
+    said = proc.stdout + proc.stderr
+    assert f"lost contact with {extra_sshd.alias()}" in said and "Retrying for up to" in said
+    assert f"contact with {extra_sshd.alias()} is back" in said
     assert runs(record) == {1: 1, 2: 1, 3: 1}
     assert [result(sweep, n).return_value["x"] for n in range(3)] == [1, 2, 3]

@@ -233,6 +233,9 @@ class RemoteSSHLauncherConf:
     rsync_timeout_s: float = 900.0
     # bounded retries (with a fresh connection) of a failed ssh/rsync step before giving up
     retries: int = 3
+    # while jobs run, a host that cannot be reached is retried (with backoff) this long before the
+    # launch gives up (laptops change networks, VPNs drop); the jobs keep running there meanwhile
+    reconnect_grace_s: float = 300.0
     server_alive_interval_s: float = 10.0
     server_alive_count_max: int = 3
     control_persist_s: int = 600

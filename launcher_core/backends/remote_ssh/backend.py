@@ -118,6 +118,16 @@ class _HostState:
         return self.workspace.snapshot
 
 
+@dataclass
+class _Outage:
+    """A host that could not be polled since ``since`` (monotonic seconds)."""
+
+    since: float
+    failures: int = 0
+    retry_at: float = 0.0
+    reported: float = 0.0
+
+
 class RemoteSSHBackend(Backend):
     name = "remote_ssh"
     detached = True  # jobs outlive the controller; a relaunch re-attaches to them
@@ -145,6 +155,7 @@ class RemoteSSHBackend(Backend):
         self._pylib: list[str] = []
         self._lock = threading.Lock()
         self._last_poll = 0.0
+        self._outages: dict[str, _Outage] = {}  # hosts that could not be polled lately
 
     def stored_config(self) -> dict[str, Any]:
         """Secret-free settings :func:`from_config` needs to poll, fetch and cancel later."""
@@ -196,14 +207,44 @@ class RemoteSSHBackend(Backend):
             time.sleep(wait)
         self._last_poll = time.monotonic()
         by_host = _group_by_host(handles)
+        now = time.monotonic()
+        by_host = {h: jobs for h, jobs in by_host.items() if self._outages.get(h, _Outage(now)).retry_at <= now}
         self._ensure_masters(by_host)
         results, errors = self._per_host(by_host, self._poll_host)
-        if errors:
-            raise _poll_error(errors, self._sweep)
+        self._note_contact(results, errors)
         statuses: dict[str, JobStatus] = {}
         for part in results.values():
             statuses.update(part)
         return statuses
+
+    def _note_contact(self, reached: Mapping[str, Any], errors: Mapping[str, BackendError]) -> None:
+        """Ride out short outages: a host that cannot be polled is retried with backoff for
+        ``reconnect_grace_s`` (its jobs keep running there and are left out of the poll, i.e.
+        unchanged) before the launch gives up with the re-attach hint."""
+        now = time.monotonic()
+        for label in reached:
+            outage = self._outages.pop(label, None)
+            if outage is not None:
+                log.warning("contact with %s is back after %.0f s", label, now - outage.since)
+        expired = {}
+        for label, error in errors.items():
+            outage = self._outages.setdefault(label, _Outage(now))
+            outage.failures += 1
+            down_s = now - outage.since
+            if down_s >= self.settings.reconnect_grace_s:
+                expired[label] = error
+                continue
+            outage.retry_at = now + min(2.0**outage.failures, 30.0, self.settings.reconnect_grace_s - down_s)
+            if outage.failures == 1 or now - outage.reported >= 30.0:
+                outage.reported = now
+                log.warning(
+                    "lost contact with %s (%s); its jobs keep running there. Retrying for up to %.0f s more.",
+                    label,
+                    str(error).splitlines()[0],
+                    self.settings.reconnect_grace_s - down_s,
+                )
+        if expired:
+            raise _poll_error(expired, self._sweep)
 
     def fetch(
         self,

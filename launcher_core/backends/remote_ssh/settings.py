@@ -54,6 +54,7 @@ class RemoteSSHSettings:
     skip_completed: bool
     poll_interval_s: float
     kill_grace_s: float
+    reconnect_grace_s: float
     container: Container | None
 
     @classmethod
@@ -104,6 +105,7 @@ class RemoteSSHSettings:
             skip_completed=v.boolean("skip_completed", d.skip_completed),
             poll_interval_s=v.number("poll_interval_s", d.poll_interval_s),
             kill_grace_s=v.number("kill_grace_s", d.kill_grace_s, allow_zero=True),
+            reconnect_grace_s=v.number("reconnect_grace_s", d.reconnect_grace_s, allow_zero=True),
             container=_parse_container(cfg.get("container"), f"{prefix}.container"),
         )
         if settings.env_setup == "conda" and not settings.conda_env:
@@ -135,6 +137,7 @@ class RemoteSSHSettings:
             "rsync_path": self.ssh.rsync_path,
             "poll_interval_s": self.poll_interval_s,
             "kill_grace_s": self.kill_grace_s,
+            "reconnect_grace_s": self.reconnect_grace_s,
         }
 
     @property
