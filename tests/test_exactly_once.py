@@ -24,6 +24,7 @@ import pytest
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
+from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
 from tests.sshd import SSHTestEnv, make_project, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
 
 N_JOBS = 8
@@ -172,3 +173,29 @@ def test_remote_ssh_resumes_after_the_launcher_is_killed(point: str, ssh_env: SS
     while _sweep_processes(remote) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _sweep_processes(remote) == []
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.parametrize("point", ("first-submitted", "jobs-running", "some-pulled"))
+def test_slurm_resumes_after_the_launcher_is_killed(point: str, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj")
+    record = tmp_path / "executions.txt"
+    sweep_dir = proj / "multirun" / "s"
+    argv = [
+        str(proj / "app.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.poll_interval_s=0.3",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.array_parallelism=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"x=range({N_JOBS})",
+        f"record={record}",
+        f"sleep={SLEEP_S}",
+    ]
+    _launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
+    time.sleep(2 * SLEEP_S)  # queued and running array tasks go on while no launcher is alive
+    proc = _relaunch(argv, proj)
+    _check_exactly_once(proc, sweep_dir, record)
+    assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.strip() == ""  # nothing left queued

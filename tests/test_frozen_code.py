@@ -21,7 +21,7 @@ from launcher_core import cli
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import make_project
+from tests.sshd import SSHTestEnv, make_project, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 N_JOBS = 4
@@ -184,3 +184,35 @@ def test_import_path_maps_only_what_the_snapshot_holds(tmp_path: Path) -> None:
         str(code / ".venv" / "lib"),  # a venv inside the project is not frozen: imported in place
         "/usr/lib/python3.11",
     ]
+
+
+@pytest.mark.ssh
+def test_remote_ssh_jobs_import_the_code_as_it_was_at_launch(ssh_env: SSHTestEnv, tmp_path: Path) -> None:
+    from launcher_core.pull import PullOptions, pull_sweep_once
+
+    proj = _git_project(tmp_path / "proj")
+    go = shared_file("hrl-go").with_name("go")
+    sweep_dir = proj / "multirun" / "ssh"
+    argv = [
+        sys.executable,
+        str(proj / "app.py"),
+        "-m",
+        "hydra/launcher=remote_ssh",
+        f"hydra.sweep.dir={sweep_dir}",
+        "x=0,1,2",
+        f"wait_for={go}",
+        "hydra.launcher.wait=false",
+        *ssh_env.overrides("frozen", max_parallel=3),
+    ]
+    launched = subprocess.run(argv, cwd=proj, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    (proj / "helper.py").write_text('VERSION = "v2-edited-after-launch"\n')  # right after the launch returns
+    go.touch()
+    results = [sweep_dir / str(n) / ".launcher" / "result.pkl" for n in range(3)]
+    deadline = time.monotonic() + 120
+    while not all(p.exists() for p in results) and time.monotonic() < deadline:
+        pull_sweep_once(sweep_dir, PullOptions())
+        time.sleep(0.3)
+    assert [load_job_return(p).return_value["helper"] for p in results] == ["v1"] * 3
+    head = _git(proj, "rev-parse", "HEAD").strip()
+    assert json.loads((sweep_dir / "1" / ".launcher" / "code.json").read_text())["commit"] == head
