@@ -103,6 +103,7 @@ class SweepController:
         self.states: dict[str, JobState] = {}
         self.counts: dict[JobState, int] = {}  # kept with states: the progress bar reads it on every change
         self.code_record: dict[str, Any] | None = None  # written as each job's .launcher/code.json
+        self._open_launches: set[str] = set()  # launching processes that did not end (see plan)
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -122,6 +123,7 @@ class SweepController:
         happens to completed jobs of a launch that had ended. Never a job submitted twice.
         """
         known = {r.job_id: r for r in self.store.jobs(job_ids=[s.job_id for s in specs])}
+        self._open_launches = self.store.interrupted_launches()
         to_submit: list[JobSpec] = []
         reattach: dict[str, dict[str, Any]] = {}
         stale: dict[str, dict[str, Any]] = {}
@@ -130,13 +132,13 @@ class SweepController:
             row = known.get(spec.job_id)
             if row is not None and self._reusable(row, spec):
                 self._set_state(spec.job_id, row.state)
-                resumed["collected"] += row.interrupted
+                resumed["collected"] += self._resumed(row)
                 continue
             if row is not None and row.handle and self._still_on_backend(row):
-                if self.backend.detached or (row.interrupted and self.backend.reattachable(row.handle)):
+                if self.backend.detached or (self._resumed(row) and self.backend.reattachable(row.handle)):
                     reattach[spec.job_id] = row.handle
                     self._set_state(spec.job_id, row.state)
-                    resumed["re-attached"] += row.interrupted
+                    resumed["re-attached"] += self._resumed(row)
                     continue
                 if row.state.is_active:
                     stale[spec.job_id] = row.handle
@@ -146,7 +148,7 @@ class SweepController:
             self.backend.cancel(stale)
         self.store.add_jobs(specs)
         self.store.reset_to_pending([s.job_id for s in to_submit])
-        if any(r.interrupted for r in known.values()):
+        if any(self._resumed(r) for r in known.values()):
             log.info(
                 "resuming an interrupted launch of %s: %d jobs collected, %d re-attached, %d started",
                 self.sweep.sweep_dir,
@@ -163,16 +165,19 @@ class SweepController:
         to that launch), or with ``skip_completed``."""
         if row.output_dir != spec.output_dir or not (row.output_dir / ".launcher" / "result.pkl").exists():
             return False
-        if row.interrupted:  # fetched in full (a job whose fetch was cut short is fetched again)
+        if self._resumed(row):  # fetched in full (a job whose fetch was cut short is fetched again)
             return row.state is JobState.PULLED and row.outcome in (JobState.COMPLETED, JobState.FAILED)
         return self.options.skip_completed and row.outcome is JobState.COMPLETED
 
-    @staticmethod
-    def _still_on_backend(row: JobRow) -> bool:
+    def _resumed(self, row: JobRow) -> bool:
+        """Whether the job belongs to an interrupted launch (of any batch of that multirun)."""
+        return row.interrupted or (row.launch_id is not None and row.launch_id in self._open_launches)
+
+    def _still_on_backend(self, row: JobRow) -> bool:
         """Running there, or finished there while no launch was alive and not fetched yet."""
         if row.state.is_active:
             return True
-        return row.interrupted and row.state in (JobState.COMPLETED, JobState.FAILED)
+        return self._resumed(row) and row.state in (JobState.COMPLETED, JobState.FAILED)
 
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
         """Submit, and record every job that really started — also when submission fails
@@ -201,7 +206,7 @@ class SweepController:
                 write_code_record(spec.launcher_dir, self.code_record)
 
     def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
-        self.store.mark_submitted(handles)
+        self.store.mark_submitted(handles, launch_id=_LAUNCH_CODE_ID)
         for job_id in handles:
             self._set_state(job_id, JobState.SUBMITTED)
 

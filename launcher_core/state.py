@@ -48,7 +48,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 # columns added after the first release, with their types (see StateStore._add_missing_columns)
-_OPTIONAL_COLUMNS = {"outcome": "TEXT", "pull_mode": "TEXT", "cleaned_at": "REAL", "collected_at": "REAL"}
+_OPTIONAL_COLUMNS = {
+    "outcome": "TEXT",
+    "pull_mode": "TEXT",
+    "cleaned_at": "REAL",
+    "collected_at": "REAL",
+    "launch_id": "TEXT",
+}
 
 
 @dataclass
@@ -72,6 +78,7 @@ class JobRow:
     # the launch that started the job ended normally (returned its result to Hydra, or, with
     # wait=false, handed it to the pull daemon); None while a launch still owns the job
     collected_at: float | None = None
+    launch_id: str | None = None  # the launching process that handed it to the backend
 
     @property
     def interrupted(self) -> bool:
@@ -206,7 +213,7 @@ class StateStore:
         with self._tx() as cur:
             cur.executemany(
                 "UPDATE jobs SET state='pending', handle=NULL, host=NULL, exit_reason=NULL, "
-                "outcome=NULL, pull_mode=NULL, cleaned_at=NULL, collected_at=NULL, "
+                "outcome=NULL, pull_mode=NULL, cleaned_at=NULL, collected_at=NULL, launch_id=NULL, "
                 "submitted_at=NULL, started_at=NULL, finished_at=NULL, pulled_at=NULL, "
                 "updated_at=? WHERE job_id=?",
                 [(now, j) for j in job_ids],
@@ -220,13 +227,23 @@ class StateStore:
                 "UPDATE jobs SET collected_at=?, updated_at=? WHERE job_id=?", [(now, now, j) for j in job_ids]
             )
 
-    def mark_submitted(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
+    def mark_submitted(self, handles: Mapping[str, Mapping[str, Any]], launch_id: str | None = None) -> None:
         now = time.time()
         with self._tx() as cur:
             cur.executemany(
-                "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, updated_at=? WHERE job_id=?",
-                [(json.dumps(h), h.get("host"), now, now, j) for j, h in handles.items()],
+                "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, launch_id=?, updated_at=? "
+                "WHERE job_id=?",
+                [(json.dumps(h), h.get("host"), now, launch_id, now, j) for j, h in handles.items()],
             )
+
+    def interrupted_launches(self) -> set[str]:
+        """Launching processes that handed jobs to a backend and did not end normally: all their
+        jobs (of every batch of that multirun) belong to a launch a relaunch resumes."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT launch_id FROM jobs WHERE submitted_at IS NOT NULL AND collected_at IS NULL "
+            "AND launch_id IS NOT NULL"
+        ).fetchall()
+        return {r[0] for r in rows}
 
     def update_states(
         self, updates: Mapping[str, tuple[JobState, str | None]], host: Mapping[str, str] | None = None
@@ -341,6 +358,7 @@ def _row_to_job(r: dict[str, Any]) -> JobRow:
         pulled_at=r["pulled_at"],
         cleaned_at=r.get("cleaned_at"),  # absent in a store of an older version opened read-only
         collected_at=r.get("collected_at", r["updated_at"]),  # older versions: every launch ended
+        launch_id=r.get("launch_id"),
     )
 
 

@@ -112,10 +112,10 @@ def _check_exactly_once(proc: subprocess.CompletedProcess[str], sweep_dir: Path,
         assert Path(ret.hydra_cfg.hydra.runtime.output_dir) == sweep_dir / str(n)
         assert Path(ret.working_dir) == sweep_dir.parent.parent
     assert set(_states(sweep_dir)) == {JobState.PULLED}
-    message = re.search(r"(\d+) jobs collected, (\d+) re-attached, (\d+) started", proc.stdout + proc.stderr)
-    assert message, proc.stderr[-3000:]
-    collected, reattached, started = map(int, message.groups())
-    assert collected + reattached + started == N_JOBS
+    # one line per batch of the multirun
+    said = re.findall(r"(\d+) jobs collected, (\d+) re-attached, (\d+) started", proc.stdout + proc.stderr)
+    assert said, proc.stderr[-3000:]
+    assert sum(int(n) for line in said for n in line) == N_JOBS
 
 
 def _relaunch(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -144,6 +144,30 @@ def test_local_pool_resumes_after_the_launcher_is_killed(point: str, tmp_path: P
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)
     assert _sweep_processes(str(sweep_dir)) == []
+
+
+@pytest.mark.slow
+def test_a_multirun_killed_in_its_second_batch_resumes_the_first_one_too(tmp_path: Path) -> None:
+    """Batches of one multirun (``max_batch_size``) are one launch: the relaunch collects the first
+    batch, which had ended, instead of running it again."""
+    proj = make_project(tmp_path / "proj")
+    record = tmp_path / "executions.txt"
+    sweep_dir = proj / "multirun" / "s"
+    argv = [
+        str(proj / "app.py"),
+        "-m",
+        "hydra/launcher=local_pool",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.max_batch_size=4",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"x=range({N_JOBS})",
+        f"record={record}",
+        f"sleep={SLEEP_S}",
+    ]
+    _launch_and_kill(argv, proj, lambda: _lines(record) >= 5)  # batch 1 ended, batch 2 runs
+    time.sleep(2 * SLEEP_S)
+    proc = _relaunch(argv, proj)
+    _check_exactly_once(proc, sweep_dir, record)
 
 
 @pytest.mark.slow
