@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher_core import snapshots
 from launcher_core.backends.base import Backend
 from launcher_core.errors import BackendError, SubmitError
 from launcher_core.jobs import JobSpec, JobState, JobStatus, SweepInfo, job_id_for
@@ -199,11 +200,9 @@ class SweepController:
         """``.launcher/code.json`` in the dir of each job that started: the code it runs."""
         if self.code_record is None:
             return
-        from launcher_core.snapshots import write_code_record
-
         for spec in specs:
             if spec.job_id in started:
-                write_code_record(spec.launcher_dir, self.code_record)
+                snapshots.write_code_record(spec.launcher_dir, self.code_record)
 
     def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
         self.store.mark_submitted(handles, launch_id=_LAUNCH_CODE_ID)
@@ -466,7 +465,7 @@ def _launch(
         _register(sweep_id, sweep_dir, backend.name)
         controller = SweepController(backend, store, options, sweep)
         to_submit, reattached = controller.plan(specs)
-        controller.code_record = code_record(git, code_id)
+        controller.code_record = snapshots.code_record(git, code_id)
         backend.prepare(sweep)
         active = {**reattached, **controller.submit(to_submit)}
         if not options.wait:
@@ -495,34 +494,30 @@ _LAUNCH_CODE_ID = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 CODE_DIR = "code"  # in the sweep's .launcher/: the full diff once, and the frozen snapshot
 
 
+_GIT_AT_LAUNCH: dict[Path, Any] = {}  # code dir -> its git state when this process first launched
+
+
 def _record_code(sweep: SweepInfo) -> tuple[Any, str]:
-    """The git state of the code dir, read once per launch; the full diff and the summary are
-    kept once per sweep (``.launcher/code/<id>.diff``, ``<id>.json``)."""
+    """The git state of the code dir, read once per launching process (every batch of a multirun
+    shares it); the full diff and the summary are kept once per sweep (``.launcher/code/<id>.diff``,
+    ``<id>.json``)."""
     from launcher_core.remote.codesync import git_state
 
-    git = git_state(sweep.code_dir)
+    git = _GIT_AT_LAUNCH.get(sweep.code_dir)
+    if git is None:
+        git = _GIT_AT_LAUNCH[sweep.code_dir] = git_state(sweep.code_dir)
     dest = sweep.sweep_dir / ".launcher" / CODE_DIR
     summary = dest / f"{_LAUNCH_CODE_ID}.json"
     if not summary.exists():
-        from launcher_core.snapshots import write_private
-
-        write_private(dest / f"{_LAUNCH_CODE_ID}.diff", git.diff)  # may hold anything: private
-        write_private(summary, json.dumps(git.summary(), indent=1) + "\n")
+        snapshots.write_private(dest / f"{_LAUNCH_CODE_ID}.diff", git.diff)  # may hold anything: private
+        snapshots.write_private(summary, json.dumps(git.summary(), indent=1) + "\n")
     return git, _LAUNCH_CODE_ID
 
 
-def code_record(git: Any, code_id: str) -> dict[str, Any]:
-    from launcher_core.snapshots import code_record as record
-
-    return record(git, code_id)
-
-
 def _freeze(sweep: SweepInfo, code_id: str) -> Path:
-    from launcher_core.snapshots import freeze_code
-
     snapshot = sweep.sweep_dir / ".launcher" / CODE_DIR / code_id
     tic = time.monotonic()
-    freeze_code(sweep.code_dir, snapshot, sweep_dir=sweep.sweep_dir)
+    snapshots.freeze_code(sweep.code_dir, snapshot, sweep_dir=sweep.sweep_dir)
     log.debug("code dir %s frozen into %s in %.2f s", sweep.code_dir, snapshot, time.monotonic() - tic)
     return snapshot
 
