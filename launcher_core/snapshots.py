@@ -22,8 +22,6 @@ from typing import Any
 
 from launcher_core.errors import ConfigError
 from launcher_core.remote.codesync import DEFAULT_EXCLUDES, GitState, excludes_for_local_outputs, filter_args
-from launcher_core.runtime.worker import CODE_SNAPSHOT_ENV as CODE_SNAPSHOT_ENV
-from launcher_core.runtime.worker import enter_snapshot as enter_snapshot
 
 CODE_FILE = "code.json"  # in each job's .launcher/ dir
 SNAPSHOT_TIMEOUT_S = 600.0
