@@ -223,3 +223,44 @@ def test_slurm_resumes_after_the_launcher_is_killed(point: str, slurm_cluster: S
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)
     assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.strip() == ""  # nothing left queued
+
+
+def _login_host_overrides(cluster: SlurmCluster, env: SSHTestEnv, name: str) -> list[str]:
+    """slurm with ``login_host``: submitted through the loopback sshd (user hrltest1)."""
+    return [
+        "hydra/launcher=slurm",
+        f"hydra.launcher.login_host={env.server.alias()}",
+        f"hydra.launcher.ssh_config={env.server.ssh_config}",
+        f"hydra.launcher.remote_dir={env.remote_dir(name)}",
+        f"hydra.launcher.python={env.python}",
+        f"hydra.launcher.login_setup=['export SLURM_CONF={cluster.conf}']",
+        "hydra.launcher.poll_interval_s=0.3",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.array_parallelism=2",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.ssh
+@pytest.mark.parametrize("point", ("jobs-running", "some-pulled"))
+def test_slurm_login_host_resumes_after_the_launcher_is_killed(
+    point: str, slurm_cluster: SlurmCluster, ssh_env: SSHTestEnv, tmp_path: Path
+) -> None:
+    proj = make_project(tmp_path / "proj")
+    record = shared_file("hrl-once-login")
+    sweep_dir = proj / "multirun" / "s"
+    argv = [
+        str(proj / "app.py"),
+        "-m",
+        *_login_host_overrides(slurm_cluster, ssh_env, f"once-login-{point}"),
+        f"hydra.sweep.dir={sweep_dir}",
+        f"x=range({N_JOBS})",
+        f"record={record}",
+        f"sleep={SLEEP_S}",
+    ]
+    _launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
+    time.sleep(2 * SLEEP_S)
+    proc = _relaunch(argv, proj)
+    _check_exactly_once(proc, sweep_dir, record)
+    assert slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.strip() == ""

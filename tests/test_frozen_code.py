@@ -216,3 +216,38 @@ def test_remote_ssh_jobs_import_the_code_as_it_was_at_launch(ssh_env: SSHTestEnv
     assert [load_job_return(p).return_value["helper"] for p in results] == ["v1"] * 3
     head = _git(proj, "rev-parse", "HEAD").strip()
     assert json.loads((sweep_dir / "1" / ".launcher" / "code.json").read_text())["commit"] == head
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+def test_slurm_login_host_jobs_import_the_code_as_it_was_at_launch(
+    slurm_cluster: SlurmCluster, ssh_env: SSHTestEnv, tmp_path: Path
+) -> None:
+    from launcher_core.pull import PullOptions, pull_sweep_once
+    from tests.test_exactly_once import _login_host_overrides
+
+    proj = _git_project(tmp_path / "proj")
+    go = shared_file("hrl-go-login").with_name("go")
+    sweep_dir = proj / "multirun" / "login"
+    argv = [
+        sys.executable,
+        str(proj / "app.py"),
+        "-m",
+        *_login_host_overrides(slurm_cluster, ssh_env, "frozen-login"),
+        "hydra.launcher.wait=false",
+        f"hydra.sweep.dir={sweep_dir}",
+        "x=0,1,2",
+        f"wait_for={go}",
+    ]
+    launched = subprocess.run(argv, cwd=proj, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    (proj / "helper.py").write_text('VERSION = "v2-edited-after-launch"\n')  # right after the launch returns
+    go.touch()
+    results = [sweep_dir / str(n) / ".launcher" / "result.pkl" for n in range(3)]
+    deadline = time.monotonic() + 120
+    while not all(p.exists() for p in results) and time.monotonic() < deadline:
+        pull_sweep_once(sweep_dir, PullOptions())
+        time.sleep(0.3)
+    assert [load_job_return(p).return_value["helper"] for p in results] == ["v1"] * 3
+    head = _git(proj, "rev-parse", "HEAD").strip()
+    assert json.loads((sweep_dir / "2" / ".launcher" / "code.json").read_text())["commit"] == head
