@@ -393,7 +393,7 @@ class Ec2Backend(Backend):
 
     def render_user_data(self, sweep: SweepInfo, base: str, run: str, group: str, plan_key: str) -> str:
         """The user-data of one instance: the full script, or the S3 fetch stub if it is > 16 KB."""
-        from launcher_core.backends.ec2 import userdata as ud
+        import launcher_core.backends.ec2.userdata as ud
 
         _, workspace = self._remote_paths(sweep, run, group)
         common = {
