@@ -36,7 +36,6 @@ import pytest
 from launcher_core.jobs import JobState
 from launcher_core.pull import PullOptions, pull_sweep_once
 from launcher_core.runtime.worker import load_job_return
-from launcher_core.state import StateStore
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     AwsWorld,
     aws_fixture,
@@ -46,26 +45,13 @@ from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
 )
 from tests.sshd import make_project
 from tests.test_ec2_hydra import launcher_overrides
+from tests.test_exactly_once import _lines, _states
+from tests.test_frozen_code import _git, _git_project
 
 pytestmark = [pytest.mark.ec2, pytest.mark.slow]
 
 N_JOBS = 4
 SLEEP_S = 1.5
-
-
-def _git(proj: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
-    env["GIT_COMMITTER_EMAIL"] = "t@t"
-    return subprocess.run(["git", "-C", str(proj), *args], check=True, capture_output=True, text=True, env=env).stdout
-
-
-def _git_project(root: Path) -> Path:
-    proj = make_project(root)
-    (proj / ".gitignore").write_text("multirun/\n__pycache__/\n")
-    _git(proj, "init", "-q")
-    _git(proj, "add", "-A")
-    _git(proj, "commit", "-q", "-m", "v1")
-    return proj
 
 
 def _argv(aws: AwsWorld, proj: Path, sweep_dir: Path, *extra: str, **settings: Any) -> list[str]:
@@ -85,21 +71,6 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
 
 
-def _states(sweep_dir: Path) -> Counter[JobState]:
-    if not (sweep_dir / ".launcher" / "state.sqlite").exists():
-        return Counter()
-    try:
-        with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
-            return Counter(r.state for r in store.jobs())
-    except Exception:  # noqa: BLE001 - the store may be mid-creation: not yet
-        return Counter()
-
-
-def _lines(record: Path) -> int:
-    return len(record.read_text().splitlines()) if record.exists() else 0
-
-
-# --- frozen code -----------------------------------------------------------------------------
 def test_ec2_jobs_import_the_code_as_it_was_at_launch(aws: AwsWorld) -> None:
     proj = _git_project(aws.tmp / "proj")
     sweep_dir, go, record = proj / "multirun" / "frozen", aws.tmp / "go", aws.tmp / "record.txt"
