@@ -39,6 +39,10 @@ class LaunchOptions:
     skip_completed: bool = False
     poll_interval_s: float = 1.0
     fetch_retries: int = 3
+    preflight: bool = True  # check the hosts before submitting (launcher_core.preflight)
+    auto_pull: bool = False  # wait=false: start (or join) the sweep's pull daemon (launcher_core.autopull)
+    auto_pull_interval_s: float = 30.0
+    notify: str | None = None  # the pull daemon's --notify command
 
 
 def sweep_id_for(sweep_dir: Path) -> str:
@@ -465,12 +469,21 @@ def _launch(
         _register(sweep_id, sweep_dir, backend.name)
         controller = SweepController(backend, store, options, sweep)
         to_submit, reattached = controller.plan(specs)
+        if to_submit and options.preflight:
+            from launcher_core.preflight import run_preflight
+
+            run_preflight(backend, sweep, len(to_submit))
         controller.code_record = snapshots.code_record(git, code_id)
         backend.prepare(sweep)
         active = {**reattached, **controller.submit(to_submit)}
         if not options.wait:
             store.mark_collected(s.job_id for s in specs)  # the pull daemon takes them from here
-            return _detached_returns(specs, sweep, backend.name)
+            returns = _detached_returns(specs, sweep, backend.name)
+            if options.auto_pull:
+                from launcher_core import autopull
+
+                autopull.start(sweep_dir, options.auto_pull_interval_s, options.notify)
+            return returns
         progress = SweepProgress(len(specs), label)
         try:
             controller.watch(active, {s.job_id: s for s in specs}, progress)

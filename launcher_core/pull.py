@@ -372,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stop", action="store_true", help="stop the background daemon")
     parser.add_argument(
+        "--sweep-daemon",
+        action="store_true",
+        help="be the one pull daemon of the given sweep until it is collected (what auto_pull starts)",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="delete each job's files on the backend once it is pulled (full pulls only; see `launcher-core clean`)",
@@ -406,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.sweep_daemon:
+        return _sweep_daemon(args.sweeps, options)
     if args.daemon:
         pid = daemonize(log_path, pid_path)
         if pid is not None:
@@ -415,9 +422,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not locked:
                 log.error("another pull daemon is running (see %s); exiting", pid_path)
                 os._exit(1)
+            from launcher_core.autopull import record_targets
+
+            record_targets(pid_path, resolve_sweeps(args.sweeps) if args.sweeps else [])
             code = run(args.sweeps, options)
         os._exit(code)
     return run(args.sweeps, options)
+
+
+def _sweep_daemon(targets: Sequence[str], options: PullOptions) -> int:
+    """``--sweep-daemon SWEEP``: hold the sweep's daemon lock while collecting it, so a second
+    one (another launch's auto_pull) exits at once; see :mod:`launcher_core.autopull`."""
+    from launcher_core.autopull import DAEMON_LOCK
+
+    sweeps = resolve_sweeps(targets)
+    if len(sweeps) != 1:
+        print("error: --sweep-daemon takes exactly one sweep", file=sys.stderr)
+        return 2
+    with try_lock(sweeps[0] / LAUNCHER_DIR / DAEMON_LOCK) as locked:
+        if not locked:
+            log.info("%s is already collected by another pull daemon; exiting", sweeps[0])
+            return 0
+        log.info("pull daemon %d collects %s every %g s", os.getpid(), sweeps[0], options.interval_s)
+        code = run([str(sweeps[0])], options)
+        log.info("pull daemon %d: %s is collected; exiting", os.getpid(), sweeps[0])
+        return code
 
 
 if __name__ == "__main__":

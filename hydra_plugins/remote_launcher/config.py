@@ -85,6 +85,12 @@ class Ec2LauncherConf:
     api_retries: int = 6
     api_retry_base_s: float = 1.0
     skip_completed: bool = False
+    # check credentials, AMI, bucket, instance profile and instance type before launching
+    preflight: bool = True
+    # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command
+    auto_pull: bool = False
+    auto_pull_interval_s: float = 30.0
+    notify: Optional[str] = None
 
 
 @dataclass
@@ -178,6 +184,12 @@ class SlurmArrayLauncherConf:
     max_array_size: Optional[int] = None
     # bound on every sbatch/sacct/squeue/scancel call
     command_timeout_s: float = 60.0
+    # check the cluster (partition, account/QoS, MaxArraySize, accounting, Python) before submitting
+    preflight: bool = True
+    # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command
+    auto_pull: bool = False
+    auto_pull_interval_s: float = 30.0
+    notify: Optional[str] = None
 
 
 @dataclass
@@ -243,6 +255,14 @@ class RemoteSSHLauncherConf:
     accept_new_host_keys: bool = False
     # null: ask for passwords / 2FA on the terminal if there is one; true: never ask
     batch_mode: Optional[bool] = None
+    # pre-flight: refuse a host with less free disk than this (GB) where remote_dir is
+    min_free_gb: float = 1.0
+    # check every host (python, packages, rsync, disk, GPUs, container) before submitting
+    preflight: bool = True
+    # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command
+    auto_pull: bool = False
+    auto_pull_interval_s: float = 30.0
+    notify: Optional[str] = None
 
 
 @dataclass

@@ -63,8 +63,17 @@ class BackendLauncher(Launcher):
         settings = self.launch_settings()
         if settings is None:
             return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)))
+        from launcher_core.autopull import check_settings
+
+        check_settings(settings.auto_pull, settings.auto_pull_interval_s, settings.notify, settings.wait)
         return LaunchOptions(
-            wait=settings.wait, skip_completed=settings.skip_completed, poll_interval_s=settings.poll_interval_s
+            wait=settings.wait,
+            skip_completed=settings.skip_completed,
+            poll_interval_s=settings.poll_interval_s,
+            preflight=settings.preflight,
+            auto_pull=settings.auto_pull,
+            auto_pull_interval_s=float(settings.auto_pull_interval_s),
+            notify=settings.notify,
         )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

@@ -18,9 +18,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from launcher_core.jobs import JobSpec, JobStatus, PullFilter, SweepInfo
+
+if TYPE_CHECKING:
+    from launcher_core.preflight import Check, PreflightRequest
 
 Handle = dict[str, Any]
 
@@ -118,6 +121,13 @@ class Backend(abc.ABC):
         """Live log bytes from ``offset`` on for ``launcher-core logs`` on jobs not pulled yet
         (``stream`` is "stdout" or "stderr"); None when the backend cannot read them remotely."""
         return None
+
+    def preflight(self, request: PreflightRequest) -> list[Check]:
+        """Check, before anything is submitted, that every host that gets jobs (``request.n_jobs``;
+        None: every host) can run them: one round trip per host, skipping hosts
+        ``request.is_cached`` reports as passed. Rows that fail stop the launch
+        (:func:`launcher_core.preflight.run_preflight`). The default: nothing to check."""
+        return []
 
     def dry_run(self, specs: Sequence[JobSpec]) -> Mapping[str, Any]:
         """``dry_run=true``: write what would be submitted, submit nothing; per job a value naming

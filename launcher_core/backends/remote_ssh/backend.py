@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from launcher_core.backends.base import Backend, CleanReport, CleanRequest
 from launcher_core.backends.remote_ssh.settings import HostSettings, RemoteSSHSettings, is_uri
-from launcher_core.container import Container, job_binds, python_for, wrap_command
+from launcher_core.container import job_binds, python_for, wrap_command
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import (
     LAUNCHER_DIR,
@@ -45,8 +45,6 @@ from launcher_core.remote.codesync import (
 )
 from launcher_core.remote.scripts import (
     cancel_script,
-    container_check_script,
-    parse_kv,
     poll_script,
     start_script,
     status_from_line,
@@ -70,6 +68,9 @@ from launcher_core.remote.workspace import (
     upload_files,
 )
 from launcher_core.runtime.runner import ATTACHED, EXIT_STATUS, PID, STARTED
+
+if TYPE_CHECKING:
+    from launcher_core.preflight import Check, PreflightRequest
 
 log = logging.getLogger("launcher_core.remote_ssh")
 
@@ -401,22 +402,15 @@ class RemoteSSHBackend(Backend):
                 prelude=self._prelude(state),
                 uv_sync=self.settings.uv_command if self.settings.env_setup == "uv" else None,
             )
-        if container is not None:
-            self._check_runtime(state, container)
         self._prepared[label] = state
         return state
 
-    def _check_runtime(self, state: _HostState, container: Container) -> None:
-        """The runtime must be on the PATH the jobs get (after env setup and prepare_commands)."""
-        conn = state.conn
-        script = container_check_script(prelude=self._prelude(state), runtime=container.runtime)
-        info = parse_kv(conn.call("container check", lambda: conn.run_script(script, what="container check")))
-        if "container_runtime" not in info:
-            raise ConfigError(
-                f"hydra.launcher.container.runtime: {container.runtime!r} is not on the PATH of host {conn.label} "
-                f"after the environment setup (PATH={info.get('container_runtime_missing', '?')}); install it "
-                "or load it in hydra.launcher.prepare_commands (e.g. 'module load apptainer')"
-            )
+    def preflight(self, request: PreflightRequest) -> list[Check]:
+        """One script per host (reachable, python and packages, rsync, free disk, GPUs, container
+        runtime and image), before anything is created there: :mod:`.preflight`."""
+        from launcher_core.backends.remote_ssh.preflight import preflight
+
+        return preflight(self, request)
 
     def _pythonpath(self, state: _HostState) -> list[str]:
         pythonpath = [self._remote_tag_dir(state) + "/pylib", state.snapshot]

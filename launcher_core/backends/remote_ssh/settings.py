@@ -56,6 +56,11 @@ class RemoteSSHSettings:
     kill_grace_s: float
     reconnect_grace_s: float
     container: Container | None
+    min_free_gb: float = 1.0
+    preflight: bool = True
+    auto_pull: bool = False
+    auto_pull_interval_s: float = 30.0
+    notify: str | None = None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
@@ -107,6 +112,11 @@ class RemoteSSHSettings:
             kill_grace_s=v.number("kill_grace_s", d.kill_grace_s, allow_zero=True),
             reconnect_grace_s=v.number("reconnect_grace_s", d.reconnect_grace_s, allow_zero=True),
             container=_parse_container(cfg.get("container"), f"{prefix}.container"),
+            min_free_gb=v.number("min_free_gb", d.min_free_gb, allow_zero=True),
+            preflight=v.boolean("preflight", d.preflight),
+            auto_pull=v.boolean("auto_pull", d.auto_pull),
+            auto_pull_interval_s=v.number("auto_pull_interval_s", d.auto_pull_interval_s),
+            notify=v.optional_str("notify"),
         )
         if settings.env_setup == "conda" and not settings.conda_env:
             raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")

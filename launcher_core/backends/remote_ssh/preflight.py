@@ -1,0 +1,304 @@
+"""Pre-flight of ``remote_ssh``: one sh script per host over its SSH connection, before anything
+is created there, answering everything at once (``HRL key=value`` lines and the Python probe's
+JSON line): the host is reachable, ``python`` runs after the environment setup and is this
+machine's minor version with hydra-core, omegaconf and cloudpickle importable at compatible
+versions (or, with a container, the image is there and the runtime on the PATH), rsync is there,
+``remote_dir`` has ``min_free_gb`` free, and ``nvidia-smi -L`` lists enough GPUs when
+``gpus_per_job`` > 0. See docs/remote_ssh.md ("Pre-flight").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from launcher_core.errors import BackendError
+from launcher_core.preflight import FAIL, OK, PROBE, WARN, Check, PreflightRequest, fingerprint, python_checks
+from launcher_core.remote.scripts import parse_kv, remote_path_expr
+
+if TYPE_CHECKING:
+    from launcher_core.backends.remote_ssh.backend import RemoteSSHBackend
+    from launcher_core.backends.remote_ssh.settings import HostSettings, RemoteSSHSettings
+
+q = shlex.quote
+
+
+def preflight(backend: RemoteSSHBackend, request: PreflightRequest) -> list[Check]:
+    """Rows for every host that gets jobs (all hosts without ``n_jobs``), one round trip each,
+    in parallel; hosts that passed with the same settings lately are skipped."""
+    from launcher_core.backends.remote_ssh.backend import assign_to_hosts
+
+    settings = backend.settings
+    hosts = list(settings.hosts)
+    if request.n_jobs is not None:
+        buckets = assign_to_hosts(list(range(request.n_jobs)), [h.max_parallel for h in hosts])
+        hosts = [h for h, jobs in zip(hosts, buckets) if jobs]
+    work = {}
+    for host in hosts:
+        key = fingerprint("remote_ssh", host.address.label, _checked_settings(settings, host))
+        if not request.is_cached(host.address.label, key):
+            work[host.address.label] = (host, key)
+    backend._ensure_masters(work)
+    results, errors = backend._per_host(work, lambda label, item: _check_host(backend, request, *item))
+    rows: list[Check] = []
+    for label in work:
+        if label in errors:
+            rows.append(_unreachable(label, errors[label], work[label][1]))
+        else:
+            rows += results[label]
+    return rows
+
+
+def _checked_settings(settings: RemoteSSHSettings, host: HostSettings) -> dict[str, object]:
+    """What the answer depends on (env var values left out: they may be secrets; their names
+    are enough to notice a change)."""
+    container = dataclasses.asdict(settings.container) if settings.container else None
+    if container:
+        container.pop("env", None)
+    return {
+        "python": settings.python_command,
+        "env_setup": [settings.env_setup, settings.conda_env, settings.conda_command, settings.uv_command],
+        "env_names": [name for name, _ in settings.env_vars],
+        "prepare_commands": list(settings.prepare_commands),
+        "remote_dir": host.remote_dir or settings.remote_dir,
+        "min_free_gb": settings.min_free_gb,
+        "gpus": [settings.gpus_per_job, host.max_parallel],
+        "container": container,
+        "rsync_path": settings.ssh.rsync_path,
+        "ssh_config": settings.ssh.ssh_config,
+    }
+
+
+def _unreachable(label: str, error: BackendError, key: str) -> Check:
+    return Check(
+        "reachable",
+        label,
+        FAIL,
+        str(error).splitlines()[0] if str(error) else type(error).__name__,
+        f"check that `ssh {label}` works from here (host name, ssh_config, keys, known_hosts, the host is up)",
+        key,
+    )
+
+
+def _check_host(backend: RemoteSSHBackend, request: PreflightRequest, host: HostSettings, key: str) -> list[Check]:
+    settings = backend.settings
+    conn = backend._conn(host.address.label)
+    remote_dir = host.remote_dir or settings.remote_dir or _default_remote_dir(backend, request)
+    script = preflight_script(settings, remote_dir)
+    answer = conn.call("pre-flight check", lambda: conn.run_script(script, what="pre-flight check"))
+    return evaluate(settings, host, remote_dir, answer, key)
+
+
+def _default_remote_dir(backend: RemoteSSHBackend, request: PreflightRequest) -> str:
+    from pathlib import Path
+
+    from launcher_core.remote.workspace import default_remote_dir
+
+    code_dir = backend.settings.code_dir or (request.sweep.code_dir if request.sweep else Path.cwd())
+    return default_remote_dir(Path(code_dir).expanduser())
+
+
+def preflight_script(settings: RemoteSSHSettings, remote_dir: str) -> str:
+    """The one script: fixed probes first (rsync, disk, image), then the job environment (env
+    vars, conda, ``prepare_commands``) in the latest complete snapshot if there is one (else the
+    home dir), then GPUs, the container runtime and the Python probe. It creates nothing."""
+    container = settings.container
+    python = settings.python_command
+    rsync = settings.ssh.rsync_path or "rsync"
+    lines = [
+        "set +e",
+        f"rd={remote_path_expr(remote_dir)}",
+        f"if command -v {q(rsync)} >/dev/null 2>&1; then echo 'HRL rsync=ok'; else echo 'HRL rsync=missing'; fi",
+        # free space where remote_dir is, or would be created (its nearest existing parent)
+        'd="$rd"; while [ ! -d "$d" ] && [ "$d" != / ] && [ -n "$d" ]; do d=$(dirname "$d"); done',
+        'printf "HRL disk_dir=%s\\n" "$d"',
+        "printf 'HRL disk_free_kb=%s\\n' \"$(df -Pk \"$d\" 2>/dev/null | awk 'NR==2 {print $4}')\"",
+    ]
+    if container is not None and "://" not in container.image:
+        lines += [
+            f"img={remote_path_expr(container.image)}",
+            'if [ ! -e "$img" ]; then printf \'HRL container_image_missing=%s\\n\' "$img"',
+            'elif [ ! -r "$img" ]; then printf \'HRL container_image_unreadable=%s\\n\' "$img"',
+            "else printf 'HRL container_image=%s\\n' \"$img\"; fi",
+        ]
+    lines += [
+        'if [ -s "$rd/snapshots/LATEST" ] && read -r l < "$rd/snapshots/LATEST" && [ -d "$rd/snapshots/$l" ]; then',
+        '  cd "$rd/snapshots/$l"; else cd "$HOME"; fi',
+        *_environment_lines(settings),
+    ]
+    if settings.gpus_per_job > 0:  # after the environment: `module load cuda` may bring it
+        lines += [
+            "if command -v nvidia-smi >/dev/null 2>&1; then",
+            "  printf 'HRL gpus=%s\\n' \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\"",
+            "else echo 'HRL gpus=missing'; fi",
+        ]
+    if container is not None:
+        runtime = q(container.runtime)
+        lines += [
+            f"if command -v {runtime} >/dev/null 2>&1; then",
+            f"  printf 'HRL container_runtime=%s\\n' \"$(command -v {runtime})\"",
+            "else printf 'HRL container_runtime_missing=%s\\n' \"$PATH\"; fi",
+        ]
+    if settings.env_setup == "uv":  # its Python exists once `uv sync` ran in the snapshot
+        return "\n".join([*lines, "exit 0"]) + "\n"
+    # python is the user's own command (e.g. ~/venv/bin/python): a shell fragment on purpose
+    lines += [
+        f"out=$({python} -c {q(PROBE)} 2>&1); rc=$?",
+        'printf "HRL python_rc=%s\\n" "$rc"',
+        'printf "%s\\n" "$out" | grep "^HRLPROBE " ||',
+        '  printf "HRL python_out=%s\\n" "$(printf "%s" "$out" | head -c 300 | tr "\\n" " ")"',
+        "exit 0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _environment_lines(settings: RemoteSSHSettings) -> list[str]:
+    """The job environment as ``env_prelude`` builds it, each step's failure reported."""
+    lines = [f"{name}={q(value)}; export {name}" for name, value in settings.env_vars]
+    if settings.env_setup == "conda":
+        # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
+        lines.append(f'eval "$({settings.conda_command} shell.posix hook)" || echo "HRL env_failed=conda hook"')
+        lines.append(f"conda activate {q(settings.conda_env or '')} || echo 'HRL env_failed=conda activate'")
+    for n, command in enumerate(settings.prepare_commands):
+        lines.append(command)
+        lines.append(f'[ $? -eq 0 ] || echo "HRL env_failed=prepare_commands[{n}]"')
+    return lines
+
+
+def evaluate(settings: RemoteSSHSettings, host: HostSettings, remote_dir: str, answer: str, key: str) -> list[Check]:
+    """Rows from a host's answer to :func:`preflight_script`."""
+    label = host.address.label
+    info = parse_kv(answer)
+    rows = [Check("reachable", label, OK, "ssh works", "", key)]
+    rows.append(_rsync_row(settings, label, info, key))
+    rows.append(_disk_row(settings, label, remote_dir, info, key))
+    if settings.gpus_per_job > 0:
+        rows.append(_gpu_row(settings, host, info, key))
+    if settings.container is not None:
+        rows += _container_rows(settings, label, info, key)
+    rows += _python_rows(settings, label, info, answer, key)
+    return rows
+
+
+def _rsync_row(settings: RemoteSSHSettings, label: str, info: dict[str, str], key: str) -> Check:
+    if info.get("rsync") == "ok":
+        return Check("rsync", label, OK, "", "", key)
+    rsync = settings.ssh.rsync_path or "rsync"
+    return Check(
+        "rsync",
+        label,
+        FAIL,
+        f"{rsync!r} is not on the PATH of non-interactive ssh sessions on {label}",
+        "install rsync there (`apt-get install rsync`) or set hydra.launcher.rsync_path to its path",
+        key,
+    )
+
+
+def _disk_row(settings: RemoteSSHSettings, label: str, remote_dir: str, info: dict[str, str], key: str) -> Check:
+    where = info.get("disk_dir") or remote_dir
+    try:
+        free_gb = int(info.get("disk_free_kb", "")) / 2**20
+    except ValueError:
+        return Check("free disk", label, WARN, f"could not read the free space of {where} (df)", "", key)
+    detail = f"{free_gb:.1f} GB free in {where}"
+    if free_gb >= settings.min_free_gb:
+        return Check("free disk", label, OK, detail, "", key)
+    return Check(
+        "free disk",
+        label,
+        FAIL,
+        f"{detail} (for hydra.launcher.remote_dir={remote_dir!r}), less than min_free_gb={settings.min_free_gb:g}",
+        "free space there, point hydra.launcher.remote_dir at a bigger disk, or lower hydra.launcher.min_free_gb",
+        key,
+    )
+
+
+def _gpu_row(settings: RemoteSSHSettings, host: HostSettings, info: dict[str, str], key: str) -> Check:
+    label = host.address.label
+    needed = host.max_parallel * settings.gpus_per_job
+    seen = info.get("gpus", "missing")
+    why = f"max_parallel={host.max_parallel} x gpus_per_job={settings.gpus_per_job} needs {needed}"
+    if seen == "missing":
+        return Check(
+            "gpus",
+            label,
+            FAIL,
+            f"nvidia-smi is not on the PATH on {label} ({why})",
+            "install the NVIDIA driver there, or set hydra.launcher.gpus_per_job=0",
+            key,
+        )
+    count = int(seen) if seen.isdigit() else 0
+    if count >= needed:
+        return Check("gpus", label, OK, f"{count} GPUs visible", "", key)
+    return Check(
+        "gpus",
+        label,
+        FAIL,
+        f"nvidia-smi -L lists {count} GPUs; {why}",
+        f"lower max_parallel of {label} to {count // settings.gpus_per_job} or hydra.launcher.gpus_per_job",
+        key,
+    )
+
+
+def _container_rows(settings: RemoteSSHSettings, label: str, info: dict[str, str], key: str) -> list[Check]:
+    container = settings.container
+    assert container is not None
+    rows = []
+    image = container.image
+    markers = (("container_image_missing", "no image"), ("container_image_unreadable", "cannot read the image"))
+    for marker, what in markers:
+        if marker in info:
+            resolved = info[marker]
+            shown = repr(image) if resolved == image else f"{image!r} ({resolved})"
+            rows.append(
+                Check(
+                    "container image",
+                    label,
+                    FAIL,
+                    f"hydra.launcher.container.image: {what} at {shown} on host {label}",
+                    "copy the image there (a .sif file or a sandbox directory) or fix the path",
+                    key,
+                )
+            )
+    if not rows:
+        rows.append(Check("container image", label, OK, info.get("container_image", image), "", key))
+    if "container_runtime" in info:
+        rows.append(Check("container runtime", label, OK, info["container_runtime"], "", key))
+    else:
+        rows.append(
+            Check(
+                "container runtime",
+                label,
+                FAIL,
+                f"hydra.launcher.container.runtime: {container.runtime!r} is not on the PATH of host {label} after "
+                f"the environment setup (PATH={info.get('container_runtime_missing', '?')})",
+                "install it or load it in hydra.launcher.prepare_commands (e.g. 'module load apptainer')",
+                key,
+            )
+        )
+    return rows
+
+
+def _python_rows(
+    settings: RemoteSSHSettings, label: str, info: dict[str, str], answer: str, key: str
+) -> Sequence[Check]:
+    env_failed = info.get("env_failed")
+    python = settings.python_command
+    probe_answer = answer if "HRLPROBE " in answer else info.get("python_out", "")
+    if env_failed and "HRLPROBE " not in answer:
+        return [
+            Check(
+                "python",
+                label,
+                WARN,
+                f"not checked: {env_failed} failed outside a code snapshot (it may need the project's files)",
+                "",
+                key,
+            )
+        ]
+    if settings.env_setup == "uv":
+        return [Check("python", label, WARN, "not checked: with env.setup=uv it exists after `uv sync`", "", key)]
+    # with a container the host's Python only runs the job runner (standard library)
+    return python_checks(label, probe_answer, python=python, key=key, packages=settings.container is None)
