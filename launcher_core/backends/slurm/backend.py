@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher_core.backends.base import Backend, CleanReport, CleanRequest
 from launcher_core.backends.slurm.accounting import (
@@ -37,6 +37,9 @@ from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 from launcher_core.container import job_binds
 from launcher_core.errors import BackendError, SubmitError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobStatus, SweepInfo
+
+if TYPE_CHECKING:
+    from launcher_core.preflight import Check, PreflightRequest
 
 log = logging.getLogger("launcher_core.slurm")
 
@@ -142,6 +145,13 @@ class SlurmBackend(Backend):
 
     def close(self) -> None:
         self.site.close()
+
+    def preflight(self, request: PreflightRequest) -> list[Check]:
+        """One script where Slurm's commands run (partition, account/QoS, MaxArraySize,
+        accounting, the jobs' Python): :mod:`.preflight`."""
+        from launcher_core.backends.slurm.preflight import preflight
+
+        return preflight(self, request)
 
     def clean_backend_files(self, request: CleanRequest) -> CleanReport:
         """With ``login_host``: delete the mirrored job files on the login node. Without it the

@@ -1,0 +1,366 @@
+"""Pre-flight of ``slurm``: one sh script on the submitting machine (this one, or the login node
+over its SSH connection) runs every probe and prints each answer in a section: sbatch and squeue
+answer, the partition exists and is up (``sinfo``), account and QoS are known where ``sacctmgr``
+answers, ``MaxArraySize`` (``scontrol show config``), accounting works (``sacct``), and the jobs'
+Python (after ``modules`` and ``setup``) checked on the login node, or on a compute node with a
+tiny ``srun`` job when ``deep`` is asked for. See docs/slurm.md ("Pre-flight").
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from typing import TYPE_CHECKING
+
+from launcher_core.errors import BackendError
+from launcher_core.preflight import FAIL, OK, PROBE, WARN, Check, PreflightRequest, fingerprint, python_checks
+
+if TYPE_CHECKING:
+    from launcher_core.backends.slurm.backend import SlurmBackend
+    from launcher_core.backends.slurm.options import SlurmOptions
+
+q = shlex.quote
+MARK = "@@HRL "
+DEEP_TIMEOUT_S = 300.0  # a tiny job may queue a while on a busy cluster
+
+
+def preflight(backend: SlurmBackend, request: PreflightRequest) -> list[Check]:
+    options = backend.options
+    host = f"login host {options.login_host}" if options.login_host else "this machine"
+    key = fingerprint("slurm", host, _checked_settings(options), request.deep)
+    if request.is_cached(host, key):
+        return []
+    python = options.python or backend.site.default_python
+    script = preflight_script(options, python, deep=request.deep)
+    try:
+        answer = _run(backend, script, request.deep)
+    except BackendError as exc:
+        return [
+            Check(
+                "slurm commands",
+                host,
+                FAIL,
+                str(exc).splitlines()[0],
+                "check hydra.launcher.login_host and that `ssh` to it works" if options.login_host else "",
+                key,
+            )
+        ]
+    return evaluate(options, host, python, parse_sections(answer), key, n_jobs=request.n_jobs, deep=request.deep)
+
+
+def _checked_settings(options: SlurmOptions) -> dict[str, object]:
+    return {
+        k: getattr(options, k)
+        for k in ("partition", "account", "qos", "max_array_size", "python", "modules", "cuda_module", "setup")
+    } | {"container": options.container is not None, "login_setup": options.login_setup}
+
+
+def _run(backend: SlurmBackend, script: str, deep: bool) -> str:
+    timeout = backend.options.command_timeout_s + (DEEP_TIMEOUT_S if deep else 0.0)
+    if backend.options.login_host:
+        site = backend.site
+        return site.commands.script(script, what="pre-flight check", timeout_s=timeout)  # type: ignore[union-attr]
+    try:
+        proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BackendError(f"the Slurm pre-flight check did not finish within {timeout:g} s") from exc
+    return proc.stdout
+
+
+def preflight_script(options: SlurmOptions, python: str, *, deep: bool) -> str:
+    """The script: ``run NAME CMD...`` prints ``@@HRL NAME RC`` and the command's output."""
+    lines = [
+        "set +e",
+        *options.login_setup,
+        'run() { n=$1; shift; o=$("$@" 2>&1); r=$?; printf \'\\n%s%s %s\\n\' ' + q(MARK) + ' "$n" "$r";'
+        ' printf "%s\\n" "$o" | head -c 65536; }',
+        "me=$(id -un)",
+        "run sbatch command -v sbatch",
+        'run squeue squeue -h -o %i -u "$me"',
+        "run sinfo sinfo -h -o '%P|%a'",
+        "run config scontrol show config",
+        "run sacct sacct -n -X -j 1 -o JobID",
+    ]
+    if options.account or options.qos:
+        lines.append('run assoc sacctmgr -n -P show assoc where user="$me" format=account,qos')
+    if options.qos:
+        lines.append("run qos sacctmgr -n -P show qos format=name")
+    if options.container is None:
+        body = _environment(options) + f"\nexec {python} -c {q(PROBE)}"
+        lines.append(f"run python sh -c {q(body)}")
+        if deep:
+            lines.append(f"run deep srun {' '.join(q(a) for a in _srun_args(options))} sh -c {q(body)}")
+    return "\n".join(lines) + "\nexit 0\n"
+
+
+def _environment(options: SlurmOptions) -> str:
+    """What the sbatch script sets up before the job (modules, then ``setup``), each failure fatal."""
+    modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
+    lines = [f"module load {q(m)} || exit 97" for m in modules]
+    # setup lines are the user's own shell, as in the sbatch script
+    lines += [f"{line}\n[ $? -eq 0 ] || exit 97" for line in options.setup]
+    return "\n".join(lines)
+
+
+def _srun_args(options: SlurmOptions) -> list[str]:
+    args = ["--quiet", "--nodes=1", "--ntasks=1", "--time=2", "--job-name=hrl-preflight"]
+    for key in ("partition", "account", "qos"):
+        if getattr(options, key):
+            args.append(f"--{key}={getattr(options, key)}")
+    return args
+
+
+def parse_sections(answer: str) -> dict[str, tuple[int, str]]:
+    """``{name: (exit code, output)}`` of the script's ``run`` calls."""
+    sections: dict[str, tuple[int, str]] = {}
+    name, code, body = None, 0, []
+    for line in answer.splitlines():
+        if line.startswith(MARK):
+            if name is not None:
+                sections[name] = (code, "\n".join(body).strip())
+            words = line[len(MARK) :].split()
+            name, code, body = words[0], int(words[1]) if len(words) > 1 and words[1].isdigit() else 1, []
+        elif name is not None:
+            body.append(line)
+    if name is not None:
+        sections[name] = (code, "\n".join(body).strip())
+    return sections
+
+
+def evaluate(
+    options: SlurmOptions,
+    host: str,
+    python: str,
+    sections: dict[str, tuple[int, str]],
+    key: str,
+    *,
+    n_jobs: int | None,
+    deep: bool,
+) -> list[Check]:
+    rows = [_commands_row(options, host, sections, key)]
+    if not rows[0].ok:
+        return rows
+    config = _config(sections.get("config", (1, ""))[1])
+    rows += _partition_rows(options, host, sections.get("sinfo", (1, "")), key)
+    rows += _association_rows(options, host, sections, config, key)
+    rows.append(_array_row(options, host, config, key, n_jobs))
+    rows.append(_accounting_row(host, sections.get("sacct", (1, "")), key))
+    rows += _python_rows(options, host, python, sections, key, deep)
+    return rows
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:300] if text.strip() else "no output"
+
+
+def _commands_row(options: SlurmOptions, host: str, sections: dict[str, tuple[int, str]], key: str) -> Check:
+    where = "hydra.launcher.login_setup (e.g. 'module load slurm')" if options.login_host else "your PATH"
+    if sections.get("sbatch", (1, ""))[0] != 0:
+        return Check(
+            "slurm commands",
+            host,
+            FAIL,
+            f"sbatch is not on the PATH of {host}",
+            f"run from a Slurm login node, set hydra.launcher.login_host, or put Slurm's commands on {where}",
+            key,
+        )
+    code, out = sections.get("squeue", (1, "no answer"))
+    if code != 0:
+        return Check(
+            "slurm commands",
+            host,
+            FAIL,
+            f"squeue fails: {_first_line(out)}",
+            "is slurmctld up, and SLURM_CONF right? (`squeue` must work there)",
+            key,
+        )
+    return Check("slurm commands", host, OK, "sbatch and squeue answer", "", key)
+
+
+def _config(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
+def _partition_rows(options: SlurmOptions, host: str, sinfo: tuple[int, str], key: str) -> list[Check]:
+    code, out = sinfo
+    if code != 0:
+        return [Check("partition", host, WARN, f"not checked: sinfo fails ({_first_line(out)})", "", key)]
+    states: dict[str, str] = {}
+    default = None
+    for line in out.splitlines():
+        name, _, avail = line.strip().partition("|")
+        if name.endswith("*"):
+            name = name[:-1]
+            default = name
+        if name:
+            states[name] = avail
+    known = ", ".join(sorted(states)) or "none"
+    wanted = [p.strip() for p in options.partition.split(",")] if options.partition else [default]
+    if wanted == [None]:
+        return [
+            Check(
+                "partition",
+                host,
+                FAIL,
+                "hydra.launcher.partition is not set and the cluster has no default partition",
+                f"set hydra.launcher.partition to one of: {known}",
+                key,
+            )
+        ]
+    rows = []
+    for name in wanted:
+        assert name is not None
+        if name not in states:
+            rows.append(
+                Check(
+                    "partition",
+                    host,
+                    FAIL,
+                    f"hydra.launcher.partition: {name!r} does not exist (sinfo lists: {known})",
+                    f"set hydra.launcher.partition to one of: {known}",
+                    key,
+                )
+            )
+        elif states[name] != "up":
+            rows.append(
+                Check(
+                    "partition",
+                    host,
+                    FAIL,
+                    f"partition {name!r} is {states[name]} (sinfo), jobs would not start",
+                    f"ask the admins, or pick an up partition: {known}",
+                    key,
+                )
+            )
+        else:
+            rows.append(Check("partition", host, OK, f"{name} is up", "", key))
+    return rows
+
+
+def _association_rows(
+    options: SlurmOptions, host: str, sections: dict[str, tuple[int, str]], config: dict[str, str], key: str
+) -> list[Check]:
+    """Account and QoS against sacctmgr; a failure is fatal only where Slurm enforces them."""
+    enforce = config.get("AccountingStorageEnforce", "").lower()
+    rows = []
+    code, out = sections.get("assoc", (1, ""))
+    accounts = {line.split("|")[0] for line in out.splitlines() if line.strip()} if code == 0 else set()
+    if options.account:
+        if code != 0:
+            rows.append(Check("account", host, WARN, f"not checked: sacctmgr fails ({_first_line(out)})", "", key))
+        elif options.account in accounts:
+            rows.append(Check("account", host, OK, options.account, "", key))
+        else:
+            fatal = any(word in enforce for word in ("associations", "limits", "safe", "qos"))
+            rows.append(
+                Check(
+                    "account",
+                    host,
+                    FAIL if fatal else WARN,
+                    f"hydra.launcher.account: {options.account!r} is not one of your accounts "
+                    f"({', '.join(sorted(accounts)) or 'none'})",
+                    "set hydra.launcher.account to one of them (sacctmgr show assoc user=$USER)",
+                    key,
+                )
+            )
+    if options.qos:
+        qcode, qout = sections.get("qos", (1, ""))
+        names = {line.strip() for line in qout.splitlines() if line.strip()}
+        if qcode != 0:
+            rows.append(Check("qos", host, WARN, f"not checked: sacctmgr fails ({_first_line(qout)})", "", key))
+        elif options.qos in names:
+            rows.append(Check("qos", host, OK, options.qos, "", key))
+        else:
+            rows.append(
+                Check(
+                    "qos",
+                    host,
+                    FAIL,
+                    f"hydra.launcher.qos: {options.qos!r} does not exist (sacctmgr lists: "
+                    f"{', '.join(sorted(names)) or 'none'})",
+                    "set hydra.launcher.qos to one of them, or to null",
+                    key,
+                )
+            )
+    return rows
+
+
+def _array_row(options: SlurmOptions, host: str, config: dict[str, str], key: str, n_jobs: int | None) -> Check:
+    match = re.match(r"\d+", config.get("MaxArraySize", ""))
+    if not match:
+        return Check("MaxArraySize", host, WARN, "scontrol show config does not say", "", key)
+    cluster = int(match.group(0))
+    if options.max_array_size is not None and options.max_array_size > cluster:
+        return Check(
+            "MaxArraySize",
+            host,
+            FAIL,
+            f"hydra.launcher.max_array_size={options.max_array_size} is above the cluster's MaxArraySize={cluster}:"
+            " sbatch would refuse the arrays",
+            f"set hydra.launcher.max_array_size to at most {cluster}, or to null (asks the cluster)",
+            key,
+        )
+    size = options.max_array_size or cluster
+    detail = f"MaxArraySize={cluster}"
+    if n_jobs:
+        detail += f": {n_jobs} jobs in {-(-n_jobs // size)} array(s)"
+    return Check("MaxArraySize", host, OK, detail, "", key)
+
+
+def _accounting_row(host: str, sacct: tuple[int, str], key: str) -> Check:
+    code, out = sacct
+    if code == 0:
+        return Check("accounting", host, OK, "sacct works", "", key)
+    return Check(
+        "accounting",
+        host,
+        WARN,
+        f"sacct fails ({_first_line(out)}): job states come from squeue and the jobs' exit files",
+        "",
+        key,
+    )
+
+
+def _python_rows(
+    options: SlurmOptions,
+    host: str,
+    python: str,
+    sections: dict[str, tuple[int, str]],
+    key: str,
+    deep: bool,
+) -> list[Check]:
+    if options.container is not None:
+        return [Check("python", host, OK, "runs in the container image (not checked here)", "", key)]
+    code, out = sections.get("python", (1, ""))
+    if code == 97:  # a module or setup line failed where it was tried
+        rows = [
+            Check(
+                "python",
+                host,
+                WARN,
+                f"not checked on {host}: modules/setup failed there ({_first_line(out)}); "
+                "`launcher-core cluster test NAME --deep` checks it on a compute node",
+                "",
+                key,
+            )
+        ]
+    else:
+        rows = python_checks(host, out, python=python, key=key)
+    if deep:
+        dcode, dout = sections.get("deep", (1, "no answer"))
+        node = "a compute node"
+        if dcode == 97:
+            rows.append(Check("python", node, FAIL, f"modules/setup failed: {_first_line(dout)}", "fix them", key))
+        elif "HRLPROBE " not in dout and dcode != 0:
+            rows.append(
+                Check("compute node", node, FAIL, f"srun failed: {_first_line(dout)}", "check partition/account", key)
+            )
+        else:
+            rows += python_checks(node, dout, python=python, key=key)
+    return rows
