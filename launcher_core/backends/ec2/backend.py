@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher_core.backends.base import Backend, CleanReport, CleanRequest
 from launcher_core.backends.ec2.aws import (
@@ -33,6 +33,9 @@ from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file, snapshot_filter
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, PullFilter, SweepInfo
+
+if TYPE_CHECKING:
+    from launcher_core.preflight import Check, PreflightRequest
 from launcher_core.remote.codesync import RsyncFilter
 from launcher_core.remote.workspace import runtime_cwd
 
@@ -193,6 +196,13 @@ class Ec2Backend(Backend):
         self._sweep_payload_key = f"{base}/sweep-{hashlib.sha256(payload).hexdigest()[:16]}.pkl"
         if not self._exists(self._sweep_payload_key):
             self._put(self._sweep_payload_key, payload, "the sweep payload")
+
+    def preflight(self, request: PreflightRequest) -> list[Check]:
+        """Credentials, AMI, bucket (a write), instance profile and instance type, before
+        anything is uploaded: :mod:`.preflight`."""
+        from launcher_core.backends.ec2.preflight import preflight
+
+        return preflight(self, request)
 
     def _check_bucket(self) -> None:
         from botocore.exceptions import ClientError
