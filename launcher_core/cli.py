@@ -461,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", add_help=False)
     pull.add_argument("rest", nargs=argparse.REMAINDER)
     pull.set_defaults(func=lambda a: __import__("launcher_core.pull").pull.main(a.rest))
+
+    from launcher_core.browse import add_commands as add_results_commands
+
+    add_results_commands(sub)  # results, report, link, files
     return parser
 
 

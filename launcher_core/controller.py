@@ -356,6 +356,9 @@ def _summarise(
         table_rows.append((spec.idx, " ".join(spec.overrides), state, row.duration_s, reason))
     store.set_exit_reasons(new_reasons)
     print_summary(label=label, sweep_dir=str(sweep_dir), rows=table_rows, elapsed_s=elapsed)
+    from launcher_core.results import print_best_rows
+
+    print_best_rows(sweep_dir, [(s.idx, s.overrides, ret) for s, ret in zip(specs, returns)])
     failed = [r for r in table_rows if r[2] in ("failed", "cancelled")]
     if failed:
         log.error(

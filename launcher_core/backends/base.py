@@ -122,6 +122,12 @@ class Backend(abc.ABC):
         (``stream`` is "stdout" or "stderr"); None when the backend cannot read them remotely."""
         return None
 
+    def list_files(self, handles: Mapping[str, Handle]) -> Mapping[str, list[tuple[str, int]]] | None:
+        """The backend-side files of finished jobs, ``{job_id: [(path relative to the job's output
+        dir, size in bytes), ...]}`` (what a full fetch would bring), for ``launcher-core files`` on
+        jobs not pulled yet or pulled bare. None: this backend keeps no copy it can list."""
+        return None
+
     def preflight(self, request: PreflightRequest) -> list[Check]:
         """Check, before anything is submitted, that every host that gets jobs (``request.n_jobs``;
         None: every host) can run them: one round trip per host, skipping hosts

@@ -372,8 +372,9 @@ class SSHConnection:
             raise RemoteCommandError(f"host {self.label}: {what} failed (exit {proc.returncode}):\n{output}")
         return proc.stdout
 
-    def rsync(self, args: Sequence[str], *, what: str, timeout_s: float | None = None) -> None:
-        """Run rsync through the master; ``args`` holds sources/destination (use :meth:`remote`)."""
+    def rsync(self, args: Sequence[str], *, what: str, timeout_s: float | None = None) -> bytes:
+        """Run rsync through the master; ``args`` holds sources/destination (use :meth:`remote`).
+        Returns rsync's stdout (what ``--list-only`` lists)."""
         opts = self.options
         timeout = timeout_s or opts.rsync_timeout_s
         # -s: file names travel inside the rsync protocol, never through the remote shell
@@ -387,7 +388,7 @@ class SSHConnection:
         except subprocess.TimeoutExpired as exc:
             raise SSHTransportError(f"host {self.label}: {what}: rsync did not finish within {timeout:g} s") from exc
         if proc.returncode == 0:
-            return
+            return proc.stdout
         stderr = _tail(proc.stderr.decode(errors="replace"), 20)
         if proc.returncode in RSYNC_TRANSPORT_CODES:
             raise SSHTransportError(f"host {self.label}: {what}: rsync lost the connection: {stderr}")

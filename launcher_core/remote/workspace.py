@@ -6,6 +6,7 @@ sweep dir, pulled results pointed back at the local one, fetch filters, and the 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -184,6 +185,55 @@ def fetch_job_dirs(
     for job_id, h in handles.items():
         local_dir = Path(local_dirs[job_id])
         localize_result(local_dir / LAUNCHER_DIR / RESULT_FILE, h, local_dir)
+
+
+# one line of ``rsync --list-only``: permissions, size (with or without thousands separators), date, time, name
+_LISTING_LINE = re.compile(rb"^(\S{10})\s+([\d,.]+)\s+\S+\s+\S+\s(.*)$")
+
+
+def list_job_files(conn: SSHConnection, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+    """The files of job dirs on the host as a full fetch would bring them: ``{job_id: [(path in the
+    job dir, size)]}``. One ``rsync --list-only`` per remote sweep dir (rsync is all a host needs)."""
+    import tempfile
+
+    groups: dict[str, dict[str, str]] = {}
+    for job_id, h in handles.items():
+        groups.setdefault(str(h["remote_sweep_dir"]), {})[str(h["rel"]).strip("/")] = job_id
+    out: dict[str, list[tuple[str, int]]] = {job_id: [] for job_id in handles}
+    for remote_sweep, by_rel in groups.items():
+        with tempfile.NamedTemporaryFile("w", prefix="hrl-list-", suffix=".txt") as listing:
+            listing.write("".join(f"{rel}\n" for rel in sorted(by_rel)))
+            listing.flush()
+            args = ["-r", "--list-only", "--no-human-readable", f"--files-from={listing.name}"]
+            args += [*fetch_filter_args(None), conn.remote(remote_sweep + "/")]
+            text = conn.call("listing job files", lambda a=args: conn.rsync(a, what="file listing"))
+        for path, size in _parse_listing(text or b""):
+            rel = _owning_rel(path, by_rel)
+            if rel is not None:
+                out[by_rel[rel]].append((path[len(rel) + 1 :], size))
+    return out
+
+
+def _parse_listing(text: bytes) -> list[tuple[str, int]]:
+    """(path, size) of the regular files in rsync's listing (names with rsync's ``\\#ooo`` escapes decoded)."""
+    files = []
+    for line in text.splitlines():
+        match = _LISTING_LINE.match(line)
+        if not match or not match.group(1).startswith(b"-"):
+            continue
+        raw = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), match.group(3))
+        files.append((raw.decode(errors="surrogateescape"), int(match.group(2).replace(b",", b"").replace(b".", b""))))
+    return files
+
+
+def _owning_rel(path: str, rels: Mapping[str, str]) -> str | None:
+    """The job subdir (``rel``) a listed path lies in (the longest match: subdirs may nest)."""
+    parts = path.split("/")
+    for n in range(len(parts) - 1, 0, -1):
+        rel = "/".join(parts[:n])
+        if rel in rels:
+            return rel
+    return None
 
 
 # --- the workspace on a host: claim, code snapshot, runtime, uploads, logs, clean -------------------

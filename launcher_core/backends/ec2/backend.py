@@ -635,6 +635,23 @@ class Ec2Backend(Backend):
                 finally:
                     tmp.unlink(missing_ok=True)
 
+    def list_files(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, list[tuple[str, int]]]:
+        """The objects each job synced to S3 (one paginated listing per job), as ``fetch`` would
+        download them."""
+        self._connect()
+        out: dict[str, list[tuple[str, int]]] = {}
+        for job_id, handle in handles.items():
+            prefix = handle.get("out_prefix")
+            if not prefix:
+                continue
+            files = out.setdefault(job_id, [])
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=handle["bucket"], Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    rel = PurePosixPath(obj["Key"][len(prefix) :])
+                    if rel.parts and ".." not in rel.parts:
+                        files.append((str(rel), int(obj["Size"])))
+        return out
+
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
         """Live log of a job not pulled yet, as of the instance's last sync (``sync_interval_s``)."""
         from botocore.exceptions import ClientError

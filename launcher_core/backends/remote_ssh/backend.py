@@ -286,6 +286,16 @@ class RemoteSSHBackend(Backend):
             run=run,
         )
 
+    def list_files(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, list[tuple[str, int]]]:
+        """One ``rsync --list-only`` per host and remote sweep dir."""
+        from launcher_core.remote.workspace import list_job_files
+
+        by_host = _group_by_host({j: h for j, h in handles.items() if h and h.get("remote_sweep_dir")})
+        results, errors = self._per_host(by_host, lambda label, hs: list_job_files(self._conn(label), hs))
+        if errors:
+            raise BackendError("; ".join(str(e) for e in errors.values()))
+        return {job_id: files for part in results.values() for job_id, files in part.items()}
+
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
         """Bytes of a job's live stdout/stderr log on the host, from ``offset`` on."""
         name = STDERR_FILE if stream == "stderr" else STDOUT_FILE

@@ -162,6 +162,15 @@ class SlurmBackend(Backend):
             return self.site.clean(request)
         return CleanReport(nothing_to_clean="slurm on a shared file system: the sweep dir is the only copy")
 
+    def list_files(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, list[tuple[str, int]]] | None:
+        """With ``login_host``: the mirrored job dirs on the login node (one ``rsync --list-only``).
+        On a shared file system the sweep dir is the only copy: nothing to list elsewhere."""
+        if not isinstance(self.site, LoginSite):
+            return None
+        from launcher_core.remote.workspace import list_job_files
+
+        return list_job_files(self.site.conn, handles)
+
     def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
         """Live bytes of a job's stdout/stderr from ``offset`` on."""
         return self.site.read_log(handle, STDOUT_FILE if stream == "stdout" else STDERR_FILE, offset)
