@@ -350,6 +350,7 @@ def _print_files(keys: Sequence[str], entries: Iterable[FileEntry], fmt: str) ->
         for e in entries
     ]
     table = res.Results(Path("."), rows, swept_keys=list(keys))
+    table.metric_keys = ["path", "size", "where"]  # also when nothing matched: the header stays
     if fmt == "table":
         for row in rows:
             row.values["size"] = _human_size(row.values["size"])

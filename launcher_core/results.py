@@ -464,7 +464,7 @@ def varying_keys(params: Iterable[Mapping[str, Any]]) -> list[str]:
 
 
 # --- overrides -> values --------------------------------------------------------------------
-_SIMPLE_KEY = re.compile(r"[A-Za-z_][\w.\-/@]*")
+_SIMPLE_KEY = re.compile(r"[A-Za-z_][\w.\-/]*")
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _WORD = re.compile(r"[A-Za-z_][\w\-]*")
