@@ -150,3 +150,18 @@ def _wait_for_collector(sweep_dir: Path) -> Collector | None:
             return found
         time.sleep(0.05)
     return None
+
+
+def status_line(sweep_dir: Path, backend: str | None, states: Sequence[str]) -> str | None:
+    """What ``launcher-core status`` says about collection for a sweep with unfinished jobs
+    (``states``: each job's state); None when there is nothing left to collect."""
+    unfinished = [s for s in states if s in ("submitted", "running", "completed", "failed")]
+    if backend == "local_pool" or not unfinished:
+        return None
+    found = collector(sweep_dir)
+    if found is not None:
+        return f"collecting: {len(unfinished)} jobs not home yet; {found}"
+    return (
+        f"not collecting: {len(unfinished)} jobs not home yet and no pull daemon runs for this sweep; "
+        f"run `python -m launcher_core.pull {sweep_dir}` (or launch with hydra.launcher.auto_pull=true)"
+    )

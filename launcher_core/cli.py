@@ -114,6 +114,11 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None
     summary.add_row(*[str(counts.get(s, 0)) for s in STATE_STYLE if s != "pulled"], str(pulled), str(len(rows)))
     console.print(summary)
     console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}   code: {_code_label(meta)}")
+    from launcher_core.autopull import status_line
+
+    collecting = status_line(sweep_dir, meta.get("backend"), [r.state.value for r in rows])
+    if collecting:
+        console.print(collecting, markup=False)
     if not show_jobs:
         return
     jobs = Table(show_header=True)
@@ -453,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also clean jobs pulled with --bare (their skipped large files are then lost)",
     )
     clean.set_defaults(func=cmd_clean)
+
+    from launcher_core.clusters import add_parser as add_cluster_parser
+
+    add_cluster_parser(sub)
 
     from launcher_core.clusters import add_parser as add_cluster_parser
 

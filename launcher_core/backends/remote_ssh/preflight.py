@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher_core.errors import BackendError
@@ -31,6 +32,10 @@ def preflight(backend: RemoteSSHBackend, request: PreflightRequest) -> list[Chec
     from launcher_core.backends.remote_ssh.backend import assign_to_hosts
 
     settings = backend.settings
+    if request.sweep is not None:  # a local setting is refused before any host is contacted
+        code_dir = Path(settings.code_dir or request.sweep.code_dir).expanduser()
+        if not code_dir.is_dir():
+            raise BackendError(f"hydra.launcher.code_dir: {code_dir.resolve()} is not a directory")
     hosts = list(settings.hosts)
     if request.n_jobs is not None:
         buckets = assign_to_hosts(list(range(request.n_jobs)), [h.max_parallel for h in hosts])
@@ -92,8 +97,6 @@ def _check_host(backend: RemoteSSHBackend, request: PreflightRequest, host: Host
 
 
 def _default_remote_dir(backend: RemoteSSHBackend, request: PreflightRequest) -> str:
-    from pathlib import Path
-
     from launcher_core.remote.workspace import default_remote_dir
 
     code_dir = backend.settings.code_dir or (request.sweep.code_dir if request.sweep else Path.cwd())
