@@ -93,7 +93,9 @@ def test_cli_sorts_filters_cuts_and_prints_every_format(sweep: tuple[Path, str])
     assert lines[0].split() == ["#", "model", "lr", "seed", "state", "duration", "host", "val.acc", "loss", "reason"]
     assert [float(line.split()[7]) for line in lines[2:]] == [b[0] for b in best[:3]]
 
-    as_json = json.loads(cli("results", str(sweep_dir), "--where", "model=mlp", "--where", "lr>0.005", "--format", "json").stdout)
+    as_json = json.loads(
+        cli("results", str(sweep_dir), "--where", "model=mlp", "--where", "lr>0.005", "--format", "json").stdout
+    )
     assert [(r["model"], r["lr"], r["seed"]) for r in as_json] == [("mlp", 0.01, 0), ("mlp", 0.01, 1)]
     assert as_json[0]["val.acc"] == scores("mlp", 0.01, 0)[0] and as_json[0]["state"] == "completed"
 
@@ -102,7 +104,9 @@ def test_cli_sorts_filters_cuts_and_prints_every_format(sweep: tuple[Path, str])
     assert len(as_csv) == 12 and len(failed) == 4
     assert {r["reason"] for r in failed} == {"ValueError: cannot train model=broken"}
 
-    md = cli("results", str(sweep_dir), "--columns", "#,model,val.*", "--where", "state=completed", "--format", "markdown")
+    md = cli(
+        "results", str(sweep_dir), "--columns", "#,model,val.*", "--where", "state=completed", "--format", "markdown"
+    )
     md_lines = md.stdout.splitlines()
     assert md_lines[0] == "| # | model | val.acc |" and len(md_lines) == 2 + 8
 
@@ -238,7 +242,9 @@ def open_in_chromium(page_path: Path, screenshot: Path) -> dict:
             page.on("request", lambda r: seen["requests"].append(r.url))
             page.goto(page_path.as_uri(), wait_until="load", timeout=60_000)
             page.wait_for_function("document.querySelectorAll('.plot .main-svg').length > 0", timeout=30_000)
-            seen["plots"] = page.eval_on_selector_all(".plot", "els => els.map(e => [e.id, !!e.querySelector('.main-svg')])")
+            seen["plots"] = page.eval_on_selector_all(
+                ".plot", "els => els.map(e => [e.id, !!e.querySelector('.main-svg')])"
+            )
             seen["parcoords"] = page.locator("#parcoords .parcoords").count()
             seen["points"] = page.locator("#metric-1 .point").count()
             page.screenshot(path=str(screenshot), full_page=True)

@@ -201,11 +201,15 @@ def list_job_files(conn: SSHConnection, handles: Mapping[str, Mapping[str, Any]]
         groups.setdefault(str(h["remote_sweep_dir"]), {})[str(h["rel"]).strip("/")] = job_id
     out: dict[str, list[tuple[str, int]]] = {job_id: [] for job_id in handles}
     for remote_sweep, by_rel in groups.items():
-        with tempfile.NamedTemporaryFile("w", prefix="hrl-list-", suffix=".txt") as listing:
+        # rsync wants a destination with --files-from; --list-only writes nothing into it
+        with (
+            tempfile.NamedTemporaryFile("w", prefix="hrl-list-", suffix=".txt") as listing,
+            tempfile.TemporaryDirectory(prefix="hrl-list-") as unused_dest,
+        ):
             listing.write("".join(f"{rel}\n" for rel in sorted(by_rel)))
             listing.flush()
             args = ["-r", "--list-only", "--no-human-readable", f"--files-from={listing.name}"]
-            args += [*fetch_filter_args(None), conn.remote(remote_sweep + "/")]
+            args += [*fetch_filter_args(None), conn.remote(remote_sweep + "/"), f"{unused_dest}/"]
             text = conn.call("listing job files", lambda a=args: conn.rsync(a, what="file listing"))
         for path, size in _parse_listing(text or b""):
             rel = _owning_rel(path, by_rel)
