@@ -53,27 +53,24 @@ def sweep_id_for(sweep_dir: Path) -> str:
 
 
 def build_job_specs(
-    *, hydra_context: Any, config: Any, sweep_id: str, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    *, composer: Any, sweep_id: str, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
 ) -> list[JobSpec]:
     """Check every job's overrides and name its output dir.
 
-    Each job is composed (see :mod:`launcher_core.runtime.compose`) unless the sweeper's validation
-    composed it a moment ago, so every bad override surfaces before anything is launched; the
-    dir comes from the template where it cannot depend on the job (see
+    Each job is checked (see :meth:`~launcher_core.runtime.compose.SweepComposer.check`: composed
+    when it has an override no earlier job had), so a bad override surfaces before anything is
+    launched; the dir comes from the template where it cannot depend on the job (see
     :meth:`~launcher_core.runtime.compose.SweepComposer.output_dir`). The configs are not kept: each
     spec composes its own again when a backend uses it (see :class:`JobSpec`).
     """
-    from launcher_core.runtime.compose import compose_job, composer_for, job_output_dir
+    from launcher_core.runtime.compose import compose_job, job_output_dir
 
-    composer = composer_for(hydra_context, config)  # shares templates with the sweeper's validation
     specs = []
     for offset, overrides in enumerate(job_overrides):
         idx = initial_job_idx + offset
         factory = functools.partial(compose_job, composer, tuple(overrides), idx)
-        output_dir = composer.output_dir(overrides, idx)
-        if output_dir is None:  # not composed before (no validation): compose it now, which checks it
-            cfg = factory()
-            output_dir = composer.output_dir(overrides, idx) or job_output_dir(cfg)
+        composer.check(overrides)  # a no-op when the sweeper's validation checked it a moment ago
+        output_dir = composer.output_dir(overrides, idx) or job_output_dir(factory())
         specs.append(
             JobSpec(
                 job_id=job_id_for(sweep_id, list(overrides)),
@@ -107,7 +104,6 @@ class SweepController:
         self.sweep = sweep
         self.states: dict[str, JobState] = {}
         self.counts: dict[JobState, int] = {}  # kept with states: the progress bar reads it on every change
-        self.code_record: dict[str, Any] | None = None  # written as each job's .launcher/code.json
         self._open_launches: set[str] = set()  # launching processes that did not end (see plan)
 
     def _set_state(self, job_id: str, state: JobState) -> None:
@@ -191,22 +187,12 @@ class SweepController:
             handles = dict(self.backend.submit(specs)) if specs else {}
         except SubmitError as exc:
             self._record_submitted(exc.started)
-            self._write_code_records(specs, exc.started)
             raise
         self._record_submitted(handles)
-        self._write_code_records(specs, handles)
         missing = [s.job_id for s in specs if s.job_id not in handles]
         if missing:
             raise BackendError(f"backend {self.backend.name} did not start {len(missing)} of {len(specs)} jobs")
         return handles
-
-    def _write_code_records(self, specs: Sequence[JobSpec], started: Mapping[str, Any]) -> None:
-        """``.launcher/code.json`` in the dir of each job that started: the code it runs."""
-        if self.code_record is None:
-            return
-        for spec in specs:
-            if spec.job_id in started:
-                snapshots.write_code_record(spec.launcher_dir, self.code_record)
 
     def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
         self.store.mark_submitted(handles, launch_id=_LAUNCH_CODE_ID)
@@ -440,7 +426,7 @@ def _launch(
     code_dir: Path | None,
 ) -> list[Any]:
     started = time.monotonic()
-    sweep_dir, sweep_id, specs = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
+    sweep_dir, sweep_id, specs, composer = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
     backend = backend_factory()
     label = backend.name
     _log_jobs(label, sweep_dir, specs)
@@ -449,6 +435,7 @@ def _launch(
         sweep_dir=sweep_dir,
         code_dir=code_dir or Path(os.getcwd()),
         task_name=str(config.hydra.job.name),
+        composer=composer,
     )
     store = StateStore.for_sweep_dir(sweep_dir)
     try:
@@ -476,7 +463,7 @@ def _launch(
             from launcher_core.preflight import run_preflight
 
             run_preflight(backend, sweep, len(to_submit))
-        controller.code_record = snapshots.code_record(git, code_id)
+        sweep.code_record = snapshots.code_record(git, code_id)
         backend.prepare(sweep)
         active = {**reattached, **controller.submit(to_submit)}
         if not options.wait:
@@ -540,19 +527,18 @@ def _freeze(sweep: SweepInfo, code_id: str) -> Path:
 
 def _sweep_jobs(
     hydra_context: Any, config: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
-) -> tuple[Path, str, list[JobSpec]]:
-    """The sweep dir (created), its id and the batch's job specs."""
+) -> tuple[Path, str, list[JobSpec], Any]:
+    """The sweep dir (created), its id, the batch's job specs and the composer that checked them."""
+    from launcher_core.runtime.compose import composer_for
+
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     sweep_id = sweep_id_for(sweep_dir)
+    composer = composer_for(hydra_context, config)  # shares templates with the sweeper's validation
     specs = build_job_specs(
-        hydra_context=hydra_context,
-        config=config,
-        sweep_id=sweep_id,
-        job_overrides=job_overrides,
-        initial_job_idx=initial_job_idx,
+        composer=composer, sweep_id=sweep_id, job_overrides=job_overrides, initial_job_idx=initial_job_idx
     )
-    return sweep_dir, sweep_id, specs
+    return sweep_dir, sweep_id, specs, composer
 
 
 def _store_failure(sweep_dir: Path, exc: Exception, backend: Backend) -> str:
@@ -634,11 +620,12 @@ def dry_run_batch(
     from hydra.core.utils import setup_globals
 
     setup_globals()
-    sweep_dir, sweep_id, specs = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
-    sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name))
+    sweep_dir, sweep_id, specs, composer = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
+    sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name), composer=composer)
     if backend.runs_local_code:  # the written scripts run the code as it is now, whenever submitted
-        _, code_id = _record_code(sweep)
+        git, code_id = _record_code(sweep)
         sweep.code_snapshot = _freeze(sweep, code_id)
+        sweep.code_record = snapshots.code_record(git, code_id)
     backend.prepare(sweep)
     try:
         values = backend.dry_run(specs)

@@ -133,3 +133,8 @@ class SweepInfo:
     # the launch's frozen copy of code_dir, for backends whose jobs run from this file system
     # (``Backend.runs_local_code``); jobs import from it
     code_snapshot: Path | None = None
+    # what each job's ``.launcher/code.json`` says (written by the job when it starts)
+    code_record: dict[str, Any] | None = None
+    # the batch's SweepComposer: its ``node_state()`` goes into the sweep payload, and jobs
+    # compose their configs from it where they run
+    composer: Any = None

@@ -412,11 +412,7 @@ class Sweep:
 
         overrides = [[f"{k}={v}" for k, v in job.items()] for job in jobs]
         return build_job_specs(
-            hydra_context=self.context,
-            config=self.master,
-            sweep_id=self.info.sweep_id,
-            job_overrides=overrides,
-            initial_job_idx=0,
+            composer=self.info.composer, sweep_id=self.info.sweep_id, job_overrides=overrides, initial_job_idx=0
         )
 
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
@@ -489,6 +485,7 @@ def sweep(
     from hydra.types import HydraContext, RunMode
 
     from launcher_core.controller import sweep_id_for
+    from launcher_core.runtime.compose import composer_for
 
     monkeypatch.chdir(target.project)
     sweep_dir = target.project / "multirun" / "contract"
@@ -501,6 +498,7 @@ def sweep(
     HydraConfig.instance().set_config(master)
     context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
     info = SweepInfo(sweep_id_for(sweep_dir), sweep_dir, target.project, str(master.hydra.job.name))
+    info.composer = composer_for(context, master)
     sweep_dir.mkdir(parents=True)
 
     subreaper = _subreaper_flag()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from launcher_core.backends.local_pool import LocalPoolBackend
 from launcher_core.controller import LaunchOptions, build_job_specs, launch_batch
 from launcher_core.jobs import JobSpec, JobState, SweepInfo
-from launcher_core.runtime.compose import job_output_dir
+from launcher_core.runtime.compose import composer_for, job_output_dir
 from tests.conftest import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "tests" / "apps" / "conf_grid"
@@ -52,7 +52,8 @@ def app(tmp_path: Path, hydra_restore_singletons: None) -> Iterator[tuple[DictCo
 def _specs(app: tuple[DictConfig, HydraContext], values: list[int]) -> list[JobSpec]:
     master, ctx = app
     overrides = [[f"a={v}"] for v in values]
-    return build_job_specs(hydra_context=ctx, config=master, sweep_id="t", job_overrides=overrides, initial_job_idx=0)
+    composer = composer_for(ctx, master)
+    return build_job_specs(composer=composer, sweep_id="t", job_overrides=overrides, initial_job_idx=0)
 
 
 def _backend(app: tuple[DictConfig, HydraContext], task: Callable[[DictConfig], Any], n_jobs: int) -> LocalPoolBackend:

@@ -91,9 +91,10 @@ def test_sweep_returns_values_through_split_arrays(
     assert [int(r.return_value["array_task"]) for r in returns] == [i % TEST_MAX_ARRAY_SIZE for i in range(n)]
     assert slurm_calls.calls("sbatch") == math.ceil(n / TEST_MAX_ARRAY_SIZE) == 3
     # each poll is one sacct naming every array with unfinished jobs (all three at first); no squeue
-    arrays_per_call = [len(line.split(" -j ")[1].split(",")) for line in slurm_calls.lines("sacct")]
+    polls = [line for line in slurm_calls.lines("sacct") if "-o JobID,State" in line]  # not the pre-flight's
+    arrays_per_call = [len(line.split(" -j ")[1].split(",")) for line in polls]
     assert arrays_per_call[0] == 3 and arrays_per_call == sorted(arrays_per_call, reverse=True)
-    assert slurm_calls.calls("squeue") == 0
+    assert [line for line in slurm_calls.lines("squeue") if "-o %i" not in line] == []  # the pre-flight's only
     rows = _rows(sweep)
     assert {(state, outcome) for state, outcome, _r, _h in rows.values()} == {(JobState.PULLED, JobState.COMPLETED)}
     assert set(_sacct_states(slurm_cluster, sweep).values()) == {"COMPLETED 0:0"}
@@ -501,7 +502,9 @@ def test_dry_run_writes_scripts_and_submits_nothing(
     assert "array index 1 of" in str(returns[11].return_value) and "jobs10-11.sbatch" in str(returns[11].return_value)
     text = (sweep / ".launcher" / "slurm" / "jobs10-11.sbatch").read_text()
     assert "#SBATCH --array=0-1%2" in text and str(sweep / "11" / ".launcher") in text
-    assert (sweep / "11" / ".launcher" / "job.pkl").stat().st_mode & 0o777 == 0o600
+    assert not (sweep / "11").exists()  # nothing per job: each job composes its config from the job table
+    table = sweep / ".launcher" / "slurm" / "jobs0-11.json"
+    assert table.stat().st_mode & 0o777 == 0o600 and str(table) in text
     # the script is complete: submitted by hand it runs the job
     array_id = slurm_cluster.run("sbatch", "--parsable", str(sweep / ".launcher" / "slurm" / "jobs10-11.sbatch"))
     wait_until("job 11 done", lambda: (sweep / "11" / ".launcher" / "result.pkl").exists(), 60)

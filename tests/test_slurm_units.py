@@ -73,7 +73,9 @@ def test_parse_squeue() -> None:
 def _script(options: SlurmOptions, root: Path) -> str:
     specs = _specs(3, root)
     chunk = plan_chunks(specs, 5)[0]
-    argv = job_argv(options, str(root / ".launcher" / "slurm" / "sweep.pkl"), [str(root)], "/venv/bin/python")
+    slurm_dir = root / ".launcher" / "slurm"
+    table = str(slurm_dir / "jobs0-2.json")
+    argv = job_argv(options, str(slurm_dir / "sweep.pkl"), table, [str(root)], "/venv/bin/python")
     return render_script(
         options=options,
         chunk=chunk,
@@ -100,7 +102,7 @@ def test_script_quotes_every_path_and_keeps_overrides_out(tmp_path: Path) -> Non
         }
     )
     text = _script(options, root)
-    assert "x=0" not in text and "x=1" not in text  # overrides live in the pickled payloads only
+    assert "x=0" not in text and "x=1" not in text  # overrides live in the job table only
     assert f"  {shlex.quote(str(root / '0' / '.launcher'))}" in text
     assert "#SBATCH --partition='gpu a'" in text
     assert "#SBATCH --array=0-2%2" in text
@@ -111,7 +113,8 @@ def test_script_quotes_every_path_and_keeps_overrides_out(tmp_path: Path) -> Non
     assert "module load cuda/12.1" in text
     assert 'if [ "$n" -ge 2 ]' in text and "-ge 270 ]" in text  # 5 min - 30 s: a timeout signal
     assert "$((SECONDS + 35))" in text
-    assert '"$LAUNCHER_DIR"/job.pkl &' in text
+    assert f"{shlex.quote(str(root / '.launcher' / 'slurm' / 'jobs0-2.json'))} \"$_hrl_first\" &" in text
+    assert "_hrl_first=$((0 + SLURM_ARRAY_TASK_ID * 1))" in text
 
 
 def test_script_with_container_wraps_the_worker(tmp_path: Path) -> None:
@@ -120,10 +123,11 @@ def test_script_with_container_wraps_the_worker(tmp_path: Path) -> None:
     )
     text = _script(options, tmp_path)
     sweep_pkl = shlex.quote(str(tmp_path / ".launcher" / "slurm" / "sweep.pkl"))
+    table = shlex.quote(str(tmp_path / ".launcher" / "slurm" / "jobs0-2.json"))
     expected = (
         f"srun --unbuffered --kill-on-bad-exit=1 --mpi=none singularity exec --nv --bind {shlex.quote(str(tmp_path))} "
         "--bind /data "
-        f'/img.sif python -m launcher_core.runtime.worker {sweep_pkl} "$LAUNCHER_DIR"/job.pkl &'
+        f'/img.sif python -m launcher_core.runtime.worker {sweep_pkl} {table} "$_hrl_first" &'
     )
     assert expected in text
 
@@ -202,8 +206,8 @@ def test_stored_config_holds_known_secret_free_keys_and_rebuilds_the_backend() -
 
 
 def _login_dry_run(code_dir: Path, sweep_dir: Path, **params: object) -> tuple[str, dict, list[str]]:
-    """A login_host dry run of 3 jobs: (script text, first job payload, names of the Slurm commands run)."""
-    import cloudpickle
+    """A login_host dry run of 3 jobs: (script text, first job table entry, names of the Slurm commands run)."""
+    import json
 
     from launcher_core.backends.slurm import SlurmBackend
     from launcher_core.jobs import SweepInfo
@@ -211,16 +215,15 @@ def _login_dry_run(code_dir: Path, sweep_dir: Path, **params: object) -> tuple[s
     options = SlurmOptions.from_params({"login_host": "no-such-host.invalid", "dry_run": True, **params})
     backend = SlurmBackend(options, task_function=len, hydra_context=None)
     specs = _specs(3, sweep_dir)
-    for spec in specs:
-        spec.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir), "subdir": str(spec.idx)}}})
     backend.prepare(SweepInfo("s1", sweep_dir, code_dir, "app"))
     try:
         chunks = backend.write_scripts(specs)
     finally:
         backend.close()
     assert [c.script_name for c, _path in chunks] == ["jobs0-2.sbatch"]
-    payload = cloudpickle.loads((sweep_dir / "0" / ".launcher" / "job.pkl").read_bytes())
-    return chunks[0][1].read_text(), payload, list(backend.calls)
+    assert not (sweep_dir / "0").exists()  # nothing per job before submission
+    entry = json.loads((sweep_dir / ".launcher" / "slurm" / "jobs0-2.json").read_text())["jobs"][0]
+    return chunks[0][1].read_text(), entry, list(backend.calls)
 
 
 def test_dry_run_with_login_host_shows_the_cluster_paths_without_connecting(tmp_path: Path) -> None:
@@ -240,10 +243,11 @@ def test_dry_run_with_login_host_shows_the_cluster_paths_without_connecting(tmp_
     pythonpath = f"{remote_sweep}/.launcher/slurm/pylib:{snapshot.group(1)}"
     assert f'export PYTHONPATH={pythonpath}"${{PYTHONPATH:+:$PYTHONPATH}}"' in text
     worker = f"python3 -m launcher_core.runtime.remote_worker {remote_sweep}/.launcher/slurm/sweep-"
-    assert re.search(re.escape(worker) + r'[0-9a-f]{16}\.pkl "\$LAUNCHER_DIR"/job\.pkl &', text), text
-    # the job payload has the cluster paths too: Hydra there writes into the remote sweep dir
-    assert payload["result_path"] == f"{remote_sweep}/0/.launcher/result.pkl"
-    assert (payload["config"].hydra.sweep.dir, payload["config"].hydra.sweep.subdir) == (remote_sweep, "0")
+    table = f"{remote_sweep}/.launcher/slurm/jobs0-2.json"
+    assert re.search(re.escape(worker) + r'[0-9a-f]{16}\.pkl ' + re.escape(table) + r' "\$_hrl_first" &', text), text
+    # the job table entry has the cluster paths too: Hydra there writes into the remote sweep dir
+    assert payload["result"] == f"{remote_sweep}/0/.launcher/result.pkl"
+    assert (payload["sweep_dir"], payload["subdir"], payload["overrides"]) == (remote_sweep, "0", ["x=0"])
 
 
 def test_dry_run_with_login_host_shows_the_remote_home_as_tilde(
@@ -254,7 +258,7 @@ def test_dry_run_with_login_host_shows_the_remote_home_as_tilde(
 
     assert calls == [] and str(tmp_path) not in text
     remote_sweep = "~/hydra-remote-launcher/proj/runs/by-id/s1"
-    assert payload["result_path"] == f"{remote_sweep}/0/.launcher/result.pkl"
+    assert payload["result"] == f"{remote_sweep}/0/.launcher/result.pkl"
     assert f"#SBATCH --output='{remote_sweep}/.launcher/slurm/logs/%A.log'" in text
     assert "remote_dir '~/hydra-remote-launcher/proj' is in the home dir on no-such-host.invalid" in caplog.text
 

@@ -20,7 +20,8 @@ from launcher_core.runtime.compose import SweepComposer
 from launcher_core.runtime.worker import (
     RemoteJobError,
     atomic_write_bytes,
-    job_payload_bytes,
+    job_entry,
+    job_table_bytes,
     load_job_return,
     sweep_payload_bytes,
 )
@@ -64,14 +65,16 @@ def run_worker(tmp_path: Path, hydra_restore_singletons: None):
     ctx = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
 
     def run(task, overrides: list[str], idx: int):
-        cfg = SweepComposer(ctx, master).compose(overrides)
+        composer = SweepComposer(ctx, master)
+        composer.check(overrides)  # as the controller does before launching
         sweep_payload = tmp_path / "sweep.pkl"
-        job_payload = tmp_path / f"job{idx}.pkl"
+        table = tmp_path / "jobs.json"
         result = tmp_path / f"result{idx}.pkl"
-        atomic_write_bytes(sweep_payload, sweep_payload_bytes(task, ctx))
-        atomic_write_bytes(job_payload, job_payload_bytes(cfg, idx, str(result)))
+        atomic_write_bytes(sweep_payload, sweep_payload_bytes(task, ctx, composer.node_state()))
+        other = job_entry(idx + 1, ["a=0"], str(tmp_path / "other.pkl"))
+        atomic_write_bytes(table, job_table_bytes([other, job_entry(idx, overrides, str(result))]))
         proc = subprocess.run(
-            [sys.executable, "-m", "launcher_core.runtime.worker", str(sweep_payload), str(job_payload)],
+            [sys.executable, "-m", "launcher_core.runtime.worker", str(sweep_payload), str(table), "1"],
             capture_output=True,
             text=True,
             timeout=120,

@@ -182,6 +182,11 @@ class SlurmArrayLauncherConf:
     poll_interval_s: float = 5.0
     # null = MaxArraySize from `scontrol show config`
     max_array_size: Optional[int] = None
+    # run this many jobs one after another in each array task, with one Python start-up (for
+    # short jobs); "auto" packs about 10 min of expected_job_s per task, keeping array_parallelism
+    jobs_per_task: Any = 1
+    # how long one job is expected to run, in seconds (for jobs_per_task=auto)
+    expected_job_s: Optional[float] = None
     # bound on every sbatch/sacct/squeue/scancel call
     command_timeout_s: float = 60.0
     # check the cluster (partition, account/QoS, MaxArraySize, accounting, Python) before submitting

@@ -162,3 +162,13 @@ class Backend(abc.ABC):
         safe to repeat; ``dry_run`` contacts nothing and fills only the targets. The default: this
         backend keeps no remote copies."""
         return CleanReport(nothing_to_clean=f"the {self.name} backend keeps no remote copies")
+
+
+def sweep_payload_for(sweep: SweepInfo, task_function: Any, hydra_context: Any) -> bytes:
+    """The sweep payload of jobs submitted now: task function, Hydra context, the launch's code
+    record and the composer's templates as they are now (a later batch of a multirun may bring
+    new ones), from which each job composes its own config where it runs."""
+    from launcher_core.runtime.worker import sweep_payload_bytes
+
+    composer_state = sweep.composer.node_state() if sweep.composer is not None else None
+    return sweep_payload_bytes(task_function, hydra_context, composer_state, sweep.code_record)

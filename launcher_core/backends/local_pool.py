@@ -77,11 +77,13 @@ class LocalPoolBackend(Backend):
         self._done: dict[str, JobStatus] = {}
         self._cleanups: list[GroupKill] = []
         self._code: tuple[Path, Path] | None = None  # (code dir, its frozen snapshot)
+        self._code_record: dict[str, Any] | None = None  # each started job's .launcher/code.json
 
     # --- contract -----------------------------------------------------------------------
     def prepare(self, sweep: SweepInfo) -> None:
         become_subreaper()
         self._code = (sweep.code_dir, sweep.code_snapshot) if sweep.code_snapshot else None
+        self._code_record = sweep.code_record
 
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
         """Queue the jobs; they start at the next :meth:`poll`, after the controller recorded them
@@ -180,6 +182,10 @@ class LocalPoolBackend(Backend):
     def _fork_job(self, spec: JobSpec) -> int:
         spec.launcher_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(spec.launcher_dir, 0o700)  # pid, logs and result are the user's own
+        if self._code_record is not None:
+            from launcher_core.snapshots import write_code_record
+
+            write_code_record(spec.launcher_dir, self._code_record)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()

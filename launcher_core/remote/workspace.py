@@ -9,8 +9,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,28 +27,6 @@ log = logging.getLogger("launcher_core.remote")
 
 def new_snapshot_tag() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-@contextmanager
-def remote_job_config(config: Any, remote_sweep_dir: str, rel: str) -> Iterator[Any]:
-    """The job config as the host runs it: Hydra writes into the remote sweep dir, same subdir.
-
-    The config is changed in place and restored on exit (a deep copy per job costs more
-    than the rest of a submission).
-    """
-    from omegaconf import open_dict, read_write
-
-    if config is None:
-        raise BackendError("a job without a composed config cannot be submitted")
-    sweep = config.hydra.sweep
-    with read_write(sweep), open_dict(sweep):
-        old_dir, old_subdir = sweep._get_node("dir")._value(), sweep._get_node("subdir")._value()
-        sweep.dir, sweep.subdir = remote_sweep_dir, rel
-    try:
-        yield config
-    finally:
-        with read_write(sweep), open_dict(sweep):
-            sweep.dir, sweep.subdir = old_dir, old_subdir
 
 
 def runtime_cwd(config: Any) -> str | None:

@@ -97,7 +97,7 @@ class Job:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.job_id: str = spec["job_id"]
         self.idx: int = int(spec["idx"])
-        self.payload_key: str = spec["payload_key"]
+        self.index: int = int(spec["index"])  # its entry in the plan's job table
         self.output_dir = Path(spec["output_dir"])
         self.out_prefix: str = spec["out_prefix"]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -200,8 +200,8 @@ class Agent:
         payloads = self.workspace / "payloads"
         payloads.mkdir(mode=0o700, exist_ok=True)
         self.s3.download_file(bucket, self.plan["sweep_payload_key"], str(payloads / "sweep.pkl"))
-        for job in self.jobs:
-            self.s3.download_file(bucket, job.payload_key, str(payloads / f"{job.job_id}.pkl"))
+        # the plan is the job table: each job composes its config from its entry there
+        (payloads / "plan.json").write_text(json.dumps(self.plan))
 
     # --- S3 ---------------------------------------------------------------------------------
     def mark(self, job: Job, state: str, reason: str | None = None) -> None:
@@ -268,7 +268,7 @@ class Agent:
         env["PYTHONPATH"] = os.pathsep.join([str(lib), str(code), *filter(None, [env.get("PYTHONPATH")])])
         payloads = self.workspace / "payloads"
         cmd = [*self.plan["python"], "-m", "launcher_core.runtime.remote_worker", str(payloads / "sweep.pkl")]
-        cmd.append(str(payloads / f"{job.job_id}.pkl"))
+        cmd += [str(payloads / "plan.json"), str(job.index)]
         self.mark(job, RUNNING)
         with _open_log(job.launcher_dir / "stdout.log") as out, _open_log(job.launcher_dir / "stderr.log") as err:
             job.proc = subprocess.Popen(

@@ -284,7 +284,8 @@ def _monitor_main(batch: dict[str, Any], job: dict[str, Any], slot: int) -> None
 
 
 def _worker_args(batch: dict[str, Any], job: dict[str, Any]) -> list[str]:
-    return [batch["sweep_payload"], job["job_payload"]]
+    """The worker's arguments: the sweep payload and the job's entry in the batch file (its job table)."""
+    return [batch["sweep_payload"], batch["table"], str(job["index"])]
 
 
 def _exec_worker(batch: dict[str, Any], job: dict[str, Any], env: dict[str, str], out: Any, err: Any) -> int:

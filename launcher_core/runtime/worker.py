@@ -2,9 +2,11 @@
 
 Used in two ways:
 * in-process by ``local_pool`` (a forked child calls :func:`run_and_save`), and
-* as ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD`` on a remote machine, where
-  the sweep payload (task function, Hydra context, ``Singleton`` state; cloudpickle) and the
-  job payload (the composed job config) were shipped by a backend.
+* as ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_TABLE FIRST [COUNT]`` where the job
+  runs, from two files a backend shipped: the sweep payload (task function, Hydra context,
+  ``Singleton`` state and the composed templates; cloudpickle, once per sweep) and a job table
+  (each job's number, override list and result path; JSON). The job composes its own config
+  there (:class:`SweepPayload`), so nothing per job is written before submission.
 
 A task that raises comes back as a FAILED ``JobReturn`` whose ``return_value`` is the original
 exception when it can be pickled (with the remote traceback attached as a note), or a
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -29,6 +32,7 @@ EXIT_FAILED = 1
 RANKS_DIR_ENV = "HRL_RANKS_DIR"
 # JSON [code dir, its frozen snapshot]: the job imports from the snapshot (launcher_core.snapshots)
 CODE_SNAPSHOT_ENV = "HRL_CODE_SNAPSHOT"
+CODE_RECORD_FILE = "code.json"  # in a job's launcher dir
 
 
 class RemoteJobError(RuntimeError):
@@ -229,31 +233,134 @@ def failed_job_return(config: Any, exc: BaseException, working_dir: str | None =
     return ret
 
 
-def sweep_payload_bytes(task_function: Any, hydra_context: Any) -> bytes:
-    """What every job of a sweep shares: task function, Hydra context, ``Singleton`` state.
-
-    Written once per sweep (not once per job) and shipped next to the job payloads.
-    """
+def sweep_payload_bytes(
+    task_function: Any,
+    hydra_context: Any,
+    composer_state: dict[str, Any] | None = None,
+    code_record: dict[str, Any] | None = None,
+) -> bytes:
+    """What every job of a sweep shares, written once per sweep (cloudpickle): task function,
+    Hydra context, ``Singleton`` state, what the job side composes configs from
+    (:meth:`~launcher_core.runtime.compose.SweepComposer.node_state`) and the launch's code record."""
     import cloudpickle
     from hydra.core.singleton import Singleton
 
     return cloudpickle.dumps(
-        {"task_function": task_function, "hydra_context": hydra_context, "singleton_state": Singleton.get_state()}
+        {
+            "task_function": task_function,
+            "hydra_context": hydra_context,
+            "singleton_state": Singleton.get_state(),
+            "composer": composer_state,
+            "code_record": code_record,
+        }
     )
 
 
-def job_payload_bytes(config: Any, idx: int, result_path: str) -> bytes:
-    """One job: its composed config, ``hydra.job.num`` and where to write its result."""
-    import cloudpickle
+def job_entry(
+    idx: int,
+    overrides: list[str],
+    result_path: str,
+    sweep_dir: str | None = None,
+    subdir: str | None = None,
+    runtime_cwd: str | None = None,
+) -> dict[str, Any]:
+    """One job in a job table: its number, overrides and result file; ``sweep_dir``/``subdir``
+    when it runs somewhere else than its local output dir (``hydra.sweep.dir``/``subdir`` there),
+    and ``runtime_cwd`` when Hydra must report another original cwd (``hydra.runtime.cwd``)."""
+    entry: dict[str, Any] = {"idx": idx, "overrides": overrides, "result": result_path}
+    if sweep_dir is not None:
+        entry["sweep_dir"], entry["subdir"] = sweep_dir, subdir or ""
+    if runtime_cwd is not None:
+        entry["runtime_cwd"] = runtime_cwd
+    return entry
 
-    return cloudpickle.dumps({"config": config, "idx": idx, "result_path": result_path})
+
+_INTERPOLATION_START = re.compile(r"(\\*)\$\{")
 
 
-def _load_payload(path: str) -> Any:
-    import cloudpickle
+def omega_literal(text: str) -> str:
+    """A string OmegaConf keeps verbatim (no ``${...}`` interpolation).
 
+    OmegaConf reads ``\\${`` as an escaped ``${`` and, right before ``${`` only, ``\\\\`` as one
+    backslash: so a run of backslashes there is doubled, then the ``${`` escaped. Elsewhere
+    backslashes are literal and stay as they are.
+    """
+    return _INTERPOLATION_START.sub(lambda m: m.group(1) * 2 + "\\${", text)
+
+
+def relocate_config(cfg: Any, entry: dict[str, Any]) -> None:
+    """Point a job config at where the job runs (``sweep_dir``/``subdir``/``runtime_cwd`` of its
+    entry), as OmegaConf literals: a path must come out as written, whatever ``${`` it holds."""
+    from omegaconf import open_dict, read_write
+
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        if "sweep_dir" in entry:
+            cfg.hydra.sweep.dir = omega_literal(entry["sweep_dir"])
+            cfg.hydra.sweep.subdir = omega_literal(entry["subdir"])
+        if "runtime_cwd" in entry:
+            cfg.hydra.runtime.cwd = omega_literal(entry["runtime_cwd"])
+
+
+def job_table_bytes(entries: list[dict[str, Any]], **extra: Any) -> bytes:
+    """A job table: JSON ``{"jobs": [entry, ...], **extra}``, a few hundred bytes per job."""
+    return json.dumps({**extra, "jobs": entries}, separators=(",", ":")).encode()
+
+
+class SweepPayload:
+    """A loaded sweep payload: composes the configs of its jobs on the job side."""
+
+    def __init__(self, path: str) -> None:
+        import cloudpickle
+        from hydra.core.singleton import Singleton
+
+        with open(path, "rb") as f:
+            data = cloudpickle.load(f)
+        Singleton.set_state(data["singleton_state"])
+        self.task_function = data["task_function"]
+        self.hydra_context = data["hydra_context"]
+        self.code_record: dict[str, Any] | None = data.get("code_record")
+        self._composer_state = data["composer"]
+        self._composer: Any = None
+
+    def config(self, entry: dict[str, Any]) -> Any:
+        """The job's config, composed here exactly as at launch (relocated when it runs elsewhere)."""
+        from launcher_core.runtime.compose import SweepComposer, compose_job
+
+        if self._composer is None:
+            self._composer = SweepComposer.for_node(self._composer_state)
+        cfg = compose_job(self._composer, entry["overrides"], int(entry["idx"]))
+        relocate_config(cfg, entry)
+        return cfg
+
+    def write_code_record(self, result_path: Path) -> None:
+        """The job's ``.launcher/code.json`` (next to its result): the code it runs."""
+        if self.code_record is not None:
+            text = json.dumps(self.code_record, indent=1) + "\n"
+            atomic_write_bytes(result_path.parent / CODE_RECORD_FILE, text.encode())
+
+    def run(self, entry: dict[str, Any]) -> int:
+        """Compose, run and save one job; the process exit code to use."""
+        result_path = Path(entry["result"])
+        idx = int(entry["idx"])
+        self.write_code_record(result_path)
+        try:
+            config = self.config(entry)
+        except Exception as exc:  # noqa: BLE001 - reported as the job's failure, like Hydra's own
+            sys.stderr.write(f"Error composing the config of job #{idx}: {_format_exception(exc)}")
+            ret = failed_job_return(None, exc)
+            ret.overrides = list(entry["overrides"])
+            atomic_write_bytes(result_path, dump_job_return(ret))
+            return EXIT_FAILED
+        args = (self.task_function, config, self.hydra_context, idx, result_path)
+        ranks_dir = os.environ.get(RANKS_DIR_ENV)
+        if ranks_dir:
+            return run_ranked(*args, Path(ranks_dir), _task_rank())
+        return run_and_save(*args)
+
+
+def load_job_table(path: str) -> list[dict[str, Any]]:
     with open(path, "rb") as f:
-        return cloudpickle.load(f)
+        return json.load(f)["jobs"]
 
 
 def set_job_identity(cfg: Any, idx: int) -> None:
@@ -301,24 +408,26 @@ def _enter_snapshot_from_env() -> None:
         enter_snapshot(Path(code_dir), Path(snapshot))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point on the job side: ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_PAYLOAD", file=sys.stderr)
-        return 2
-    from hydra.core.singleton import Singleton
+USAGE = "usage: python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_TABLE FIRST [COUNT]"
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point on the job side: run entry ``FIRST`` of the job table, or ``COUNT`` entries
+    from ``FIRST`` on one after another (:func:`launcher_core.runtime.packed.run_packed`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (3, 4) or not all(a.isdigit() for a in args[2:]):
+        print(USAGE, file=sys.stderr)
+        return 2
     _enter_snapshot_from_env()  # before the payload: unpickling the task imports its module
-    sweep = _load_payload(args[0])
-    job = _load_payload(args[1])
-    Singleton.set_state(sweep["singleton_state"])
+    sweep = SweepPayload(args[0])
+    jobs = load_job_table(args[1])
+    first = int(args[2])
     sys.stdout = io.TextIOWrapper(sys.stdout.buffer, line_buffering=True)
-    run_args = (sweep["task_function"], job["config"], sweep["hydra_context"], job["idx"], Path(job["result_path"]))
-    ranks_dir = os.environ.get(RANKS_DIR_ENV)
-    if ranks_dir:
-        return run_ranked(*run_args, Path(ranks_dir), _task_rank())
-    return run_and_save(*run_args)
+    if len(args) == 4:
+        from launcher_core.runtime.packed import run_packed
+
+        return run_packed(sweep, jobs[first : first + int(args[3])])
+    return sweep.run(jobs[first])
 
 
 if __name__ == "__main__":

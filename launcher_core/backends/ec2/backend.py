@@ -12,7 +12,6 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ from launcher_core.backends.ec2.aws import (
     quiet_aws_loggers,
     root_volume_mapping,
 )
-from launcher_core.backends.ec2.placement import instance_job_config, new_run_id, plan_groups
+from launcher_core.backends.ec2.placement import new_run_id, plan_groups
 from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file, snapshot_filter
 from launcher_core.errors import BackendError, ConfigError
@@ -184,7 +183,7 @@ class Ec2Backend(Backend):
         self._check_bucket()
         self._block_devices = root_volume_mapping(self._check_ami(), self.settings.root_volume_gb)
         self.stored_config()  # refuses settings that hold credentials
-        payload = self._sweep_payload()
+        self._sweep_payload()  # refuses a payload that holds credentials before any upload
         base = self._base(sweep.sweep_id)
         with tempfile.TemporaryDirectory(prefix="hrl-ec2-") as tmp:
             archive = Path(tmp) / "snapshot.tar.gz"
@@ -193,6 +192,11 @@ class Ec2Backend(Backend):
             if not self._exists(self._snapshot_key):
                 self._s3.upload_file(str(archive), self._bucket, self._snapshot_key)
                 log.info("uploaded the code snapshot of %s (%d files) to s3://%s", code_dir, count, self._bucket)
+
+    def _upload_sweep_payload(self, base: str) -> None:
+        """The sweep payload as of now (content-addressed: a batch that brought new config
+        templates gets a new one, a relaunch uploads nothing new)."""
+        payload = self._sweep_payload()
         self._sweep_payload_key = f"{base}/sweep-{hashlib.sha256(payload).hexdigest()[:16]}.pkl"
         if not self._exists(self._sweep_payload_key):
             self._put(self._sweep_payload_key, payload, "the sweep payload")
@@ -244,21 +248,23 @@ class Ec2Backend(Backend):
         return str(self.settings.s3_bucket)
 
     def _sweep_payload(self) -> bytes:
-        from launcher_core.runtime.worker import sweep_payload_bytes
+        from launcher_core.backends.base import sweep_payload_for
 
         if self._task_function is None:
             raise BackendError(
                 "this ec2 backend was rebuilt from a stored config: it can poll, fetch and cancel, not launch"
             )
-        data = sweep_payload_bytes(self._task_function, self._hydra_context)
+        assert self._sweep is not None
+        data = sweep_payload_for(self._sweep, self._task_function, self._hydra_context)
         self.check_no_secrets(data, "the sweep payload (task function, Hydra config and context)")
         return data
 
     # --- contract: submit -------------------------------------------------------------------
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
-        """Upload payloads and plans, start the instances; all of them or none."""
+        """Upload the sweep payload and one plan per instance (its job table), start the
+        instances; all of them or none."""
         sweep = self._sweep
-        if sweep is None or self._snapshot_key is None or self._sweep_payload_key is None:
+        if sweep is None or self._snapshot_key is None:
             raise BackendError("ec2 backend: prepare() must run before submit()")
         if not jobs:
             return {}
@@ -266,10 +272,12 @@ class Ec2Backend(Backend):
         base = self._base(sweep.sweep_id)
         groups = plan_groups(jobs, self.settings.jobs_per_instance, self.settings.max_instances)
         names = [f"g{n:03d}" for n in range(len(groups))]
-        entries = self._upload_job_payloads(sweep, base, run, dict(zip(names, groups)))
-        plan_keys = {
-            name: self._upload_plan(sweep, base, run, name, group, entries) for name, group in zip(names, groups)
-        }
+        self._upload_sweep_payload(base)
+        entries = self._job_entries(sweep, base, run, dict(zip(names, groups)))
+        plans = {name: self._plan(sweep, base, run, name, group, entries) for name, group in zip(names, groups)}
+        for name, body in plans.items():  # every plan checked before the first upload
+            self.check_no_secrets(body, f"the plan of instance group {name} (job overrides)")
+        plan_keys = {name: self._upload_plan(base, run, name, body) for name, body in plans.items()}
         launched: dict[str, str] = {}
         try:
             for name in names:
@@ -323,49 +331,46 @@ class Ec2Backend(Backend):
         root = f"{self.settings.remote_dir.rstrip('/')}/{sweep.sweep_id}"
         return f"{root}/sweep", f"{root}/{run}-{group}"
 
-    def _upload_job_payloads(
+    def _job_entries(
         self, sweep: SweepInfo, base: str, run: str, groups: Mapping[str, Sequence[JobSpec]]
     ) -> dict[str, dict[str, Any]]:
-        from launcher_core.runtime.worker import job_payload_bytes
+        from launcher_core.runtime.worker import job_entry
 
         entries: dict[str, dict[str, Any]] = {}
-        uploads: list[tuple[str, bytes, str]] = []
+        local_cwd: tuple[str | None] | None = None  # hydra.runtime.cwd: the launch dir, the same for every job
         for name, group in groups.items():
             remote_sweep, workspace = self._remote_paths(sweep, run, name)
-            for spec in group:
+            for index, spec in enumerate(group):
                 subdir = os.path.relpath(spec.output_dir, sweep.sweep_dir)
                 if subdir == ".." or subdir.startswith("../") or os.path.isabs(subdir):
                     raise ConfigError(
                         f"job #{spec.idx}: its output dir {spec.output_dir} is outside the sweep dir "
                         f"{sweep.sweep_dir}; the ec2 launcher needs hydra.sweep.subdir inside hydra.sweep.dir"
                     )
-                if spec.config is None:
-                    raise BackendError(f"job #{spec.idx} has no composed config")
+                if local_cwd is None:
+                    local_cwd = (runtime_cwd(spec.config),)
+                    spec.release_config()
                 remote_out = f"{remote_sweep}/{PurePosixPath(*Path(subdir).parts)}"
                 job_prefix = f"{base}/runs/{run}/jobs/{spec.job_id}"
-                local_cwd = runtime_cwd(spec.config)
                 code = f"{workspace}/code"
-                with instance_job_config(spec.config, sweep_dir=remote_sweep, subdir=subdir, code_dir=code) as cfg:
-                    data = job_payload_bytes(cfg, spec.idx, f"{remote_out}/.launcher/result.pkl")
-                spec.release_config()  # it is in the payload now: do not hold thousands of configs
-                self.check_no_secrets(data, f"the payload of job #{spec.idx}")  # all checked before any upload
-                uploads.append((f"{job_prefix}/job.pkl", data, f"the payload of job #{spec.idx}"))
+                # the instance's plan is the job table: the job composes its config from this entry
+                entry = job_entry(
+                    spec.idx, spec.overrides, f"{remote_out}/.launcher/result.pkl", remote_sweep, subdir, code
+                )
                 entries[spec.job_id] = {
+                    **entry,
                     "job_id": spec.job_id,
-                    "idx": spec.idx,
-                    "payload_key": f"{job_prefix}/job.pkl",
+                    "index": index,
                     "output_dir": remote_out,
                     "out_prefix": f"{job_prefix}/out/",
                     # what fetch needs to point the pulled JobReturn at local paths
                     "rel": PurePosixPath(*Path(subdir).parts).as_posix(),
                     "remote_cwd": code,
-                    "local_cwd": local_cwd,
+                    "local_cwd": local_cwd[0],
                 }
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda u: self._put(*u), uploads))
         return entries
 
-    def _upload_plan(
+    def _plan(
         self,
         sweep: SweepInfo,
         base: str,
@@ -373,7 +378,8 @@ class Ec2Backend(Backend):
         group: str,
         specs: Sequence[JobSpec],
         entries: Mapping[str, dict[str, Any]],
-    ) -> str:
+    ) -> bytes:
+        """The plan of one instance: what its agent runs, and the job table of its jobs."""
         budget = self.settings.max_runtime_s
         plan = {
             "version": 1,
@@ -397,8 +403,11 @@ class Ec2Backend(Backend):
             "cancel_check_s": min(self.settings.sync_interval_s, 30.0),
             "jobs": [{k: v for k, v in entries[s.job_id].items() if k not in _LOCAL_ONLY} for s in specs],
         }
+        return json.dumps(plan, separators=(",", ":")).encode()
+
+    def _upload_plan(self, base: str, run: str, group: str, body: bytes) -> str:
         key = f"{base}/runs/{run}/{group}/plan.json"
-        self._put(key, json.dumps(plan, indent=1).encode(), f"the plan of instance group {group}")
+        self._put(key, body, f"the plan of instance group {group}")
         return key
 
     def render_user_data(self, sweep: SweepInfo, base: str, run: str, group: str, plan_key: str) -> str:

@@ -61,7 +61,6 @@ from launcher_core.remote.workspace import (
     new_snapshot_tag,
     path_inside,
     read_remote_log,
-    remote_job_config,
     runtime_cwd,
     ship_runtime,
     sync_code_snapshot,
@@ -153,6 +152,7 @@ class RemoteSSHBackend(Backend):
         self._code_dir: Path | None = None
         self._uid = uuid.uuid4().hex[:8]
         self._sweep_payload: Path | None = None
+        self._runtime_cwd: tuple[str | None] | None = None  # see _local_cwd
         self._pylib: list[str] = []
         self._lock = threading.Lock()
         self._last_poll = 0.0
@@ -472,7 +472,8 @@ class RemoteSSHBackend(Backend):
         self, state: _HostState, specs: list[JobSpec], batch_id: str
     ) -> tuple[list[str], dict[str, dict[str, Any]], str]:
         """Write payloads and the batch file locally; return (files to upload, handles, remote batch file)."""
-        from launcher_core.runtime.worker import atomic_write_bytes, job_payload_bytes, sweep_payload_bytes
+        from launcher_core.backends.base import sweep_payload_for
+        from launcher_core.runtime.worker import atomic_write_bytes, job_entry
 
         assert self._sweep is not None
         sweep_dir = self._sweep.sweep_dir
@@ -482,7 +483,7 @@ class RemoteSSHBackend(Backend):
         with self._lock:  # hosts are served by parallel threads: write the shared files once
             if self._sweep_payload is None:
                 path = sweep_dir / tag_rel / f"sweep-{self._uid}.pkl"
-                atomic_write_bytes(path, sweep_payload_bytes(self._task_function, self._hydra_context))
+                atomic_write_bytes(path, sweep_payload_for(self._sweep, self._task_function, self._hydra_context))
                 self._pylib = ship_runtime(sweep_dir, tag_rel / "pylib")
                 self._sweep_payload = path
         files.append(str(self._sweep_payload.relative_to(sweep_dir)))
@@ -490,20 +491,19 @@ class RemoteSSHBackend(Backend):
         if not state.shipped_sweep_files:
             files += self._pylib
             files += [str(tag_rel / "code" / n) for n in ("git.json", "git_diff.patch")]
+        batch_rel = tag_rel / "batches" / f"{batch_id}.json"
+        batch_file = f"{state.sweep_dir}/{batch_rel}"
         jobs, handles = [], {}
-        for spec in specs:
+        for index, spec in enumerate(specs):
             rel = _job_rel(spec, sweep_dir)
             remote_job = f"{state.sweep_dir}/{rel}"
             launcher_dir = f"{remote_job}/{LAUNCHER_DIR}"
-            payload = spec.launcher_dir / "job.pkl"
             (spec.launcher_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not be collected
-            with remote_job_config(spec.config, state.sweep_dir, rel) as cfg:
-                atomic_write_bytes(payload, job_payload_bytes(cfg, spec.idx, f"{launcher_dir}/{RESULT_FILE}"))
-            files.append(str(payload.relative_to(sweep_dir)))
-            job_payload = f"{launcher_dir}/job.pkl"
-            job: dict[str, Any] = {"job_id": spec.job_id, "launcher_dir": launcher_dir, "job_payload": job_payload}
+            # the batch file is also the job table: the job composes its config from its entry there
+            job = job_entry(spec.idx, spec.overrides, f"{launcher_dir}/{RESULT_FILE}", state.sweep_dir, rel)
+            job.update(job_id=spec.job_id, launcher_dir=launcher_dir, index=index)
             if self.settings.container is not None:
-                job["argv"] = self._container_argv(state, sweep_payload, job_payload)
+                job["argv"] = self._container_argv(state, sweep_payload, batch_file, index)
             jobs.append(job)
             handles[spec.job_id] = {
                 "host": state.settings.address.label,
@@ -517,10 +517,9 @@ class RemoteSSHBackend(Backend):
                 "runner_pid_file": f"{remote_tag}/batches/{batch_id}.runner.pid",
                 "batch": batch_id,
                 "remote_cwd": state.snapshot,
-                "local_cwd": runtime_cwd(spec.config),
+                "local_cwd": self._local_cwd(spec),
                 "local_sweep_dir": str(sweep_dir),
             }
-            spec.release_config()  # it is in the payload now: do not hold thousands of configs
         batch = {
             "batch_id": batch_id,
             "batch_dir": f"{remote_tag}/batches",
@@ -529,14 +528,22 @@ class RemoteSSHBackend(Backend):
             "gpus_per_job": self.settings.gpus_per_job,
             "cwd": state.snapshot,
             "sweep_payload": sweep_payload,
+            "table": batch_file,
             "jobs": jobs,
         }
-        batch_rel = tag_rel / "batches" / f"{batch_id}.json"
-        atomic_write_bytes(sweep_dir / batch_rel, json.dumps(batch, indent=1).encode())
+        atomic_write_bytes(sweep_dir / batch_rel, json.dumps(batch, separators=(",", ":")).encode())
         files.append(str(batch_rel))
-        return files, handles, f"{state.sweep_dir}/{batch_rel}"
+        return files, handles, batch_file
 
-    def _container_argv(self, state: _HostState, sweep_payload: str, job_payload: str) -> list[str]:
+    def _local_cwd(self, spec: JobSpec) -> str | None:
+        """``hydra.runtime.cwd`` the job's config will have (the launch dir: the same for every job
+        of the batch), to map the host's paths in its result back to local ones."""
+        if self._runtime_cwd is None:
+            self._runtime_cwd = (runtime_cwd(spec.config),)
+            spec.release_config()
+        return self._runtime_cwd[0]
+
+    def _container_argv(self, state: _HostState, sweep_payload: str, table: str, index: int) -> list[str]:
         """The job's command on ``state``'s host: the worker run by the image's Python inside the
         container, with the snapshot and the remote sweep dir bound (payloads in, results out)."""
         container = self.settings.container
@@ -545,7 +552,7 @@ class RemoteSSHBackend(Backend):
         argv = [python_for(on_host, self.settings.python), "-m", "launcher_core.runtime.remote_worker"]
         binds = job_binds([state.snapshot, state.sweep_dir, *self._pythonpath(state)])
         gpus = self.settings.gpus_per_job > 0
-        return wrap_command([*argv, sweep_payload, job_payload], on_host, binds, gpus_requested=gpus)
+        return wrap_command([*argv, sweep_payload, table, str(index)], on_host, binds, gpus_requested=gpus)
 
     def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
         conn = self._conn(label)

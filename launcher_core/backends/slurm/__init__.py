@@ -18,7 +18,6 @@ from launcher_core.backends.slurm.backend import DryRunResult, SlurmBackend, fro
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import (
     EXIT_FILE,
-    JOB_PAYLOAD_FILE,
     RANKS_DIR,
     SLURM_DIR,
     TIMEOUTS_FILE,
@@ -33,7 +32,6 @@ from launcher_core.backends.slurm.sites import LocalSite, LoginSite, RemoteSlurm
 
 __all__ = [
     "EXIT_FILE",
-    "JOB_PAYLOAD_FILE",
     "RANKS_DIR",
     "SLURM_DIR",
     "TIMEOUTS_FILE",

@@ -180,10 +180,13 @@ class SlurmAccounting:
         records = self._query(handles)
         self._release_requeued(handles, records)
         need_files = {
-            j: h for j, h in handles.items() if _record(records, h).state in ("UNKNOWN", "FAILED")
+            j: h for j, h in handles.items() if _needs_exit_file(h, _record(records, h))
         }  # exit codes and results tell why, or whether a job unknown to Slurm finished
         files = exit_info(need_files) if need_files else {}
-        return {j: self._status(h, _record(records, h), files.get(j)) for j, h in handles.items()}
+        return {
+            j: (self._packed_status if h.get("packed") else self._status)(h, _record(records, h), files.get(j))
+            for j, h in handles.items()
+        }
 
     def _query(self, handles: Mapping[str, dict[str, Any]]) -> dict[str, SlurmRecord]:
         """Records of the handled array tasks: one sacct; squeue only when sacct fails or has
@@ -267,6 +270,33 @@ class SlurmAccounting:
         if state == "FAILED":
             return JobStatus(JobState.FAILED, _failure_reason(record, files), record.nodes)
         return JobStatus(JobState.FAILED, _FAILED_REASONS.get(state, state.lower()), record.nodes)
+
+
+    def _packed_status(self, handle: Mapping[str, Any], record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
+        """A job of a packed task (``jobs_per_task``): its own exit file says how it ended; until
+        then it is as pending or running as its task, and lost if the task ended without it."""
+        if files is not None and files.code is not None:
+            if files.code == 0:
+                return JobStatus(JobState.COMPLETED, host=record.nodes)
+            return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=files.code), files))
+        state = record.state
+        if state == "UNKNOWN":
+            return _status_from_files(handle, files)
+        if state in _PENDING:
+            return JobStatus(JobState.SUBMITTED)
+        if state in _RUNNING:
+            return JobStatus(JobState.RUNNING, host=record.nodes)
+        if state == "CANCELLED":
+            return JobStatus(JobState.CANCELLED, "cancelled in Slurm (scancel of its packed task)", host=record.nodes)
+        task = self._status({**handle, "packed": None}, record, None)
+        reason = task.exit_reason or state.lower()
+        return JobStatus(JobState.FAILED, f"its packed task ended before the job did ({reason})", record.nodes)
+
+
+def _needs_exit_file(handle: Mapping[str, Any], record: SlurmRecord) -> bool:
+    if handle.get("packed"):  # jobs of a running task finish one by one: only their files tell
+        return record.state not in _PENDING
+    return record.state in ("UNKNOWN", "FAILED")
 
 
 def _failure_reason(record: SlurmRecord, files: ExitInfo | None) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher_core.backends.base import Backend, CleanReport, CleanRequest
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest, sweep_payload_for
 from launcher_core.backends.slurm.accounting import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmAccounting,
@@ -24,9 +24,9 @@ from launcher_core.backends.slurm.accounting import (
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import (
     EXIT_FILE,
-    JOB_PAYLOAD_FILE,
     RANKS_DIR,
     SLURM_DIR,
+    TASKS_DIR,
     TIMEOUTS_FILE,
     Chunk,
     job_argv,
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from launcher_core.preflight import Check, PreflightRequest
 
 log = logging.getLogger("launcher_core.slurm")
+
+PACK_TARGET_S = 600.0  # jobs_per_task=auto: pack about this much work into one array task
 
 
 class SlurmBackend(Backend):
@@ -83,36 +85,48 @@ class SlurmBackend(Backend):
         }
 
     def prepare(self, sweep: SweepInfo) -> None:
-        """Write the sweep payload (content-addressed: requeued tasks of earlier batches keep theirs);
-        with ``login_host`` also sync the code; run ``prepare_commands`` once, in the code dir."""
-        from launcher_core.runtime.worker import atomic_write_bytes, sweep_payload_bytes
-
+        """Create the launcher's dirs; with ``login_host`` also sync the code; run
+        ``prepare_commands`` once, in the code dir."""
         self._sweep = sweep
         for d in (self.slurm_dir.parent, self.slurm_dir, self.slurm_dir / "logs"):  # payloads, scripts, logs
             _private_dir(d)
-        data = sweep_payload_bytes(self._task_function, self._hydra_context)
+        self.site.prepare(sweep, _script_dirs(self._task_function, sweep.code_dir), self.options.dry_run)
+
+    def _write_sweep_payload(self) -> Path:
+        """The sweep payload as of now (content-addressed: requeued tasks of earlier batches keep
+        theirs, and a batch that brought new config templates gets a new one)."""
+        from launcher_core.runtime.worker import atomic_write_bytes
+
+        assert self._sweep is not None, "prepare() first"
+        data = sweep_payload_for(self._sweep, self._task_function, self._hydra_context)
         path = self.slurm_dir / f"sweep-{hashlib.sha256(data).hexdigest()[:16]}.pkl"
         if not path.exists():
             atomic_write_bytes(path, data)
         self._sweep_payload = path
-        self.site.prepare(sweep, _script_dirs(self._task_function, sweep.code_dir), self.options.dry_run)
+        return path
 
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
-        """One ``sbatch`` per chunk of at most MaxArraySize jobs; handles of every job submitted.
+        """One ``sbatch`` per chunk of at most MaxArraySize tasks, each submitted as soon as its
+        job table and script are written (the first jobs start while later chunks are prepared);
+        handles of every job submitted.
 
         If a later chunk cannot be submitted, :class:`SubmitError` carries the handles of the
         chunks that were (they run and are tracked; a relaunch submits only the rest).
         """
         if not jobs:
             return {}
-        chunks = self.write_scripts(jobs)
-        files = [self._sweep_payload, *(p for _c, p in chunks), *(s.launcher_dir / JOB_PAYLOAD_FILE for s in jobs)]
-        self.site.upload([f for f in files if f is not None], [self._cluster_dirs(s)[1] for s in jobs])
-        throttle = len(chunks) > 1 and len(jobs) > self.options.array_parallelism
+        self._remove_stale_files(jobs)
+        self._write_sweep_payload()
+        table = self._write_job_table(jobs)
+        chunks = self.plan_chunks(jobs)
+        throttle = len(chunks) > 1 and sum(c.tasks for c in chunks) > self.options.array_parallelism
         handles: dict[str, dict[str, Any]] = {}
         previous: str | None = None
-        for chunk, script in chunks:
+        for chunk in chunks:
             try:
+                script = self._write_chunk(chunk, table)
+                files = [self._sweep_payload, table, script] if chunk.number == 0 else [script]
+                self.site.upload([f for f in files if f is not None], [self._cluster_dirs(s)[1] for s in chunk.specs])
                 array_id = self._sbatch(self._on_cluster(script), after=previous if throttle else None)
             except BackendError as exc:
                 if not handles:
@@ -212,72 +226,119 @@ class SlurmBackend(Backend):
                 self._max_array_size = DEFAULT_MAX_ARRAY_SIZE
         return self._max_array_size
 
+    def jobs_per_task(self, n_jobs: int) -> int:
+        """``jobs_per_task``, with ``auto`` worked out from ``expected_job_s``: as many jobs as fill
+        ``PACK_TARGET_S`` of one task, but never so many that fewer than ``array_parallelism``
+        tasks remain (packing must not cost parallelism)."""
+        value = self.options.jobs_per_task
+        if value != "auto":
+            return int(value)
+        expected = float(self.options.expected_job_s or 0)
+        by_time = int(PACK_TARGET_S // expected) if expected > 0 else 1
+        by_parallelism = -(-n_jobs // self.options.array_parallelism)
+        return max(1, min(by_time, by_parallelism))
+
+    def plan_chunks(self, jobs: Sequence[JobSpec]) -> list[Chunk]:
+        return plan_chunks(jobs, self.max_array_size(), self.jobs_per_task(len(jobs)))
+
     def write_scripts(self, jobs: Sequence[JobSpec]) -> list[tuple[Chunk, Path]]:
-        """Write every job payload and one sbatch script per chunk (cluster paths); submit nothing."""
+        """Write every chunk's job table and sbatch script (cluster paths); submit nothing."""
+        self._write_sweep_payload()
+        table = self._write_job_table(jobs)
+        return [(chunk, self._write_chunk(chunk, table)) for chunk in self.plan_chunks(jobs)]
+
+    def _write_job_table(self, jobs: Sequence[JobSpec]) -> Path:
+        """One job table for the jobs submitted now (``jobs<first>-<last>.json``: each job's number,
+        overrides and result path, a few hundred bytes each); each job composes its own config
+        from its entry where it runs, so nothing is written into the job dirs before submission."""
+        from launcher_core.runtime.worker import atomic_write_bytes, job_table_bytes
+
+        table = self.slurm_dir / f"jobs{jobs[0].idx}-{jobs[-1].idx}.json"
+        atomic_write_bytes(table, job_table_bytes([self._job_entry(s) for s in jobs]))
+        return table
+
+    def _write_chunk(self, chunk: Chunk, table: Path) -> Path:
+        """The chunk's sbatch script (``<name>.sbatch``): one file for up to MaxArraySize x
+        jobs_per_task jobs, whose tasks run their entries of ``table``."""
         from launcher_core.runtime.worker import atomic_write_bytes
 
-        assert self._sweep is not None and self._sweep_payload is not None, "prepare() first"
-        for spec in jobs:
-            self._write_job_payload(spec, atomic_write_bytes)
+        assert self._sweep is not None and self._sweep_payload is not None, "_write_sweep_payload() first"
         argv = job_argv(
             self.options,
             self._on_cluster(self._sweep_payload),
-            self._binds(jobs),
+            self._on_cluster(table),
+            self._binds(chunk.specs),
             self.site.default_python,
             self.site.worker_module,
+            chunk.jobs_per_task,
         )
-        out = []
-        for chunk in plan_chunks(jobs, self.max_array_size()):
-            text = render_script(
-                options=self.options,
-                chunk=chunk,
-                sweep_id=self._sweep.sweep_id,
-                code_dir=self.site.code_dir,
-                log_dir=self._on_cluster(self.slurm_dir / "logs"),
-                launcher_dirs=[self._cluster_dirs(s)[1] for s in chunk.specs],
-                argv=argv,
-                pythonpath=self.site.pythonpath,
-                job_env=self.site.job_env,
-            )
-            path = self.slurm_dir / chunk.script_name
-            atomic_write_bytes(path, text.encode(), mode=0o600)  # may hold `env` values: owner-only
-            out.append((chunk, path))
-        return out
+        text = render_script(
+            options=self.options,
+            chunk=chunk,
+            sweep_id=self._sweep.sweep_id,
+            code_dir=self.site.code_dir,
+            log_dir=self._on_cluster(self.slurm_dir / "logs"),
+            launcher_dirs=self._task_dirs(chunk),
+            argv=argv,
+            pythonpath=self.site.pythonpath,
+            job_env=self.site.job_env,
+        )
+        path = self.slurm_dir / chunk.script_name
+        atomic_write_bytes(path, text.encode(), mode=0o600)  # may hold `env` values: owner-only
+        return path
+
+    def _task_dirs(self, chunk: Chunk) -> list[str]:
+        """The launcher dir of each array task: the job's own, or a task dir for a packed task
+        (its jobs write their own files into their own launcher dirs)."""
+        if chunk.jobs_per_task == 1:
+            return [self._cluster_dirs(s)[1] for s in chunk.specs]
+        tasks = self._on_cluster(self.slurm_dir / TASKS_DIR)
+        return [f"{tasks}/{chunk.name}.{i}" for i in range(chunk.tasks)]
+
+    def _job_entry(self, spec: JobSpec) -> dict[str, Any]:
+        from launcher_core.runtime.worker import job_entry
+
+        job_dir, rel = self.site.cluster_job_dir(spec)
+        result = f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}"
+        if isinstance(self.site, LoginSite):  # the config is relocated to the mirrored sweep dir
+            return job_entry(spec.idx, spec.overrides, result, self.site.sweep_dir, rel)
+        return job_entry(spec.idx, spec.overrides, result)
 
     def dry_run(self, specs: Sequence[JobSpec]) -> dict[str, Any]:
-        """``dry_run=true``: write payloads and sbatch scripts into the sweep dir, submit nothing;
-        per job the script and array index that would run it."""
+        """``dry_run=true``: write the job tables and sbatch scripts into the sweep dir, submit
+        nothing; per job the script and array index that would run it."""
         chunks = self.write_scripts(specs)
         host = self.options.login_host
         where = f" (with the paths on {host}; nothing was copied there)" if host else ""
+        packed = chunks[0][0].jobs_per_task if chunks else 1
         log.info(
-            "dry run: %d sbatch scripts for %d jobs written to %s%s; nothing was submitted. "
+            "dry run: %d sbatch scripts for %d jobs%s written to %s%s; nothing was submitted. "
             "Submit one with `sbatch %s`.",
             len(chunks),
             len(specs),
+            f" ({packed} per array task)" if packed > 1 else "",
             self.slurm_dir,
             where,
             chunks[0][1] if chunks else "SCRIPT",
         )
         return {
-            spec.job_id: DryRunResult(str(script), i, str(spec.output_dir))
+            spec.job_id: DryRunResult(str(script), chunk.task_of(i), str(spec.output_dir))
             for chunk, script in chunks
             for i, spec in enumerate(chunk.specs)
         }
 
-    def _write_job_payload(self, spec: JobSpec, write: Any) -> None:
-        from launcher_core.runtime.worker import job_payload_bytes
-
-        ldir = spec.launcher_dir
-        _private_dir(ldir)
-        for stale in (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE):  # from an earlier attempt of this job
-            (ldir / stale).unlink(missing_ok=True)
-        shutil.rmtree(ldir / RANKS_DIR, ignore_errors=True)
-        job_dir, rel = self.site.cluster_job_dir(spec)
-        with self.site.job_config(spec, job_dir, rel) as cfg:
-            data = job_payload_bytes(cfg, spec.idx, f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}")
-        spec.release_config()  # it is in the payload now: do not hold thousands of configs
-        write(ldir / JOB_PAYLOAD_FILE, data)
+    def _remove_stale_files(self, jobs: Sequence[JobSpec]) -> None:
+        """Results and exit files of an earlier attempt of these jobs must not be read as this
+        one's (only where a job dir exists: a new sweep's jobs have none yet)."""
+        if isinstance(self.site, LoginSite):
+            return  # the login node's copies are removed by the upload; local ones are fetched over
+        for spec in jobs:
+            ldir = spec.launcher_dir
+            if not ldir.is_dir():
+                continue
+            for stale in (RESULT_FILE, EXIT_FILE, TIMEOUTS_FILE):
+                (ldir / stale).unlink(missing_ok=True)
+            shutil.rmtree(ldir / RANKS_DIR, ignore_errors=True)
 
     def _binds(self, jobs: Sequence[JobSpec]) -> list[str]:
         """Container binds: code dir, sweep dir, the script dirs and any job dir outside the sweep."""
@@ -300,15 +361,18 @@ class SlurmBackend(Backend):
         out = {}
         for i, spec in enumerate(chunk.specs):
             job_dir, rel = self.site.cluster_job_dir(spec)
+            task = chunk.task_of(i)
             handle: dict[str, Any] = {
-                "slurm_job_id": f"{array_id}_{i}",
+                "slurm_job_id": f"{array_id}_{task}",
                 "array_job_id": array_id,
-                "array_index": i,
+                "array_index": task,
                 "chunk_offset": chunk.offset,
                 "launcher_dir": f"{job_dir}/{LAUNCHER_DIR}",
                 "submitted_at": now,
                 "timeout_min": self.options.timeout_min,
             }
+            if chunk.jobs_per_task > 1:  # its state comes from its own exit file, the task's from sacct
+                handle["packed"] = chunk.jobs_per_task
             if self.options.login_host:  # what fetch and localize_result need
                 handle.update(
                     login_host=self.options.login_host,

@@ -59,6 +59,7 @@ class SlurmOptions(SlurmArrayLauncherConf):
         check_positive(f"{p}.poll_interval_s", self.poll_interval_s)
         check_positive(f"{p}.command_timeout_s", self.command_timeout_s)
         check_optional_positive(f"{p}.max_array_size", self.max_array_size, integer=True)
+        self._check_packing(p)
         if self.name == SlurmArrayLauncherConf.name:  # not resolved: built without Hydra (pull, tests)
             self.name = "hydra"
         _line(f"{p}.name", self.name)
@@ -81,6 +82,23 @@ class SlurmOptions(SlurmArrayLauncherConf):
             host = _line(f"{p}.login_host", self.login_host)
             if host.startswith("-") or any(c.isspace() for c in host):
                 raise ConfigError(f"{p}.login_host must be an SSH host or alias, got {host!r}")
+
+    def _check_packing(self, p: str) -> None:
+        check_optional_positive(f"{p}.expected_job_s", self.expected_job_s)
+        if self.jobs_per_task == "auto":
+            if self.expected_job_s is None:
+                raise ConfigError(f"{p}.jobs_per_task=auto needs {p}.expected_job_s (seconds one job takes)")
+        else:
+            if isinstance(self.jobs_per_task, str) and self.jobs_per_task.strip().isdigit():
+                self.jobs_per_task = int(self.jobs_per_task)
+            if isinstance(self.jobs_per_task, bool) or not isinstance(self.jobs_per_task, int):
+                raise ConfigError(f"{p}.jobs_per_task must be a positive integer or auto, got {self.jobs_per_task!r}")
+            check_positive(f"{p}.jobs_per_task", self.jobs_per_task, integer=True)
+        if self.jobs_per_task != 1 and self.nodes * self.tasks_per_node > 1:
+            raise ConfigError(
+                f"{p}.jobs_per_task packs single-task jobs; it cannot be combined with "
+                f"nodes={self.nodes} x tasks_per_node={self.tasks_per_node}"
+            )
 
     @property
     def gpus_requested(self) -> bool:

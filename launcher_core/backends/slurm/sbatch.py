@@ -11,38 +11,57 @@ from typing import Any
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.container import python_for, wrap_command
 from launcher_core.jobs import RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec
+from launcher_core.runtime.markers import EXIT_FILE as EXIT_FILE
 from launcher_core.runtime.worker import RANKS_DIR_ENV
 
 SLURM_DIR = "slurm"
-JOB_PAYLOAD_FILE = "job.pkl"
-EXIT_FILE = "slurm_exit"
+TASKS_DIR = "tasks"  # in the slurm dir: the launcher files of packed tasks (jobs_per_task > 1)
 TIMEOUTS_FILE = "slurm_timeouts"
 RANKS_DIR = "ranks"  # in a job's launcher dir: results of the tasks (ranks) that failed
 # slurmctld checks time limits every 30 s and sends the --signal up to 30 s early (so that it is
 # never late); a SIGUSR2 within this many seconds of signal_delay_s before the limit is a timeout
 SIGNAL_EARLY_S = 35
-_JOB_TOKEN = "\0JOB_PAYLOAD\0"  # stands for the per-task job payload path in the job argv
+_FIRST_TOKEN = "\0FIRST\0"  # stands for the task's first entry in the job table, in the job argv
 
 
 @dataclass
 class Chunk:
-    """Jobs submitted by one ``sbatch`` call: array index ``i`` runs ``specs[i]`` (sweep position ``offset + i``)."""
+    """Jobs submitted by one ``sbatch`` call. Array index ``i`` runs ``specs[i * jobs_per_task]``
+    and the ``jobs_per_task - 1`` after it: entries ``offset + i * jobs_per_task`` on of the job
+    table of the jobs submitted together."""
 
     number: int  # 0-based
     total: int
     offset: int
     specs: list[JobSpec]
+    jobs_per_task: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"jobs{self.specs[0].idx}-{self.specs[-1].idx}"
 
     @property
     def script_name(self) -> str:
-        return f"jobs{self.specs[0].idx}-{self.specs[-1].idx}.sbatch"
+        return f"{self.name}.sbatch"
+
+    @property
+    def tasks(self) -> int:
+        return -(-len(self.specs) // self.jobs_per_task)
+
+    def task_of(self, position: int) -> int:
+        """The array index that runs ``specs[position]``."""
+        return position // self.jobs_per_task
 
 
-def plan_chunks(specs: Sequence[JobSpec], max_array_size: int) -> list[Chunk]:
-    """Split jobs into arrays of at most ``max_array_size`` tasks (indices 0..max_array_size-1)."""
-    size = max(1, int(max_array_size))
+def plan_chunks(specs: Sequence[JobSpec], max_array_size: int, jobs_per_task: int = 1) -> list[Chunk]:
+    """Split jobs into arrays of at most ``max_array_size`` tasks (indices 0..max_array_size-1),
+    each task running ``jobs_per_task`` jobs."""
+    per_task = max(1, int(jobs_per_task))
+    size = max(1, int(max_array_size)) * per_task
     starts = range(0, len(specs), size)
-    return [Chunk(n, len(starts), start, list(specs[start : start + size])) for n, start in enumerate(starts)]
+    return [
+        Chunk(n, len(starts), start, list(specs[start : start + size]), per_task) for n, start in enumerate(starts)
+    ]
 
 
 def _sbatch_line(name: str, value: Any) -> str:
@@ -52,23 +71,25 @@ def _sbatch_line(name: str, value: Any) -> str:
 
 
 def render_argv(argv: Sequence[str]) -> str:
-    """A shell command line for ``argv``; the job payload placeholder becomes ``"$LAUNCHER_DIR"/job.pkl``."""
-    parts = []
-    for arg in argv:
-        parts.append(f'"$LAUNCHER_DIR"/{JOB_PAYLOAD_FILE}' if arg == _JOB_TOKEN else shlex.quote(arg))
-    return " ".join(parts)
+    """A shell command line for ``argv``; the first-entry placeholder becomes ``"$_hrl_first"``."""
+    return " ".join('"$_hrl_first"' if arg == _FIRST_TOKEN else shlex.quote(arg) for arg in argv)
 
 
 def job_argv(
     options: SlurmOptions,
     sweep_payload: str,
+    job_table: str,
     binds: Sequence[str],
     host_python: str,
     worker_module: str = "launcher_core.runtime.worker",
+    jobs_per_task: int = 1,
 ) -> list[str]:
-    """What one array task runs (after ``srun``): the worker, inside the container if one is set."""
+    """What one array task runs (after ``srun``): the worker on its entries of the chunk's job
+    table, inside the container if one is set."""
     python = python_for(options.container, options.python or host_python)
-    argv = [python, "-m", worker_module, sweep_payload, _JOB_TOKEN]
+    argv = [python, "-m", worker_module, sweep_payload, job_table, _FIRST_TOKEN]
+    if jobs_per_task > 1:
+        argv.append(str(jobs_per_task))
     return wrap_command(argv, options.container, binds, gpus_requested=options.gpus_requested)
 
 
@@ -90,7 +111,7 @@ def render_script(
     single line, quoted) or quoted with ``shlex.quote``; ``setup`` lines are shell by design.
     """
     first, last = chunk.specs[0].idx, chunk.specs[-1].idx
-    n = len(chunk.specs)
+    n = chunk.tasks
     sbatch = dict(options.sbatch_options())
     sbatch["array"] = f"0-{n - 1}%{min(n, options.array_parallelism)}"
     sbatch["output"] = f"{log_dir}/%A.log"
@@ -98,19 +119,26 @@ def render_script(
     lines = [
         "#!/bin/bash",
         f"# hydra-remote-launcher: sweep {sweep_id}, jobs #{first}-#{last}",
-        f"# (array chunk {chunk.number + 1} of {chunk.total}: array index i runs the job at sweep position "
-        f"{chunk.offset} + i)",
+        f"# (array chunk {chunk.number + 1} of {chunk.total}: array index i runs "
+        + (
+            f"the job of job table entry {chunk.offset} + i)"
+            if chunk.jobs_per_task == 1
+            else f"the {chunk.jobs_per_task} jobs from job table entry {chunk.offset} + i * {chunk.jobs_per_task} on)"
+        ),
         *(_sbatch_line(k, v) for k, v in sbatch.items()),
         "",
         "trap '_hrl_usr2=1' USR2  # a notice during the set-up below is acted on once the task is about to start",
         "_hrl_dirs=(",
         *(f"  {shlex.quote(d)}" for d in launcher_dirs),
         ")",
-        "_hrl_umask=$(umask)",
-        "umask 077  # the launcher's own files (logs, exit code, timeouts) are private; the task keeps the umask",
-        f'chmod 600 {shlex.quote(log_dir)}/"$SLURM_ARRAY_JOB_ID".log 2>/dev/null',
+        f"_hrl_first=$(({chunk.offset} + SLURM_ARRAY_TASK_ID * {chunk.jobs_per_task}))  # its first job table entry",
         'LAUNCHER_DIR="${_hrl_dirs[$SLURM_ARRAY_TASK_ID]}"',
         "export LAUNCHER_DIR",
+        'mkdir -p "${LAUNCHER_DIR%/*}"  # the job dir, with the task\'s umask (nothing was created before submission)',
+        "_hrl_umask=$(umask)",
+        "umask 077  # the launcher's own files (logs, exit code, timeouts) are private; the task keeps the umask",
+        'mkdir -p "$LAUNCHER_DIR"',
+        f'chmod 600 {shlex.quote(log_dir)}/"$SLURM_ARRAY_JOB_ID".log 2>/dev/null',
         f'exec >>"$LAUNCHER_DIR"/{STDOUT_FILE} 2>>"$LAUNCHER_DIR"/'
         + (STDOUT_FILE if options.stderr_to_stdout else STDERR_FILE),
         f'rm -rf "$LAUNCHER_DIR"/{EXIT_FILE} "$LAUNCHER_DIR"/{RANKS_DIR}',

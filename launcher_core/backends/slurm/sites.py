@@ -9,8 +9,7 @@ import logging
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +57,6 @@ class LocalSite:
     def cluster_job_dir(self, spec: JobSpec) -> tuple[str, str]:
         """(output dir on the cluster, path relative to the sweep dir or "")."""
         return str(spec.output_dir), ""
-
-    @contextmanager
-    def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
-        yield spec.config
 
     def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
         """Nothing to upload: the files already are where the cluster reads them."""
@@ -215,13 +210,6 @@ class LoginSite:
                 f"output dir {spec.output_dir} must be inside the sweep dir {self.local_sweep_dir}"
             )
         return f"{self.sweep_dir}/{rel}", rel
-
-    @contextmanager
-    def job_config(self, spec: JobSpec, job_dir: str, rel: str) -> Iterator[Any]:
-        from launcher_core.remote.workspace import remote_job_config
-
-        with remote_job_config(spec.config, self.sweep_dir, rel) as cfg:
-            yield cfg
 
     def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
         """One rsync of the files and the shipped runtime (local sweep dir -> remote sweep dir);
