@@ -1,9 +1,9 @@
 """Pre-flight of ``slurm``: one sh script on the submitting machine (this one, or the login node
 over its SSH connection) runs every probe and prints each answer in a section: sbatch and squeue
-answer, the partition exists and is up (``sinfo``), account and QoS are known where ``sacctmgr``
-answers, ``MaxArraySize`` (``scontrol show config``), accounting works (``sacct``), and the jobs'
-Python (after ``modules`` and ``setup``) checked on the login node, or on a compute node with a
-tiny ``srun`` job when ``deep`` is asked for. See docs/slurm.md ("Pre-flight").
+are there and slurmctld answers, the partition exists and is up (``sinfo``), account and QoS are
+known where ``sacctmgr`` answers, ``MaxArraySize`` (``scontrol show config``), accounting works
+(``sacct``), and the jobs' Python (after ``modules`` and ``setup``) checked on the login node, or
+on a compute node with a tiny ``srun`` job when ``deep`` is asked for. See docs/slurm.md.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def preflight_script(options: SlurmOptions, python: str, *, deep: bool) -> str:
         ' printf "%s\\n" "$o" | head -c 65536; }',
         "me=$(id -un)",
         "run sbatch command -v sbatch",
-        'run squeue squeue -h -o %i -u "$me"',
-        "run sinfo sinfo -h -o '%P|%a'",
+        "run squeue command -v squeue",
+        "run sinfo sinfo -h -o '%P|%a'",  # also proves that slurmctld answers
         "run config scontrol show config",
         "run sacct sacct -n -X -j 1 -o JobID",
     ]
@@ -156,26 +156,27 @@ def _first_line(text: str) -> str:
 
 def _commands_row(options: SlurmOptions, host: str, sections: dict[str, tuple[int, str]], key: str) -> Check:
     where = "hydra.launcher.login_setup (e.g. 'module load slurm')" if options.login_host else "your PATH"
-    if sections.get("sbatch", (1, ""))[0] != 0:
+    missing = [name for name in ("sbatch", "squeue") if sections.get(name, (1, ""))[0] != 0]
+    if missing:
         return Check(
             "slurm commands",
             host,
             FAIL,
-            f"sbatch is not on the PATH of {host}",
+            f"{' and '.join(missing)} not on the PATH of {host}",
             f"run from a Slurm login node, set hydra.launcher.login_host, or put Slurm's commands on {where}",
             key,
         )
-    code, out = sections.get("squeue", (1, "no answer"))
+    code, out = sections.get("sinfo", (1, "no answer"))
     if code != 0:
         return Check(
             "slurm commands",
             host,
             FAIL,
-            f"squeue fails: {_first_line(out)}",
-            "is slurmctld up, and SLURM_CONF right? (`squeue` must work there)",
+            f"the Slurm controller does not answer: sinfo says {_first_line(out)}",
+            "is slurmctld up, and SLURM_CONF right? (`sinfo` must work there)",
             key,
         )
-    return Check("slurm commands", host, OK, "sbatch and squeue answer", "", key)
+    return Check("slurm commands", host, OK, "sbatch and squeue there, slurmctld answers", "", key)
 
 
 def _config(text: str) -> dict[str, str]:
