@@ -463,10 +463,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_parser(sub)
 
-    from launcher_core.clusters import add_parser as add_cluster_parser
-
-    add_cluster_parser(sub)
-
     pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", add_help=False)
     pull.add_argument("rest", nargs=argparse.REMAINDER)
     pull.set_defaults(func=lambda a: __import__("launcher_core.pull").pull.main(a.rest))
