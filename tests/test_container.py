@@ -14,7 +14,7 @@ from launcher_core.container import (
 )
 from launcher_core.errors import ConfigError
 
-WORKER = ["python", "-m", "launcher_core.runtime.worker", "/s/sweep.pkl", "/s/0/.launcher/job.pkl"]
+WORKER = ["python", "-m", "launcher_core.runtime.worker", "/s/sweep.pkl", "/s/jobs0-9.json", "0"]
 
 
 def test_wraps_argv_with_binds_env_and_extra_args() -> None:

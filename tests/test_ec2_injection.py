@@ -19,7 +19,7 @@ import pytest
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from launcher_core.backends.ec2.placement import _omega_literal, instance_job_config
+from launcher_core.runtime.worker import job_entry, omega_literal, relocate_config
 from launcher_core.sweep import quote_value
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     AwsWorld,
@@ -40,7 +40,7 @@ PER_INSTANCE = 5  # jobs_per_instance: several instances, several jobs at once o
 SHELL_ERRORS = re.compile(r"command not found|syntax error|unexpected EOF|bad substitution|touch:")
 # S3 objects that may carry the hostile strings: Python reads them (pickle, JSON) or they are
 # the job's own files; none of them is ever given to a shell.
-PAYLOAD_KEY = re.compile(r"/(runs/[^/]+/jobs/[^/]+/(job\.pkl|out/.+)|runs/[^/]+/g\d+/plan\.json|sweep-[0-9a-f]+\.pkl)$")
+PAYLOAD_KEY = re.compile(r"/(runs/[^/]+/jobs/[^/]+/out/.+|runs/[^/]+/g\d+/plan\.json|sweep-[0-9a-f]+\.pkl)$")
 
 
 def _hostile_subdir() -> str:
@@ -124,7 +124,7 @@ def test_hostile_values_sweep_dir_and_subdir_reach_the_task_verbatim(
         assert canary.name not in script and REL_CANARY not in script and "hydra.job.num" not in script
     carriers = {k for k, v in aws.s3_objects().items() if REL_CANARY.encode() in v or canary.name.encode() in v}
     assert all(PAYLOAD_KEY.search(k) for k in carriers), sorted(carriers)
-    assert {k.rsplit("/", 1)[-1] for k in carriers} >= {"job.pkl", "plan.json", "artifact.txt"}
+    assert {k.rsplit("/", 1)[-1] for k in carriers} >= {"plan.json", "artifact.txt"}  # the plan is the job table
     plans = [json.loads(v) for k, v in aws.s3_objects().items() if k.endswith("/plan.json")]
     planned = sorted(job["output_dir"] for plan in plans for job in plan["jobs"])
     assert planned == sorted(f"{remote_sweep}/{s}" for s in subdirs)
@@ -146,20 +146,18 @@ def test_hostile_values_sweep_dir_and_subdir_reach_the_task_verbatim(
 def test_instance_side_paths_are_not_interpolated_by_omegaconf(text: str) -> None:
     """Sweep subdir, sweep dir and cwd are written into the job config as literals: OmegaConf on
     the instance must read back exactly the local text, whatever backslashes precede a ``${``."""
-    literal = _omega_literal(text)
+    literal = omega_literal(text)
     assert OmegaConf.create({"v": literal, "x": "X", "y": "Y"}).v == text
 
 
-def test_instance_job_config_is_relocated_in_place_as_literals_and_restored() -> None:
-    """The shared relocation (remote_job_config) plus the instance's cwd, all three as literals;
-    the local config is the same object afterwards, with its own (unresolved) values back."""
+def test_job_config_is_relocated_on_the_instance_as_literals() -> None:
+    """What the job does with its job table entry where it runs: sweep dir, subdir and the
+    instance's cwd become literals (OmegaConf must not interpolate a ``${`` in them)."""
     cfg = OmegaConf.create(
         {"hydra": {"sweep": {"dir": "multirun/${x}", "subdir": "${num}"}, "runtime": {"cwd": "/local"}}, "x": 1}
     )
     subdir = "n1 a\\${y} $HOME"
-    with instance_job_config(cfg, sweep_dir="/r/s-1/sweep", subdir=subdir, code_dir="/r/s-1/ws ${z}/code") as job:
-        assert job is cfg
-        assert (job.hydra.sweep.dir, job.hydra.sweep.subdir) == ("/r/s-1/sweep", subdir)
-        assert job.hydra.runtime.cwd == "/r/s-1/ws ${z}/code"
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    assert raw["hydra"] == {"sweep": {"dir": "multirun/${x}", "subdir": "${num}"}, "runtime": {"cwd": "/local"}}
+    entry = job_entry(0, [], "/r/result.pkl", "/r/s-1/sweep", subdir, "/r/s-1/ws ${z}/code")
+    relocate_config(cfg, entry)
+    assert (cfg.hydra.sweep.dir, cfg.hydra.sweep.subdir) == ("/r/s-1/sweep", subdir)
+    assert cfg.hydra.runtime.cwd == "/r/s-1/ws ${z}/code"

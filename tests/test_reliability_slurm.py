@@ -20,7 +20,6 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 
-from launcher_core.backends.slurm import JOB_PAYLOAD_FILE
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import JobLostError
 from launcher_core.state import StateStore
@@ -195,14 +194,14 @@ def test_payload_and_state_files_are_private(slurm_cluster: SlurmCluster, tmp_pa
     private_dirs = [sweep_launcher, slurm_dir, slurm_dir / "logs", *(sweep / str(i) / ".launcher" for i in (0, 1))]
     assert {str(d): oct(_mode(d)) for d in private_dirs} == {str(d): oct(0o700) for d in private_dirs}
 
-    payloads = [*slurm_dir.glob("sweep-*.pkl"), *(sweep / str(i) / ".launcher" / JOB_PAYLOAD_FILE for i in (0, 1))]
+    payloads = [*slurm_dir.glob("sweep-*.pkl"), *slurm_dir.glob("jobs*.json")]  # sweep payload, job table
     results = [sweep / str(i) / ".launcher" / "result.pkl" for i in (0, 1)]
     state = [p for p in sweep_launcher.iterdir() if p.is_file()]
     scripts = list(slurm_dir.glob("*.sbatch"))
     logs = [p for i in (0, 1) for p in (sweep / str(i) / ".launcher").glob("*.log")] + list(
         (slurm_dir / "logs").iterdir()
     )
-    assert len(payloads) == 3 and state and scripts and logs
+    assert len(payloads) == 2 and state and scripts and logs
     private = [*payloads, *results, *state, *scripts, *logs]
     assert {str(p): oct(_mode(p)) for p in private} == {str(p): oct(0o600) for p in private}
 

@@ -207,6 +207,10 @@ def test_jobs_run_inside_the_container_with_the_exact_argv_and_results_come_home
     assert "HRL_A: REDACTED" in (sweep / "multirun.yaml").read_text()
 
     sweep_payload = next((sweep / ".launcher" / "remote_ssh").glob("*/sweep-*.pkl")).relative_to(sweep)
+    # one batch file per host and launch: the job table the jobs compose their configs from
+    (batch_file,) = (sweep / ".launcher" / "remote_ssh").glob("*/batches/*.json")
+    batch_rel = batch_file.relative_to(sweep)
+    index = {job["idx"]: job["index"] for job in json.loads(batch_file.read_text())["jobs"]}
     expected = [
         [
             "singularity",
@@ -227,9 +231,10 @@ def test_jobs_run_inside_the_container_with_the_exact_argv_and_results_come_home
             "-m",
             "launcher_core.runtime.remote_worker",
             str(remote_sweep / sweep_payload),
-            str(remote_sweep / str(num) / ".launcher" / "job.pkl"),
+            str(remote_sweep / batch_rel),
+            str(index[num]),
         ]
-        for num in range(3)
+        for num in sorted(range(3), key=lambda n: str(index[n]))
     ]
     assert sorted(_calls(argv_log), key=lambda argv: argv[-1]) == expected
 

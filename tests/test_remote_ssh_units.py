@@ -349,10 +349,10 @@ def test_fetch_filter_keeps_launcher_files_in_bare_pulls() -> None:
 # --- the runner's retry guard ---------------------------------------------------------------
 def test_runner_repeated_batch_reports_the_first_answer_and_starts_nothing_twice(tmp_path: Path) -> None:
     jobs = []
-    for name in ("a", "b"):
+    for index, name in enumerate(("a", "b")):
         d = _job_dir(tmp_path / "sweep", name)
         (d / "exit_status").write_text("0\n")  # stale markers of an earlier attempt
-        jobs.append({"job_id": name, "launcher_dir": str(d), "job_payload": str(d / "job.pkl")})
+        jobs.append({"job_id": name, "launcher_dir": str(d), "index": index})
     batch = {
         "batch_id": "b1",
         "batch_dir": str(tmp_path / "batches"),
@@ -360,6 +360,7 @@ def test_runner_repeated_batch_reports_the_first_answer_and_starts_nothing_twice
         "max_parallel": 1,
         "cwd": str(tmp_path),
         "sweep_payload": str(tmp_path / "missing.pkl"),  # the jobs fail fast: no payload
+        "table": str(tmp_path / "batch.json"),
         "jobs": jobs,
     }
     batch_file = tmp_path / "batch.json"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hydra.core.utils import JobStatus
 
-from launcher_core.state import StateStore
 from tests.conftest import REPO_ROOT
 from tests.slurm_cluster import (  # noqa: F401  (fixtures)
     STANDIN_DIR,
@@ -76,9 +75,8 @@ def test_job_runs_inside_the_container_with_the_exact_argv(
     assert [r.status for r in returns] == [JobStatus.COMPLETED] * 2
     inside = {"marker": "inside the test image", "ch_running": "Weird Al Yankovic", "env": "one,two"}
     assert [r.return_value for r in returns] == [{"x": num, **inside} for num in range(2)]
-    with StateStore.for_sweep_dir(sweep, readonly=True) as store:
-        job_payloads = [str(row.output_dir / ".launcher" / "job.pkl") for row in store.jobs()]
     sweep_payload = str(next((sweep / ".launcher" / "slurm").glob("sweep-*.pkl")))
+    table = str(sweep / ".launcher" / "slurm" / "jobs0-1.json")  # the job table of the two jobs
     calls = [json.loads(line) for line in argv_log.read_text().splitlines()]
     assert sorted(calls, key=lambda argv: argv[-1]) == [
         # code dir and sweep dir are bound first (parents first), then the configured binds
@@ -98,7 +96,8 @@ def test_job_runs_inside_the_container_with_the_exact_argv(
             "-m",
             "launcher_core.runtime.worker",
             sweep_payload,
-            job_payload,
+            table,
+            str(first),
         ]
-        for job_payload in sorted(job_payloads)
+        for first in range(2)  # each array task's first entry in the table
     ]
