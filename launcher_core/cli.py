@@ -94,7 +94,11 @@ def refresh_states(sweep_dir: Path) -> None:
 
 
 # --- status ----------------------------------------------------------------------------------
-def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None:
+STATUS_ROWS = 50  # jobs listed by `status` without --all
+RICH_MAX_ROWS = 2000
+
+
+def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: int | None = STATUS_ROWS) -> None:
     from rich.table import Table
 
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
@@ -121,22 +125,63 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True) -> None
         console.print(collecting, markup=False)
     if not show_jobs:
         return
-    jobs = Table(show_header=True)
-    for col in ("#", "job id", "state", "where", "duration", "exit reason", "overrides"):
-        jobs.add_column(col)
-    for r in rows:
-        state = _state_label(r)
-        style = STATE_STYLE.get((r.outcome or r.state).value, "")
-        jobs.add_row(
-            str(r.idx),
-            r.job_id[:10],
-            f"[{style}]{state}[/]",
-            _where(r),
-            _fmt_duration(r.duration_s),
-            r.exit_reason or "",
-            " ".join(r.overrides),
+    shown = _rows_to_show(rows, limit)
+    cells = [_job_cells(r) for r in shown]
+    columns = ("#", "job id", "state", "where", "duration", "exit reason", "overrides")
+    if len(cells) > RICH_MAX_ROWS:  # rich lays out every cell: ~0.5 ms a row
+        _print_plain_table(console, columns, [[text for text, _style in row] for row in cells])
+    else:
+        jobs = Table(show_header=True)
+        for col in columns:
+            jobs.add_column(col)
+        for row in cells:
+            jobs.add_row(*(f"[{style}]{text}[/]" if style else text for text, style in row))
+        console.print(jobs)
+    if len(shown) < len(rows):
+        ids = {r.job_id for r in shown}
+        hidden: dict[str, int] = {}
+        for r in rows:
+            if r.job_id not in ids:
+                hidden[_state_label(r)] = hidden.get(_state_label(r), 0) + 1
+        what = ", ".join(f"{n} {state}" for state, n in sorted(hidden.items()))
+        console.print(
+            f"{len(rows) - len(shown)} more jobs not shown ({what}): `launcher-core status {sweep_dir} --all` "
+            f"lists every job, `launcher-core results {sweep_dir}` their results",
+            markup=False,
         )
-    console.print(jobs)
+
+
+def _rows_to_show(rows: Sequence[JobRow], limit: int | None) -> list[JobRow]:
+    """Every job up to ``limit``; beyond it the jobs that need attention (not completed) first,
+    then completed ones up to the limit, in job order."""
+    if limit is None or len(rows) <= limit:
+        return list(rows)
+    attention = [r for r in rows if (r.outcome or r.state) is not JobState.COMPLETED]
+    if len(attention) >= limit:
+        return attention[:limit]
+    done = [r for r in rows if (r.outcome or r.state) is JobState.COMPLETED][: limit - len(attention)]
+    return sorted([*attention, *done], key=lambda r: r.idx)
+
+
+def _job_cells(r: JobRow) -> list[tuple[str, str]]:
+    """(text, rich style) of each column of a job's row."""
+    style = STATE_STYLE.get((r.outcome or r.state).value, "")
+    return [
+        (str(r.idx), ""),
+        (r.job_id[:10], ""),
+        (_state_label(r), style),
+        (_where(r), ""),
+        (_fmt_duration(r.duration_s), ""),
+        (r.exit_reason or "", ""),
+        (" ".join(r.overrides), ""),
+    ]
+
+
+def _print_plain_table(console: Any, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max([len(c), *(len(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    console.file.write("\n".join(lines) + "\n")
 
 
 def _state_label(row: JobRow) -> str:
@@ -162,7 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             refresh_states(sweep_dir)
         if args.watch:
             console.clear()
-        render_status(sweep_dir, console, show_jobs=not args.summary)
+        render_status(sweep_dir, console, show_jobs=not args.summary, limit=None if args.all else STATUS_ROWS)
         if not args.watch:
             return 0
         time.sleep(args.interval)
@@ -423,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
     status.add_argument("--interval", type=float, default=5.0)
     status.add_argument("--summary", action="store_true", help="counts only, no per-job table")
+    status.add_argument(
+        "--all", action="store_true", help=f"list every job (default: {STATUS_ROWS}, the unfinished and failed first)"
+    )
     status.add_argument("--offline", action="store_true", help="do not ask the backend, show the state store only")
     status.set_defaults(func=cmd_status)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Iterator
 
 import pytest
@@ -130,3 +132,121 @@ def test_output_dir_without_composing_again_is_the_composed_jobs(
         assert composer.output_dir(job, idx) == (expected if known else None)
     if known:  # and it follows the job number, not a stale one
         assert composer.output_dir(jobs[2], 7) == job_output_dir(compose_job(composer, jobs[2], 7))
+
+
+# --- where the job runs: composed from the sweep payload's templates ------------------------------
+HOSTILE_CASES = [
+    ["m='$(touch /tmp/hrl-canary); rm -rf ~'", "a=1"],
+    ['n="back\\\\slash and \\"quotes\\""', "a=2"],
+    ["m='${oc.env:HOME}'", "a=3"],  # quoted: Hydra keeps the interpolation as a string, so do we
+    ["m='a,b;c|d&e>f'", "model=tf"],
+]
+
+
+def _node_composer(composer: SweepComposer) -> SweepComposer:
+    """The composer a job builds from the sweep payload: node state through cloudpickle, no loader."""
+    import cloudpickle
+
+    return SweepComposer.for_node(cloudpickle.loads(cloudpickle.dumps(composer.node_state())))
+
+
+def test_configs_composed_where_the_job_runs_equal_hydras(hydra_app) -> None:
+    """The controller only checks the jobs (as build_job_specs does); the job side composes each
+    from the shipped templates without a config loader: node for node what Hydra composes."""
+    hydra, master, ctx = hydra_app
+    launcher_side = SweepComposer(ctx, master)
+    jobs = CASES + HOSTILE_CASES
+    for overrides in jobs:
+        launcher_side.check(overrides)
+    node = _node_composer(launcher_side)
+    for overrides in jobs:
+        slow = hydra.config_loader.load_sweep_config(master, list(overrides))
+        _assert_same(node.compose(overrides), slow)  # hostile values verbatim, as Hydra has them
+    assert node.full_compositions == 0
+
+
+def test_a_job_side_composer_names_overrides_it_was_not_shipped_for(hydra_app) -> None:
+    _, master, ctx = hydra_app
+    launcher_side = SweepComposer(ctx, master)
+    launcher_side.check(["a=1", "model=cnn"])
+    node = _node_composer(launcher_side)
+    assert node.compose(["a=2", "model=cnn"]).a == 2  # another value of a checked key: fine
+    with pytest.raises(ValueError, match=r"no config was composed at launch for the overrides \['model=tf'\]"):
+        node.compose(["model=tf"])
+    with pytest.raises(ValueError, match=r"override key 'c' was not seen when the sweep was launched"):
+        node.compose(["c=1"])
+
+
+PLAIN_VALUES = [
+    "0", "7", "-5", "+3", "007", "1_000", "1.5", "-0.25", "1e-3", "2E+4", "1.5e3", ".5", "1.", "inf", "-inf",
+    "NaN", "true", "False", "null", "abc", "a_b", "_x", "abc-def", "1abc", "x y", "", "ab.c", "'q'", "[1]",
+]
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES)
+@pytest.mark.parametrize("prefix", ["a=", "+extra=", "++m=", "model.name="])
+def test_plain_overrides_parse_exactly_as_hydras_parser(hydra_app, prefix: str, value: str) -> None:
+    """The shortcut past Hydra's ANTLR parser (an override like one parsed before, with a plain
+    int, float or name as value) gives the same Override, value type included."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    _, master, ctx = hydra_app
+    composer = SweepComposer(ctx, master)
+    composer._parse([f"{prefix}0"])  # the sibling, parsed by Hydra's parser
+    text = f"{prefix}{value}"
+    try:
+        (slow,) = OverridesParser.create().parse_overrides([text])
+    except Exception as exc:  # noqa: BLE001 - then the composer must fail the same way
+        with pytest.raises(type(exc)):
+            composer._parse([text])
+        return
+    ((fast, _is_value),) = composer._parse([text])
+    assert (fast.type, fast.key_or_group, fast.package, fast.value_type, fast.input_line) == (
+        slow.type, slow.key_or_group, slow.package, slow.value_type, slow.input_line
+    )
+    assert type(fast.value()) is type(slow.value())
+    assert fast.value() == slow.value() or (fast.value() != fast.value() and slow.value() != slow.value())  # NaN
+
+
+class Color(enum.Enum):
+    red = 1
+    blue = 2
+
+
+@dataclasses.dataclass
+class Typed:
+    lr: float = 0.1
+    steps: int = 10
+    name: str = "x"
+    color: Color = Color.red
+
+
+@pytest.fixture
+def typed_app(hydra_restore_singletons: None) -> Iterator[tuple[Hydra, DictConfig, HydraContext]]:
+    """An app whose config is a structured config: values are type-checked when applied."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="typed_app", node=Typed)
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name="typed", config_search_path=create_config_search_path(None))
+    master = hydra.compose_config("typed_app", overrides=["hydra.job.chdir=false"], run_mode=RunMode.MULTIRUN)
+    yield hydra, master, HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
+    GlobalHydra.instance().clear()
+
+
+def test_check_composes_only_jobs_with_something_new_and_still_refuses_bad_values(typed_app) -> None:
+    hydra, master, ctx = typed_app
+    composer = SweepComposer(ctx, master)
+    for seed in range(1000):
+        composer.check([f"steps={seed}", "lr=0.5"])
+    assert (composer.full_compositions, composer.replays) == (1, 1)  # seed=range(1000): one job composed
+    composer.check(["steps=3", "lr=2"])  # lr: an int where only floats were seen: composed once more
+    assert composer.replays == 2
+    for bad in (["steps=abc"], ["steps=2.5"], ["lr=fast"], ["color=green"], ["nokey=1"]):
+        with pytest.raises(Exception) as fast_err:
+            composer.check(bad)
+        with pytest.raises(type(fast_err.value)):
+            hydra.config_loader.load_sweep_config(master, bad)
+    composer.check(["color=blue"])
+    composer.check(["color=red"])  # names are checked one by one
+    assert composer.replays == 4

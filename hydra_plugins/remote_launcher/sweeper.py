@@ -72,7 +72,7 @@ class PairedSweeper(BasicSweeper):
 
         Our own launchers compose the whole batch before submitting a single job, so checking
         here would compose everything twice; other launchers get the check, done with the
-        fast composer (same configs as Hydra's, far fewer full compositions).
+        fast composer (same configs as Hydra's, far fewer compositions: see ``SweepComposer.check``).
         """
         from hydra_plugins.remote_launcher.launchers import BackendLauncher
 
@@ -84,7 +84,7 @@ class PairedSweeper(BasicSweeper):
         tic = time.perf_counter()
         composer = SweepComposer(self.hydra_context, self.config)
         for overrides in batch:
-            composer.compose(list(overrides))
+            composer.check(list(overrides))
         log.debug("validated %d job configs in %.2f s", len(batch), time.perf_counter() - tic)
 
     def _print_plan(self, jobs: list[list[str]]) -> None:

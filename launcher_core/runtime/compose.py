@@ -214,6 +214,7 @@ class SweepComposer:
         self._siblings: dict[str, tuple[Override, bool]] = {}  # plain prefix -> an override parsed with it
         self._composed: set[tuple[str, ...]] = set()  # override lists that composed without error
         self.full_compositions = 0
+        self.replays = 0  # job configs composed (a template copied and its value overrides replayed)
 
     def node_state(self) -> dict[str, Any]:
         """What the job side needs to compose any job of this sweep without Hydra's config
@@ -289,6 +290,7 @@ class SweepComposer:
         parsed = self._parse(overrides)
         template = self._template(parsed)
         cfg = self._replay(template, parsed)
+        self.replays += 1
         self._composed.add(tuple(overrides))
         template.checked_values.update(_coverage_key(o) for o, is_value in parsed if is_value)
         return cfg
