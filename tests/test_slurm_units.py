@@ -147,6 +147,11 @@ def test_script_with_container_wraps_the_worker(tmp_path: Path) -> None:
         ({"container": {"image": "/i.sif", "runtime": "docker"}}, "hydra.launcher.container.runtime"),
         ({"login_host": "-oProxyCommand=x"}, "hydra.launcher.login_host"),
         ({"signal_delay_s": 70000}, "65535"),
+        ({"jobs_per_task": 0}, "hydra.launcher.jobs_per_task must be > 0"),
+        ({"jobs_per_task": "many"}, "hydra.launcher.jobs_per_task must be a positive integer or auto, got 'many'"),
+        ({"jobs_per_task": "auto"}, r"jobs_per_task=auto needs hydra.launcher.expected_job_s"),
+        ({"jobs_per_task": 2, "tasks_per_node": 2}, "jobs_per_task packs single-task jobs"),
+        ({"expected_job_s": -1}, "hydra.launcher.expected_job_s must be > 0"),
         (
             {"additional_parameters": {"signal": "B:USR1@60"}},
             r"additional_parameters.signal: the launcher sets the signal",
@@ -337,3 +342,25 @@ def test_notice_during_set_up_requeues_before_the_task_starts(tmp_path: Path) ->
     stderr = (ldir / "stderr.log").read_text()
     assert "set-up done" in stderr and "preemption: stopping the task and requeueing it" in stderr
     assert sorted(os.listdir(ldir)) == ["stderr.log", "stdout.log"]  # no task ran, no exit code written
+
+
+@pytest.mark.parametrize(
+    "n_jobs, expected_s, parallelism, per_task",
+    [(1000, 1.0, 256, 4), (100_000, 1.0, 256, 391), (100_000, 120.0, 256, 5), (10, 1.0, 256, 1), (50, 3600.0, 4, 1)],
+)
+def test_auto_packing_fills_ten_minutes_without_costing_parallelism(
+    n_jobs: int, expected_s: float, parallelism: int, per_task: int
+) -> None:
+    """auto: about 600 s of expected work per task, but never fewer tasks than array_parallelism."""
+    from launcher_core.backends.slurm import SlurmBackend
+
+    options = SlurmOptions.from_params(
+        {"jobs_per_task": "auto", "expected_job_s": expected_s, "array_parallelism": parallelism}
+    )
+    assert SlurmBackend(options).jobs_per_task(n_jobs) == per_task
+
+
+def test_packed_chunks_split_at_max_array_size_tasks() -> None:
+    chunks = plan_chunks(_specs(23), 3, jobs_per_task=4)  # 3 tasks of 4 jobs per array
+    assert [(c.offset, len(c.specs), c.tasks) for c in chunks] == [(0, 12, 3), (12, 11, 3)]
+    assert [chunks[1].task_of(i) for i in range(11)] == [0] * 4 + [1] * 4 + [2] * 3
