@@ -518,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher_core.browse import add_commands as add_results_commands
 
     add_results_commands(sub)  # results, report, link, files
+    __import__("launcher_core.pipeline_cli").pipeline_cli.add_commands(sub)  # pipeline run|status|cancel
     return parser
 
 

@@ -187,6 +187,12 @@ class SlurmArrayLauncherConf:
     jobs_per_task: Any = 1
     # how long one job is expected to run, in seconds (for jobs_per_task=auto)
     expected_job_s: Optional[float] = None
+    # sbatch --dependency of every array of this launch, e.g. afterok:1234 (a job that can never
+    # start because of it is cancelled by Slurm: --kill-on-invalid-dep=yes)
+    dependency: Optional[str] = None
+    # JSON {job output dir: ["<array id>_<index>", ...]}: the Slurm tasks each job waits for (what
+    # `launcher-core pipeline run` writes); aftercorr where array task i needs only task i, else afterok
+    dependency_file: Optional[str] = None
     # bound on every sbatch/sacct/squeue/scancel call
     command_timeout_s: float = 60.0
     # check the cluster (partition, account/QoS, MaxArraySize, accounting, Python) before submitting

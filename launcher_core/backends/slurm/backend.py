@@ -127,7 +127,9 @@ class SlurmBackend(Backend):
                 script = self._write_chunk(chunk, table)
                 files = [self._sweep_payload, table, script] if chunk.number == 0 else [script]
                 self.site.upload([f for f in files if f is not None], [self._cluster_dirs(s)[1] for s in chunk.specs])
-                array_id = self._sbatch(self._on_cluster(script), after=previous if throttle else None)
+                array_id = self._sbatch(
+                    self._on_cluster(script), after=previous if throttle else None, dependency=self._waits_for(chunk)
+                )
             except BackendError as exc:
                 if not handles:
                     raise
@@ -346,10 +348,21 @@ class SlurmBackend(Backend):
         paths += [self._cluster_dirs(s)[0] for s in jobs]
         return job_binds(p for p in paths if p)
 
-    def _sbatch(self, script: str, after: str | None = None) -> str:
+    def _waits_for(self, chunk: Chunk) -> str | None:
+        """The chunk's own ``--dependency`` (``dependency`` and ``dependency_file``; see
+        :mod:`.dependencies`), or None."""
+        from launcher_core.backends.slurm.dependencies import chunk_dependency
+
+        return chunk_dependency(self.options, chunk)
+
+    def _sbatch(self, script: str, after: str | None = None, dependency: str | None = None) -> str:
         argv = ["sbatch", "--parsable"]
-        if after:
-            argv.append(f"--dependency=afterany:{after}")
+        conditions = [f"afterany:{after}"] if after else []
+        if dependency:  # a job whose dependency can never be met is cancelled, not left pending forever
+            conditions.append(dependency)
+            argv.append("--kill-on-invalid-dep=yes")
+        if conditions:
+            argv.append(f"--dependency={','.join(conditions)}")
         proc = self.commands.run([*argv, script])
         array_id = proc.stdout.strip().split(";")[0]
         if proc.returncode != 0 or not array_id.isdigit():

@@ -59,6 +59,9 @@ class SlurmOptions(SlurmArrayLauncherConf):
         check_positive(f"{p}.poll_interval_s", self.poll_interval_s)
         check_positive(f"{p}.command_timeout_s", self.command_timeout_s)
         check_optional_positive(f"{p}.max_array_size", self.max_array_size, integer=True)
+        from launcher_core.backends.slurm.dependencies import check_dependency_settings
+
+        check_dependency_settings(self, p)
         self._check_packing(p)
         if self.name == SlurmArrayLauncherConf.name:  # not resolved: built without Hydra (pull, tests)
             self.name = "hydra"
