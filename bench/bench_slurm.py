@@ -2,15 +2,18 @@
 on one real single-node Slurm cluster started for the run (tests/slurm_cluster.py; root and the
 Debian packages slurmctld slurmd slurm-client slurmdbd munge mariadb-server are needed).
 
-    python bench/bench_slurm.py                      # 200 jobs, both launchers (~5 min)
+    python bench/bench_slurm.py                      # 200 jobs, every launcher (~6 min)
+    python bench/bench_slurm.py --jobs 1000 --launchers slurm_packed,submitit_slurm   # jobs_per_task (~10 min)
     python bench/bench_slurm.py --jobs 50 --launchers slurm
     python bench/bench_slurm.py --cpus 16 --timeout 900
 
 Each sweep runs as ``sys.executable bench/noop_app/app.py -m hydra/launcher=... x=range(N)`` in a
 fresh temp dir, bounded by a timeout, with wrapper scripts first on ``PATH`` that log every call of
 sbatch, sacct, squeue, scontrol and scancel before exec'ing the real binary (calls made inside the
-jobs count too). The table shows wall time, jobs done and the calls per command. Only loopback is
-used. Results go to bench/results/bench_slurm.json.
+jobs count too). The table shows wall time, jobs done, submitit_slurm's wall time over each
+launcher's, the array tasks or jobs Slurm queued for the sweep (what ``MaxSubmitJobs`` counts) and
+the calls per command. ``slurm_packed`` is ``jobs_per_task=50``. Only loopback is used. Results go
+to bench/results/bench_slurm.json.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ from tests.slurm_cluster import SLURM_COMMANDS, CommandLog, SlurmCluster, ensure
 
 LAUNCHERS: dict[str, list[str]] = {
     "slurm": ["hydra/launcher=slurm", "hydra.launcher.timeout_min=30"],
+    # jobs_per_task: 50 no-op jobs one after another in each array task (one Python start-up)
+    "slurm_packed": ["hydra/launcher=slurm", "hydra.launcher.timeout_min=30", "hydra.launcher.jobs_per_task=50"],
     "submitit_slurm": ["hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=30"],
 }
+ANCHOR = "submitit_slurm"  # ratios are this launcher's wall time over each launcher's
 
 
 def say(msg: str) -> None:
@@ -51,6 +57,7 @@ class Run:
     error: str = ""
     wall_s: float = float("nan")
     jobs_done: int = 0
+    slurm_jobs: int = 0  # array tasks or jobs Slurm had in its queue for the sweep (sacct)
     calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -61,6 +68,7 @@ def count_done(sweep_dir: Path) -> int:
 
 def run_one(launcher: str, jobs: int, workdir: Path, log: CommandLog, env: dict[str, str], timeout_s: float) -> Run:
     run = Run(launcher, jobs)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S")
     sweep_dir = workdir / launcher / "sweep"
     sweep_dir.parent.mkdir(parents=True)
     args = [sys.executable, str(APP), "-m", *LAUNCHERS[launcher], f"x=range({jobs})", f"hydra.sweep.dir={sweep_dir}"]
@@ -78,15 +86,31 @@ def run_one(launcher: str, jobs: int, workdir: Path, log: CommandLog, env: dict[
     run.wall_s = time.monotonic() - started
     run.jobs_done = count_done(sweep_dir)
     run.calls = {name: log.calls(name) for name in SLURM_COMMANDS}
+    run.slurm_jobs = count_slurm_jobs(since, env)
     return run
 
 
+def count_slurm_jobs(since: str, env: dict[str, str]) -> int:
+    """Array tasks and jobs sacct knows since ``since`` (what a MaxSubmitJobs limit counts)."""
+    proc = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "-o", "JobID", "-S", since],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return len([line for line in proc.stdout.splitlines() if line.strip()])
+
+
 def table(runs: list[Run]) -> str:
-    head = ["launcher", "jobs", "done", "wall s", *SLURM_COMMANDS, "ok"]
+    anchor = next((r.wall_s for r in runs if r.launcher == ANCHOR and r.ok), float("nan"))
+    head = ["launcher", "jobs", "done", "wall s", f"{ANCHOR} / it", "slurm jobs", *SLURM_COMMANDS, "ok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         counts = [str(r.calls[c]) for c in SLURM_COMMANDS]
-        cells = [r.launcher, str(r.jobs), str(r.jobs_done), f"{r.wall_s:.1f}", *counts]
+        ratio = f"{anchor / r.wall_s:.1f}x" if r.wall_s > 0 else "-"
+        cells = [r.launcher, str(r.jobs), str(r.jobs_done), f"{r.wall_s:.1f}", ratio, str(r.slurm_jobs), *counts]
         lines.append("| " + " | ".join([*cells, "yes" if r.ok else "NO"]) + " |")
     return "\n".join(lines)
 

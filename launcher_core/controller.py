@@ -205,7 +205,8 @@ class SweepController:
         """Poll until every active job is terminal (and fetched), updating store and progress.
 
         Between polls the backend's optional ``wait(timeout_s)`` blocks until something may have
-        changed (``local_pool`` wakes when a job exits); without it the loop sleeps.
+        changed (``local_pool`` wakes when a job exits); without it the loop sleeps. A detached
+        backend is polled at most once per interval.
         """
         own_interval = self.backend.poll_interval_s
         interval = max(self.options.poll_interval_s if own_interval is None else own_interval, 0.001)
@@ -222,7 +223,9 @@ class SweepController:
                         del active[job_id]
                 if changed or finished:
                     progress.update(self.counts)
-                else:
+                # a detached backend's poll asks another machine (sacct, ssh, S3): never back to back,
+                # also while jobs finish one after another; local_pool's wait returns when a job exits
+                if self.backend.detached or not (changed or finished):
                     wait(interval)
         except KeyboardInterrupt:
             self._interrupted(active)
