@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -585,9 +586,12 @@ def _stage_rows(pipeline: Pipeline, stage: Stage) -> tuple[dict[int, JobRow], st
     sweep_dir = pipeline.stage_dir(stage.name)
     if not StateStore.exists_in(sweep_dir):
         return {}, None
-    with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
-        rows = store.jobs()
-        backend = store.meta().get("backend")
+    try:
+        with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
+            rows = store.jobs()
+            backend = store.meta().get("backend")
+    except sqlite3.OperationalError:  # its launch is creating it this instant: no jobs yet
+        return {}, None
     by_dir = {str(r.output_dir): r for r in rows}
     out = {}
     for job in stage.jobs:
