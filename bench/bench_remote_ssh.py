@@ -7,10 +7,10 @@ Starts a throwaway sshd on 127.0.0.1 (tests/sshd.py; needs root and openssh-serv
 * **remote_ssh**: ``python app.py -m hydra/launcher=remote_ssh x=range(N)`` with the paired
   sweeper, ``max_parallel`` jobs at a time, wait=true (results pulled home).
 * **naive**: what a launcher without connection reuse or batching does: per job one
-  ``rsync`` of its payload, one blocking ``ssh host python -m launcher_core.runtime.remote_worker``
+  ``rsync`` of its job table, one blocking ``ssh host python -m launcher_core.runtime.remote_worker``
   and one ``rsync`` of its output dir back, each opening its own SSH connection, with
-  ``max_parallel`` jobs in flight (threads). It reuses the code snapshot and payloads the
-  first run shipped, so it does strictly less work than a real naive launcher.
+  ``max_parallel`` jobs in flight (threads). It reuses the code snapshot, sweep payload and job
+  table the first run shipped, so it does strictly less work than a real naive launcher.
 
 Printed side by side: wall time, SSH connections the server accepted (its log), rsync
 invocations (server side, through a logging ``--rsync-path``) and SSH sessions (commands).
@@ -81,6 +81,9 @@ def run_naive(server: sshd.SSHServer, python: str, proj: Path, remote_home: Path
     (tag_dir,) = [d for d in (remote_sweep / ".launcher" / "remote_ssh").iterdir() if d.is_dir()]
     (snapshot,) = (remote_home / "snapshots").glob("*/*/")
     (sweep_payload,) = tag_dir.glob("sweep-*.pkl")
+    (table,) = (tag_dir / "batches").glob("*.json")  # the first run's batch file: the job table
+    local_table = next((sweep / ".launcher" / "remote_ssh").glob(f"*/batches/{table.name}"))
+    index = {job["idx"]: job["index"] for job in json.loads(table.read_text())["jobs"]}
     ssh = ["ssh", "-F", str(server.ssh_config), "-o", "BatchMode=yes", "-o", "ControlMaster=no"]
     rsync = ["rsync", "-a", "-e", shlex.join(ssh), f"--rsync-path={server.rsync_wrapper}"]
     dest = server.alias()
@@ -88,17 +91,11 @@ def run_naive(server: sshd.SSHServer, python: str, proj: Path, remote_home: Path
 
     def one(num: int) -> None:
         remote_job = remote_sweep / str(num)
-        local_job = sweep / str(num)
-        subprocess.run(
-            [*rsync, str(local_job / ".launcher" / "job.pkl"), f"{dest}:{remote_job}/.launcher/job.pkl"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        subprocess.run([*rsync, str(local_table), f"{dest}:{table}"], check=True, capture_output=True, timeout=120)
         command = (
             f"cd {shlex.quote(str(snapshot))} && PYTHONPATH={shlex.quote(str(tag_dir / 'pylib'))} "
             f"{shlex.quote(python)} -m launcher_core.runtime.remote_worker {shlex.quote(str(sweep_payload))} "
-            f"{shlex.quote(str(remote_job / '.launcher' / 'job.pkl'))} > /dev/null 2>&1"
+            f"{shlex.quote(str(table))} {index[num]} > /dev/null 2>&1"
         )
         subprocess.run([*ssh, dest, command], check=True, capture_output=True, timeout=300)
         out = naive_out / str(num)
@@ -151,7 +148,7 @@ def main() -> int:
         print(f"{name:20} {r['wall_s']:>9.1f}s {r['connections']:>16} {r['rsyncs']:>11} {r['sessions']:>13}")
     print(
         "\nremote_ssh wall time includes Hydra start-up, composing the configs, code sync and pulling"
-        " results;\nthe naive run reuses its code snapshot and payloads."
+        " results;\nthe naive run reuses its code snapshot, sweep payload and job table."
     )
     if args.json:
         args.json.write_text(json.dumps({"jobs": args.jobs, "max_parallel": args.max_parallel, **rows}, indent=2))

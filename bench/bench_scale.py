@@ -14,9 +14,14 @@ same sweep held in the queue (``sbatch --hold``: nothing changes while we measur
 and the launching process's peak memory; 100,000 jobs the same way with ``jobs_per_task=100``
 (100,000 array tasks would exceed any cluster's MaxJobCount).
 
+Part 3, remote_ssh to one loopback host (tests/sshd.py; root and openssh-server): 10,000 jobs
+launched with ``wait=false``, timed until the host's runner accepted every job, with the files
+written locally for it; anchor and now (then cancelled).
+
     .venv/bin/python bench/bench_scale.py --part dry          # ~3 min (the anchor composes ~6 ms a job)
     .venv/bin/python bench/bench_scale.py --part cluster      # ~4 min
-    .venv/bin/python bench/bench_scale.py                     # both
+    .venv/bin/python bench/bench_scale.py --part ssh          # ~3 min
+    .venv/bin/python bench/bench_scale.py                     # all three
     .venv/bin/python bench/bench_scale.py --sizes 1000,10000 --anchor-max 10000
 
 Goals (issue 14): a 10,000-job dry run <= 5 s with <= 20 files written, 100,000 jobs <= 40 s;
@@ -90,16 +95,34 @@ def anchor_tree(workdir: Path) -> Iterator[Path]:
 
 def launch(code: Path, sweep: Path, overrides: list[str], env: dict[str, str], timeout_s: float) -> Launch:
     """``python <code>/bench/noop_app/app.py -m <overrides>`` with ``code`` first on PYTHONPATH."""
+    return launch_app(code, code / APP_REL, sweep, overrides, env, timeout_s)
+
+
+def launch_app(
+    code: Path,
+    app: Path,
+    sweep: Path,
+    overrides: list[str],
+    env: dict[str, str],
+    timeout_s: float,
+    cwd: Path | None = None,
+) -> Launch:
+    """``python APP -m <overrides>`` with ``code`` first on PYTHONPATH: wall time, files in the
+    sweep dir afterwards, peak memory."""
+    sweep.parent.mkdir(parents=True, exist_ok=True)
+    if cwd is None:
+        cwd = sweep.parent / f"{sweep.name}-cwd"  # an empty code dir: its frozen snapshot is not what we count
+        cwd.mkdir(exist_ok=True)
     rss_file = sweep.parent / f"{sweep.name}.rss"
     run_env = {**env, "PYTHONPATH": str(code), "BENCH_RSS_FILE": str(rss_file)}
-    argv = [sys.executable, "-c", RSS_WRAPPER, str(code / APP_REL), "-m", *overrides, f"hydra.sweep.dir={sweep}"]
+    argv = [sys.executable, "-c", RSS_WRAPPER, str(app), "-m", *overrides, f"hydra.sweep.dir={sweep}"]
     started = time.perf_counter()
     try:
-        proc = subprocess.run(argv, cwd=sweep.parent, env=run_env, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(argv, cwd=cwd, env=run_env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return Launch(time.perf_counter() - started, 0, float("nan"), False, f"timed out after {timeout_s:g} s")
     wall = time.perf_counter() - started
-    files = sum(1 for p in sweep.rglob("*") if p.is_file()) if sweep.exists() else 0
+    files = sum(1 for p in sweep.rglob("*") if p.is_file()) if sweep.exists() else 0  # Hydra's multirun.yaml too
     rss = int(rss_file.read_text()) / 1024 if rss_file.exists() else float("nan")
     return Launch(wall, files, rss, proc.returncode == 0, proc.stderr.strip()[-800:] if proc.returncode else "")
 
@@ -225,9 +248,68 @@ def cluster_part(workdir: Path, env: dict[str, str]) -> list[str]:
     return lines
 
 
+def ssh_part(workdir: Path, n: int, env: dict[str, str]) -> list[str]:
+    """remote_ssh, ``wait=false``, to one loopback host (tests/sshd.py; root and openssh-server):
+    until the host's runner accepted every job, and the files written locally for it."""
+    from tests import sshd
+
+    sshd.ensure_users()
+    python = sshd.ensure_remote_python()
+    server = sshd.new_server("scale")
+    run_id = f"scale-{os.getpid()}"
+    remote_dir = f"{sshd.TESTS_DIR}/{run_id}"
+    work = sshd.shared_dir("hrl-bench-scale")
+    rows = []
+    try:
+        with anchor_tree(workdir) as anchor:
+            for label, code in (("anchor", anchor), ("now", REPO)):
+                say(f"remote_ssh, {n} jobs, {label} code")
+                proj = sshd.make_project(work / f"proj-{label}")
+                sweep = proj / "multirun" / "scale"
+                overrides = [
+                    "hydra/launcher=remote_ssh",
+                    "hydra.launcher.wait=false",
+                    "hydra.launcher.max_parallel=1",
+                    f"hydra.launcher.hosts=[{server.alias()}]",
+                    f"hydra.launcher.ssh_config={server.ssh_config}",
+                    f"hydra.launcher.python={python}",
+                    f"hydra.launcher.remote_dir={remote_dir}-{label}",
+                    f"hydra.launcher.rsync_path={server.rsync_wrapper}",
+                    f"x=range({n})",
+                ]
+                # the project's own app (tests/sshd.py), run with `code` first on PYTHONPATH
+                result = launch_app(code, proj / "app.py", sweep, overrides, env, timeout_s=900, cwd=proj)
+                cancel_env = {**env, "PYTHONPATH": str(code)}
+                subprocess.run(
+                    [sys.executable, "-m", "launcher_core", "cancel", str(sweep)],
+                    env=cancel_env,
+                    capture_output=True,
+                    timeout=300,
+                    check=False,
+                )
+                sshd.kill_run_processes(run_id)
+                rows.append((label, result))
+    finally:
+        server.stop()
+        sshd.kill_run_processes(run_id)
+        sshd.remove_shared_dirs()
+    lines = [f"| remote_ssh, {n:,} jobs, wait=false | anchor | now | goal |", "|---|---|---|---|"]
+    by = dict(rows)
+    for what, attr, fmt in (
+        ("until every job is accepted s", "wall_s", ".1f"),
+        ("files written locally", "files", "d"),
+        ("launching process peak MB", "rss_mb", ".0f"),
+    ):
+        cells = [format(getattr(by[k], attr), fmt) if by[k].ok else "failed" for k in ("anchor", "now")]
+        goal = {"wall_s": "", "files": "<= 20", "rss_mb": ""}[attr]
+        lines.append(f"| {what} | {cells[0]} | {cells[1]} | {goal} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("dry", "cluster", "both"), default="both")
+    parser.add_argument("--part", choices=("dry", "cluster", "ssh", "all"), default="all")
+    parser.add_argument("--ssh-jobs", type=int, default=10_000)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--anchor-max", type=int, default=10_000, help="largest dry run of the anchor code")
     args = parser.parse_args(argv)
@@ -235,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HYDRA_REMOTE_LAUNCHER_HOME": str(workdir / "home")}
     out: list[str] = []
     try:
-        if args.part in ("dry", "both"):
+        if args.part in ("dry", "all"):
             sizes = [int(s) for s in args.sizes.split(",")]
             out += ["dry runs (slurm, nothing submitted):", "", *dry_runs(workdir, sizes, args.anchor_max, env), ""]
-        if args.part in ("cluster", "both"):
-            out += ["on the test cluster:", "", *cluster_part(workdir, env)]
+        if args.part in ("cluster", "all"):
+            out += ["on the test cluster:", "", *cluster_part(workdir, env), ""]
+        if args.part in ("ssh", "all"):
+            out += ["to a loopback SSH host:", "", *ssh_part(workdir, args.ssh_jobs, env)]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)

@@ -201,8 +201,19 @@ def test_remote_ssh_resumes_after_the_launcher_is_killed(point: str, ssh_env: SS
 
 @pytest.mark.slow
 @pytest.mark.slurm
-@pytest.mark.parametrize("point", ("first-submitted", "jobs-running", "some-pulled"))
-def test_slurm_resumes_after_the_launcher_is_killed(point: str, slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "point, jobs_per_task",
+    [
+        ("first-submitted", 1),
+        ("jobs-running", 1),
+        ("some-pulled", 1),
+        ("jobs-running", 3),  # packed: jobs of a task finish one by one while the launcher is dead
+        ("some-pulled", 3),
+    ],
+)
+def test_slurm_resumes_after_the_launcher_is_killed(
+    point: str, jobs_per_task: int, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
     proj = make_project(tmp_path / "proj")
     record = tmp_path / "executions.txt"
     sweep_dir = proj / "multirun" / "s"
@@ -213,6 +224,7 @@ def test_slurm_resumes_after_the_launcher_is_killed(point: str, slurm_cluster: S
         "hydra.launcher.poll_interval_s=0.3",
         "hydra.launcher.timeout_min=5",
         "hydra.launcher.array_parallelism=2",
+        f"hydra.launcher.jobs_per_task={jobs_per_task}",
         f"hydra.sweep.dir={sweep_dir}",
         f"x=range({N_JOBS})",
         f"record={record}",
