@@ -433,6 +433,7 @@ def _launch(
     backend = backend_factory()
     label = backend.name
     _log_jobs(label, sweep_dir, specs)
+    backend.resolve_resources(specs)  # a job asking for what cannot be had stops the launch here
     sweep = SweepInfo(
         sweep_id=sweep_id,
         sweep_dir=sweep_dir,
@@ -625,6 +626,7 @@ def dry_run_batch(
     setup_globals()
     sweep_dir, sweep_id, specs, composer = _sweep_jobs(hydra_context, config, job_overrides, initial_job_idx)
     sweep = SweepInfo(sweep_id, sweep_dir, Path(os.getcwd()), str(config.hydra.job.name), composer=composer)
+    backend.resolve_resources(specs)
     if backend.runs_local_code:  # the written scripts run the code as it is now, whenever submitted
         git, code_id = _record_code(sweep)
         sweep.code_snapshot = _freeze(sweep, code_id)

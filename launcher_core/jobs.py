@@ -74,6 +74,8 @@ class JobSpec:
     output_dir: Path  # absolute local output dir (hydra.runtime.output_dir)
     config_factory: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
     _config: Any = field(default=None, init=False, repr=False, compare=False)
+    # per-job resources read from its config at launch (``resources_from``; launcher_core.resources)
+    resources: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def config(self) -> Any:

@@ -17,6 +17,9 @@ Facts this relies on (Debian 12, Slurm 22.05):
   ``CR_Core_Memory`` and a ``DefMemPerCPU`` (else every job takes the whole node);
   ``batch_sched_delay=0`` (else arrays start at 2 tasks / 3 s); more CPUs than the machine has
   are declared with ``SlurmdParameters=config_overrides`` so that more tasks run at once.
+* GPUs (``gpus``): ``GresTypes=gpu``, ``Gres=gpu:N`` on the node and a ``gres.conf`` with
+  ``AutoDetect=off`` whose ``File=`` entries are empty files (slurmd only needs them to exist);
+  ``AccountingStorageTRES=gres/gpu`` puts them in sacct's ``ReqTRES``/``AllocTRES``.
 * PID 1 here reaps slowly: a killed daemon can linger as a zombie, so "gone" means "no such
   PID or state Z in /proc/PID/status".
 
@@ -156,6 +159,7 @@ class SlurmCluster:
     max_array_size: int = 1001
     def_mem_per_cpu_mb: int = 100
     kill_wait_s: int = 2
+    gpus: int = 0  # GPUs the node declares (gres/gpu); their "devices" are empty files, see _gres_lines
     hostname: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     started: list[str] = field(default_factory=list)  # daemons we started, in start order
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -319,7 +323,10 @@ class SlurmCluster:
             "SlurmdParameters=config_overrides",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
-            f"NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN",
+            *self._gres_lines(),
+            f"NodeName={self.hostname} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory}"
+            + (f" Gres=gpu:{self.gpus}" if self.gpus else "")
+            + " State=UNKNOWN",
             f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
@@ -345,6 +352,27 @@ class SlurmCluster:
             + "\n"
         )
         os.chmod(dbd, 0o600)
+
+    def _gres_lines(self) -> list[str]:
+        """slurm.conf lines declaring ``gpus`` GPUs, and their ``gres.conf`` (next to slurm.conf).
+
+        There is no GPU here: each "device" is an empty file (slurmd only checks that a ``File=``
+        exists; with ``task/none`` nothing is constrained by device). Slurm still schedules the
+        GPUs as a consumable resource, accounts them (``gres/gpu`` in sacct's TRES) and sets
+        ``CUDA_VISIBLE_DEVICES`` to the indices a job got.
+        """
+        gres_conf = self.etc / "gres.conf"
+        if not self.gpus:
+            gres_conf.unlink(missing_ok=True)
+            return []
+        devices = self.root / "gpu-devices"
+        devices.mkdir(exist_ok=True)
+        for i in range(self.gpus):
+            (devices / f"gpu{i}").touch()
+        gres_conf.write_text(
+            f"AutoDetect=off\nNodeName={self.hostname} Name=gpu File={devices}/gpu[0-{self.gpus - 1}]\n"
+        )
+        return ["GresTypes=gpu", "AccountingStorageTRES=gres/gpu"]
 
     # daemons -----------------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], log_name: str | None = None) -> subprocess.Popen[bytes]:
@@ -583,19 +611,21 @@ except ImportError:  # the benchmark imports this module without pytest
     pytest = None  # type: ignore[assignment]
 
 TEST_MAX_ARRAY_SIZE = 5
+TEST_GPUS = 4  # the node's stand-in GPUs (gres/gpu, see SlurmCluster._gres_lines)
 
 
 if pytest is not None:
 
     @pytest.fixture(scope="session", name="slurm_cluster")
     def slurm_cluster_fixture() -> Iterator[SlurmCluster]:
-        """The session's cluster (MaxArraySize=5 so that splitting is exercised); skips without Slurm."""
+        """The session's cluster (MaxArraySize=5 so that splitting is exercised, 4 stand-in GPUs);
+        skips without Slurm."""
         reason = ensure_packages()
         if reason is not None:
             pytest.skip(reason)
         root = Path(tempfile.mkdtemp(prefix="hrl-slurm-"))
         os.chmod(root, 0o755)  # non-root users (the login_host tests' ssh logins) read slurm.conf
-        cluster = SlurmCluster(root, max_array_size=TEST_MAX_ARRAY_SIZE)
+        cluster = SlurmCluster(root, max_array_size=TEST_MAX_ARRAY_SIZE, gpus=TEST_GPUS)
         saved = {k: os.environ.get(k) for k in cluster.env}
         strays_before = default_output_files()
         cluster.start()

@@ -91,6 +91,9 @@ class Ec2LauncherConf:
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
     notify: Optional[str] = None
+    # per-job resources read from each job's composed config: {instance_type: a.config.path};
+    # jobs are grouped by instance type, each group on instances of its own type
+    resources_from: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -201,6 +204,11 @@ class SlurmArrayLauncherConf:
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
     notify: Optional[str] = None
+    # per-job resources read from each job's composed config, e.g. {gpus_per_node: trainer.gpus,
+    # mem_gb: trainer.mem_gb, timeout_min: trainer.minutes}; one array per distinct resource set
+    resources_from: Dict[str, str] = field(default_factory=dict)
+    # a Jinja2 template (extends "hydra_remote_launcher.sbatch.j2") for site lines; docs/slurm.md
+    sbatch_template: Optional[str] = None
 
 
 @dataclass
@@ -242,8 +250,12 @@ class RemoteSSHLauncherConf:
     env: RemoteSSHEnvConf = field(default_factory=RemoteSSHEnvConf)
     # shell commands run on the host before jobs start (module load ..., source ...)
     prepare_commands: List[str] = field(default_factory=list)
-    # > 0: CUDA_VISIBLE_DEVICES of the job in slot i is GPUs [i*n, (i+1)*n)
+    # > 0: CUDA_VISIBLE_DEVICES of the job in slot i is GPUs [i*n, (i+1)*n) (or free GPUs, with gpus)
     gpus_per_job: int = 0
+    # GPUs of each host (host entries may override it); set: jobs get free GPU ids, none shared
+    gpus: Optional[int] = None
+    # per-job resources read from each job's composed config: {gpus_per_job: trainer.gpus}
+    resources_from: Dict[str, str] = field(default_factory=dict)
     # run each job's Python in a Singularity/Apptainer image on the host (image: a path there)
     container: ContainerConf = field(default_factory=ContainerConf)
     # true: block until every job is done and pulled; false: return once all jobs started

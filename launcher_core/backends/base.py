@@ -99,6 +99,11 @@ class Backend(abc.ABC):
         """Stop the given jobs; they are marked cancelled by the caller."""
 
     # --- optional, with "not supported" defaults ----------------------------------------------
+    def resolve_resources(self, specs: Sequence[JobSpec]) -> None:  # noqa: B027 - optional: nothing to read
+        """Before anything is created or contacted: read each job's own resources from its config
+        (``resources_from``, into ``spec.resources``) and refuse (``ConfigError`` naming the job and
+        the key) a job whose resources are invalid or cannot be met anywhere. Default: none."""
+
     def reattachable(self, handle: Mapping[str, Any]) -> bool:
         """Whether a job an earlier, dead launch handed over can be re-attached (polled and fetched
         again) rather than started anew. Detached backends always can; others say per job."""

@@ -180,22 +180,29 @@ def _daemonize(log_file: Path) -> None:
 
 # --- daemon ---------------------------------------------------------------------------------
 def run_queue(batch: dict[str, Any], queue: list[dict[str, Any]]) -> None:
+    """Start the queued jobs as slots (and GPUs) free up, then reap until none is left.
+
+    A job needs one of ``max_parallel`` slots (lock files shared by every sweep using the same
+    ``remote_dir``). When the host's GPU count is known (``batch["gpus"]``) it also needs
+    ``job["gpus"]`` free GPUs, each a lock file too, so no GPU is ever given to two running jobs;
+    the queue is then served first fit (a job that fits starts before an earlier one that waits
+    for more GPUs). Without it, jobs start in order. The monitor of a job inherits its locks and
+    holds them until the job has ended, whatever happens to this daemon.
+    """
     slots_dir = Path(batch["slots_dir"])
     slots_dir.mkdir(parents=True, exist_ok=True)
     max_parallel = max(1, int(batch["max_parallel"]))
-    for job in queue:
-        d = Path(job["launcher_dir"])
-        slot = _wait_for_slot(slots_dir, max_parallel, d / CANCELLED)
-        if slot is None:
-            continue  # cancelled while queued
-        index, fd = slot
-        if not _still_ours(d, batch["batch_id"]):
-            os.close(fd)  # a later launch took this job over: never run it twice
-            continue
-        try:
-            _start_monitor(batch, job, index)
-        finally:
-            os.close(fd)  # the monitor keeps the lock (same open file description)
+    host_gpus = batch.get("gpus")
+    pending = list(queue)
+    delay = 0.05
+    while pending:
+        started = _start_fitting(batch, pending, slots_dir, max_parallel, host_gpus)
+        if pending and not started:
+            _reap_some()
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        else:
+            delay = 0.05
     while True:  # reap monitors and adopted orphans until none is left
         try:
             os.wait()
@@ -212,23 +219,76 @@ def _still_ours(launcher_dir: Path, batch_id: str) -> bool:
         return False
 
 
-def _wait_for_slot(slots_dir: Path, max_parallel: int, cancelled: Path) -> tuple[int, int] | None:
+def _start_fitting(
+    batch: dict[str, Any], pending: list[dict[str, Any]], slots_dir: Path, max_parallel: int, host_gpus: int | None
+) -> int:
+    """One pass over the queue: start every job that fits now (removed from ``pending``)."""
+    started = 0
+    for job in list(pending):
+        d = Path(job["launcher_dir"])
+        if (d / CANCELLED).exists():
+            pending.remove(job)  # cancelled while queued
+            continue
+        wanted = _gpus_of(batch, job)
+        if host_gpus is not None and wanted > int(host_gpus):
+            pending.remove(job)  # the launcher refuses such jobs; never wait for what cannot come
+            _fail_unstartable(d, f"the job needs {wanted} GPUs, the host has {host_gpus}")
+            continue
+        slot = _try_lock(slots_dir, "slot", max_parallel, 1)
+        if slot is None:
+            break  # every slot is taken: no job fits
+        gpus = _try_lock(slots_dir, "gpu", int(host_gpus), wanted) if host_gpus is not None else []
+        if gpus is None:
+            _unlock(slot)
+            continue  # not enough free GPUs for this one; a later, smaller job may fit
+        pending.remove(job)
+        try:
+            if _still_ours(d, batch["batch_id"]):  # else a later launch took it over: never run it twice
+                gpu_ids = [index for index, _fd in gpus] if host_gpus is not None else None
+                _start_monitor(batch, job, slot[0][0], gpu_ids)
+                started += 1
+        finally:
+            _unlock(slot + gpus)  # the monitor keeps the locks (same open file descriptions)
+    return started
+
+
+def _gpus_of(batch: dict[str, Any], job: dict[str, Any]) -> int:
+    value = job.get("gpus")
+    return int(batch.get("gpus_per_job") or 0) if value is None else int(value)
+
+
+def _try_lock(slots_dir: Path, kind: str, count: int, wanted: int) -> list[tuple[int, int]] | None:
+    """``wanted`` of the lock files ``<kind>-0`` .. ``<kind>-<count-1>``, locked without waiting
+    (lowest free first), as ``(index, fd)``; None, with nothing kept locked, if fewer are free."""
     import fcntl
 
-    delay = 0.05
-    while True:
-        if cancelled.exists():
-            return None
-        for index in range(max_parallel):
-            fd = os.open(slots_dir / f"slot-{index}", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return index, fd
-            except OSError:
-                os.close(fd)
-        _reap_some()
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
+    taken: list[tuple[int, int]] = []
+    for index in range(count):
+        if len(taken) == wanted:
+            break
+        fd = os.open(slots_dir / f"{kind}-{index}", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken.append((index, fd))
+        except OSError:
+            os.close(fd)
+    if len(taken) < wanted:
+        _unlock(taken)
+        return None
+    return taken
+
+
+def _unlock(locks: list[tuple[int, int]]) -> None:
+    for _index, fd in locks:
+        os.close(fd)
+
+
+def _fail_unstartable(launcher_dir: Path, reason: str) -> None:
+    """A job that can never start here: its stderr says why and its exit status ends its wait."""
+    with contextlib.suppress(OSError):
+        with open(launcher_dir / STDERR, "a") as err:
+            err.write(f"[hydra-remote-launcher] not started: {reason}\n")
+        _atomic_write(launcher_dir / EXIT_STATUS, "2\n")
 
 
 def _reap_some() -> None:
@@ -241,28 +301,33 @@ def _reap_some() -> None:
             return
 
 
-def _start_monitor(batch: dict[str, Any], job: dict[str, Any], slot: int) -> None:
+def _start_monitor(batch: dict[str, Any], job: dict[str, Any], slot: int, gpu_ids: list[int] | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if os.fork() == 0:
         try:
-            _monitor_main(batch, job, slot)
+            _monitor_main(batch, job, slot, gpu_ids)
         finally:
             os._exit(0)
 
 
-def _job_env(batch: dict[str, Any], job: dict[str, Any], slot: int) -> dict[str, str]:
+def _job_env(batch: dict[str, Any], job: dict[str, Any], slot: int, gpu_ids: list[int] | None) -> dict[str, str]:
+    """The job's environment: ``CUDA_VISIBLE_DEVICES`` is the GPUs it holds (empty for a job
+    without GPUs on a host whose GPUs are counted), or, without a GPU count, GPUs
+    ``slot * gpus_per_job`` on."""
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in batch.get("env", {}).items()})
     env["HRL_JOB_ID"] = job["job_id"]
     env["HRL_SLOT"] = str(slot)
     gpus = int(batch.get("gpus_per_job") or 0)
-    if gpus > 0:
+    if gpu_ids is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+    elif gpus > 0:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * gpus + k) for k in range(gpus))
     return env
 
 
-def _monitor_main(batch: dict[str, Any], job: dict[str, Any], slot: int) -> None:
+def _monitor_main(batch: dict[str, Any], job: dict[str, Any], slot: int, gpu_ids: list[int] | None) -> None:
     """Leader of the job's process group: run the worker, record how it ended."""
     d = Path(job["launcher_dir"])
     os.setsid()
@@ -275,7 +340,7 @@ def _monitor_main(batch: dict[str, Any], job: dict[str, Any], slot: int) -> None
     code = 127
     with open(d / STDOUT, "wb") as out, open(d / STDERR, "wb") as err:
         try:
-            env = _job_env(batch, job, slot)
+            env = _job_env(batch, job, slot, gpu_ids)
             forked = _PRELOADED and "argv" not in job
             code = _fork_worker(batch, job, env, out, err) if forked else _exec_worker(batch, job, env, out, err)
         except BaseException:  # noqa: BLE001 - e.g. python not found: tell the user in stderr.log

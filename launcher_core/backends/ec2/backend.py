@@ -27,7 +27,7 @@ from launcher_core.backends.ec2.aws import (
     quiet_aws_loggers,
     root_volume_mapping,
 )
-from launcher_core.backends.ec2.placement import new_run_id, plan_groups
+from launcher_core.backends.ec2.placement import new_run_id, plan_typed_groups
 from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file, snapshot_filter
 from launcher_core.errors import BackendError, ConfigError
@@ -74,6 +74,7 @@ class Ec2Backend(Backend):
         self._sweep_payload_key: str | None = None
         self._block_devices: list[dict[str, Any]] = []
         self._reasons: dict[str, str] = {}
+        self._types_in_use: list[str] | None = None  # instance types the jobs of this launch need
 
     def stored_config(self) -> dict[str, Any]:
         """The settings :func:`from_config` rebuilds this backend from (kept in the state store).
@@ -259,6 +260,33 @@ class Ec2Backend(Backend):
         self.check_no_secrets(data, "the sweep payload (task function, Hydra config and context)")
         return data
 
+    # --- per-job resources ------------------------------------------------------------------
+    def resolve_resources(self, specs: Sequence[JobSpec]) -> None:
+        """``resources_from.instance_type``: each job's instance type from its config (checked to
+        look like one; whether the region offers it is the pre-flight's question)."""
+        from launcher_core.backends.ec2.settings import RESOURCES
+        from launcher_core.resources import read_job_resources
+
+        read_job_resources(specs, self.settings.resources_from, RESOURCES)
+        self._types_in_use = sorted({self._type_of(spec) for spec in specs})
+
+    def _type_of(self, spec: JobSpec) -> str:
+        return str(spec.resources.get("instance_type", self.settings.instance_type))
+
+    def instance_types_in_use(self) -> list[str]:
+        """The instance types the launch starts (``instance_type``, or the jobs' own)."""
+        return self._types_in_use or [self.settings.instance_type]
+
+    def _instance_groups(self, jobs: Sequence[JobSpec]) -> list[tuple[str, list[JobSpec]]]:
+        """(instance type, its jobs) per instance: jobs grouped by type, each type split as
+        ``jobs_per_instance`` and ``max_instances`` (over all types) say."""
+        from launcher_core.resources import resource_groups
+
+        typed: list[tuple[str, Sequence[JobSpec]]] = [
+            (self._type_of(specs[0]), specs) for _resources, specs in resource_groups(jobs)
+        ]
+        return plan_typed_groups(typed, self.settings.jobs_per_instance, self.settings.max_instances)
+
     # --- contract: submit -------------------------------------------------------------------
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
         """Upload the sweep payload and one plan per instance (its job table), start the
@@ -270,8 +298,10 @@ class Ec2Backend(Backend):
             return {}
         run = new_run_id()
         base = self._base(sweep.sweep_id)
-        groups = plan_groups(jobs, self.settings.jobs_per_instance, self.settings.max_instances)
+        typed = self._instance_groups(jobs)
+        groups = [group for _type, group in typed]
         names = [f"g{n:03d}" for n in range(len(groups))]
+        types = {name: instance_type for name, (instance_type, _group) in zip(names, typed)}
         self._upload_sweep_payload(base)
         entries = self._job_entries(sweep, base, run, dict(zip(names, groups)))
         plans = {name: self._plan(sweep, base, run, name, group, entries) for name, group in zip(names, groups)}
@@ -281,7 +311,7 @@ class Ec2Backend(Backend):
         launched: dict[str, str] = {}
         try:
             for name in names:
-                launched[name] = self._launch(sweep, base, run, name, plan_keys[name])
+                launched[name] = self._launch(sweep, base, run, name, plan_keys[name], types[name])
         except BaseException:
             self._undo_launch(list(launched.values()))
             raise
@@ -295,6 +325,7 @@ class Ec2Backend(Backend):
                 entry = entries[spec.job_id]
                 handles[spec.job_id] = {
                     "instance_id": launched[name],
+                    "instance_type": types[name],
                     "host": launched[name],
                     "sweep_id": sweep.sweep_id,
                     "run": run,
@@ -450,14 +481,17 @@ class Ec2Backend(Backend):
             raise ConfigError(f"even the user-data fetch stub exceeds 16 KB: shorten {setting_key('python')}")
         return stub
 
-    def _launch(self, sweep: SweepInfo, base: str, run: str, group: str, plan_key: str) -> str:
+    def _launch(self, sweep: SweepInfo, base: str, run: str, group: str, plan_key: str, instance_type: str) -> str:
         user_data = self.render_user_data(sweep, base, run, group, plan_key)
-        response = self._ec2_call("run_instances", **self._run_instances_args(sweep, run, group, user_data))
+        args = self._run_instances_args(sweep, run, group, user_data, instance_type)
+        response = self._ec2_call("run_instances", **args)
         instance_id = str(response["Instances"][0]["InstanceId"])
-        log.info("instance %s started for group %s of run %s", instance_id, group, run)
+        log.info("instance %s (%s) started for group %s of run %s", instance_id, instance_type, group, run)
         return instance_id
 
-    def _run_instances_args(self, sweep: SweepInfo, run: str, group: str, user_data: str) -> dict[str, Any]:
+    def _run_instances_args(
+        self, sweep: SweepInfo, run: str, group: str, user_data: str, instance_type: str | None = None
+    ) -> dict[str, Any]:
         s = self.settings
         tags = {
             "Name": f"hydra-{sweep.sweep_id}-{group}"[:255],
@@ -469,7 +503,7 @@ class Ec2Backend(Backend):
         tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
         args: dict[str, Any] = {
             "ImageId": s.ami,
-            "InstanceType": s.instance_type,
+            "InstanceType": instance_type or s.instance_type,
             "MinCount": 1,
             "MaxCount": 1,
             "UserData": user_data,

@@ -7,6 +7,7 @@ import secrets
 import time
 from collections.abc import Sequence
 
+from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobSpec
 
 
@@ -28,6 +29,29 @@ def plan_groups(jobs: Sequence[JobSpec], jobs_per_instance: int, max_instances: 
         groups.append(list(jobs[start:end]))
         start = end
     return groups
+
+
+def plan_typed_groups(
+    typed: Sequence[tuple[str, Sequence[JobSpec]]], jobs_per_instance: int, max_instances: int
+) -> list[tuple[str, list[JobSpec]]]:
+    """Instances for jobs of several instance types (``resources_from.instance_type``): each type
+    gets its own instances, ``max_instances`` in all. When the cap bites, every type keeps at
+    least one and the rest go, one at a time, to the type with the most jobs per instance."""
+    wanted = [math.ceil(len(specs) / jobs_per_instance) for _type, specs in typed]
+    caps = list(wanted)
+    if sum(wanted) > max_instances:
+        if len(typed) > max_instances:
+            types = ", ".join(t for t, _specs in typed)
+            raise ConfigError(
+                f"hydra.launcher.resources_from.instance_type: the jobs need {len(typed)} instance types ({types}), "
+                f"more than hydra.launcher.max_instances={max_instances} instances; raise max_instances"
+            )
+        caps = [1] * len(typed)
+        for _ in range(max_instances - len(typed)):
+            open_ = [i for i in range(len(typed)) if caps[i] < wanted[i]]
+            best = max(open_, key=lambda i: len(typed[i][1]) / caps[i])
+            caps[best] += 1
+    return [(t, group) for (t, specs), cap in zip(typed, caps) for group in plan_groups(specs, jobs_per_instance, cap)]
 
 
 def new_run_id() -> str:

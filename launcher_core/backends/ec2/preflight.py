@@ -24,7 +24,14 @@ def preflight(backend: Ec2Backend, request: PreflightRequest) -> list[Check]:
     s = backend.settings
     host = f"ec2 {s.region or 'default region'}"
     key = fingerprint(
-        "ec2", s.region, s.ami, s.s3_bucket, s.s3_prefix, s.iam_instance_profile, s.instance_type, s.endpoint_url
+        "ec2",
+        s.region,
+        s.ami,
+        s.s3_bucket,
+        s.s3_prefix,
+        s.iam_instance_profile,
+        backend.instance_types_in_use(),
+        s.endpoint_url,
     )
     if request.is_cached(host, key):
         return []
@@ -150,19 +157,25 @@ def _profile(backend: Ec2Backend, host: str, key: str) -> Check:
 
 
 def _instance_type(backend: Ec2Backend, host: str, key: str) -> Check:
-    instance_type = backend.settings.instance_type
+    """Every instance type the launch starts (``instance_type``, or each job's own with
+    ``resources_from``) is offered in the region: one call."""
+    types = backend.instance_types_in_use()
     offers = backend._ec2_call(
         "describe_instance_type_offerings",
         LocationType="region",
-        Filters=[{"Name": "instance-type", "Values": [instance_type]}],
+        Filters=[{"Name": "instance-type", "Values": types}],
     ).get("InstanceTypeOfferings", [])
-    if offers:
-        return Check("instance type", host, OK, f"{instance_type} is offered", "", key)
+    missing = [t for t in types if t not in {o.get("InstanceType") for o in offers}]
+    if not missing:
+        offered = f"{', '.join(types)} {'is' if len(types) == 1 else 'are'} offered"
+        return Check("instance type", host, OK, offered, "", key)
+    per_job = "instance_type" in backend.settings.resources_from and missing[0] != backend.settings.instance_type
+    name = "hydra.launcher.resources_from.instance_type (a job's)" if per_job else setting_key("instance_type")
     return Check(
         "instance type",
         host,
         FAIL,
-        f"{setting_key('instance_type')}={instance_type!r} is not offered in {backend.region}",
+        f"{name}={missing[0]!r} is not offered in {backend.region}",
         "pick a type this region offers (`aws ec2 describe-instance-type-offerings`) or another region",
         key,
     )

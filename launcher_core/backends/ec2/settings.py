@@ -13,6 +13,8 @@ from typing import Any
 
 from hydra_plugins.remote_launcher.config import Ec2LauncherConf
 from launcher_core.errors import ConfigError
+from launcher_core.resources import check_resources_from
+from launcher_core.resources import instance_type as instance_type_value
 from launcher_core.settings import setting_names, settings_from_mapping
 from launcher_core.validation import env_vars
 
@@ -23,6 +25,8 @@ CREDENTIAL_ENV_NAMES = frozenset(
 _AMI = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.compile(r"^subnet-[0-9a-f]+$")}
+#: what ``resources_from`` may set per job on ec2: jobs are grouped by instance type
+RESOURCES = {"instance_type": instance_type_value}
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Ec2Settings(Ec2LauncherConf):
         _validate_numbers(self)
         _validate_strings(self)
         _validate_env_and_tags(self)
+        self.resources_from = check_resources_from(self.resources_from, RESOURCES)
 
 
 def setting_key(name: str) -> str:

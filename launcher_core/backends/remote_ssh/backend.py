@@ -80,16 +80,22 @@ _SAFE_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_HOST_THREADS = 8
 
 
-def assign_to_hosts(jobs: Sequence[T], weights: Sequence[int]) -> list[list[T]]:
-    """Spread jobs over hosts in proportion to their slots (smooth weighted round robin)."""
+def assign_to_hosts(
+    jobs: Sequence[T], weights: Sequence[int], fits: Callable[[T, int], bool] | None = None
+) -> list[list[T]]:
+    """Spread jobs over hosts in proportion to their slots (smooth weighted round robin), each
+    job among the hosts it ``fits`` on (all by default; a job that fits none is the caller's to
+    refuse first: it goes to the first host)."""
     buckets: list[list[T]] = [[] for _ in weights]
     current = [0] * len(weights)
-    total = sum(weights)
+    everywhere = list(range(len(weights)))
     for job in jobs:
-        for i, w in enumerate(weights):
-            current[i] += w
-        best = max(range(len(weights)), key=lambda i: current[i])
-        current[best] -= total
+        hosts = [i for i in everywhere if fits(job, i)] if fits is not None else everywhere
+        hosts = hosts or everywhere[:1]
+        for i in hosts:
+            current[i] += weights[i]
+        best = max(hosts, key=lambda i: current[i])
+        current[best] -= sum(weights[i] for i in hosts)
         buckets[best].append(job)
     return buckets
 
@@ -179,11 +185,42 @@ class RemoteSSHBackend(Backend):
         if state.commit:
             log.info("code: %s at %s%s", code_dir, state.commit[:12], " (dirty)" if state.dirty else "")
 
+    def resolve_resources(self, specs: Sequence[JobSpec]) -> None:
+        """``resources_from.gpus_per_job``: each job's GPU count from its config; a job asking for
+        more GPUs than any host has (``gpus``) is refused, naming the job, the key and the hosts."""
+        from launcher_core.backends.remote_ssh.settings import RESOURCES
+        from launcher_core.resources import read_job_resources
+
+        resources_from = dict(self.settings.resources_from)
+        read_job_resources(specs, resources_from, RESOURCES)
+        if not self.settings.per_job_gpus:
+            return
+        most = max(h.gpus or 0 for h in self.settings.hosts)
+        for spec in specs:
+            wanted = self._gpus_of(spec)
+            if wanted > most:
+                hosts = ", ".join(f"{h.address.label}: {h.gpus}" for h in self.settings.hosts)
+                raise ConfigError(
+                    f"job #{spec.idx} ({' '.join(spec.overrides) or 'no overrides'}): "
+                    f"hydra.launcher.resources_from.gpus_per_job: {resources_from['gpus_per_job']} asks for "
+                    f"{wanted} GPUs, more than any host has ({hosts}; hydra.launcher.gpus / hosts[i].gpus). "
+                    "Nothing was started."
+                )
+
+    def _gpus_of(self, spec: JobSpec) -> int:
+        """GPUs the job needs: its own (``resources_from``) or ``gpus_per_job``."""
+        return int(spec.resources.get("gpus_per_job", self.settings.gpus_per_job))
+
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
         if self._sweep is None:
             raise BackendError("remote_ssh: submit() before prepare()")
         hosts = self.settings.hosts
-        buckets = assign_to_hosts(list(jobs), [h.max_parallel for h in hosts])
+
+        def fits(spec: JobSpec, i: int) -> bool:
+            gpus = hosts[i].gpus
+            return gpus is None or self._gpus_of(spec) <= gpus
+
+        buckets = assign_to_hosts(list(jobs), [h.max_parallel for h in hosts], fits)
         work = {h.address.label: specs for h, specs in zip(hosts, buckets) if specs}
         self._ensure_masters(work)
         unprepared = self._prepare_hosts(work, len(jobs))
@@ -501,9 +538,9 @@ class RemoteSSHBackend(Backend):
             (spec.launcher_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not be collected
             # the batch file is also the job table: the job composes its config from its entry there
             job = job_entry(spec.idx, spec.overrides, f"{launcher_dir}/{RESULT_FILE}", state.sweep_dir, rel)
-            job.update(job_id=spec.job_id, launcher_dir=launcher_dir, index=index)
+            job.update(job_id=spec.job_id, launcher_dir=launcher_dir, index=index, gpus=self._gpus_of(spec))
             if self.settings.container is not None:
-                job["argv"] = self._container_argv(state, sweep_payload, batch_file, index)
+                job["argv"] = self._container_argv(state, sweep_payload, batch_file, index, self._gpus_of(spec))
             jobs.append(job)
             handles[spec.job_id] = {
                 "host": state.settings.address.label,
@@ -526,6 +563,7 @@ class RemoteSSHBackend(Backend):
             "slots_dir": f"{state.remote_dir}/slots/{_host_key(state.settings.address.label)}",
             "max_parallel": state.settings.max_parallel,
             "gpus_per_job": self.settings.gpus_per_job,
+            "gpus": state.settings.gpus,  # known: the runner hands out free GPU ids (runtime/runner.py)
             "cwd": state.snapshot,
             "sweep_payload": sweep_payload,
             "table": batch_file,
@@ -543,7 +581,7 @@ class RemoteSSHBackend(Backend):
             spec.release_config()
         return self._runtime_cwd[0]
 
-    def _container_argv(self, state: _HostState, sweep_payload: str, table: str, index: int) -> list[str]:
+    def _container_argv(self, state: _HostState, sweep_payload: str, table: str, index: int, gpus: int) -> list[str]:
         """The job's command on ``state``'s host: the worker run by the image's Python inside the
         container, with the snapshot and the remote sweep dir bound (payloads in, results out)."""
         container = self.settings.container
@@ -551,8 +589,7 @@ class RemoteSSHBackend(Backend):
         on_host = dataclasses.replace(container, image=state.container_image)
         argv = [python_for(on_host, self.settings.python), "-m", "launcher_core.runtime.remote_worker"]
         binds = job_binds([state.snapshot, state.sweep_dir, *self._pythonpath(state)])
-        gpus = self.settings.gpus_per_job > 0
-        return wrap_command([*argv, sweep_payload, table, str(index)], on_host, binds, gpus_requested=gpus)
+        return wrap_command([*argv, sweep_payload, table, str(index)], on_host, binds, gpus_requested=gpus > 0)
 
     def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
         conn = self._conn(label)

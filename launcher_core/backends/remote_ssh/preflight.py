@@ -69,7 +69,7 @@ def _checked_settings(settings: RemoteSSHSettings, host: HostSettings) -> dict[s
         "prepare_commands": list(settings.prepare_commands),
         "remote_dir": host.remote_dir or settings.remote_dir,
         "min_free_gb": settings.min_free_gb,
-        "gpus": [settings.gpus_per_job, host.max_parallel],
+        "gpus": [settings.gpus_per_job, host.max_parallel, host.gpus, settings.per_job_gpus],
         "container": container,
         "rsync_path": settings.ssh.rsync_path,
         "ssh_config": settings.ssh.ssh_config,
@@ -131,7 +131,7 @@ def preflight_script(settings: RemoteSSHSettings, remote_dir: str) -> str:
         '  cd "$rd/snapshots/$l"; else cd "$HOME"; fi',
         *_environment_lines(settings),
     ]
-    if settings.gpus_per_job > 0:  # after the environment: `module load cuda` may bring it
+    if settings.uses_gpus:  # after the environment: `module load cuda` may bring it
         lines += [
             "if command -v nvidia-smi >/dev/null 2>&1; then",
             "  printf 'HRL gpus=%s\\n' \"$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')\"",
@@ -177,7 +177,7 @@ def evaluate(settings: RemoteSSHSettings, host: HostSettings, remote_dir: str, a
     rows = [Check("reachable", label, OK, "ssh works", "", key)]
     rows.append(_rsync_row(settings, label, info, key))
     rows.append(_disk_row(settings, label, remote_dir, info, key))
-    if settings.gpus_per_job > 0:
+    if _gpus_needed(settings, host)[0] > 0:
         rows.append(_gpu_row(settings, host, info, key))
     if settings.container is not None:
         rows += _container_rows(settings, label, info, key)
@@ -218,11 +218,24 @@ def _disk_row(settings: RemoteSSHSettings, label: str, remote_dir: str, info: di
     )
 
 
+def _gpus_needed(settings: RemoteSSHSettings, host: HostSettings) -> tuple[int, str, str]:
+    """GPUs the host must show (its declared ``gpus``, else max_parallel x gpus_per_job), why,
+    and the fix when it shows fewer (``COUNT``: what it shows)."""
+    if host.gpus is not None:
+        return (
+            host.gpus,
+            f"its declared gpus={host.gpus} (hydra.launcher.gpus / hosts[i].gpus)",
+            f"set the gpus of {host.address.label} to COUNT",
+        )
+    needed = host.max_parallel * settings.gpus_per_job
+    why = f"max_parallel={host.max_parallel} x gpus_per_job={settings.gpus_per_job} needs {needed}"
+    return needed, why, f"lower max_parallel of {host.address.label} to QUOTIENT or hydra.launcher.gpus_per_job"
+
+
 def _gpu_row(settings: RemoteSSHSettings, host: HostSettings, info: dict[str, str], key: str) -> Check:
     label = host.address.label
-    needed = host.max_parallel * settings.gpus_per_job
+    needed, why, fix = _gpus_needed(settings, host)
     seen = info.get("gpus", "missing")
-    why = f"max_parallel={host.max_parallel} x gpus_per_job={settings.gpus_per_job} needs {needed}"
     if seen == "missing":
         return Check(
             "gpus",
@@ -235,12 +248,13 @@ def _gpu_row(settings: RemoteSSHSettings, host: HostSettings, info: dict[str, st
     count = int(seen) if seen.isdigit() else 0
     if count >= needed:
         return Check("gpus", label, OK, f"{count} GPUs visible", "", key)
+    quotient = count // settings.gpus_per_job if settings.gpus_per_job else 0
     return Check(
         "gpus",
         label,
         FAIL,
         f"nvidia-smi -L lists {count} GPUs; {why}",
-        f"lower max_parallel of {label} to {count // settings.gpus_per_job} or hydra.launcher.gpus_per_job",
+        fix.replace("COUNT", str(count)).replace("QUOTIENT", str(quotient)),
         key,
     )
 

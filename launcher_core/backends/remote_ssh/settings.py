@@ -15,6 +15,7 @@ from launcher_core.container import Container, container_from_config
 from launcher_core.errors import ConfigError
 from launcher_core.remote.paths import check_remote_dir
 from launcher_core.remote.ssh import HostAddress, SSHOptions
+from launcher_core.resources import check_resources_from, gpu_count
 from launcher_core.settings import reject_unknown
 from launcher_core.validation import env_vars
 
@@ -23,11 +24,16 @@ log = logging.getLogger("launcher_core.remote_ssh")
 ENV_SETUPS = ("none", "uv", "conda")
 
 
+#: what ``resources_from`` may set per job on remote_ssh
+RESOURCES = {"gpus_per_job": gpu_count}
+
+
 @dataclass(frozen=True)
 class HostSettings:
     address: HostAddress
     max_parallel: int
     remote_dir: str | None = None
+    gpus: int | None = None  # GPUs of the host; known: jobs get free GPU ids (lock files), none shared
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class RemoteSSHSettings:
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
     notify: str | None = None
+    resources_from: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
@@ -72,6 +79,7 @@ class RemoteSSHSettings:
         d, de = RemoteSSHLauncherConf(), RemoteSSHEnvConf()
         v = _Validator(cfg, prefix)
         default_parallel = v.integer("max_parallel", d.max_parallel, minimum=1)
+        default_gpus = None if cfg.get("gpus") is None else v.integer("gpus", 0, minimum=0)
         ssh = SSHOptions(
             ssh_config=v.optional_path("ssh_config"),
             connect_timeout_s=v.number("connect_timeout_s", d.connect_timeout_s),
@@ -91,7 +99,7 @@ class RemoteSSHSettings:
         reject_unknown(RemoteSSHEnvConf, env, "remote_ssh", f"{prefix}.env")
         ev = _Validator(env, f"{prefix}.env")
         settings = cls(
-            hosts=_parse_hosts(cfg.get("hosts"), default_parallel, f"{prefix}.hosts"),
+            hosts=_parse_hosts(cfg.get("hosts"), default_parallel, f"{prefix}.hosts", default_gpus),
             ssh=ssh,
             remote_dir=v.optional_remote_path("remote_dir"),
             code_dir=v.optional_str("code_dir"),
@@ -117,10 +125,22 @@ class RemoteSSHSettings:
             auto_pull=v.boolean("auto_pull", d.auto_pull),
             auto_pull_interval_s=v.number("auto_pull_interval_s", d.auto_pull_interval_s),
             notify=v.optional_str("notify"),
+            resources_from=tuple(check_resources_from(cfg.get("resources_from"), RESOURCES, prefix).items()),
         )
         if settings.env_setup == "conda" and not settings.conda_env:
             raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
+        _check_gpus(settings, prefix)
         return settings
+
+    @property
+    def per_job_gpus(self) -> bool:
+        """Whether each job's GPU count comes from its config (``resources_from.gpus_per_job``)."""
+        return any(key == "gpus_per_job" for key, _path in self.resources_from)
+
+    @property
+    def uses_gpus(self) -> bool:
+        """Whether jobs may get GPUs (checked by the pre-flight with ``nvidia-smi -L``)."""
+        return self.gpus_per_job > 0 or self.per_job_gpus or any(h.gpus for h in self.hosts)
 
     def stored_config(self) -> dict[str, Any]:
         """What a separate process needs to poll, fetch and cancel these jobs later.
@@ -131,6 +151,7 @@ class RemoteSSHSettings:
         return {
             "hosts": [
                 {"host": h.address.label, "max_parallel": h.max_parallel, "remote_dir": h.remote_dir}
+                | ({"gpus": h.gpus} if h.gpus is not None else {})
                 for h in self.hosts
             ],
             "ssh_config": self.ssh.ssh_config,
@@ -238,7 +259,7 @@ class _Validator:
         return tuple(value)
 
 
-def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSettings, ...]:
+def _parse_hosts(value: Any, default_parallel: int, key: str, default_gpus: int | None) -> tuple[HostSettings, ...]:
     if value is None or (isinstance(value, Sequence) and not isinstance(value, str) and not value):
         raise ConfigError(f"{key} is empty: name at least one host, e.g. {key}=[gpu1] or {key}=[user@host:22]")
     items = [value] if isinstance(value, (str, Mapping)) else list(value)
@@ -246,17 +267,21 @@ def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSetti
     for i, item in enumerate(items):
         where = f"{key}[{i}]"
         if isinstance(item, str):
-            hosts.append(HostSettings(HostAddress.parse(item, where), default_parallel))
+            hosts.append(HostSettings(HostAddress.parse(item, where), default_parallel, gpus=default_gpus))
         elif isinstance(item, Mapping):
-            unknown = set(item) - {"host", "max_parallel", "remote_dir"}
+            unknown = set(item) - {"host", "max_parallel", "remote_dir", "gpus"}
             if unknown:
-                raise ConfigError(f"{where} has unknown keys {sorted(unknown)}: use host, max_parallel, remote_dir")
+                raise ConfigError(
+                    f"{where} has unknown keys {sorted(unknown)}: use host, max_parallel, remote_dir, gpus"
+                )
             v = _Validator(item, where)
+            gpus = default_gpus if item.get("gpus") is None else v.integer("gpus", 0, minimum=0)
             hosts.append(
                 HostSettings(
                     HostAddress.parse(v.text("host", ""), f"{where}.host"),
                     v.integer("max_parallel", default_parallel, minimum=1),
                     v.optional_remote_path("remote_dir"),
+                    gpus,
                 )
             )
         else:
@@ -266,6 +291,22 @@ def _parse_hosts(value: Any, default_parallel: int, key: str) -> tuple[HostSetti
     if dupes:
         raise ConfigError(f"{key} names {dupes} more than once: give each host once, with its max_parallel")
     return tuple(hosts)
+
+
+def _check_gpus(settings: RemoteSSHSettings, prefix: str) -> None:
+    """Per-job GPU counts need each host's GPU count; a fixed ``gpus_per_job`` must fit every host
+    whose count is known."""
+    for i, host in enumerate(settings.hosts):
+        if settings.per_job_gpus and host.gpus is None:
+            raise ConfigError(
+                f"{prefix}.resources_from.gpus_per_job needs the GPU count of every host: set {prefix}.gpus "
+                f"(all hosts) or {prefix}.hosts[{i}].gpus for {host.address.label}"
+            )
+        if not settings.per_job_gpus and host.gpus is not None and settings.gpus_per_job > host.gpus:
+            raise ConfigError(
+                f"{prefix}.gpus_per_job={settings.gpus_per_job} but {host.address.label} has "
+                f"{host.gpus} GPUs ({prefix}.hosts[{i}].gpus or {prefix}.gpus)"
+            )
 
 
 def _parse_container(value: Any, key: str) -> Container | None:

@@ -30,12 +30,13 @@ from launcher_core.backends.slurm.sbatch import (
     TIMEOUTS_FILE,
     Chunk,
     job_argv,
-    plan_chunks,
+    plan_grouped_chunks,
     render_script,
+    resource_text,
 )
 from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 from launcher_core.container import job_binds
-from launcher_core.errors import BackendError, SubmitError
+from launcher_core.errors import BackendError, ConfigError, LauncherError, SubmitError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobStatus, SweepInfo
 
 if TYPE_CHECKING:
@@ -105,10 +106,20 @@ class SlurmBackend(Backend):
         self._sweep_payload = path
         return path
 
+    def resolve_resources(self, specs: Sequence[JobSpec]) -> None:
+        """``resources_from``: each job's own values (checked, see ``options.RESOURCES``); whether
+        the cluster can run each resource group is asked with ``sbatch --test-only`` at submission."""
+        from launcher_core.backends.slurm.options import RESOURCES
+        from launcher_core.resources import read_job_resources
+
+        read_job_resources(specs, self.options.resources_from, RESOURCES)
+
     def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
         """One ``sbatch`` per chunk of at most MaxArraySize tasks, each submitted as soon as its
         job table and script are written (the first jobs start while later chunks are prepared);
-        handles of every job submitted.
+        handles of every job submitted. With ``resources_from`` (one array per resource group)
+        every script is written first and each group is tried with ``sbatch --test-only``: a
+        group the cluster cannot run stops the launch with nothing submitted.
 
         If a later chunk cannot be submitted, :class:`SubmitError` carries the handles of the
         chunks that were (they run and are tracked; a relaunch submits only the rest).
@@ -117,26 +128,48 @@ class SlurmBackend(Backend):
             return {}
         self._remove_stale_files(jobs)
         self._write_sweep_payload()
-        table = self._write_job_table(jobs)
         chunks = self.plan_chunks(jobs)
+        table = self._write_job_table(jobs, [s for c in chunks for s in c.specs])
         throttle = len(chunks) > 1 and sum(c.tasks for c in chunks) > self.options.array_parallelism
+        written = self._write_all_and_test(chunks, table) if self.options.resources_from else {}
         handles: dict[str, dict[str, Any]] = {}
         previous: str | None = None
         for chunk in chunks:
             try:
-                script = self._write_chunk(chunk, table)
-                files = [self._sweep_payload, table, script] if chunk.number == 0 else [script]
-                self.site.upload([f for f in files if f is not None], [self._cluster_dirs(s)[1] for s in chunk.specs])
+                script = written.get(chunk.number)
+                if script is None:
+                    script = self._write_chunk(chunk, table)
+                    files = [self._sweep_payload, table, script] if chunk.number == 0 else [script]
+                    dirs = [self._cluster_dirs(s)[1] for s in chunk.specs]
+                    self.site.upload([f for f in files if f is not None], dirs)
                 array_id = self._sbatch(
                     self._on_cluster(script), after=previous if throttle else None, dependency=self._waits_for(chunk)
                 )
-            except BackendError as exc:
+            except LauncherError as exc:
                 if not handles:
                     raise
                 raise SubmitError(f"{exc}; {len(handles)} of {len(jobs)} jobs were submitted before", handles) from exc
             previous = array_id
             handles.update(self._handles(chunk, array_id))
         return handles
+
+    def _write_all_and_test(self, chunks: Sequence[Chunk], table: Path) -> dict[int, Path]:
+        """Write (and upload) every chunk's script, then ``sbatch --test-only`` the first array of
+        each resource group: Slurm says whether the cluster has such nodes (GPUs, memory, time
+        limit of the partition) without submitting anything."""
+        written = {chunk.number: self._write_chunk(chunk, table) for chunk in chunks}
+        files = [p for p in (self._sweep_payload, table, *written.values()) if p is not None]
+        self.site.upload(files, [self._cluster_dirs(s)[1] for c in chunks for s in c.specs])
+        tested: set[int] = set()
+        for chunk in chunks:
+            if chunk.group in tested:
+                continue
+            tested.add(chunk.group)
+            proc = self.commands.run(["sbatch", "--test-only", self._on_cluster(written[chunk.number])])
+            if proc.returncode != 0:
+                jobs = [s for c in chunks if c.group == chunk.group for s in c.specs]
+                raise ConfigError(_refused_group(chunk, jobs, proc.stderr.strip() or proc.stdout.strip(), len(chunks)))
+        return written
 
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
         """One ``sacct`` for all jobs (``squeue`` + exit files for what it does not know)."""
@@ -241,22 +274,32 @@ class SlurmBackend(Backend):
         return max(1, min(by_time, by_parallelism))
 
     def plan_chunks(self, jobs: Sequence[JobSpec]) -> list[Chunk]:
-        return plan_chunks(jobs, self.max_array_size(), self.jobs_per_task(len(jobs)))
+        """The arrays: one resource group (``resources_from``; all jobs without it) after the
+        other, each split at MaxArraySize."""
+        if self.options.resources_from:
+            from launcher_core.resources import resource_groups
+
+            groups = resource_groups(jobs)
+        else:
+            groups = [({}, list(jobs))]
+        return plan_grouped_chunks(groups, self.max_array_size(), self.jobs_per_task)
 
     def write_scripts(self, jobs: Sequence[JobSpec]) -> list[tuple[Chunk, Path]]:
         """Write every chunk's job table and sbatch script (cluster paths); submit nothing."""
         self._write_sweep_payload()
-        table = self._write_job_table(jobs)
-        return [(chunk, self._write_chunk(chunk, table)) for chunk in self.plan_chunks(jobs)]
+        chunks = self.plan_chunks(jobs)
+        table = self._write_job_table(jobs, [s for c in chunks for s in c.specs])
+        return [(chunk, self._write_chunk(chunk, table)) for chunk in chunks]
 
-    def _write_job_table(self, jobs: Sequence[JobSpec]) -> Path:
+    def _write_job_table(self, jobs: Sequence[JobSpec], order: Sequence[JobSpec]) -> Path:
         """One job table for the jobs submitted now (``jobs<first>-<last>.json``: each job's number,
-        overrides and result path, a few hundred bytes each); each job composes its own config
-        from its entry where it runs, so nothing is written into the job dirs before submission."""
+        overrides and result path, a few hundred bytes each), in ``order`` (resource group after
+        group: each array's jobs are consecutive entries); each job composes its own config from
+        its entry where it runs, so nothing is written into the job dirs before submission."""
         from launcher_core.runtime.worker import atomic_write_bytes, job_table_bytes
 
         table = self.slurm_dir / f"jobs{jobs[0].idx}-{jobs[-1].idx}.json"
-        atomic_write_bytes(table, job_table_bytes([self._job_entry(s) for s in jobs]))
+        atomic_write_bytes(table, job_table_bytes([self._job_entry(s) for s in order]))
         return table
 
     def _write_chunk(self, chunk: Chunk, table: Path) -> Path:
@@ -265,8 +308,9 @@ class SlurmBackend(Backend):
         from launcher_core.runtime.worker import atomic_write_bytes
 
         assert self._sweep is not None and self._sweep_payload is not None, "_write_sweep_payload() first"
+        options = self.options.for_resources(chunk.resources)
         argv = job_argv(
-            self.options,
+            options,
             self._on_cluster(self._sweep_payload),
             self._on_cluster(table),
             self._binds(chunk.specs),
@@ -275,7 +319,7 @@ class SlurmBackend(Backend):
             chunk.jobs_per_task,
         )
         text = render_script(
-            options=self.options,
+            options=options,
             chunk=chunk,
             sweep_id=self._sweep.sweep_id,
             code_dir=self.site.code_dir,
@@ -284,6 +328,10 @@ class SlurmBackend(Backend):
             argv=argv,
             pythonpath=self.site.pythonpath,
             job_env=self.site.job_env,
+            template_vars={
+                "job_table": self._on_cluster(table),
+                "sweep_payload": self._on_cluster(self._sweep_payload),
+            },
         )
         path = self.slurm_dir / chunk.script_name
         atomic_write_bytes(path, text.encode(), mode=0o600)  # may hold `env` values: owner-only
@@ -323,8 +371,14 @@ class SlurmBackend(Backend):
             where,
             chunks[0][1] if chunks else "SCRIPT",
         )
+        if self.options.sbatch_template:
+            log.info("dry run: scripts rendered with hydra.launcher.sbatch_template=%s", self.options.sbatch_template)
+        for line in _group_lines([c for c, _path in chunks]):
+            log.info("dry run: %s", line)
         return {
-            spec.job_id: DryRunResult(str(script), chunk.task_of(i), str(spec.output_dir))
+            spec.job_id: DryRunResult(
+                str(script), chunk.task_of(i), str(spec.output_dir), resource_text(chunk.resources)
+            )
             for chunk, script in chunks
             for i, spec in enumerate(chunk.specs)
         }
@@ -382,7 +436,7 @@ class SlurmBackend(Backend):
                 "chunk_offset": chunk.offset,
                 "launcher_dir": f"{job_dir}/{LAUNCHER_DIR}",
                 "submitted_at": now,
-                "timeout_min": self.options.timeout_min,
+                "timeout_min": self.options.for_resources(chunk.resources).timeout_min,
             }
             if chunk.jobs_per_task > 1:  # its state comes from its own exit file, the task's from sacct
                 handle["packed"] = chunk.jobs_per_task
@@ -426,11 +480,45 @@ def from_config(config: Mapping[str, Any]) -> SlurmBackend:
 
 @dataclass(frozen=True)
 class DryRunResult:
-    """Return value of a job in a dry run: the script and array index that would run it."""
+    """Return value of a job in a dry run: the script and array index that would run it (and its
+    resources from ``resources_from``, if any)."""
 
     script: str
     array_index: int
     output_dir: str
+    resources: str = ""
 
     def __str__(self) -> str:
-        return f"<dry run: array index {self.array_index} of {self.script} -> {self.output_dir}>"
+        extra = f" with {self.resources}" if self.resources else ""
+        return f"<dry run: array index {self.array_index} of {self.script}{extra} -> {self.output_dir}>"
+
+
+def _group_lines(chunks: Sequence[Chunk]) -> list[str]:
+    """One line per resource group (``resources_from``): its resources, jobs and scripts."""
+    groups: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        if chunk.resources:
+            groups.setdefault(chunk.group, []).append(chunk)
+    lines = []
+    for number, members in groups.items():
+        jobs = [s.idx for c in members for s in c.specs]
+        lines.append(
+            f"resource group {number + 1} ({resource_text(members[0].resources)}): {len(jobs)} jobs "
+            f"({_job_numbers(jobs)}) in {', '.join(c.script_name for c in members)}"
+        )
+    return lines
+
+
+def _job_numbers(nums: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(f"#{n}" for n in nums[:limit])
+    return shown + (f", ... ({len(nums) - limit} more)" if len(nums) > limit else "")
+
+
+def _refused_group(chunk: Chunk, jobs: Sequence[JobSpec], answer: str, n_chunks: int) -> str:
+    first = jobs[0]
+    return (
+        f"hydra.launcher.resources_from: Slurm cannot run the jobs asking for {resource_text(chunk.resources)} "
+        f"(jobs {_job_numbers([s.idx for s in jobs])}; the first is #{first.idx}: "
+        f"{' '.join(first.overrides) or 'no overrides'}): sbatch --test-only says: {answer}. "
+        f"None of the {n_chunks} arrays was submitted; change those jobs' config values or the cluster settings."
+    )

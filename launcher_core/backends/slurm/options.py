@@ -12,6 +12,15 @@ from typing import Any
 from hydra_plugins.remote_launcher.config import ContainerConf, SlurmArrayLauncherConf
 from launcher_core.container import container_from_config
 from launcher_core.errors import ConfigError
+from launcher_core.resources import (
+    Parser,
+    check_resources_from,
+    gpu_count,
+    memory_gb,
+    minutes,
+    positive_int,
+    slurm_name,
+)
 from launcher_core.settings import settings_from_mapping
 from launcher_core.validation import check_optional_positive, check_positive, env_vars
 
@@ -27,6 +36,20 @@ _SBATCH_TEXT_KEYS = (
     "mem_per_cpu",
     "account",
 )
+
+#: what ``resources_from`` may set per job, and how each value is checked before it reaches an
+#: ``#SBATCH`` line (numbers as numbers; names letters, digits and ``_.:,+-`` only)
+RESOURCES: dict[str, Parser] = {
+    "timeout_min": minutes,
+    "mem_gb": memory_gb,
+    "gpus_per_node": gpu_count,
+    "gpus_per_task": positive_int,
+    "cpus_per_task": positive_int,
+    "cpus_per_gpu": positive_int,
+    "partition": slurm_name,
+    "constraint": slurm_name,
+    "gres": slurm_name,
+}
 
 
 @dataclass
@@ -63,6 +86,7 @@ class SlurmOptions(SlurmArrayLauncherConf):
 
         check_dependency_settings(self, p)
         self._check_packing(p)
+        self.resources_from = check_resources_from(self.resources_from, RESOURCES, p)
         if self.name == SlurmArrayLauncherConf.name:  # not resolved: built without Hydra (pull, tests)
             self.name = "hydra"
         _line(f"{p}.name", self.name)
@@ -85,6 +109,28 @@ class SlurmOptions(SlurmArrayLauncherConf):
             host = _line(f"{p}.login_host", self.login_host)
             if host.startswith("-") or any(c.isspace() for c in host):
                 raise ConfigError(f"{p}.login_host must be an SSH host or alias, got {host!r}")
+        if self.sbatch_template is not None:
+            from launcher_core.backends.slurm.template import probe_template, template_path
+
+            self.sbatch_template = template_path(self.sbatch_template)
+            probe_template(self)  # a template error stops the launch here, before anything is written
+
+    def for_resources(self, resources: Mapping[str, Any]) -> SlurmOptions:
+        """These options with one resource group's per-job values (``resources_from``) in place;
+        ``gpus_per_node: 0`` asks for no GPU at all."""
+        if not resources:
+            return self
+        values = dict(resources)
+        if values.get("gpus_per_node") == 0:
+            values["gpus_per_node"] = None
+        return dataclasses.replace(self, **values)
+
+    def resources_view(self) -> dict[str, Any]:
+        """The resources of a script (what an ``sbatch_template`` sees as ``resources``)."""
+        return {name: getattr(self, name) for name in RESOURCES} | {
+            "nodes": self.nodes,
+            "tasks_per_node": self.tasks_per_node,
+        }
 
     def _check_packing(self, p: str) -> None:
         check_optional_positive(f"{p}.expected_job_s", self.expected_job_s)

@@ -4,8 +4,8 @@ files it keeps in each job's launcher dir; see docs/slurm.md ("The batch script"
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from launcher_core.backends.slurm.options import SlurmOptions
@@ -35,6 +35,8 @@ class Chunk:
     offset: int
     specs: list[JobSpec]
     jobs_per_task: int = 1
+    group: int = 0  # 0-based resource group (jobs with the same ``resources_from`` values)
+    resources: dict[str, Any] = field(default_factory=dict)  # the group's per-job resources
 
     @property
     def name(self) -> str:
@@ -62,6 +64,26 @@ def plan_chunks(specs: Sequence[JobSpec], max_array_size: int, jobs_per_task: in
     return [
         Chunk(n, len(starts), start, list(specs[start : start + size]), per_task) for n, start in enumerate(starts)
     ]
+
+
+def plan_grouped_chunks(
+    groups: Sequence[tuple[dict[str, Any], Sequence[JobSpec]]],
+    max_array_size: int,
+    jobs_per_task: Callable[[int], int],
+) -> list[Chunk]:
+    """One array (or more, split at ``max_array_size``) per resource group; the job table lists
+    the groups one after the other, so each chunk's offset counts the groups before it."""
+    chunks: list[Chunk] = []
+    offset = 0
+    for number, (resources, specs) in enumerate(groups):
+        for chunk in plan_chunks(specs, max_array_size, jobs_per_task(len(specs))):
+            chunk.offset += offset
+            chunk.group, chunk.resources = number, dict(resources)
+            chunks.append(chunk)
+        offset += len(specs)
+    for number, chunk in enumerate(chunks):
+        chunk.number, chunk.total = number, len(chunks)
+    return chunks
 
 
 def _sbatch_line(name: str, value: Any) -> str:
@@ -104,30 +126,76 @@ def render_script(
     argv: Sequence[str],
     pythonpath: Sequence[str] = (),
     job_env: Mapping[str, str] | None = None,
+    template_vars: Mapping[str, Any] | None = None,
 ) -> str:
     """The sbatch script of one chunk (a job array).
 
     Every value that comes from the config is either an ``#SBATCH`` option (validated to be a
     single line, quoted) or quoted with ``shlex.quote``; ``setup`` lines are shell by design.
+    With ``sbatch_template`` the site's Jinja2 template renders it from the same blocks and the
+    result is checked to keep the launcher's own parts (:mod:`.template`).
     """
-    first, last = chunk.specs[0].idx, chunk.specs[-1].idx
-    n = chunk.tasks
     sbatch = dict(options.sbatch_options())
-    sbatch["array"] = f"0-{n - 1}%{min(n, options.array_parallelism)}"
+    sbatch["array"] = f"0-{chunk.tasks - 1}%{min(chunk.tasks, options.array_parallelism)}"
     sbatch["output"] = f"{log_dir}/%A.log"
     sbatch["chdir"] = code_dir
-    lines = [
-        "#!/bin/bash",
-        f"# hydra-remote-launcher: sweep {sweep_id}, jobs #{first}-#{last}",
+    parts = script_parts(options, chunk, sweep_id, sbatch, log_dir, launcher_dirs, argv, pythonpath, job_env or {})
+    if not options.sbatch_template:
+        return "".join(parts.values())
+    from launcher_core.backends.slurm.template import render_template
+
+    variables = {
+        "sweep_id": sweep_id,
+        "sbatch_options": sbatch,
+        "array": sbatch["array"],
+        "resources": options.resources_view(),
+        "job_resources": dict(chunk.resources),
+        "chunk": {
+            "number": chunk.number,
+            "total": chunk.total,
+            "group": chunk.group,
+            "tasks": chunk.tasks,
+            "jobs_per_task": chunk.jobs_per_task,
+            "first_job": chunk.specs[0].idx,
+            "last_job": chunk.specs[-1].idx,
+            "offset": chunk.offset,
+        },
+        "code_dir": code_dir,
+        "log_dir": log_dir,
+        "command": run_command(options, argv),
+        **(template_vars or {}),
+    }
+    return render_template(options.sbatch_template, parts, variables)
+
+
+#: the script's blocks, in order; an ``sbatch_template`` may override any of them (docs/slurm.md)
+BLOCKS = ("shebang", "comment", "sbatch", "trap", "job_dir", "environment", "setup", "run")
+
+
+def script_parts(
+    options: SlurmOptions,
+    chunk: Chunk,
+    sweep_id: str,
+    sbatch: Mapping[str, Any],
+    log_dir: str,
+    launcher_dirs: Sequence[str],
+    argv: Sequence[str],
+    pythonpath: Sequence[str],
+    job_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The script's text by block (:data:`BLOCKS`), each ending with a newline (or empty)."""
+    first, last = chunk.specs[0].idx, chunk.specs[-1].idx
+    group = f", resource group {chunk.group + 1}: {resource_text(chunk.resources)}" if chunk.resources else ""
+    comment = [
+        f"# hydra-remote-launcher: sweep {sweep_id}, jobs #{first}-#{last}{group}",
         f"# (array chunk {chunk.number + 1} of {chunk.total}: array index i runs "
         + (
             f"the job of job table entry {chunk.offset} + i)"
             if chunk.jobs_per_task == 1
             else f"the {chunk.jobs_per_task} jobs from job table entry {chunk.offset} + i * {chunk.jobs_per_task} on)"
         ),
-        *(_sbatch_line(k, v) for k, v in sbatch.items()),
-        "",
-        "trap '_hrl_usr2=1' USR2  # a notice during the set-up below is acted on once the task is about to start",
+    ]
+    job_dir = [
         "_hrl_dirs=(",
         *(f"  {shlex.quote(d)}" for d in launcher_dirs),
         ")",
@@ -146,11 +214,39 @@ def render_script(
         ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
         'umask "$_hrl_umask"',
     ]
-    lines += _environment_lines(options, pythonpath, job_env or {})
-    if options.setup:
-        lines += ["# setup", *options.setup]
-    lines += _run_lines(options, argv)
-    return "\n".join(lines) + "\n"
+    return {
+        "shebang": "#!/bin/bash\n",
+        "comment": _text(comment),
+        "sbatch": _text(_sbatch_line(k, v) for k, v in sbatch.items()),
+        "trap": "\n" + TRAP_LINE + "\n",
+        "job_dir": _text(job_dir),
+        "environment": _text(_environment_lines(options, pythonpath, job_env)),
+        "setup": _text(["# setup", *options.setup] if options.setup else []),
+        "run": _text(_run_lines(options, argv)),
+    }
+
+
+TRAP_LINE = "trap '_hrl_usr2=1' USR2  # a notice during the set-up below is acted on once the task is about to start"
+
+
+def _text(lines: Any) -> str:
+    lines = list(lines)
+    return "".join(f"{line}\n" for line in lines)
+
+
+def resource_text(resources: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(resources.items()))
+
+
+def run_command(options: SlurmOptions, argv: Sequence[str]) -> str:
+    """The line that starts the task (in the background): ``srun ... <worker>``, or the worker."""
+    srun = ""
+    if options.use_srun:
+        # --kill-on-bad-exit: a failed task stops its peers (which would wait for it in a collective
+        # until the time limit); srun_args come after it, so "--kill-on-bad-exit=0" there wins
+        args = ["srun", "--unbuffered", "--kill-on-bad-exit=1", *(shlex.quote(a) for a in options.srun_args)]
+        srun = " ".join(args) + " "
+    return f"{srun}{render_argv(argv)} &"
 
 
 def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str], job_env: Mapping[str, str]) -> list[str]:
@@ -169,19 +265,13 @@ def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str], job_env
 def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
     """Start the task in the background, requeue on SIGUSR2 (:func:`_requeue_function`), pick the job's result
     when a task failed (see :func:`_failed_rank_function`), record the exit code."""
-    srun = ""
-    if options.use_srun:
-        # --kill-on-bad-exit: a failed task stops its peers (which would wait for it in a collective
-        # until the time limit); srun_args come after it, so "--kill-on-bad-exit=0" there wins
-        args = ["srun", "--unbuffered", "--kill-on-bad-exit=1", *(shlex.quote(a) for a in options.srun_args)]
-        srun = " ".join(args) + " "
     return [
         *_requeue_function(options),
         "trap _hrl_requeue USR2",
         'if [ -n "${_hrl_usr2:-}" ]; then _hrl_requeue; fi',
         *_failed_rank_function(),
         f'export {RANKS_DIR_ENV}="$LAUNCHER_DIR"/{RANKS_DIR}',
-        f"{srun}{render_argv(argv)} &",
+        run_command(options, argv),
         "_hrl_child=$!",
         "while :; do",
         '  wait "$_hrl_child"',
