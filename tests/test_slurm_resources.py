@@ -266,3 +266,13 @@ def test_a_template_that_drops_or_replaces_the_launchers_parts_is_refused(
                        + message):
         launch_sweep(_echo, [["+x=0"]], _dry_run_overrides(sweep, f"hydra.launcher.sbatch_template={template}"))
     assert not (sweep / ".launcher" / "slurm").exists()
+
+
+def test_the_documented_example_template_passes_the_checks() -> None:
+    """docs/site.sbatch.j2 renders (with and without GPUs) and keeps every part of ours."""
+    from launcher_core.backends.slurm.options import SlurmOptions
+
+    example = Path(__file__).resolve().parent.parent / "docs" / "site.sbatch.j2"
+    for gpus in (None, 2):
+        options = SlurmOptions.from_params({"sbatch_template": str(example), "gpus_per_node": gpus})
+        assert options.sbatch_template == str(example)
