@@ -116,10 +116,20 @@ def read_job_resources(
     prefix: str = "hydra.launcher",
 ) -> None:
     """Set ``spec.resources`` of every job from its composed config; ConfigError naming the job,
-    the key and the path for a missing or invalid value. Each config is released after use."""
+    the key and the path for a missing or invalid value. Each config is released after use.
+
+    Composing a job costs milliseconds; jobs whose values cannot differ (see :func:`_signature`)
+    share the values read from the first of them, so a 10,000-job grid composes a few configs."""
     if not resources_from:
         return
+    paths = list(resources_from.values())
+    known: dict[tuple[Any, ...], dict[str, Any]] = {}
+    literal: dict[tuple[int, str], bool] = {}
     for spec in specs:
+        signature = _signature(spec, paths, literal)
+        if signature is not None and signature in known:
+            spec.resources = dict(known[signature])
+            continue
         cfg = spec.config
         try:
             spec.resources = {
@@ -127,6 +137,67 @@ def read_job_resources(
             }
         finally:
             spec.release_config()
+        if signature is not None:
+            known[signature] = dict(spec.resources)
+
+
+def _signature(spec: JobSpec, paths: Sequence[str], literal: dict[tuple[int, str], bool]) -> tuple[Any, ...] | None:
+    """What the values at ``paths`` of the job's config depend on, or None when that is not known.
+
+    Known when the job's config is its template (one per set of config-group choices) plus value
+    overrides, no path is under ``hydra`` (set per job), and every node on each path of the
+    template is a plain value, not an interpolation (which could read anything, e.g. a swept key).
+    Then the values depend only on the template and the value overrides of a path, of one of its
+    parents or of something inside it, as long as those hold no interpolation either.
+    """
+    composer = _composer_of(spec)
+    if composer is None or any(p == "hydra" or p.startswith("hydra.") for p in paths):
+        return None
+    template = composer.template_of(spec.overrides)
+    for path in paths:
+        cached = literal.get((id(template), path))
+        if cached is None:
+            cached = literal[(id(template), path)] = _plain_path(template, path)
+        if not cached:
+            return None
+    relevant = []
+    for override in composer.value_overrides(spec.overrides):
+        key = str(override.key_or_group)
+        if override.package is not None:
+            return None
+        if any(p == key or p.startswith(f"{key}.") or key.startswith(f"{p}.") for p in paths):
+            if "${" in override.input_line:
+                return None
+            relevant.append(override.input_line)
+    return (id(template), tuple(relevant))
+
+
+def _composer_of(spec: JobSpec) -> Any:
+    """The composer behind the spec's config (the controller's factory), or None."""
+    import functools
+
+    from launcher_core.runtime.compose import SweepComposer, compose_job
+
+    factory = spec.config_factory
+    if isinstance(factory, functools.partial) and factory.func is compose_job and factory.args:
+        composer = factory.args[0]
+        return composer if isinstance(composer, SweepComposer) else None
+    return None
+
+
+def _plain_path(template: Any, path: str) -> bool:
+    """No node along ``path`` in ``template`` is an interpolation (a missing tail is fine: only an
+    override can set it)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    node: Any = template
+    for part in path.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return True
+        if OmegaConf.is_interpolation(node, part):
+            return False
+        node = node._get_node(part)
+    return not (isinstance(node, str) and "${" in node)
 
 
 def _read(cfg: Any, spec: JobSpec, key: str, path: str, parse: Parser, prefix: str) -> Any:

@@ -276,3 +276,27 @@ def test_the_documented_example_template_passes_the_checks() -> None:
     for gpus in (None, 2):
         options = SlurmOptions.from_params({"sbatch_template": str(example), "gpus_per_node": gpus})
         assert options.sbatch_template == str(example)
+
+
+def test_values_that_depend_on_another_key_are_read_per_job(tmp_path: Path) -> None:
+    """Jobs share values read from an earlier job only when theirs cannot differ: here each job's
+    ``trainer.minutes`` is an interpolation of its own ``x`` (the same override text in every job),
+    so each is read from its own config."""
+    sweep = tmp_path / "sweep"
+    jobs = [[f"+x={m}", "+trainer.gpus=1", "+trainer.mem_gb=1", "+trainer.minutes=${x}"] for m in (3, 5, 3)]
+    returns = launch_sweep(_echo, jobs, _dry_run_overrides(sweep, RESOURCES_FROM))
+    assert ["timeout_min=3" in str(r.return_value) for r in returns] == [True, False, True]
+    assert "timeout_min=5" in str(returns[1].return_value)
+    scripts = sorted(p.name for p in (sweep / ".launcher" / "slurm").glob("*.sbatch"))
+    assert scripts == ["jobs0-2.sbatch", "jobs1-1.sbatch"]
+
+
+def test_a_path_through_an_interpolation_is_not_shared_between_jobs() -> None:
+    from omegaconf import OmegaConf
+
+    from launcher_core.resources import _plain_path
+
+    trainer = {"gpus": 2, "minutes": "${epochs}", "sub": "${other}"}
+    cfg = OmegaConf.create({"trainer": trainer, "epochs": 3, "other": {}})
+    assert _plain_path(cfg, "trainer.gpus") and _plain_path(cfg, "trainer.new.key")
+    assert not _plain_path(cfg, "trainer.minutes") and not _plain_path(cfg, "trainer.sub.x")

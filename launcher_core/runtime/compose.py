@@ -322,6 +322,10 @@ class SweepComposer:
         """The (shared, not to be changed) template a job's config is copied from."""
         return self._template(self._parse(overrides)).cfg
 
+    def value_overrides(self, overrides: Sequence[str]) -> list[Override]:
+        """The job's value overrides, parsed (what is replayed on its template)."""
+        return [o for o, is_value in self._parse(overrides) if is_value]
+
     def _template(self, parsed: list[tuple[Override, bool]]) -> _Template:
         structural = tuple(o.input_line for o, is_value in parsed if not is_value)
         template = self._templates.get(structural)
