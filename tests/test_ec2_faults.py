@@ -128,7 +128,7 @@ def test_settings_take_keys_and_defaults_from_the_hydra_config() -> None:
     # (not issubclass: Hydra's plugin scan may import the config module a second time)
     assert [c.__name__ for c in Ec2Settings.__mro__[:2]] == ["Ec2Settings", "Ec2LauncherConf"]
     names = setting_names(Ec2LauncherConf)
-    assert setting_names(Ec2Settings) == names and len(names) == 31
+    assert setting_names(Ec2Settings) == names and len(names) == 36
     values = {"ami": "ami-0123456789abcdef0", "s3_bucket": "my-sweeps"}
     built = Ec2Settings.from_mapping({**values, "_target_": "ignored"})
     defaults = Ec2LauncherConf()
@@ -144,7 +144,7 @@ def _nothing_launched(aws: AwsWorld) -> None:
 
 
 def test_bad_environment_fails_before_anything_is_launched(aws: AwsWorld) -> None:
-    with pytest.raises(ConfigError, match="hydra.launcher.s3_bucket='no-such-bucket' cannot be used"):
+    with pytest.raises(ConfigError, match="hydra.launcher.s3_bucket='no-such-bucket' cannot be (used|reached)"):
         multirun(aws.tmp / "s1", aws.launcher_settings(s3_bucket="no-such-bucket"), ["x=1"])
     with pytest.raises(ConfigError, match="hydra.launcher.ami='ami-0123456789abcdef0' does not exist"):
         multirun(aws.tmp / "s2", aws.launcher_settings(ami="ami-0123456789abcdef0"), ["x=1"])
@@ -193,7 +193,9 @@ def test_credentials_are_refused_before_they_leave_the_machine(aws: AwsWorld) ->
     with pytest.raises(ConfigError, match="settings.py contains your AWS credentials"):
         multirun(aws.tmp / "s2", aws.launcher_settings(code_dir=str(code_dir)), ["x=1"])
     _nothing_launched(aws)
-    with pytest.raises(ConfigError, match="the payload of job #0 contains your AWS credentials"):
+    # the overrides travel in the instance's plan (its job table), checked before any upload
+    in_plan = r"the plan of instance group g000 \(job overrides\) contains your AWS credentials"
+    with pytest.raises(ConfigError, match=in_plan):
         multirun(aws.tmp / "s3", aws.launcher_settings(), ["x=1", f"+secret='{FAKE_SECRET_ACCESS_KEY}'"])
     assert aws.instances() == {}
     assert not any("/runs/" in key for key in aws.s3_objects())  # no job payload, plan or user-data
