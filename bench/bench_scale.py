@@ -171,10 +171,11 @@ def timed(argv: list[str], env: dict[str, str], repeat: int = 3) -> float:
 
 
 def first_job_running(code: Path, workdir: Path, n: int, env: dict[str, str]) -> float:
-    """Seconds from process start until the first job's launcher dir appears (its task started)."""
+    """Seconds from process start until the first job's stdout.log appears: the batch script
+    creates it when the task starts (the anchor wrote each job's launcher dir before submitting)."""
     sweep = workdir / f"first-{code.name}-{n}"
     sweep.mkdir(parents=True)
-    first = sweep / "0" / ".launcher"
+    first = sweep / "0" / ".launcher" / "stdout.log"
     run_env = {**env, "PYTHONPATH": str(code)}
     argv = [sys.executable, str(code / APP_REL), "-m", "hydra/launcher=slurm", "hydra.launcher.wait=false"]
     argv += ["hydra.launcher.timeout_min=30", f"x=range({n})", f"hydra.sweep.dir={sweep}"]
@@ -195,7 +196,8 @@ def cluster_part(workdir: Path, env: dict[str, str]) -> list[str]:
     from tests.slurm_cluster import SlurmCluster
 
     lines = []
-    with SlurmCluster(workdir / "cluster", cpus=8) as cluster, anchor_tree(workdir) as anchor:
+    # 10,000-job sweeps, anchor then now, each cancelled: slurmctld keeps finished jobs for 300 s
+    with SlurmCluster(workdir / "cluster", cpus=8, max_job_count=60_000) as cluster, anchor_tree(workdir) as anchor:
         env = {**env, **cluster.env}
         say("Hydra's start-up alone (a 1-job dry run)")
         startup = launch(
@@ -215,6 +217,8 @@ def cluster_part(workdir: Path, env: dict[str, str]) -> list[str]:
             "| <= 3 |",
         ]
         held = ["hydra/launcher=slurm", "hydra.launcher.wait=false", "+hydra.launcher.additional_parameters.hold=true"]
+        # a queue of 10,000 cancelled jobs keeps slurmctld busy for a while: allow slow sbatch answers
+        held.append("hydra.launcher.command_timeout_s=600")
         for n, extra in ((10_000, []), (100_000, ["hydra.launcher.jobs_per_task=100"])):
             say(f"{n} held jobs: launch, status, pull")
             sweep = workdir / f"held-{n}"
@@ -235,6 +239,7 @@ def cluster_part(workdir: Path, env: dict[str, str]) -> list[str]:
             )
             store_mb = (sweep / ".launcher" / "state.sqlite").stat().st_size / 2**20
             cluster.run("scancel", "--me", check=False)
+            say(f"{n} held jobs: launch {result.wall_s:.1f} s, status {status:.2f} s, pull {pull:.2f} s")
             lines += [
                 "",
                 f"| {n:,} held jobs{' (jobs_per_task=100)' if extra else ''} | anchor | now | goal |",

@@ -82,7 +82,8 @@ def refresh_states(sweep_dir: Path) -> None:
 
     with StateStore.for_sweep_dir(sweep_dir) as store:
         meta = store.meta()
-        if not store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]):
+        counts = store.counts()
+        if not counts.get(JobState.SUBMITTED) and not counts.get(JobState.RUNNING):
             return
         from launcher_core.backends import backend_for_meta
 

@@ -149,11 +149,10 @@ def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
 
 
 def poll_into_store(backend: object, store: StateStore) -> None:
-    active = {r.job_id: r.handle for r in store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]) if r.handle}
-    if not active:
+    rows = {r.job_id: r for r in store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]) if r.handle}
+    if not rows:
         return
-    statuses = backend.poll(active)  # type: ignore[attr-defined]
-    rows = {r.job_id: r for r in store.jobs(job_ids=list(active))}
+    statuses = backend.poll({j: r.handle for j, r in rows.items()})  # type: ignore[attr-defined]
     updates = {j: (st.state, st.exit_reason) for j, st in statuses.items() if st.state is not rows[j].state}
     hosts = {j: st.host for j, st in statuses.items() if st.host}
     if updates:

@@ -160,6 +160,7 @@ class SlurmCluster:
     def_mem_per_cpu_mb: int = 100
     kill_wait_s: int = 2
     gpus: int = 0  # GPUs the node declares (gres/gpu); their "devices" are empty files, see _gres_lines
+    max_job_count: int = 10000  # jobs slurmctld keeps (finished ones stay MinJobAge=300 s); the benchmark raises it
     hostname: str = field(default_factory=lambda: socket.gethostname().split(".")[0])
     started: list[str] = field(default_factory=list)  # daemons we started, in start order
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -310,7 +311,7 @@ class SlurmCluster:
             "SchedulerType=sched/backfill",
             "SchedulerParameters=batch_sched_delay=0",
             f"MaxArraySize={self.max_array_size}",
-            f"MaxJobCount={max(10000, 2 * self.max_array_size)}",
+            f"MaxJobCount={max(self.max_job_count, 2 * self.max_array_size)}",
             f"KillWait={self.kill_wait_s}",
             "ReturnToService=2",
             "MpiDefault=none",
