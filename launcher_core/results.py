@@ -573,8 +573,10 @@ def best_column(results: Results, metric: str | None = None) -> str | None:
 
 
 def lower_is_better(column: str) -> bool:
-    """A guess from the name (loss, error, time, ...): used only to pick "the best rows"."""
-    return bool(_LOWER_IS_BETTER.search(column))
+    """A guess from the name (loss, error, time, ...): used only to pick "the best rows". A bare
+    number a task returns counts as an objective to minimise, as Hydra's optimising sweepers
+    (Optuna, Nevergrad, Ax) take it by default."""
+    return column == RETURN or bool(_LOWER_IS_BETTER.search(column))
 
 
 def select(

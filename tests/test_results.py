@@ -288,3 +288,12 @@ def test_state_store_is_only_read(sweep: tuple[Path, str]) -> None:
     """The commands work from the store read-only: the jobs stay as the launch left them."""
     with StateStore.for_sweep_dir(sweep[0], readonly=True) as store:
         assert {r.state for r in store.jobs()} == {JobState.PULLED}
+
+
+def test_best_rows_take_a_bare_returned_number_as_an_objective_to_minimise() -> None:
+    """example_app returns its loss: the summary's best rows are the lowest (as Hydra's
+    optimising sweepers take a bare return value), dict keys by their name."""
+    from launcher_core.results import lower_is_better
+
+    assert lower_is_better("return") and lower_is_better("val.loss") and lower_is_better("train_time")
+    assert not lower_is_better("val.acc") and not lower_is_better("return.acc")
