@@ -228,27 +228,18 @@ def cluster_part(workdir: Path, env: dict[str, str]) -> list[str]:
                 continue
             status = timed([sys.executable, "-m", "launcher_core", "status", str(sweep)], env)
             pull = timed([sys.executable, "-m", "launcher_core.pull", str(sweep), "--once"], env)
-            old_status = (
-                timed(
-                    [sys.executable, "-m", "launcher_core", "status", str(sweep)],
-                    {**env, "PYTHONPATH": str(anchor)},
-                    repeat=1,
-                )
-                if n == 10_000
-                else float("nan")
-            )
             store_mb = (sweep / ".launcher" / "state.sqlite").stat().st_size / 2**20
             cluster.run("scancel", "--me", check=False)
             say(f"{n} held jobs: launch {result.wall_s:.1f} s, status {status:.2f} s, pull {pull:.2f} s")
             lines += [
                 "",
-                f"| {n:,} held jobs{' (jobs_per_task=100)' if extra else ''} | anchor | now | goal |",
-                "|---|---|---|---|",
-                f"| launch (wait=false) s | | {result.wall_s:.1f} | |",
-                f"| launching process peak MB | | {result.rss_mb:.0f} | <= 500 |",
-                f"| state store MB | | {store_mb:.1f} | <= 50 |",
-                f"| launcher-core status s | {old_status:.2f} | {status:.2f} | <= 1 |",
-                f"| pull --once, nothing new s | | {pull:.2f} | <= 1 |",
+                f"| {n:,} held jobs{' (jobs_per_task=100)' if extra else ''} | now | goal |",
+                "|---|---|---|",
+                f"| launch (wait=false) s | {result.wall_s:.1f} | |",
+                f"| launching process peak MB | {result.rss_mb:.0f} | <= 500 |",
+                f"| state store MB | {store_mb:.1f} | <= 50 |",
+                f"| launcher-core status s | {status:.2f} | <= 1 at 10,000 |",
+                f"| pull --once, nothing new s | {pull:.2f} | <= 1 at 10,000 |",
             ]
     return lines
 
