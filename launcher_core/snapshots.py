@@ -22,8 +22,8 @@ from typing import Any
 
 from launcher_core.errors import ConfigError
 from launcher_core.remote.codesync import DEFAULT_EXCLUDES, GitState, excludes_for_local_outputs, filter_args
+from launcher_core.runtime.markers import CODE_FILE as CODE_FILE  # in each job's .launcher/ dir
 
-CODE_FILE = "code.json"  # in each job's .launcher/ dir
 SNAPSHOT_TIMEOUT_S = 600.0
 
 

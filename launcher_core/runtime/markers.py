@@ -6,6 +6,7 @@ RESULT_FILE = "result.pkl"
 STDOUT_FILE = "stdout.log"
 STDERR_FILE = "stderr.log"
 PID_FILE = "pid"
+CODE_FILE = "code.json"  # the code the job ran (launcher_core.snapshots.code_record)
 EXIT_FILE = "slurm_exit"  # slurm: the job's exit code (batch script, or the packed task runner)
 
 # written by the detached runner (runtime/runner.py) on SSH hosts

@@ -100,6 +100,7 @@ def run_packed(sweep: Any, entries: list[dict[str, Any]]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stop)
+    _ = sweep.composer  # the templates once, here: every forked job inherits them ready
     failed = 0
     for entry in entries:
         launcher_dir = Path(entry["result"]).parent

@@ -26,13 +26,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from launcher_core.runtime.markers import CODE_FILE
+
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 # set by the slurm backend's batch script: every task of a multi-task job runs the worker (see run_ranked)
 RANKS_DIR_ENV = "HRL_RANKS_DIR"
 # JSON [code dir, its frozen snapshot]: the job imports from the snapshot (launcher_core.snapshots)
 CODE_SNAPSHOT_ENV = "HRL_CODE_SNAPSHOT"
-CODE_RECORD_FILE = "code.json"  # in a job's launcher dir
 
 
 class RemoteJobError(RuntimeError):
@@ -322,13 +323,20 @@ class SweepPayload:
         self._composer_state = data["composer"]
         self._composer: Any = None
 
-    def config(self, entry: dict[str, Any]) -> Any:
-        """The job's config, composed here exactly as at launch (relocated when it runs elsewhere)."""
-        from launcher_core.runtime.compose import SweepComposer, compose_job
+    @property
+    def composer(self) -> Any:
+        """The composer of the shipped templates (built once: a packed task builds it before forking)."""
+        from launcher_core.runtime.compose import SweepComposer
 
         if self._composer is None:
             self._composer = SweepComposer.for_node(self._composer_state)
-        cfg = compose_job(self._composer, entry["overrides"], int(entry["idx"]))
+        return self._composer
+
+    def config(self, entry: dict[str, Any]) -> Any:
+        """The job's config, composed here exactly as at launch (relocated when it runs elsewhere)."""
+        from launcher_core.runtime.compose import compose_job
+
+        cfg = compose_job(self.composer, entry["overrides"], int(entry["idx"]))
         relocate_config(cfg, entry)
         return cfg
 
@@ -336,7 +344,7 @@ class SweepPayload:
         """The job's ``.launcher/code.json`` (next to its result): the code it runs."""
         if self.code_record is not None:
             text = json.dumps(self.code_record, indent=1) + "\n"
-            atomic_write_bytes(result_path.parent / CODE_RECORD_FILE, text.encode())
+            atomic_write_bytes(result_path.parent / CODE_FILE, text.encode())
 
     def run(self, entry: dict[str, Any]) -> int:
         """Compose, run and save one job; the process exit code to use."""
