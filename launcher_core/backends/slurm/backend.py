@@ -385,9 +385,8 @@ class SlurmBackend(Backend):
 
     def _remove_stale_files(self, jobs: Sequence[JobSpec]) -> None:
         """Results and exit files of an earlier attempt of these jobs must not be read as this
-        one's (only where a job dir exists: a new sweep's jobs have none yet)."""
-        if isinstance(self.site, LoginSite):
-            return  # the login node's copies are removed by the upload; local ones are fetched over
+        one's (only where a job dir exists: a new sweep's jobs have none yet). With ``login_host``
+        these are the local copies pulled before; the upload removes the login node's."""
         for spec in jobs:
             ldir = spec.launcher_dir
             if not ldir.is_dir():
