@@ -168,3 +168,39 @@ def test_bad_pipelines_are_refused_before_anything_is_launched(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert not (proj / "runs" / "bad" / "pretrain").exists()
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_driver_and_the_running_stage(tmp_path: Path) -> None:
+    """``pipeline cancel`` while pretrain's jobs run: the background driver ends, pretrain's jobs
+    end cancelled (not completed), and no later stage starts."""
+    from launcher_core.jobs import JobState
+    from launcher_core.state import StateStore
+
+    file, record = _project(tmp_path, sleep=60)
+    proc = _pipeline("run", file)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    driver = int(proc.stdout.split("driver pid ")[1].split(",")[0])
+    deadline = time.monotonic() + 120
+    while len([s for s, _x in runs(record) if s == "pretrain"]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(runs(record)) == 3, runs(record)  # the three pretrain jobs are running
+
+    cancel = _pipeline("cancel", file)
+    assert cancel.returncode == 0, cancel.stderr[-3000:]
+    assert "goes on from here" in cancel.stdout
+    deadline = time.monotonic() + 60
+    while _alive(driver) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(driver), "the driver did not end"
+    sweep = file.parent / "runs" / "pl" / "pretrain"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with StateStore.for_sweep_dir(sweep, readonly=True) as store:
+            states = {r.idx: r.state for r in store.jobs()}
+        if all(s.is_terminal for s in states.values()):
+            break
+        time.sleep(0.2)
+    assert states == dict.fromkeys(range(3), JobState.CANCELLED)
+    time.sleep(2)
+    assert {s for s, _x in runs(record)} == {"pretrain"}  # finetune and evaluate never started
