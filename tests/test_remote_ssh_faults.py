@@ -85,7 +85,8 @@ def test_server_frozen_mid_launch_then_relaunch_starts_only_the_missing_jobs(
     config = tmp_path / "ssh_config"  # both servers in one ssh_config, as a user would have them
     config.write_text(ssh_env.server.ssh_config.read_text() + "\n" + extra_sshd.ssh_config.read_text())
     hosts = hosts_of((ssh_env.server, USERS[0]), (extra_sshd, USERS[1]))
-    args = ("x=range(6)", f"record={record}", "sleep=0.3")
+    # no pre-flight: the first command on the server must be the start of its jobs
+    args = ("x=range(6)", f"record={record}", "sleep=0.3", "hydra.launcher.preflight=false")
     stop, frozen = threading.Event(), threading.Event()
     watcher = threading.Thread(target=_freeze_at_first_command, args=(extra_sshd, stop, frozen), daemon=True)
     watcher.start()

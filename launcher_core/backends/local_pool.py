@@ -7,6 +7,7 @@ Design: docs/local_pool.md
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -21,6 +22,8 @@ from typing import Any
 from launcher_core.backends.base import Backend
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
+
+log = logging.getLogger("launcher_core.local_pool")
 
 _SUBMITTED = JobStatus(JobState.SUBMITTED)
 
@@ -185,7 +188,10 @@ class LocalPoolBackend(Backend):
         if self._code_record is not None:
             from launcher_core.snapshots import write_code_record
 
-            write_code_record(spec.launcher_dir, self._code_record)
+            try:
+                write_code_record(spec.launcher_dir, self._code_record)
+            except OSError as exc:  # a full disk: the job (and the state store) will say so
+                log.warning("job #%d: could not write its code record: %s", spec.idx, exc)
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
