@@ -21,7 +21,6 @@ def scores(model: str, lr: float, seed: int) -> tuple[float, float]:
     return acc, round(1 - acc, 6)
 
 
-@hydra.main(version_base="1.3", config_path="results_conf", config_name="config")
 def main(cfg: DictConfig) -> dict:
     out = Path(HydraConfig.get().runtime.output_dir)
     if cfg.model == "broken":
@@ -35,4 +34,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # decorated here, not at import: hydra.main sets Hydra's version_base for the whole process,
+    # and the tests import this module (for ``scores``) into the process that runs Hydra's suites
+    hydra.main(version_base="1.3", config_path="results_conf", config_name="config")(main)()
