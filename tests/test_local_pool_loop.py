@@ -134,3 +134,23 @@ def test_launch_freezes_the_heap_for_forked_jobs_and_hands_it_back(app: Any, tmp
     # each job inherited a frozen heap: its collector never walks (and so never copies) the controller's objects
     assert all(r.return_value > 1000 for r in returns)
     assert gc.get_freeze_count() == 0  # the controller's objects are collectable again
+
+
+def test_a_zombie_job_process_counts_as_gone() -> None:
+    """A job whose process ended but was not reaped (its parent, a subreaper such as a pytest
+    process that ran local_pool, is not waiting) must not look alive to a resumed launch."""
+    import subprocess
+    import time
+
+    from launcher_core.runtime.procs import process_start_time
+
+    child = subprocess.Popen(["sleep", "0.2"])
+    assert isinstance(process_start_time(child.pid), int)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not end"
+        time.sleep(0.05)
+    try:
+        assert process_start_time(child.pid) is None  # ended, not yet reaped
+    finally:
+        child.wait(5)

@@ -98,7 +98,9 @@ def kill_group_blocking(pgid: int, grace_s: float, timeout_s: float = 30.0) -> b
 
 
 def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    """Start time of the live process ``pid`` in clock ticks since boot (field 22 of
+    /proc/PID/stat); None when there is none. A zombie counts as gone: it has ended, and its
+    parent may never reap it (a subreaper that is not waiting, a slow init)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode(errors="replace")
@@ -106,4 +108,6 @@ def process_start_time(pid: int) -> int | None:
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # zombie or dead
+        return None
     return int(fields[19])
