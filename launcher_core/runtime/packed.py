@@ -75,12 +75,8 @@ def _run_one(sweep: Any, entry: dict[str, Any], launcher_dir: Path, running: lis
         _child(sweep, entry, launcher_dir)
     running[:] = [pid]
     try:
-        while True:
-            try:
-                _pid, status = os.waitpid(pid, 0)
-                return os.waitstatus_to_exitcode(status)
-            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-                continue
+        _pid, status = os.waitpid(pid, 0)  # a signal handler's _Stopped ends the wait
+        return os.waitstatus_to_exitcode(status)
     finally:
         running.clear()
 
