@@ -271,7 +271,6 @@ class SlurmAccounting:
             return JobStatus(JobState.FAILED, _failure_reason(record, files), record.nodes)
         return JobStatus(JobState.FAILED, _FAILED_REASONS.get(state, state.lower()), record.nodes)
 
-
     def _packed_status(self, handle: Mapping[str, Any], record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
         """A job of a packed task (``jobs_per_task``): its own exit file says how it ended; until
         then it is as pending or running as its task, and lost if the task ended without it."""
@@ -279,17 +278,12 @@ class SlurmAccounting:
             if files.code == 0:
                 return JobStatus(JobState.COMPLETED, host=record.nodes)
             return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=files.code), files))
-        state = record.state
-        if state == "UNKNOWN":
-            return _status_from_files(handle, files)
-        if state in _PENDING:
-            return JobStatus(JobState.SUBMITTED)
-        if state in _RUNNING:
-            return JobStatus(JobState.RUNNING, host=record.nodes)
-        if state == "CANCELLED":
+        task = self._status(handle, record, files)
+        if record.state == "UNKNOWN" or not task.state.is_terminal:
+            return task
+        if task.state is JobState.CANCELLED:
             return JobStatus(JobState.CANCELLED, "cancelled in Slurm (scancel of its packed task)", host=record.nodes)
-        task = self._status({**handle, "packed": None}, record, None)
-        reason = task.exit_reason or state.lower()
+        reason = task.exit_reason or record.state.lower()
         return JobStatus(JobState.FAILED, f"its packed task ended before the job did ({reason})", record.nodes)
 
 
