@@ -54,7 +54,7 @@ def grow(seed: Path, dest: Path, n_jobs: int) -> None:
     specs = []
     for i in range(n_jobs):
         overrides = [f"model={models[i % 4]}", f"lr={lrs[i // 4 % 5]}", f"seed={i // 20}"]
-        specs.append(JobSpec(job_id_for("bench-results", overrides), i, overrides, dest / str(i)))
+        specs.append(JobSpec(job_id_for("bench-results", i, overrides), i, overrides, dest / str(i)))
     for spec in specs:
         ret = template  # one JobReturn, dumped with each job's own status and value
         failed = spec.idx % 50 == 49

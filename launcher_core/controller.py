@@ -73,7 +73,7 @@ def build_job_specs(
         output_dir = composer.output_dir(overrides, idx) or job_output_dir(factory())
         specs.append(
             JobSpec(
-                job_id=job_id_for(sweep_id, list(overrides)),
+                job_id=job_id_for(sweep_id, idx, list(overrides)),
                 idx=idx,
                 overrides=list(overrides),
                 output_dir=Path(output_dir),
@@ -189,9 +189,14 @@ class SweepController:
             self._record_submitted(exc.started)
             raise
         self._record_submitted(handles)
-        missing = [s.job_id for s in specs if s.job_id not in handles]
+        missing = [s for s in specs if s.job_id not in handles]
         if missing:
-            raise BackendError(f"backend {self.backend.name} did not start {len(missing)} of {len(specs)} jobs")
+            shown = ", ".join(f"#{s.idx}" for s in missing[:MAX_LOGGED_JOBS])
+            more = f" and {len(missing) - MAX_LOGGED_JOBS} more" if len(missing) > MAX_LOGGED_JOBS else ""
+            raise BackendError(
+                f"backend {self.backend.name} did not start {len(missing)} of {len(specs)} jobs ({shown}{more}); "
+                f"the {len(handles)} it started keep running and a relaunch re-attaches to them"
+            )
         return handles
 
     def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
@@ -461,6 +466,7 @@ def _launch(
             }
         )
         _register(sweep_id, sweep_dir, backend.name)
+        store.adopt_earlier_ids(sweep_id, specs)  # a sweep launched by an earlier version resumes
         controller = SweepController(backend, store, options, sweep)
         to_submit, reattached = controller.plan(specs)
         if to_submit and options.preflight:

@@ -44,14 +44,28 @@ class JobState(str, enum.Enum):
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.PULLED})
 
 
-def job_id_for(sweep_id: str, overrides: Sequence[str]) -> str:
-    """Stable id of a job: the same sweep and the same overrides always give the same id.
-
-    Overrides are hashed in order and separated by a byte that cannot occur in an override,
-    so ``["a=1,b"]`` and ``["a=1", "b"]`` never collide.
+def job_id_for(sweep_id: str, idx: int, overrides: Sequence[str]) -> str:
+    """Id of the job at position ``idx`` (``hydra.job.num``) of a sweep: a job is its place in the
+    sweep, not its set of overrides, so ``+t=2,2,2`` (or a sweeper proposing the same values
+    twice) gives separate jobs. The same sweep, position and overrides always give the same id,
+    which is what a relaunch and ``skip_completed`` match on.
     """
+    return _job_hash(sweep_id, f"\x01{int(idx)}".encode(), overrides)
+
+
+def legacy_job_id_for(sweep_id: str, overrides: Sequence[str]) -> str:
+    """The id earlier versions gave a job (sweep and overrides only, so jobs with the same
+    overrides shared it). Kept to resume sweeps whose state store holds such ids
+    (:meth:`launcher_core.state.StateStore.adopt_earlier_ids`)."""
+    return _job_hash(sweep_id, b"", overrides)
+
+
+def _job_hash(sweep_id: str, position: bytes, overrides: Sequence[str]) -> str:
+    """Overrides are hashed in order and separated by a byte that cannot occur in an override,
+    so ``["a=1,b"]`` and ``["a=1", "b"]`` never collide; the position is hashed apart from them."""
     digest = hashlib.sha256()
     digest.update(sweep_id.encode())
+    digest.update(position)
     for override in overrides:
         digest.update(b"\x00")
         digest.update(override.encode())

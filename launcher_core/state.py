@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher_core.jobs import LAUNCHER_DIR, JobSpec, JobState
+from launcher_core.jobs import LAUNCHER_DIR, JobSpec, JobState, legacy_job_id_for
 
 STATE_FILE = "state.sqlite"
+# meta key saying the store's job ids include the job's position (jobs.job_id_for); stores
+# without it were written by earlier versions, whose ids hashed the overrides only
+JOB_IDS_META = "job_ids"
+POSITION_IDS = "position"
 _MAX_SQL_VARIABLES = 900
 
 _SCHEMA = """
@@ -185,6 +189,28 @@ class StateStore:
         return {k: json.loads(v) for k, v in rows}
 
     # --- jobs -------------------------------------------------------------------------------
+    def adopt_earlier_ids(self, sweep_id: str, specs: Sequence[JobSpec]) -> None:
+        """Give each spec the id its job already has in a store written by an earlier version.
+
+        Earlier versions keyed a job by its overrides alone (:func:`~launcher_core.jobs.legacy_job_id_for`).
+        A job of such a store keeps its row (and its handle on the backend, whose files and
+        markers are named by that id) when it is at the same position with the same overrides;
+        every other job, the repeats of a config included, gets a position id. A store that has
+        no jobs yet is marked as using position ids, so this costs nothing on later launches.
+        """
+        if self.meta().get(JOB_IDS_META) == POSITION_IDS:
+            return
+        if self._conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchone() is None:
+            self.set_meta({JOB_IDS_META: POSITION_IDS})
+            return
+        by_legacy_id: dict[str, list[JobSpec]] = {}
+        for spec in specs:
+            by_legacy_id.setdefault(legacy_job_id_for(sweep_id, spec.overrides), []).append(spec)
+        for row in self.jobs(job_ids=list(by_legacy_id)):
+            for spec in by_legacy_id[row.job_id]:
+                if spec.idx == row.idx and spec.overrides == row.overrides:
+                    spec.job_id = row.job_id
+
     def add_jobs(self, specs: Sequence[JobSpec]) -> None:
         """Insert jobs as pending; jobs already known keep their state (relaunch)."""
         now = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,19 +13,85 @@ import sys
 import time
 from pathlib import Path
 
-from launcher_core.jobs import JobSpec, JobState, job_id_for
+from launcher_core.jobs import JobSpec, JobState, job_id_for, legacy_job_id_for
 from launcher_core.state import StateStore, SweepIndex
 
 
 def _specs(n: int, root: Path) -> list[JobSpec]:
-    return [JobSpec(job_id_for("sweep", [f"x={i}"]), i, [f"x={i}"], root / str(i)) for i in range(n)]
+    return [JobSpec(job_id_for("sweep", i, [f"x={i}"]), i, [f"x={i}"], root / str(i)) for i in range(n)]
 
 
 def test_job_ids_are_stable_and_distinct() -> None:
-    assert job_id_for("s", ["a=1", "b=2"]) == job_id_for("s", ["a=1", "b=2"])
-    assert job_id_for("s", ["a=1,b=2"]) != job_id_for("s", ["a=1", "b=2"])
-    assert job_id_for("s", ["a=1"]) != job_id_for("t", ["a=1"])
-    assert len({job_id_for("s", [f"x={i}"]) for i in range(10_000)}) == 10_000
+    assert job_id_for("s", 0, ["a=1", "b=2"]) == job_id_for("s", 0, ["a=1", "b=2"])
+    assert job_id_for("s", 0, ["a=1,b=2"]) != job_id_for("s", 0, ["a=1", "b=2"])
+    assert job_id_for("s", 0, ["a=1"]) != job_id_for("t", 0, ["a=1"])
+    assert len({job_id_for("s", i, [f"x={i}"]) for i in range(10_000)}) == 10_000
+
+
+def test_a_job_id_is_its_position_so_repeated_overrides_get_distinct_ids() -> None:
+    """``+t=2,2,2`` and a sweeper proposing the same values again: one id per position."""
+    assert len({job_id_for("s", i, ["t=2"]) for i in range(10_000)}) == 10_000
+    assert job_id_for("s", 1, ["t=2"]) != job_id_for("s", 1, ["t=3"])  # a changed job at that position
+    # the position is hashed apart from the overrides: no (position, overrides) pair collides
+    assert job_id_for("s", 1, ["1"]) != job_id_for("s", 11, [])
+    assert job_id_for("s", 1, []) != legacy_job_id_for("s", [])
+
+
+def test_the_store_and_job_tables_of_a_sweep_with_repeats_hold_one_row_per_position(tmp_path: Path) -> None:
+    from launcher_core.controller import build_job_specs
+    from launcher_core.runtime.worker import job_entry
+
+    class Composer:  # build_job_specs' view of a SweepComposer: checks pass, dirs by number
+        full_compositions = 0
+
+        def check(self, overrides: list[str]) -> None:
+            pass
+
+        def output_dir(self, overrides: list[str], idx: int) -> str:
+            return str(tmp_path / str(idx))
+
+    batches = [[["t=2"]] * 3, [["t=2"], ["t=3"]]]  # a sweeper's two batches: idx 0-2, then 3-4
+    specs = [
+        *build_job_specs(composer=Composer(), sweep_id="s", job_overrides=batches[0], initial_job_idx=0),
+        *build_job_specs(composer=Composer(), sweep_id="s", job_overrides=batches[1], initial_job_idx=3),
+    ]
+    assert len({s.job_id for s in specs}) == 5
+    with StateStore.for_sweep_dir(tmp_path) as store:
+        store.adopt_earlier_ids("s", specs)
+        store.add_jobs(specs)
+        rows = store.jobs()
+    assert [(r.idx, r.overrides) for r in rows] == [
+        (0, ["t=2"]),
+        (1, ["t=2"]),
+        (2, ["t=2"]),
+        (3, ["t=2"]),
+        (4, ["t=3"]),
+    ]
+    assert len({r.job_id for r in rows}) == 5
+    table = [job_entry(s.idx, s.overrides, str(s.result_path)) for s in specs]
+    assert len({(e["idx"], e["result"]) for e in table}) == 5  # each entry its own job and result file
+
+
+def test_a_store_of_an_earlier_version_keeps_its_ids_where_position_and_overrides_match(tmp_path: Path) -> None:
+    legacy = [JobSpec(legacy_job_id_for("s", [f"x={i}"]), i, [f"x={i}"], tmp_path / str(i)) for i in range(3)]
+    with StateStore.for_sweep_dir(tmp_path) as store:
+        store._conn.executemany(  # rows as an earlier version wrote them (no id scheme in meta)
+            "INSERT INTO jobs(job_id, idx, overrides, output_dir, state, created_at, updated_at) "
+            "VALUES(?, ?, ?, ?, 'pulled', 0, 0)",
+            [(s.job_id, s.idx, json.dumps(s.overrides), str(s.output_dir)) for s in legacy],
+        )
+        now = [
+            JobSpec(job_id_for("s", i, o), i, o, tmp_path / str(i))
+            for i, o in enumerate([["x=0"], ["x=1"], ["x=5"], ["x=2"]])
+        ]
+        store.adopt_earlier_ids("s", now)
+        assert [s.job_id for s in now[:2]] == [legacy[0].job_id, legacy[1].job_id]  # same position and values
+        assert now[2].job_id == job_id_for("s", 2, ["x=5"])  # another job at position 2
+        assert now[3].job_id == job_id_for("s", 3, ["x=2"])  # x=2 moved to position 3: a new job
+        assert "job_ids" not in store.meta()  # still a store of the earlier kind
+    with StateStore.for_sweep_dir(tmp_path / "new") as store:
+        store.adopt_earlier_ids("s", now)
+        assert store.meta()["job_ids"] == "position"
 
 
 def test_ten_thousand_jobs_round_trip(tmp_path: Path) -> None:
@@ -75,7 +142,7 @@ from launcher_core.jobs import JobSpec, JobState, job_id_for
 from launcher_core.state import StateStore
 
 root = Path(sys.argv[1])
-ids = [job_id_for("sweep", [f"x={i}"]) for i in range(2000)]
+ids = [job_id_for("sweep", i, [f"x={i}"]) for i in range(2000)]
 with StateStore.for_sweep_dir(root) as store:
     store.add_jobs([JobSpec(j, i, [f"x={i}"], root / str(i)) for i, j in enumerate(ids)])
     print("ready", flush=True)

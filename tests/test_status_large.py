@@ -18,7 +18,7 @@ from launcher_core.state import StateStore
 def _sweep(root: Path, completed: int, failed: int, running: int) -> Path:
     sweep = root / "sweep"
     n = completed + failed + running
-    specs = [JobSpec(job_id_for("big", [f"x={i}"]), i, [f"x={i}"], sweep / str(i)) for i in range(n)]
+    specs = [JobSpec(job_id_for("big", i, [f"x={i}"]), i, [f"x={i}"], sweep / str(i)) for i in range(n)]
     # failed and running jobs spread through the sweep, not only at its end
     kinds = ["completed"] * completed + ["failed"] * failed + ["running"] * running
     kinds = [kinds[(i * 7919) % n] for i in range(n)] if n else kinds

@@ -78,6 +78,7 @@ R = TypeVar("R")
 
 _SAFE_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_HOST_THREADS = 8
+MAX_NAMED_JOBS = 10  # jobs named in an error; the rest are counted
 
 
 def assign_to_hosts(
@@ -500,8 +501,7 @@ class RemoteSSHBackend(Backend):
             if word in (STARTED, ATTACHED) and job_id in handles:
                 started[job_id] = handles[job_id]
         if len(started) < len(specs):
-            missing = len(specs) - len(started)
-            raise _partial_error({label: BackendError(f"host {label}: {missing} jobs were not started")}, started, 0)
+            raise SubmitError(_not_started(label, [s for s in specs if s.job_id not in started], len(specs)), started)
         log.info("started %d jobs on %s (%s)", len(started), label, state.sweep_dir)
         return started
 
@@ -669,26 +669,33 @@ def _job_rel(spec: JobSpec, sweep_dir: Path) -> str:
 
 
 def _partial_error(errors: Mapping[str, BackendError], started: Mapping[str, Any], total: int) -> SubmitError:
-    """A SubmitError naming the failed hosts and carrying the handles of the jobs that did start.
+    """A SubmitError naming the failed hosts and carrying the handles of every job that did start
+    (on any host, those a host's own partial failure reports included).
 
     The controller records those as submitted before re-raising, so a relaunch re-attaches to
     them and starts only the others (no duplicates, none lost).
     """
-    messages = "; ".join(str(e) for e in errors.values())
-    hosts = ", ".join(errors)
-    text = f"could not start jobs on {hosts}: {messages}"
-    if started:
-        text += (
-            f"\n{len(started)} of {total} jobs were started and keep running; relaunching the same command "
-            "re-attaches to them and starts only the others."
-        )
-    elif total:
-        text += f"\nnone of the {total} jobs was started; fix the problem and relaunch the same command."
     all_started = dict(started)
     for err in errors.values():
         if isinstance(err, SubmitError):
             all_started.update(err.started)
+    messages = "; ".join(str(e) for e in errors.values())
+    text = f"could not start jobs on {', '.join(errors)}: {messages}"
+    if all_started:
+        text += (
+            f"\n{len(all_started)} of {total} jobs were started and keep running; relaunching the same command "
+            "re-attaches to them and starts only the others."
+        )
+    elif total:
+        text += f"\nnone of the {total} jobs was started; fix the problem and relaunch the same command."
     return SubmitError(text, all_started)
+
+
+def _not_started(label: str, missing: Sequence[JobSpec], total: int) -> str:
+    """``host h: 1 of 4 jobs were not started (#3 +t=2)``: the counts and the jobs, by number."""
+    shown = ", ".join(f"#{s.idx} {' '.join(s.overrides)}".rstrip() for s in missing[:MAX_NAMED_JOBS])
+    more = f" and {len(missing) - MAX_NAMED_JOBS} more" if len(missing) > MAX_NAMED_JOBS else ""
+    return f"host {label}: {len(missing)} of {total} jobs were not started ({shown}{more})"
 
 
 def _poll_error(errors: Mapping[str, BackendError], sweep: SweepInfo | None) -> BackendError:
