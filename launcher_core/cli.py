@@ -461,6 +461,7 @@ def _print_result(report: Any, selection: Any, marked: int) -> int:
 
 # --- entry point -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``launcher-core`` parser, every sub-command registered (what :func:`main` parses)."""
     parser = argparse.ArgumentParser(prog="launcher-core", description="Inspect and control sweeps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -512,14 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_parser(sub)
 
-    pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", add_help=False)
-    pull.add_argument("rest", nargs=argparse.REMAINDER)
-    pull.set_defaults(func=lambda a: __import__("launcher_core.pull").pull.main(a.rest))
+    from launcher_core import pull as pull_command
+
+    pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", description=pull_command.DESCRIPTION)
+    pull_command.add_arguments(pull)  # the same arguments as python -m launcher_core.pull
+    pull.set_defaults(func=pull_command.run_from_args)
 
     from launcher_core.browse import add_commands as add_results_commands
 
     add_results_commands(sub)  # results, report, link, files
-    __import__("launcher_core.pipeline_cli").pipeline_cli.add_commands(sub)  # pipeline run|status|cancel
+    from launcher_core.pipeline_cli import add_commands as add_pipeline_commands
+
+    add_pipeline_commands(sub)  # pipeline run|status|cancel
     return parser
 
 

@@ -263,16 +263,21 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+CONF_HELP = "the app's config dir (default: ./conf); its cluster/ wins"
+
+
 def add_parser(sub: Any) -> None:
-    """``launcher-core cluster ...`` (called from :func:`launcher_core.cli.build_parser`)."""
+    """``launcher-core cluster ...`` (called from :func:`launcher_core.cli.build_parser`).
+
+    ``--conf DIR`` is accepted before the action (``cluster --conf DIR list``) and after it
+    (``cluster list --conf DIR``)."""
     cluster = sub.add_parser("cluster", help="cluster presets: list, show, add, test, remove")
-    cluster.add_argument("--conf", help="the app's config dir (default: ./conf); its cluster/ wins")
+    cluster.add_argument("--conf", help=CONF_HELP)
     csub = cluster.add_subparsers(dest="cluster_command", required=True)
-    csub.add_parser("list", help="every preset and where it comes from").set_defaults(func=cmd_list)
-    show = csub.add_parser("show", help="print a preset")
+    _action(csub, "list", "every preset and where it comes from", cmd_list)
+    show = _action(csub, "show", "print a preset", cmd_show)
     show.add_argument("name")
-    show.set_defaults(func=cmd_show)
-    add = csub.add_parser("add", help="write a personal preset from another one, validated")
+    add = _action(csub, "add", "write a personal preset from another one, validated", cmd_add)
     add.add_argument("name")
     add.add_argument(
         "--from",
@@ -284,12 +289,18 @@ def add_parser(sub: Any) -> None:
     )
     add.add_argument("overrides", nargs="*", metavar="key=value", help="settings under hydra.launcher (YAML values)")
     add.add_argument("--force", action="store_true", help="replace a personal preset of that name")
-    add.set_defaults(func=cmd_add)
-    test = csub.add_parser("test", help="pre-flight check of a preset's hosts; non-zero exit on a failure")
+    test = _action(csub, "test", "pre-flight check of a preset's hosts; non-zero exit on a failure", cmd_test)
     test.add_argument("name")
     test.add_argument("overrides", nargs="*", metavar="key=value", help="try other settings without saving them")
     test.add_argument("--deep", action="store_true", help="slurm: also run a tiny job on a compute node")
-    test.set_defaults(func=cmd_test)
-    remove = csub.add_parser("remove", help="delete a personal preset")
+    remove = _action(csub, "remove", "delete a personal preset", cmd_remove)
     remove.add_argument("name")
-    remove.set_defaults(func=cmd_remove)
+
+
+def _action(csub: Any, name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+    """One ``cluster`` action; it takes ``--conf`` too (SUPPRESS: an absent one keeps the value
+    given before the action)."""
+    parser: argparse.ArgumentParser = csub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--conf", default=argparse.SUPPRESS, help=CONF_HELP)
+    parser.set_defaults(func=func)
+    return parser

@@ -337,11 +337,20 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500k, 20M, 1G)") from None
 
 
+PROG = "python -m launcher_core.pull"
+DESCRIPTION = "Collect results of sweeps launched with wait=false (all known sweeps by default)."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m launcher_core.pull",
-        description="Collect results of sweeps launched with wait=false (all known sweeps by default).",
-    )
+    """The parser of ``python -m launcher_core.pull`` (``launcher-core pull`` adds the same
+    arguments to its sub-command with :func:`add_arguments`)."""
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every argument of the pull command, added to ``parser``."""
     parser.add_argument("sweeps", nargs="*", help="sweep dirs or sweep ids (default: every known sweep)")
     parser.add_argument("--once", action="store_true", help="one cycle, then exit")
     parser.add_argument("--interval", type=float, default=60.0, metavar="SECONDS", help="seconds between cycles")
@@ -381,7 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete each job's files on the backend once it is pulled (full pulls only; see `launcher-core clean`)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser
 
 
 def options_from_args(args: argparse.Namespace) -> PullOptions:
@@ -399,7 +407,11 @@ def options_from_args(args: argparse.Namespace) -> PullOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_from_args(build_parser().parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the pull command for parsed arguments (of :func:`build_parser` or ``launcher-core pull``)."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
     pid_path, log_path = daemon_paths()
     if args.stop:
