@@ -17,7 +17,6 @@ import argparse
 import fcntl
 import logging
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -200,22 +199,28 @@ def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
 
 
 def _notify_once(store: StateStore, meta: dict, counts: dict[JobState, int], command: str | None) -> None:
-    """Run the user's notification command once per finished sweep (no shell involved)."""
+    """Run the user's notification command once per finished sweep: a shell command line
+    (``sh -c``, so ``"$SWEEP_ID"`` and redirections work), with the sweep's facts only in its
+    environment (:func:`notify_env`), never pasted into the command."""
     if not command or meta.get("notified_at"):
         return
     failed = sum(1 for r in store.jobs(states=[JobState.PULLED]) if r.outcome is JobState.FAILED)
-    env = {
-        **os.environ,
-        "SWEEP_ID": str(meta.get("sweep_id", "")),
-        "SWEEP_DIR": str(meta.get("sweep_dir", "")),
-        "SWEEP_JOBS": str(sum(counts.values())),
-        "SWEEP_FAILED": str(failed),
-    }
+    env = {**os.environ, **notify_env(meta, sum(counts.values()), failed)}
     try:
-        subprocess.run(shlex.split(command), env=env, timeout=60, check=False)
+        subprocess.run(["sh", "-c", command], env=env, timeout=60, check=False, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("notification command %r failed: %s", command, exc)
     store.set_meta({"notified_at": time.time()})
+
+
+def notify_env(meta: dict, jobs: int, failed: int) -> dict[str, str]:
+    """What a ``--notify`` command gets in its environment."""
+    return {
+        "SWEEP_ID": str(meta.get("sweep_id", "")),
+        "SWEEP_DIR": str(meta.get("sweep_dir", "")),
+        "SWEEP_JOBS": str(jobs),
+        "SWEEP_FAILED": str(failed),
+    }
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -373,7 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--notify",
         metavar="COMMAND",
-        help="run COMMAND when a sweep finishes (env: SWEEP_ID, SWEEP_DIR, SWEEP_JOBS, SWEEP_FAILED)",
+        help="run the shell command COMMAND (sh -c) when a sweep finishes, with SWEEP_ID, SWEEP_DIR, SWEEP_JOBS "
+        "and SWEEP_FAILED in its environment",
     )
     parser.add_argument(
         "--daemon", action="store_true", help="run in the background (PID file and log in the launcher home)"
