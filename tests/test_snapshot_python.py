@@ -12,8 +12,9 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -363,3 +364,105 @@ def test_local_pool_sweep_without_pidfds_completes_within_n_jobs(tmp_path: Path)
     starts = sorted(s for s, _ in spans)
     assert starts[2] - ends[0] < 0.5 and starts[4] - ends[2] < 0.5
     assert elapsed < 60
+
+
+GRID_CONFIG_DIR = REPO_ROOT / "tests" / "apps" / "conf_grid"
+
+
+def sleep_a_tenths(cfg: Any) -> int:
+    time.sleep(cfg.a / 10)
+    return int(cfg.a)
+
+
+@pytest.fixture
+def grid_app(tmp_path: Path, hydra_restore_singletons: None) -> Iterator[tuple[Any, Any]]:
+    """The master config and Hydra context of tests/apps/conf_grid, composed in this process."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import HydraContext, RunMode
+
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(
+        task_name="grid_app", config_search_path=create_config_search_path(str(GRID_CONFIG_DIR))
+    )
+    overrides = ["hydra.job.chdir=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    master = hydra.compose_config("config", overrides=overrides, run_mode=RunMode.MULTIRUN)
+    yield master, HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(master))
+    GlobalHydra.instance().clear()
+
+
+def test_without_pidfds_wait_wakes_when_a_job_exits(grid_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit pipe, not a poll: wait() returns as the job ends, long before its timeout."""
+    from launcher_core.backends.local_pool import LocalPoolBackend
+    from launcher_core.controller import build_job_specs
+    from launcher_core.jobs import JobState, SweepInfo
+    from launcher_core.runtime.compose import composer_for
+
+    monkeypatch.delattr(os, "pidfd_open")
+    master, ctx = grid_app
+    specs = build_job_specs(
+        composer=composer_for(ctx, master), sweep_id="t", job_overrides=[["a=3"]], initial_job_idx=0
+    )
+    backend = LocalPoolBackend(
+        n_jobs=1, timeout_s=None, kill_grace_s=1.0, task_function=sleep_a_tenths, hydra_context=ctx
+    )
+    backend.prepare(SweepInfo("t", Path("."), Path("."), "grid_app"))
+    try:
+        handles = dict(backend.submit(specs))
+        backend.poll(handles)  # starts the job
+        (run,) = backend._running.values()
+        assert run.wake_fd is not None  # its exit pipe
+        woken = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tic = time.monotonic()
+            backend.wait(30.0)
+            woken.append(time.monotonic() - tic)
+            status = backend.poll(handles)[specs[0].job_id]
+            if status.state.is_terminal:
+                break
+    finally:
+        backend.close()
+    assert status.state is JobState.COMPLETED
+    # woken by the exit, never at the 30 s timeout; then at most a few 10 ms polls until the ended
+    # job can be reaped, not a busy loop on its readable pipe
+    assert woken[0] < 10 and len(woken) <= 10 and all(w > 0.001 for w in woken[1:]), woken
+    assert load_result(specs[0].result_path) == 3
+
+
+def load_result(path: Path) -> Any:
+    from launcher_core.runtime.worker import load_job_return
+
+    return load_job_return(path).return_value
+
+
+def test_process_start_time_without_proc_comes_from_ps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS has no /proc: the start time that tells a job's process from a reused pid comes from
+    ps(1) there. Checked here against /proc: the same moment, a zombie and a reaped pid count as gone."""
+    from launcher_core.runtime import procs
+
+    if shutil.which("ps") is None:
+        pytest.skip("no ps on this machine")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        ticks = procs.process_start_time(child.pid)
+        assert isinstance(ticks, int)
+        boot = next(int(ln.split()[1]) for ln in Path("/proc/stat").read_text().splitlines() if ln.startswith("btime "))
+        from_proc = boot + ticks / os.sysconf("SC_CLK_TCK")
+        monkeypatch.setattr(procs, "_HAVE_PROC", False)
+        from_ps = procs.process_start_time(child.pid)
+        assert isinstance(from_ps, int) and abs(from_ps - from_proc) <= 2.5, (from_ps, from_proc)  # whole seconds
+        assert procs.process_start_time(child.pid) == from_ps  # stable: a pid file can hold it
+        assert procs.process_start_time(os.getpid()) != from_ps
+        child.stdin.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while procs.process_start_time(child.pid) is not None:  # a zombie (not reaped yet) is gone
+            assert time.monotonic() < deadline, "the ended child still counts as alive"
+            time.sleep(0.05)
+        assert child.poll() is not None or child.wait(5) == 0
+        assert procs.process_start_time(child.pid) is None
+    finally:
+        child.kill()
+        child.wait(5)

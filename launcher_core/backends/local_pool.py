@@ -33,8 +33,11 @@ class _Running:
     spec: JobSpec
     pid: int
     started: float
-    pidfd: int | None  # readable once the job exits: lets wait() wake at once
+    wake_fd: int | None  # readable once the job exits (a pidfd, else an exit pipe): wait() wakes at once
     timeout_kill: GroupKill | None = None
+    # its wake_fd was readable: an exit pipe is as soon as the job closes its files, a moment
+    # before it can be reaped; from then on it is polled, not waited for (which would spin)
+    woke: bool = False
 
 
 # how long wait() blocks at most while orphans are being killed (their groups are stepped on poll)
@@ -81,6 +84,7 @@ class LocalPoolBackend(Backend):
         self._cleanups: list[GroupKill] = []
         self._code: tuple[Path, Path] | None = None  # (code dir, its frozen snapshot)
         self._code_record: dict[str, Any] | None = None  # each started job's .launcher/code.json
+        self._pidfds = _pidfds_work()  # Linux >= 5.3; elsewhere each job gets an exit pipe
 
     # --- contract -----------------------------------------------------------------------
     def prepare(self, sweep: SweepInfo) -> None:
@@ -121,13 +125,11 @@ class LocalPoolBackend(Backend):
             timeout_s = min(timeout_s, max(due - now, 0.0) + 0.001)
             if any(r.timeout_kill is not None for r in self._running.values()):
                 timeout_s = min(timeout_s, _CLEANUP_STEP_S)
-        pidfds = [r.pidfd for r in self._running.values() if r.pidfd is not None]
-        if len(pidfds) < len(self._running):  # no pidfd for some job: poll it soon
+        waiting = {r.wake_fd: r for r in self._running.values() if r.wake_fd is not None and not r.woke}
+        if len(waiting) < len(self._running):  # nothing (more) wakes us for some job: poll it soon
             timeout_s = min(timeout_s, 0.01)
-        if pidfds:
-            select.select(pidfds, [], [], timeout_s)
-        else:
-            time.sleep(timeout_s)
+        for fd in _wait_readable(list(waiting), timeout_s):
+            waiting[fd].woke = True
 
     def fetch(
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
@@ -146,8 +148,8 @@ class LocalPoolBackend(Backend):
                 self._reap_finished()
             self._done.setdefault(job_id, JobStatus(JobState.CANCELLED, "cancelled"))
             left = self._running.pop(job_id, None)
-            if left is not None and left.pidfd is not None:
-                os.close(left.pidfd)
+            if left is not None and left.wake_fd is not None:
+                os.close(left.wake_fd)
         # stale handles from an earlier controller that died: kill by pid if it is still ours
         for job_id, handle in handles.items():
             if job_id not in ours or self._done[job_id].state is JobState.CANCELLED:
@@ -179,10 +181,12 @@ class LocalPoolBackend(Backend):
         while self._queue and len(self._running) < self.n_jobs:
             spec = self._queue.popleft()
             self._queued.discard(spec.job_id)
-            pid = self._fork_job(spec)
-            self._running[spec.job_id] = _Running(spec, pid, time.monotonic(), _open_pidfd(pid))
+            pid, exit_pipe = self._fork_job(spec)
+            wake_fd = _open_pidfd(pid) if exit_pipe is None else exit_pipe
+            self._running[spec.job_id] = _Running(spec, pid, time.monotonic(), wake_fd)
 
-    def _fork_job(self, spec: JobSpec) -> int:
+    def _fork_job(self, spec: JobSpec) -> tuple[int, int | None]:
+        """Start the job; returns its pid and, without pidfds, the read end of its exit pipe."""
         spec.launcher_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(spec.launcher_dir, 0o700)  # pid, logs and result are the user's own
         if self._code_record is not None:
@@ -194,10 +198,16 @@ class LocalPoolBackend(Backend):
                 log.warning("job #%d: could not write its code record: %s", spec.idx, exc)
         sys.stdout.flush()
         sys.stderr.flush()
+        read_end, write_end = (None, None) if self._pidfds else os.pipe()
         pid = os.fork()
         if pid == 0:  # child: never returns
+            if read_end is not None and write_end is not None:
+                os.close(read_end)
+                _hold_exit_pipe(write_end)
             _child_main(self._task_function, self._hydra_context, spec, self._code)
-        return pid
+        if write_end is not None:
+            os.close(write_end)  # the child holds the only write end: its exit makes read_end readable
+        return pid, read_end
 
     def _reap_finished(self) -> None:
         for job_id, run in list(self._running.items()):
@@ -208,8 +218,8 @@ class LocalPoolBackend(Backend):
             if pid == 0:
                 continue
             del self._running[job_id]
-            if run.pidfd is not None:
-                os.close(run.pidfd)
+            if run.wake_fd is not None:
+                os.close(run.wake_fd)
             self._done[job_id] = self._final_status(run, status)
             # the job leader is gone; anything left in its group is an orphan: clean it up
             self._cleanups.append(GroupKill(run.pid, self.kill_grace_s))
@@ -326,6 +336,45 @@ def _open_pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
+
+
+def _pidfds_work() -> bool:
+    """Whether this system gives pidfds (not macOS, not Linux before 5.3 or under a seccomp
+    filter that refuses them)."""
+    fd = _open_pidfd(os.getpid())
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def _hold_exit_pipe(write_end: int) -> None:
+    """In a job without a pidfd: keep the exit pipe's write end open for as long as the job
+    runs (its end closes it, waking the controller), but not in processes the job forks
+    (multiprocessing workers), which could outlive it and delay the wake-up. Programs it
+    executes do not get it anyway (the fd is close-on-exec)."""
+    ident = os.fstat(write_end).st_ino
+
+    def close_in_forked_child() -> None:
+        try:
+            if os.fstat(write_end).st_ino == ident:  # still our pipe, not a reused fd number
+                os.close(write_end)
+        except OSError:
+            pass
+
+    os.register_at_fork(after_in_child=close_in_forked_child)
+
+
+def _wait_readable(fds: Sequence[int], timeout_s: float) -> list[int]:
+    """Block until one of ``fds`` is readable (or hung up) or ``timeout_s`` has passed; returns
+    those that are. poll(2): no limit on fd numbers, unlike select(2)'s 1024."""
+    if not fds:
+        time.sleep(timeout_s)
+        return []
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _events in poller.poll(max(timeout_s, 0.0) * 1000)]
 
 
 def _disk_full(path: Path, min_free: int = 64 * 1024) -> bool:

@@ -97,10 +97,18 @@ def kill_group_blocking(pgid: int, grace_s: float, timeout_s: float = 30.0) -> b
     return False
 
 
+# Linux (and most Unix-likes but macOS) have /proc; elsewhere ps(1) tells a process's start time
+_HAVE_PROC = os.path.exists("/proc/self/stat")
+
+
 def process_start_time(pid: int) -> int | None:
-    """Start time of the live process ``pid`` in clock ticks since boot (field 22 of
-    /proc/PID/stat); None when there is none. A zombie counts as gone: it has ended, and its
-    parent may never reap it (a subreaper that is not waiting, a slow init)."""
+    """Start time of the live process ``pid`` (clock ticks since boot from field 22 of
+    /proc/PID/stat; seconds since the epoch from ps(1) where there is no /proc, as on macOS);
+    None when there is none. Compare it only with a value from the same machine. A zombie counts
+    as gone: it has ended, and its parent may never reap it (a subreaper that is not waiting, a
+    slow init)."""
+    if not _HAVE_PROC:
+        return _ps_start_time(pid)
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode(errors="replace")
@@ -111,3 +119,24 @@ def process_start_time(pid: int) -> int | None:
     if fields[0] in ("Z", "X"):  # zombie or dead
         return None
     return int(fields[19])
+
+
+def _ps_start_time(pid: int) -> int | None:
+    """:func:`process_start_time` from ``ps -o stat=,lstart=`` (BSD and procps ps both have them),
+    in UTC so that every reader gets the same number whatever its time zone."""
+    import calendar
+    import subprocess
+
+    env = {**os.environ, "TZ": "UTC0", "LC_ALL": "C"}
+    argv = ["ps", "-o", "stat=,lstart=", "-p", str(pid)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=env, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    fields = proc.stdout.split()
+    if proc.returncode != 0 or len(fields) != 6 or fields[0].startswith("Z"):
+        return None
+    try:
+        return calendar.timegm(time.strptime(" ".join(fields[1:]), "%a %b %d %H:%M:%S %Y"))
+    except ValueError:
+        return None
