@@ -50,7 +50,7 @@ def launcher_overrides(settings: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("preset", sorted((REPO_ROOT / "conf" / "cluster").glob("ec2_*.yaml")), ids=lambda p: p.stem)
 def test_cluster_presets_are_valid_settings(preset: Path) -> None:
     cfg = OmegaConf.load(preset)
-    assert list(cfg.defaults) == [{"override /hydra/launcher": "ec2"}]
+    assert list(cfg.defaults) == [{"override /hydra/launcher": "ec2"}, {"override /hydra/sweeper": "paired"}]
     Ec2Settings.from_mapping(cfg.hydra.launcher)
 
 

@@ -183,7 +183,7 @@ def test_sbatch_options_follow_submitit_names() -> None:
 @pytest.mark.parametrize("preset", sorted((REPO_ROOT / "conf" / "cluster").glob("slurm_*.yaml")), ids=lambda p: p.stem)
 def test_cluster_presets_are_valid_settings(preset: Path) -> None:
     cfg = OmegaConf.load(preset)
-    assert list(cfg.defaults) == [{"override /hydra/launcher": "slurm"}]
+    assert list(cfg.defaults) == [{"override /hydra/launcher": "slurm"}, {"override /hydra/sweeper": "paired"}]
     schema = OmegaConf.structured(SlurmArrayLauncherConf)
     merged = OmegaConf.merge(schema, cfg.hydra.launcher)  # unknown keys or wrong types fail here
     SlurmOptions.from_params(OmegaConf.to_container(merged, resolve=False))
