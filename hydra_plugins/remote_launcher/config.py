@@ -124,6 +124,9 @@ class SlurmArrayLauncherConf:
     Names follow hydra-submitit-launcher's ``submitit_slurm``."""
 
     _target_: str = f"{_PKG}.launchers.SlurmArrayLauncher"
+    # hydra-submitit-launcher's folder for its pickles and logs: accepted so a submitit_slurm
+    # config carries over, and ignored with a warning (our files live in the sweep's .launcher/)
+    submitit_folder: Optional[str] = None
     # maximum time of a job in minutes (sbatch --time)
     timeout_min: int = 60
     cpus_per_task: Optional[int] = None
@@ -153,8 +156,8 @@ class SlurmArrayLauncherConf:
     additional_parameters: Dict[str, Any] = field(default_factory=dict)
     # at most this many jobs of the sweep run at once
     array_parallelism: int = 256
-    # shell lines run in the sbatch script before the job
-    setup: List[str] = field(default_factory=list)
+    # shell lines run in the sbatch script before the job (null, submitit's default: none)
+    setup: Optional[List[str]] = field(default_factory=list)
     srun_args: List[str] = field(default_factory=list)
     # run the job through srun inside the allocation (needed for tasks_per_node/nodes > 1)
     use_srun: bool = True

@@ -4,6 +4,7 @@ errors naming the bad ``hydra.launcher`` key; and the ``#SBATCH`` options they m
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,14 @@ from launcher_core.resources import (
 )
 from launcher_core.settings import settings_from_mapping
 from launcher_core.validation import check_optional_positive, check_positive, env_vars
+
+log = logging.getLogger("launcher_core.slurm")
+
+#: hydra-submitit-launcher settings accepted (so a ``submitit_slurm`` config carries over) but not
+#: used, and why; setting one logs a warning naming it
+IGNORED_SUBMITIT_KEYS = {
+    "submitit_folder": "this launcher keeps its files in the sweep dir's .launcher/slurm/ and each job's .launcher/",
+}
 
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _SBATCH_TEXT_KEYS = (
@@ -64,7 +73,14 @@ class SlurmOptions(SlurmArrayLauncherConf):
         anything is launched. ``params``: ``hydra.launcher`` or a stored config (plain or OmegaConf)."""
         opts = settings_from_mapping(cls, params, "slurm", prefix)
         opts._validate(prefix)
+        opts._note_ignored(prefix)
         return opts
+
+    def _note_ignored(self, p: str) -> None:
+        """One warning per hydra-submitit-launcher key that is set but not used."""
+        for key, why in IGNORED_SUBMITIT_KEYS.items():
+            if getattr(self, key) is not None:
+                log.warning("%s.%s is ignored (a hydra-submitit-launcher setting): %s", p, key, why)
 
     def _validate(self, p: str) -> None:
         check_positive(f"{p}.timeout_min", self.timeout_min, integer=True)
