@@ -243,13 +243,15 @@ def github_anchors(path: Path) -> set[str]:
 
 
 def relative_links(path: Path) -> list[tuple[int, str]]:
+    """(line number, target) of every link that is not a URL; link texts may span lines."""
+    text = "\n".join(prose_lines(path.read_text()))
+    # links are not read inside inline code: blank it out, keeping offsets and line breaks
+    text = re.sub(r"`[^`]*`", lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
     out = []
-    for number, line in enumerate(prose_lines(path.read_text()), 1):
-        line = re.sub(r"`[^`]*`", "", line)  # links are not read inside inline code
-        for m in _LINK.finditer(line):
-            target = m.group(1)
-            if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
-                out.append((number, target))
+    for m in _LINK.finditer(text):
+        target = m.group(1)
+        if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            out.append((text.count("\n", 0, m.start(1)) + 1, target))
     return out
 
 
@@ -276,12 +278,14 @@ def test_the_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path: Pa
     a = tmp_path / "a.md"
     a.write_text(
         "[ok](b.md#hello-world-again) [ok too](b.md#hello-world-again-1) [web](https://x.org/y)\n"
-        "[gone](c.md) [no anchor](b.md#not-a-heading) `[in code](d.md)`\n[self](#nothing)\n"
+        "[gone](c.md) [no anchor](b.md#not-a-heading) `[in code](d.md)`\n[self](#nothing) [a text\n"
+        "over two lines](e.md)\n"
     )
     assert broken_links(a) == [
         "a.md:2: c.md (no such file)",
         "a.md:2: b.md#not-a-heading (no heading makes #not-a-heading)",
         "a.md:3: #nothing (no heading makes #nothing)",
+        "a.md:4: e.md (no such file)",
     ]
 
 
