@@ -393,8 +393,15 @@ def grid_app(tmp_path: Path, hydra_restore_singletons: None) -> Iterator[tuple[A
     GlobalHydra.instance().clear()
 
 
-def test_without_pidfds_wait_wakes_when_a_job_exits(grid_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("with_poll", [True, False], ids=["poll", "select"])
+def test_without_pidfds_wait_wakes_when_a_job_exits(
+    grid_app: Any, monkeypatch: pytest.MonkeyPatch, with_poll: bool
+) -> None:
     """The exit pipe, not a poll: wait() returns as the job ends, long before its timeout."""
+    import select
+
+    if not with_poll:
+        monkeypatch.delattr(select, "poll")
     from launcher_core.backends.local_pool import LocalPoolBackend
     from launcher_core.controller import build_job_specs
     from launcher_core.jobs import JobState, SweepInfo

@@ -371,6 +371,8 @@ def _wait_readable(fds: Sequence[int], timeout_s: float) -> list[int]:
     if not fds:
         time.sleep(timeout_s)
         return []
+    if not hasattr(select, "poll"):  # a Python built without it
+        return select.select(fds, [], [], timeout_s)[0]
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
