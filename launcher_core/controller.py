@@ -396,6 +396,7 @@ def launch_batch(
             options=options,
             hydra_context=hydra_context,
             config=config,
+            task_function=task_function,
             job_overrides=job_overrides,
             initial_job_idx=initial_job_idx,
             code_dir=code_dir,
@@ -429,6 +430,7 @@ def _launch(
     options: LaunchOptions,
     hydra_context: Any,
     config: Any,
+    task_function: Any,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
     code_dir: Path | None,
@@ -472,6 +474,7 @@ def _launch(
         if to_submit and options.preflight:
             from launcher_core.preflight import run_preflight
 
+            _payload_needs(sweep, task_function)
             run_preflight(backend, sweep, len(to_submit))
         sweep.code_record = snapshots.code_record(git, code_id)
         backend.prepare(sweep)
@@ -500,6 +503,13 @@ def _launch(
             backend.close()
         finally:
             store.close()
+
+
+def _payload_needs(sweep: SweepInfo, task_function: Any) -> None:
+    """What the job side will need to load this batch's payload, for the pre-flight to check."""
+    from launcher_core.backends.base import sweep_payload_for
+
+    sweep_payload_for(sweep, task_function, None)  # sets sweep.payload_needs; the bytes are built again at submit
 
 
 # one code snapshot (and code record) per launching process: every batch of a sweep shares it

@@ -154,3 +154,6 @@ class SweepInfo:
     # the batch's SweepComposer: its ``node_state()`` goes into the sweep payload, and jobs
     # compose their configs from it where they run
     composer: Any = None
+    # what the job side needs to load the sweep payload (runtime.payload.PayloadNeeds), known
+    # before the pre-flight checks the hosts against it
+    payload_needs: Any = None

@@ -36,8 +36,17 @@ log = logging.getLogger("launcher_core.preflight")
 CACHE_FILE = "preflight.json"  # in the sweep's .launcher/
 CACHE_TTL_S = 24 * 3600.0
 OK, WARN, FAIL = "ok", "warn", "fail"
-# what the job side needs, with the part of the version that must match this machine's
+# what the job side needs (distribution, module)
 JOB_SIDE_PACKAGES = (("hydra-core", "hydra"), ("omegaconf", "omegaconf"), ("cloudpickle", "cloudpickle"))
+# the configs travel as pickled OmegaConf nodes of Hydra's own classes: the same major.minor
+SAME_MINOR = ("hydra-core", "omegaconf")
+OLDEST_JOB_PYTHON = (3, 10)  # what the shipped runtime runs on (pyproject's requires-python)
+
+# What the payload of the sweep being checked needs (runtime.payload.PayloadNeeds), set by
+# run_preflight around the backend's checks: a module global rather than a parameter so the
+# backends' probes and their host threads need not pass it along. None: not known (`cluster
+# test`), then what only a task travelling by value needs is a warning.
+_payload_needs: Any = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,10 @@ class PreflightRequest:
 
 def fingerprint(*parts: Any) -> str:
     """A cache key of what a host is checked with: its settings and this machine's versions."""
-    text = json.dumps([local_versions(), *parts], sort_keys=True, default=str)
+    needs = (
+        None if _payload_needs is None else [_payload_needs.by_value, _payload_needs.python, _payload_needs.cloudpickle]
+    )
+    text = json.dumps([local_versions(), needs, *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -118,8 +130,14 @@ def python_checks(
     where: str = "hydra.launcher.python",
     packages: bool = True,
 ) -> list[Check]:
-    """Rows for the probe's answer (the output of ``python -c PROBE``, None if it did not run):
-    Python runs, same minor version as here, job-side packages importable at compatible versions."""
+    """Rows for the probe's answer (the output of ``python -c PROBE``, None if it did not run).
+
+    The rule (README, "What must match"): the job side runs Python >= 3.10 with hydra-core and
+    omegaconf of this machine's major.minor (the configs travel as their pickled nodes) and any
+    cloudpickle >= 2.2. Only a payload with parts that travel pickled by value (a task function
+    the job side cannot import, see :mod:`launcher_core.runtime.payload`) also needs this
+    machine's Python minor version and cloudpickle major.minor there.
+    """
     probe = _parse_probe(answer)
     if probe is None:
         shown = " ".join((answer or "").split())[:200] or "nothing"
@@ -129,31 +147,63 @@ def python_checks(
                 host,
                 FAIL,
                 f"{python!r} is not a working Python on {host}: it printed {shown!r}",
-                f"set {where} to the command of a Python {local_versions()['python']} there (e.g. ~/venv/bin/python)",
+                f"set {where} to the command of a Python >= 3.10 there (e.g. ~/venv/bin/python)",
                 key,
             )
         ]
-    here = local_versions()
-    rows = []
-    version = str(probe.get("python", "?"))
-    same = ".".join(version.split(".")[:2]) == here["python"]
-    rows.append(
-        Check(
-            "python version",
-            host,
-            OK if same else FAIL,
-            f"{python} is Python {version} ({probe.get('executable', '?')})"
-            + ("" if same else f"; this machine runs {here['python']} and jobs travel pickled"),
-            "" if same else f"point {where} at a Python {here['python']} on {host}",
-            key,
-        )
-    )
+    rows = [_python_row(host, str(probe.get("python", "?")), str(probe.get("executable", "?")), python, where, key)]
     if not packages:
         return rows
     found = probe.get("packages") or {}
+    here = local_versions()
     for dist, _module in JOB_SIDE_PACKAGES:
         rows.append(_package_row(host, dist, str(found.get(dist, "ERROR missing")), here[dist], python, key))
     return rows
+
+
+def _by_value_note() -> str:
+    needs = _payload_needs
+    return needs.describe() if needs is not None and not needs.portable else ""
+
+
+def _python_row(host: str, version: str, executable: str, python: str, where: str, key: str) -> Check:
+    here = local_versions()["python"]
+    detail = f"{python} is Python {version} ({executable})"
+    try:
+        there = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        there = (0, 0)
+    if there < OLDEST_JOB_PYTHON:
+        return Check(
+            "python version",
+            host,
+            FAIL,
+            detail + "; jobs need Python >= 3.10",
+            f"point {where} at a Python >= 3.10 on {host}",
+            key,
+        )
+    if _major_minor(version) == here:
+        return Check("python version", host, OK, detail, "", key)
+    why = _by_value_note()
+    if why:
+        return Check(
+            "python version",
+            host,
+            FAIL,
+            f"{detail}; {why}, which needs Python {here} there as here",
+            f"point {where} at a Python {here} on {host}, or make the task importable from the code dir",
+            key,
+        )
+    if _payload_needs is None:
+        return Check(
+            "python version",
+            host,
+            WARN,
+            f"{detail}; only a task that travels pickled by value needs {here} there as here",
+            "",
+            key,
+        )
+    return Check("python version", host, OK, detail, "", key)
 
 
 def _package_row(host: str, dist: str, there: str, here: str, python: str, key: str) -> Check:
@@ -167,15 +217,35 @@ def _package_row(host: str, dist: str, there: str, here: str, python: str, key: 
             f"install it there: `{python} -m pip install '{pin}'` (or use a Python that has it)",
             key,
         )
-    if _major_minor(there) != _major_minor(here):
+    if dist in SAME_MINOR and _major_minor(there) != _major_minor(here):
         return Check(
             dist,
             host,
             FAIL,
-            f"{there} there, {here} here: pickled jobs and configs need the same {_major_minor(here)}.x",
-            f"`{python} -m pip install '{pin}'` on {host}",
+            f"{there} there, {here} here: the jobs' configs travel as {dist} {_major_minor(here)}.x objects",
+            f"`{python} -m pip install '{dist}=={_major_minor(here)}.*'` on {host}",
             key,
         )
+    if dist == "cloudpickle" and _major_minor(there) != _major_minor(here):
+        why = _by_value_note()
+        if why:
+            return Check(
+                dist,
+                host,
+                FAIL,
+                f"{there} there, {here} here: {why}, which needs cloudpickle {_major_minor(here)}.x there",
+                f"`{python} -m pip install '{dist}=={_major_minor(here)}.*'` on {host}, or make the task importable",
+                key,
+            )
+        if _payload_needs is None:
+            return Check(
+                dist,
+                host,
+                WARN,
+                f"{there} there, {here} here: only a task travelling pickled by value needs {_major_minor(here)}.x",
+                "",
+                key,
+            )
     return Check(dist, host, OK, there, "", key)
 
 
@@ -236,9 +306,14 @@ def run_preflight(backend: Backend, sweep: SweepInfo, n_jobs: int) -> None:
     """Check every host that gets jobs before any is submitted: one line per host when all is
     well, else a :class:`ConfigError` naming each host, what is wrong and the fix (nothing was
     submitted). Hosts that passed are remembered in the sweep's ``.launcher/preflight.json``."""
+    global _payload_needs
     cache = PreflightCache(sweep.sweep_dir / ".launcher" / CACHE_FILE)
     request = PreflightRequest(n_jobs=n_jobs, cache=cache, sweep=sweep)
-    rows = backend.preflight(request)
+    _payload_needs = sweep.payload_needs
+    try:
+        rows = backend.preflight(request)
+    finally:
+        _payload_needs = None
     failed = [r for r in rows if not r.ok]
     if failed:
         raise ConfigError(failure_message(failed, n_jobs))

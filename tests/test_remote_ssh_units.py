@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -407,42 +406,6 @@ def test_git_state_records_commit_diff_and_untracked(tmp_path: Path) -> None:
     dirty = git_state(tmp_path)
     assert dirty.dirty and "+x = 2" in dirty.diff and dirty.untracked == ["new.py"]
     assert git_state(Path("/")).error is not None  # not a repository: recorded, never raised
-
-
-# --- the remote worker's stand-ins for plugins the host does not have ----------------------
-def test_remote_worker_stubs_missing_hydra_plugins(tmp_path: Path) -> None:
-    plugin = tmp_path / "site" / "hydra_plugins" / "hrl_fake_plugin"
-    plugin.mkdir(parents=True)
-    (plugin / "__init__.py").write_text("class FakeLauncherConf:\n    pass\n")
-    sys.path.insert(0, str(tmp_path / "site"))
-    try:
-        from hydra_plugins.hrl_fake_plugin import FakeLauncherConf  # type: ignore[import-not-found]
-
-        data = pickle.dumps({"cls": FakeLauncherConf, "value": 42})
-    finally:
-        sys.path.remove(str(tmp_path / "site"))
-        sys.modules.pop("hydra_plugins.hrl_fake_plugin", None)
-    payload = tmp_path / "p.pkl"
-    payload.write_bytes(data)
-    code = "import pickle,sys; {} d = pickle.load(open(sys.argv[1], 'rb')); print(d['value'], d['cls'].__name__)"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    plain = subprocess.run(
-        [sys.executable, "-c", code.format(""), str(payload)], capture_output=True, text=True, env=env
-    )
-    assert plain.returncode != 0 and "hrl_fake_plugin" in plain.stderr
-    stubbed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code.format("from launcher_core.runtime import remote_worker; remote_worker.install();"),
-            payload,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert stubbed.returncode == 0, stubbed.stderr
-    assert stubbed.stdout.split() == ["42", "FakeLauncherConf"]
 
 
 # --- presets ----------------------------------------------------------------------------------

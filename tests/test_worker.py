@@ -1,4 +1,4 @@
-"""The job-side worker run from cloudpickle payloads, as remote backends use it."""
+"""The job-side worker run from sweep payloads, as remote backends use it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from launcher_core.runtime import payload
 from launcher_core.runtime.compose import SweepComposer
 from launcher_core.runtime.worker import (
     RemoteJobError,
@@ -23,7 +24,6 @@ from launcher_core.runtime.worker import (
     job_entry,
     job_table_bytes,
     load_job_return,
-    sweep_payload_bytes,
 )
 from tests.conftest import REPO_ROOT
 
@@ -70,7 +70,10 @@ def run_worker(tmp_path: Path, hydra_restore_singletons: None):
         sweep_payload = tmp_path / "sweep.pkl"
         table = tmp_path / "jobs.json"
         result = tmp_path / f"result{idx}.pkl"
-        atomic_write_bytes(sweep_payload, sweep_payload_bytes(task, ctx, composer.node_state()))
+        # the tasks live in this test module, outside the code dir (tmp_path): they travel by value
+        data, needs = payload.build(task, composer.node_state(), None, tmp_path)
+        assert not needs.portable
+        atomic_write_bytes(sweep_payload, data)
         other = job_entry(idx + 1, ["a=0"], str(tmp_path / "other.pkl"))
         atomic_write_bytes(table, job_table_bytes([other, job_entry(idx, overrides, str(result))]))
         proc = subprocess.run(

@@ -170,10 +170,14 @@ class Backend(abc.ABC):
 
 
 def sweep_payload_for(sweep: SweepInfo, task_function: Any, hydra_context: Any) -> bytes:
-    """The sweep payload of jobs submitted now: task function, Hydra context, the launch's code
-    record and the composer's templates as they are now (a later batch of a multirun may bring
-    new ones), from which each job composes its own config where it runs."""
-    from launcher_core.runtime.worker import sweep_payload_bytes
+    """The sweep payload of jobs submitted now (:mod:`launcher_core.runtime.payload`): the task
+    function (by reference where it can be), the launch's code record and the composer's
+    templates as they are now (a later batch of a multirun may bring new ones), from which each
+    job composes its own config where it runs. The Hydra context stays here: the job side
+    builds its own from the job's config."""
+    from launcher_core.runtime import payload
 
     composer_state = sweep.composer.node_state() if sweep.composer is not None else None
-    return sweep_payload_bytes(task_function, hydra_context, composer_state, sweep.code_record)
+    data, needs = payload.build(task_function, composer_state, sweep.code_record, sweep.code_dir)
+    sweep.payload_needs = needs
+    return data

@@ -409,14 +409,12 @@ def preload() -> bool:
     """Import what every job imports, once, before forking the jobs (fall back to exec if not)."""
     global _PRELOADED
     try:
-        from launcher_core.runtime import remote_worker
-
-        remote_worker.install()
         import cloudpickle  # noqa: F401
         import hydra.core.hydra_config  # noqa: F401
         import hydra.core.utils  # noqa: F401
 
         import launcher_core.runtime.results  # noqa: F401
+        import launcher_core.runtime.payload  # noqa: F401
         import launcher_core.runtime.worker  # noqa: F401
     except Exception:  # noqa: BLE001 - the jobs will report the real import error themselves
         traceback.print_exc()

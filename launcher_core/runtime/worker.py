@@ -3,10 +3,11 @@
 Used in two ways:
 * in-process by ``local_pool`` (a forked child calls :func:`run_and_save`), and
 * as ``python -m launcher_core.runtime.worker SWEEP_PAYLOAD JOB_TABLE FIRST [COUNT]`` where the job
-  runs, from two files a backend shipped: the sweep payload (task function, Hydra context,
-  ``Singleton`` state and the composed templates; cloudpickle, once per sweep) and a job table
-  (each job's number, override list and result path; JSON). The job composes its own config
-  there (:class:`SweepPayload`), so nothing per job is written before submission.
+  runs, from two files a backend shipped: the sweep payload (the task function, by reference
+  where it can be, and the composed templates; once per sweep, see
+  :mod:`launcher_core.runtime.payload`) and a job table (each job's number, override list and
+  result path; JSON). The job composes its own config there (:class:`SweepPayload`), so nothing
+  per job is written before submission.
 
 A task that raises comes back as a FAILED ``JobReturn`` whose ``return_value`` is the original
 exception when it can be pickled (with the remote traceback attached as a note), or a
@@ -140,12 +141,14 @@ def failure_summary(result_path: Path) -> str | None:
 
 
 def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -> Any:
-    """Run one composed job config through ``hydra.core.utils.run_job``."""
+    """Run one composed job config through ``hydra.core.utils.run_job`` (with the launch's Hydra
+    context in a forked job, the job's own one, see :func:`job_context`, elsewhere)."""
     from hydra.core.utils import run_job, setup_globals
-
 
     setup_globals()
     set_job_identity(config, idx)
+    if hydra_context is None:
+        hydra_context = job_context(config)
     return run_job(  # sets HydraConfig itself
         hydra_context=hydra_context,
         config=config,
@@ -234,29 +237,6 @@ def failed_job_return(config: Any, exc: BaseException, working_dir: str | None =
     return ret
 
 
-def sweep_payload_bytes(
-    task_function: Any,
-    hydra_context: Any,
-    composer_state: dict[str, Any] | None = None,
-    code_record: dict[str, Any] | None = None,
-) -> bytes:
-    """What every job of a sweep shares, written once per sweep (cloudpickle): task function,
-    Hydra context, ``Singleton`` state, what the job side composes configs from
-    (:meth:`~launcher_core.runtime.compose.SweepComposer.node_state`) and the launch's code record."""
-    import cloudpickle
-    from hydra.core.singleton import Singleton
-
-    return cloudpickle.dumps(
-        {
-            "task_function": task_function,
-            "hydra_context": hydra_context,
-            "singleton_state": Singleton.get_state(),
-            "composer": composer_state,
-            "code_record": code_record,
-        }
-    )
-
-
 def job_entry(
     idx: int,
     overrides: list[str],
@@ -308,19 +288,17 @@ def job_table_bytes(entries: list[dict[str, Any]], **extra: Any) -> bytes:
 
 
 class SweepPayload:
-    """A loaded sweep payload: composes the configs of its jobs on the job side."""
+    """A loaded sweep payload (:mod:`launcher_core.runtime.payload`): composes the configs of its
+    jobs and runs them on the job side."""
 
     def __init__(self, path: str) -> None:
-        import cloudpickle
-        from hydra.core.singleton import Singleton
+        from launcher_core.runtime import payload
 
         with open(path, "rb") as f:
-            data = cloudpickle.load(f)
-        Singleton.set_state(data["singleton_state"])
-        self.task_function = data["task_function"]
-        self.hydra_context = data["hydra_context"]
-        self.code_record: dict[str, Any] | None = data.get("code_record")
-        self._composer_state = data["composer"]
+            loaded = payload.load(f.read())
+        self.task_function = loaded.task_function
+        self.code_record: dict[str, Any] | None = loaded.code_record
+        self._composer_state = loaded.composer_state
         self._composer: Any = None
 
     @property
@@ -359,7 +337,7 @@ class SweepPayload:
             ret.overrides = list(entry["overrides"])
             atomic_write_bytes(result_path, dump_job_return(ret))
             return EXIT_FAILED
-        args = (self.task_function, config, self.hydra_context, idx, result_path)
+        args = (self.task_function, config, None, idx, result_path)  # the context is the job's own
         ranks_dir = os.environ.get(RANKS_DIR_ENV)
         if ranks_dir:
             return run_ranked(*args, Path(ranks_dir), _task_rank())
@@ -369,6 +347,18 @@ class SweepPayload:
 def load_job_table(path: str) -> list[dict[str, Any]]:
     with open(path, "rb") as f:
         return json.load(f)["jobs"]
+
+
+def job_context(config: Any) -> Any:
+    """The Hydra context ``run_job`` needs on the job side: the job's callbacks, instantiated from
+    its ``hydra.callbacks`` as Hydra does (no config loader: a job composes nothing), and the
+    job's name where ``JobReturn.task_name`` reads it."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import JobRuntime
+    from hydra.types import HydraContext
+
+    JobRuntime.instance().set("name", str(config.hydra.job.name))
+    return HydraContext(config_loader=None, callbacks=Callbacks(config))  # type: ignore[arg-type]
 
 
 def set_job_identity(cfg: Any, idx: int) -> None:
