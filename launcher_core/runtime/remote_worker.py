@@ -1,4 +1,4 @@
-"""Job entry point where jobs run: ``python -m launcher_core.runtime.remote_worker SWEEP_PAYLOAD JOB_TABLE FIRST [COUNT]``.
+"""Job entry point where jobs run (``python -m launcher_core.runtime.remote_worker ARGS``).
 
 Exactly :func:`launcher_core.runtime.worker.main`, under the name the backends' scripts, batch
 files and instance agents have always called. The sweep payload names no Hydra plugin (see

@@ -413,8 +413,8 @@ def preload() -> bool:
         import hydra.core.hydra_config  # noqa: F401
         import hydra.core.utils  # noqa: F401
 
-        import launcher_core.runtime.results  # noqa: F401
         import launcher_core.runtime.payload  # noqa: F401
+        import launcher_core.runtime.results  # noqa: F401
         import launcher_core.runtime.worker  # noqa: F401
     except Exception:  # noqa: BLE001 - the jobs will report the real import error themselves
         traceback.print_exc()
