@@ -366,6 +366,13 @@ def matched_job(pipeline: Pipeline, stage: Stage, job: JobPlan, upstream: Stage)
             f"stage {stage.name} job #{job.num} ({shown}): no job of stage {upstream.name} has "
             f"{shown} (matched on keys {', '.join(keys)})"
         )
+    if len(found) > 1 and all(u.overrides == found[0].overrides for u in found):
+        nums = ", ".join(f"#{u.num}" for u in found[:5])
+        raise ConfigError(
+            f"stage {stage.name} job #{job.num} ({shown}) matches {len(found)} jobs of stage {upstream.name} "
+            f"that have the same values ({nums}: {' '.join(found[0].overrides)}): repeated runs of one config "
+            f"cannot be told apart. Sweep a key that differs between them (a seed, say) in both stages"
+        )
     if len(found) > 1:
         nums = ", ".join(f"#{u.num} ({' '.join(u.overrides)})" for u in found[:5])
         raise ConfigError(

@@ -123,6 +123,10 @@ BAD = [
     ("cycle", "stages depend on each other in a cycle: pretrain -> finetune -> pretrain"),
     ("missing", "stage finetune job #1 (x=7): no job of stage pretrain has x=7 (matched on keys x)"),
     ("ambiguous", "stage finetune job #0 (x=0) matches 2 jobs of stage pretrain on keys x"),
+    (
+        "repeated",
+        "stage finetune job #0 (x=0) matches 2 jobs of stage pretrain that have the same values (#0, #1: x=0)",
+    ),
     ("not-needed", "stage finetune: upstream refers to stage 'pretrain', which is not in its needs"),
     ("bad-key", "stage finetune: upstream asks for 'nope' of stage pretrain; known: output_dir, sweep_dir"),
     ("reserved", "stage pretrain: override 'hydra.sweep.dir=/x' is set by the pipeline"),
@@ -142,6 +146,9 @@ def _bad_file(case: str, proj: Path) -> str:
         fin["overrides"][0] = "x=0,7"
     elif case == "ambiguous":
         pre["overrides"] = ["x=0,1", "tag=a,b"]
+    elif case == "repeated":  # two runs of one config upstream: separate jobs, which no key tells apart
+        pre["overrides"] = ["x=0,0"]
+        fin["overrides"][0] = "x=0,0"
     elif case == "not-needed":
         fin["needs"] = []
     elif case == "bad-key":

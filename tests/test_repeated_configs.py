@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from launcher_core import results as res
+from launcher_core.browse import link_sweep
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
@@ -177,6 +178,11 @@ def test_repeated_overrides_run_as_separate_jobs(backend: str, request: pytest.F
     proc = _run(_argv(proj, sweep_dir, record, launcher), proj)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     _check_four_jobs(sweep_dir, record)
+    report = link_sweep(sweep_dir, tmp_path / "by-value", by=["t"])  # the same values: a name each
+    assert report.created == N_JOBS
+    links = sorted(p.name for p in (tmp_path / "by-value").iterdir())
+    assert links == [f"t=1,#{n}" for n in range(N_JOBS)]
+    assert [(tmp_path / "by-value" / name).resolve() for name in links] == [sweep_dir / str(n) for n in range(N_JOBS)]
 
     again = _run(_argv(proj, sweep_dir, record, launcher, "hydra.launcher.skip_completed=true"), proj)
     assert again.returncode == 0, again.stderr[-4000:]
