@@ -442,3 +442,23 @@ def test_example_app_cluster_preset(tmp_path: Path) -> None:
     settings = rs.RemoteSSHSettings.from_mapping({k: v for k, v in launcher.items() if k != "_target_"})
     assert [h.address.label for h in settings.hosts]
     assert cfg.hydra.sweeper._target_.endswith("PairedSweeper")  # type: ignore[attr-defined]
+
+
+# --- partial starts: counts that add up -------------------------------------------------------
+def test_a_partial_start_counts_every_started_job_and_names_the_others() -> None:
+    """One host started 3 of 4 jobs (two of them with the same overrides), another none: the
+    message counts the 3 that run, names the one that did not, and carries all 3 handles."""
+    from launcher_core.backends.remote_ssh import backend as rsb
+    from launcher_core.errors import BackendError, SubmitError
+    from launcher_core.jobs import JobSpec, job_id_for
+
+    specs = [JobSpec(job_id_for("s", i, ["t=2"]), i, ["t=2"], Path(f"/s/{i}")) for i in range(4)]
+    started = {s.job_id: {"host": "a"} for s in specs[:3]}
+    host_a = SubmitError(rsb._not_started("a", specs[3:], 4), started)
+    err = rsb._partial_error({"a": host_a, "b": BackendError("host b: unreachable")}, {}, 6)
+    text = str(err)
+    assert "host a: 1 of 4 jobs were not started (#3 t=2)" in text
+    assert "host b: unreachable" in text
+    assert "3 of 6 jobs were started and keep running" in text
+    assert "none of" not in text
+    assert set(err.started) == set(started)
