@@ -98,7 +98,8 @@ APP = textwrap.dedent(
         timings["old_build_s"] = time.perf_counter() - tic
         (here / "new.pkl").write_bytes(new)
         (here / "old.pkl").write_bytes(old)
-        timings.update(new_bytes=len(new), old_bytes=len(old), portable=needs.portable, templates=len(state["templates"]))
+        timings.update(new_bytes=len(new), old_bytes=len(old), portable=needs.portable)
+        timings["templates"] = len(state["templates"])
         print(json.dumps(timings))
     """
 )
