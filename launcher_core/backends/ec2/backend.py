@@ -77,13 +77,16 @@ class Ec2Backend(Backend):
         self._types_in_use: list[str] | None = None  # instance types the jobs of this launch need
 
     def stored_config(self) -> dict[str, Any]:
-        """The settings :func:`from_config` rebuilds this backend from (kept in the state store).
+        """The settings :func:`from_config` rebuilds this backend from (kept in the state store):
+        only what polling, fetching, cancelling and cleaning need, never ``env`` values or
+        ``setup_commands`` (:meth:`Ec2Settings.stored_config`).
 
-        Refuses settings holding the active credentials, before anything writes them anywhere.
+        Refuses settings holding the active credentials (anywhere, ``env`` and ``setup_commands``
+        included: they go to the instances), before anything writes them anywhere.
         """
-        config = self.settings.to_dict()
-        self.check_no_secrets(json.dumps(config).encode(), "hydra.launcher (env, setup_commands, python, tags)")
-        return config
+        everything = json.dumps(self.settings.to_dict()).encode()
+        self.check_no_secrets(everything, "hydra.launcher (env, setup_commands, python, tags)")
+        return self.settings.stored_config()
 
     # --- AWS plumbing ---------------------------------------------------------------------
     def _connect(self) -> None:
@@ -856,9 +859,9 @@ class Ec2Backend(Backend):
 
 
 def from_config(config: Mapping[str, Any]) -> Ec2Backend:
-    """Rebuild the backend from :meth:`Ec2Backend.stored_config`: it can poll, fetch and cancel.
-
-    ``code_dir`` only matters for launching and may be gone by the time results are pulled.
+    """Rebuild the backend from :meth:`Ec2Backend.stored_config`: it can poll, fetch, cancel and
+    clean, not launch. (A store written by an older version holds every setting: ``code_dir``
+    only matters for launching and may be gone by the time results are pulled.)
     """
     return Ec2Backend(Ec2Settings.from_mapping({**config, "code_dir": None}))
 

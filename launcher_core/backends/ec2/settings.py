@@ -27,6 +27,19 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.compile(r"^subnet-[0-9a-f]+$")}
 #: what ``resources_from`` may set per job on ec2: jobs are grouped by instance type
 RESOURCES = {"instance_type": instance_type_value}
+#: the settings a backend rebuilt from the state store needs to poll, fetch, cancel and clean
+#: (where the bucket and the instances are, how to call AWS); ``ami`` is checked by every build.
+#: Never ``env``, ``setup_commands``, ``tags`` or anything else only starting instances reads.
+STORED_KEYS = (
+    "ami",
+    "s3_bucket",
+    "s3_prefix",
+    "region",
+    "endpoint_url",
+    "api_retries",
+    "api_retry_base_s",
+    "poll_interval_s",
+)
 
 
 @dataclass
@@ -45,6 +58,11 @@ class Ec2Settings(Ec2LauncherConf):
         """The settings as plain values (what :func:`from_mapping` takes back)."""
         names = set(setting_names(Ec2LauncherConf))
         return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+
+    def stored_config(self) -> dict[str, Any]:
+        """What the sweep's state store keeps (:data:`STORED_KEYS`): enough for
+        :func:`from_mapping` to rebuild a backend that polls, fetches, cancels and cleans."""
+        return {key: getattr(self, key) for key in STORED_KEYS}
 
     @property
     def python_cmd(self) -> list[str]:
