@@ -105,11 +105,95 @@ fi
 """
 
 
-def finish_snapshot_script(*, prelude: str, remote_dir: str, snapshot: str, latest: str, uv_sync: str | None) -> str:
-    sync = f"{uv_sync} sync\n" if uv_sync else ""
+# --- set-up lines that stop at the first failure, naming it ----------------------------------------
+SETUP_FAILED_RC = 97  # exit code of a script stopped by a failing set-up line (checked_lines)
+
+
+def checked_lines(lines: Sequence[str], key: str) -> str:
+    """The user's set-up ``lines`` (``prepare_commands``), each run in the current shell (so
+    ``source``, ``export`` and ``conda activate`` last) and checked: the first one that ends
+    non-zero prints ``HRL setup_failed=KEY[i]``, its text, exit code and stderr (``HRL`` lines,
+    :func:`setup_failure` reads them) and exits :data:`SETUP_FAILED_RC`, under ``set -e`` or not.
+
+    A line is the shell its author wrote (several lines, ``;`` and ``&&`` allowed): like a line
+    typed at a prompt, its status is its last command's. Its text appears once more, quoted, as
+    data for the message."""
+    return checked_steps([(f"{key}[{n}]", line) for n, line in enumerate(lines)])
+
+
+def checked_steps(steps: Sequence[tuple[str, str]]) -> str:
+    """:func:`checked_lines` for ``(name, shell)`` pairs."""
+    if not steps:
+        return ""
+    out = ['hrl_err="${TMPDIR:-/tmp}/hrl-setup.$$"']
+    for name, line in steps:
+        out += [
+            "{",
+            line,
+            f"}} 2>\"$hrl_err\" || {{ hrl_rc=$?; printf 'HRL setup_failed=%s\\n' {q(name)};"
+            f" printf 'HRL setup_line=%s\\n' {q(one_line(line))};"
+            " printf 'HRL setup_rc=%s\\n' \"$hrl_rc\";"
+            " printf 'HRL setup_msg=%s\\n' \"$(tail -c 2000 \"$hrl_err\" 2>/dev/null | tr -s '\\n' ' ')\";"
+            f' rm -f "$hrl_err"; exit {SETUP_FAILED_RC}; }}',
+        ]
+    out.append('rm -f "$hrl_err"')
+    return "\n".join(out)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A set-up line as messages show it: whitespace runs as one space, at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def setup_failure(info: dict[str, str]) -> str | None:
+    """``hydra.launcher.prepare_commands[1] `module load x` failed (exit 1): <its stderr>`` from the
+    ``HRL`` lines of a script stopped by :func:`checked_lines` (None if none failed)."""
+    if "setup_failed" not in info:
+        return None
+    key, line, rc = info["setup_failed"], info.get("setup_line", ""), info.get("setup_rc", "?")
+    message = info.get("setup_msg", "").strip()
+    return f"{key} `{line}` failed (exit {rc})" + (f": {message}" if message else " and printed nothing")
+
+
+def finish_snapshot_script(
+    *,
+    prelude: str,
+    remote_dir: str,
+    snapshot: str,
+    latest: str,
+    uv_sync: str | None,
+    probe: str | None = None,
+) -> str:
+    """Enter the job environment (``prelude``) in the new snapshot, run ``uv sync`` there, then the
+    Python ``probe`` (a shell command printing the pre-flight probe's answer) in the environment
+    the jobs will have; then the snapshot is marked complete and becomes ``snapshots/LATEST``.
+
+    A failing ``uv sync`` prints ``HRL uv_sync_failed=COMMAND`` and its output's last lines (``HRL-UV ``) and stops
+    (exit 0: the caller reads why); the probe's answer is printed for the caller to judge."""
+    sync = ""
+    if uv_sync:
+        sync = f"""hrl_uv_log="${{TMPDIR:-/tmp}}/hrl-uv.$$"
+if ! {{
+{uv_sync} sync
+}} >"$hrl_uv_log" 2>&1; then
+  printf 'HRL uv_sync_failed=%s\\n' {q(uv_sync + " sync")}
+  tail -n 15 "$hrl_uv_log" | sed 's/^/HRL-UV /'
+  rm -f "$hrl_uv_log"
+  exit 0
+fi
+rm -f "$hrl_uv_log"
+"""
+    check = ""
+    if probe:
+        check = f"""hrl_out=$({probe} 2>&1) && hrl_rc=0 || hrl_rc=$?
+printf 'HRL probe_rc=%s\\n' "$hrl_rc"
+printf '%s\\n' "$hrl_out" | grep '^HRLPROBE ' ||
+  printf 'HRL probe_out=%s\\n' "$(printf '%s' "$hrl_out" | tail -c 600 | tr -s '\\n' ' ')"
+"""
     return f"""set -e
 {prelude}
-{sync}touch {q(snapshot + ".complete")}
+{sync}{check}touch {q(snapshot + ".complete")}
 printf '%s\\n' {q(latest)} > {q(remote_dir + "/snapshots/.LATEST")}.$$
 mv -f {q(remote_dir + "/snapshots/.LATEST")}.$$ {q(remote_dir + "/snapshots/LATEST")}
 """

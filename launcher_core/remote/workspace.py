@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
 from launcher_core.remote.paths import RemotePlan, check_root
-from launcher_core.remote.ssh import SSHConnection
+from launcher_core.remote.scripts import parse_kv, setup_failure
+from launcher_core.remote.ssh import RemoteCommandError, SSHConnection
 from launcher_core.runtime.markers import CLEANUP_FILE
 
 if TYPE_CHECKING:
     from launcher_core.backends.base import CleanReport, CleanRequest
 
 log = logging.getLogger("launcher_core.remote")
+
 
 def new_snapshot_tag() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -307,12 +309,17 @@ def sync_code_snapshot(
     extra_args: Sequence[str] = (),
     prelude: str = "",
     uv_sync: str | None = None,
+    check: SnapshotCheck | None = None,
 ) -> None:
     """Fill the workspace's new snapshot with the code dir (one rsync, ``--link-dest`` on the
     previous snapshot; ``exclude`` defaults to :data:`~launcher_core.remote.codesync.DEFAULT_EXCLUDES`,
     and the local sweep dir is left out when it lies in the code dir), then run
     :func:`~launcher_core.remote.scripts.finish_snapshot_script` (``prelude`` and ``uv sync`` first,
-    then the snapshot is marked complete and becomes ``snapshots/LATEST``)."""
+    then the snapshot is marked complete and becomes ``snapshots/LATEST``).
+
+    Before any job starts there, a set-up line of ``prelude`` that fails (``checked_lines``) or
+    a failing ``uv sync`` is a :class:`ConfigError` naming the host, the line and its message;
+    ``check`` then judges the Python the jobs will run, in the environment they will have."""
     from launcher_core.remote.codesync import DEFAULT_EXCLUDES, excludes_for_local_outputs, filter_args, sync_snapshot
     from launcher_core.remote.scripts import finish_snapshot_script
 
@@ -334,9 +341,36 @@ def sync_code_snapshot(
         snapshot=workspace.snapshot,
         latest=workspace.snapshot_name,
         uv_sync=uv_sync,
+        probe=check.probe if check else None,
     )
-    conn.call("finishing the code snapshot", lambda: conn.run_script(finish, what="snapshot setup"))
+    try:
+        answer = conn.call("finishing the code snapshot", lambda: conn.run_script(finish, what="snapshot setup"))
+    except RemoteCommandError as exc:
+        reason = setup_failure(parse_kv(str(exc)))
+        if reason is None:
+            raise
+        raise ConfigError(f"host {conn.label}: {reason}") from None
+    info = parse_kv(answer)
+    if "uv_sync_failed" in info:
+        said = [line[len("HRL-UV ") :] for line in answer.splitlines() if line.startswith("HRL-UV ")]
+        raise ConfigError(
+            f"host {conn.label}: `{info['uv_sync_failed']}` failed in the code snapshot {workspace.snapshot} "
+            f"(hydra.launcher.env.setup=uv):\n  " + "\n  ".join(said or ["(no output)"])
+        )
     log.info("code synced to %s:%s in %.1f s", conn.label, workspace.snapshot, time.monotonic() - tic)
+    if check is not None:
+        check.judge(answer)
+
+
+@dataclass(frozen=True)
+class SnapshotCheck:
+    """What host preparation checks once a new snapshot's environment exists, before any job
+    starts there: ``probe`` (a shell command that prints the pre-flight probe's answer) runs in
+    the snapshot after the set-up lines and ``uv sync``, and ``judge`` gets the script's output
+    and raises :class:`ConfigError` when the jobs could not run there."""
+
+    probe: str | None
+    judge: Callable[[str], None]
 
 
 def ship_runtime(local_sweep_dir: Path, pylib_rel: Path | str) -> list[str]:

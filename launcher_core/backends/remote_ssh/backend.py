@@ -45,6 +45,7 @@ from launcher_core.remote.codesync import (
 )
 from launcher_core.remote.scripts import (
     cancel_script,
+    checked_lines,
     poll_script,
     start_script,
     status_from_line,
@@ -417,6 +418,8 @@ class RemoteSSHBackend(Backend):
         if label in self._prepared:
             return self._prepared[label]
         assert self._sweep is not None and self._code_dir is not None
+        from launcher_core.backends.remote_ssh.preflight import snapshot_check
+
         sweep, code_dir = self._sweep, self._code_dir
         host = self._hosts_by_label[label]
         conn = self._conn(label)
@@ -449,6 +452,7 @@ class RemoteSSHBackend(Backend):
                 extra_args=self.settings.rsync_args,
                 prelude=self._prelude(state),
                 uv_sync=self.settings.uv_command if self.settings.env_setup == "uv" else None,
+                check=snapshot_check(self.settings, label, getattr(sweep, "payload_needs", None)),
             )
         self._prepared[label] = state
         return state
@@ -639,7 +643,8 @@ def env_prelude(
         # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
         lines.append(f'eval "$({settings.conda_command} shell.posix hook)"')
         lines.append(f"conda activate {shlex.quote(settings.conda_env or '')}")
-    lines.extend(settings.prepare_commands)
+    # each line checked: the first that fails stops the script, named with its message
+    lines.append(checked_lines(settings.prepare_commands, "hydra.launcher.prepare_commands"))
     return "\n".join(lines)
 
 

@@ -10,20 +10,36 @@ versions (or, with a container, the image is there and the runtime on the PATH),
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 import shlex
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from launcher_core.errors import BackendError
-from launcher_core.preflight import FAIL, OK, PROBE, WARN, Check, PreflightRequest, fingerprint, python_checks
-from launcher_core.remote.scripts import parse_kv, remote_path_expr
+from launcher_core.errors import BackendError, ConfigError
+from launcher_core.preflight import (
+    FAIL,
+    OK,
+    PROBE,
+    WARN,
+    Check,
+    PreflightRequest,
+    failure_message,
+    fingerprint,
+    python_checks,
+    summary_line,
+)
+from launcher_core.remote.scripts import checked_steps, parse_kv, remote_path_expr, setup_failure
 
 if TYPE_CHECKING:
     from launcher_core.backends.remote_ssh.backend import RemoteSSHBackend
     from launcher_core.backends.remote_ssh.settings import HostSettings, RemoteSSHSettings
+    from launcher_core.remote.workspace import SnapshotCheck
 
 q = shlex.quote
+log = logging.getLogger("launcher_core.remote_ssh")
 
 
 def preflight(backend: RemoteSSHBackend, request: PreflightRequest) -> list[Check]:
@@ -104,9 +120,11 @@ def _default_remote_dir(backend: RemoteSSHBackend, request: PreflightRequest) ->
 
 
 def preflight_script(settings: RemoteSSHSettings, remote_dir: str) -> str:
-    """The one script: fixed probes first (rsync, disk, image), then the job environment (env
-    vars, conda, ``prepare_commands``) in the latest complete snapshot if there is one (else the
-    home dir), then GPUs, the container runtime and the Python probe. It creates nothing."""
+    """The one script: fixed probes first (rsync, disk, image), then, in a subshell, the job
+    environment (env vars, conda, ``prepare_commands``, each checked: the first that fails is
+    named and ends the subshell) in the latest complete snapshot if there is one (else the home
+    dir), then GPUs, the container runtime, the Python probe inside the image (with a container)
+    and the Python probe of ``python``. It creates nothing."""
     container = settings.container
     python = settings.python_command
     rsync = settings.ssh.rsync_path or "rsync"
@@ -127,9 +145,10 @@ def preflight_script(settings: RemoteSSHSettings, remote_dir: str) -> str:
             "else printf 'HRL container_image=%s\\n' \"$img\"; fi",
         ]
     lines += [
+        "(",
         'if [ -s "$rd/snapshots/LATEST" ] && read -r l < "$rd/snapshots/LATEST" && [ -d "$rd/snapshots/$l" ]; then',
-        '  cd "$rd/snapshots/$l"; else cd "$HOME"; fi',
-        *_environment_lines(settings),
+        '  cd "$rd/snapshots/$l"; echo "HRL env_in=snapshot"; else cd "$HOME"; echo "HRL env_in=home"; fi',
+        _environment_lines(settings),
     ]
     if settings.uses_gpus:  # after the environment: `module load cuda` may bring it
         lines += [
@@ -144,30 +163,54 @@ def preflight_script(settings: RemoteSSHSettings, remote_dir: str) -> str:
             f"  printf 'HRL container_runtime=%s\\n' \"$(command -v {runtime})\"",
             "else printf 'HRL container_runtime_missing=%s\\n' \"$PATH\"; fi",
         ]
+        if "://" not in container.image:  # a URI is fetched by the runtime when the first job starts
+            lines += [
+                f'if command -v {runtime} >/dev/null 2>&1 && [ -r "$img" ]; then',
+                f"  out=$(cd / && {_in_image_probe(settings)} 2>&1)",  # from a dir every image has
+                "  printf '%s\\n' \"$out\" | sed -n 's/^HRLPROBE /HRL container_probe=/p' | grep . ||",
+                '    printf "HRL container_probe_out=%s\\n" "$(printf "%s" "$out" | tail -c 300 | tr -s "\\n" " ")"',
+                "fi",
+            ]
     if settings.env_setup == "uv":  # its Python exists once `uv sync` ran in the snapshot
-        return "\n".join([*lines, "exit 0"]) + "\n"
-    # python is the user's own command (e.g. ~/venv/bin/python): a shell fragment on purpose
-    lines += [
-        f"out=$({python} -c {q(PROBE)} 2>&1); rc=$?",
-        'printf "HRL python_rc=%s\\n" "$rc"',
-        'printf "%s\\n" "$out" | grep "^HRLPROBE " ||',
-        '  printf "HRL python_out=%s\\n" "$(printf "%s" "$out" | head -c 300 | tr "\\n" " ")"',
-        "exit 0",
-    ]
+        uv = settings.uv_command  # the user's own shell word (e.g. ~/.local/bin/uv): not quoted on purpose
+        lines += [f"if command -v {uv} >/dev/null 2>&1; then echo 'HRL uv=ok'; else echo 'HRL uv=missing'; fi"]
+    else:
+        # python is the user's own command (e.g. ~/venv/bin/python): a shell fragment on purpose
+        lines += [
+            f"out=$({python} -c {q(PROBE)} 2>&1); rc=$?",
+            'printf "HRL python_rc=%s\\n" "$rc"',
+            'printf "%s\\n" "$out" | grep "^HRLPROBE " ||',
+            '  printf "HRL python_out=%s\\n" "$(printf "%s" "$out" | head -c 300 | tr "\\n" " ")"',
+        ]
+    lines += [")", "exit 0"]
     return "\n".join(lines) + "\n"
 
 
-def _environment_lines(settings: RemoteSSHSettings) -> list[str]:
-    """The job environment as ``env_prelude`` builds it, each step's failure reported."""
+def _in_image_probe(settings: RemoteSSHSettings) -> str:
+    """``<runtime> exec [--bind ...] [--env ...] "$img" <container.python> -c PROBE``: the image's
+    Python as the jobs will start it (their binds and env, minus the dirs that do not exist yet)."""
+    from launcher_core.container import wrap_command
+
+    container = settings.container
+    assert container is not None
+    placeholder = "\0IMAGE\0"
+    argv = wrap_command(
+        [container.python, "-c", PROBE], dataclasses.replace(container, image=placeholder), gpus_requested=False
+    )
+    return " ".join('"$img"' if word == placeholder else q(word) for word in argv)
+
+
+def _environment_lines(settings: RemoteSSHSettings) -> str:
+    """The job environment as ``env_prelude`` builds it, each step checked (the first that fails
+    is named, with its message, and ends the environment part of the script)."""
     lines = [f"{name}={q(value)}; export {name}" for name, value in settings.env_vars]
+    steps = []
     if settings.env_setup == "conda":
         # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
-        lines.append(f'eval "$({settings.conda_command} shell.posix hook)" || echo "HRL env_failed=conda hook"')
-        lines.append(f"conda activate {q(settings.conda_env or '')} || echo 'HRL env_failed=conda activate'")
-    for n, command in enumerate(settings.prepare_commands):
-        lines.append(command)
-        lines.append(f'[ $? -eq 0 ] || echo "HRL env_failed=prepare_commands[{n}]"')
-    return lines
+        steps.append(("hydra.launcher.env.conda_command", f'eval "$({settings.conda_command} shell.posix hook)"'))
+        steps.append(("hydra.launcher.env.conda_env", f"conda activate {q(settings.conda_env or '')}"))
+    steps += [(f"hydra.launcher.prepare_commands[{n}]", line) for n, line in enumerate(settings.prepare_commands)]
+    return "\n".join([*lines, checked_steps(steps)])
 
 
 def evaluate(settings: RemoteSSHSettings, host: HostSettings, remote_dir: str, answer: str, key: str) -> list[Check]:
@@ -301,21 +344,149 @@ def _container_rows(settings: RemoteSSHSettings, label: str, info: dict[str, str
 def _python_rows(
     settings: RemoteSSHSettings, label: str, info: dict[str, str], answer: str, key: str
 ) -> Sequence[Check]:
-    env_failed = info.get("env_failed")
-    python = settings.python_command
+    failed = setup_failure(info)
+    if failed is not None:
+        return [_setup_row(settings, label, info, failed, key)]
+    rows: list[Check] = []
+    if settings.container is not None:
+        rows += _image_python_rows(settings, label, info, key)
+    if settings.env_setup == "uv":
+        if info.get("uv") != "ok":
+            rows.append(
+                Check(
+                    "uv",
+                    label,
+                    FAIL,
+                    f"hydra.launcher.env.uv_command: {settings.uv_command!r} is not on the PATH of host {label} "
+                    "after env.vars and prepare_commands (env.setup=uv runs `uv sync` there)",
+                    "install uv there (https://docs.astral.sh/uv/) or set hydra.launcher.env.uv_command to its path",
+                    key,
+                )
+            )
+        else:
+            detail = "checked in the code snapshot after `uv sync`, before any job starts"
+            rows.append(Check("python", label, OK, detail, "", key))
+        return rows
     probe_answer = answer if "HRLPROBE " in answer else info.get("python_out", "")
-    if env_failed and "HRLPROBE " not in answer:
+    # with a container the host's Python only runs the job runner (standard library)
+    python = settings.python_command
+    return python_checks(label, probe_answer, python=python, key=key, packages=settings.container is None) + rows
+
+
+def _setup_row(settings: RemoteSSHSettings, label: str, info: dict[str, str], failed: str, key: str) -> Check:
+    """A set-up step that failed: conda's are refused; a ``prepare_commands`` line may need the
+    project's files (it ran outside this launch's snapshot), so it is a warning here and is run
+    again in the new snapshot before any job starts, where a failure stops the launch."""
+    if info.get("setup_failed", "").startswith("hydra.launcher.env."):
+        return Check(
+            "environment",
+            label,
+            FAIL,
+            f"{failed} on host {label}",
+            "check hydra.launcher.env.conda_command and env.conda_env (`conda env list` there)",
+            key,
+        )
+    where = "the latest code snapshot" if info.get("env_in") == "snapshot" else "the home dir"
+    return Check(
+        "python",
+        label,
+        WARN,
+        f"not checked: {failed} (run in {where}); it runs again in this launch's code snapshot, "
+        "and a failure there stops the launch before any job starts",
+        "",
+        key,
+    )
+
+
+def _image_python_rows(settings: RemoteSSHSettings, label: str, info: dict[str, str], key: str) -> list[Check]:
+    """The image's Python as the jobs start it (``container.python`` inside ``container.image``)."""
+    container = settings.container
+    assert container is not None
+    if "://" in container.image:
+        detail = f"not checked: {container.image} is fetched by the runtime when the first job starts"
+        return [Check("python in the image", label, WARN, detail, "", key)]
+    if "container_probe" not in info:
+        if "container_probe_out" not in info:  # no image or no runtime: reported by their own rows
+            return []
         return [
             Check(
-                "python",
+                "python in the image",
                 label,
-                WARN,
-                f"not checked: {env_failed} failed outside a code snapshot (it may need the project's files)",
-                "",
+                FAIL,
+                f"`{container.runtime} exec {container.image} {container.python}` does not run on {label}: "
+                f"{info['container_probe_out'][:300] or 'no output'}",
+                "check hydra.launcher.container.python (a Python inside the image) and container.binds",
                 key,
             )
         ]
-    if settings.env_setup == "uv":
-        return [Check("python", label, WARN, "not checked: with env.setup=uv it exists after `uv sync`", "", key)]
-    # with a container the host's Python only runs the job runner (standard library)
-    return python_checks(label, probe_answer, python=python, key=key, packages=settings.container is None)
+    rows = python_checks(
+        label,
+        "HRLPROBE " + info["container_probe"],
+        python=container.python,
+        key=key,
+        where="hydra.launcher.container.python",
+    )
+    return [_in_image(row) for row in rows]
+
+
+def _in_image(row: Check) -> Check:
+    """A row of the image's Python: named so, the package's name kept in an ok row's detail."""
+    detail = f"{row.check} {row.detail}" if row.ok and row.check != "python version" else row.detail
+    return dataclasses.replace(row, check=f"{row.check} in the image", detail=detail)
+
+
+def snapshot_check(settings: RemoteSSHSettings, label: str, payload_needs: object = None) -> SnapshotCheck | None:
+    """With ``env.setup=uv`` the jobs' Python exists once ``uv sync`` ran in the code snapshot:
+    host preparation runs the probe there, after the set-up lines and ``uv sync`` and before any
+    job starts, and refuses the launch (naming the package, both versions and the fix) when the
+    jobs could not run with it. None: nothing to check there (the pre-flight checked it)."""
+    from launcher_core.remote.workspace import SnapshotCheck
+
+    if settings.env_setup != "uv" or settings.container is not None:
+        return None
+    python = settings.python_command
+
+    def judge(answer: str) -> None:
+        probe_answer = answer if "HRLPROBE " in answer else parse_kv(answer).get("probe_out", "")
+        rows = judged(label, probe_answer, python, payload_needs)
+        failed = [_uv_fix(r) for r in rows if not r.ok]
+        if failed:
+            raise ConfigError(
+                failure_message(failed, None).replace(
+                    "pre-flight check failed:", "the jobs' Python after `uv sync` cannot run them:", 1
+                )
+            )
+        log.info("environment of %s after `uv sync`: %s", label, summary_line(rows))
+
+    return SnapshotCheck(probe=f"{python} -c {q(PROBE)}", judge=judge)
+
+
+def _uv_fix(row: Check) -> Check:
+    """uv installs what the project requires: the fix of a package row is a requirement there."""
+    match = re.search(r"pip install '([^']+)'", row.fix)
+    if not match:
+        return row
+    spec = match.group(1)
+    return dataclasses.replace(row, fix=f"require {spec} in the project's pyproject.toml (`uv add '{spec}'`), relaunch")
+
+
+_RULE_LOCK = threading.Lock()
+
+
+def judged(
+    host: str, answer: str, python: str, payload_needs: object, where: str = "hydra.launcher.python"
+) -> list[Check]:
+    """:func:`python_checks` outside :func:`run_preflight` (host preparation, several hosts in
+    threads): with the sweep's payload needs set around it as the pre-flight sets them."""
+    import launcher_core.preflight as pf
+
+    with _RULE_LOCK:
+        had = hasattr(pf, "_payload_needs")
+        saved = getattr(pf, "_payload_needs", None)
+        if had:
+            pf._payload_needs = payload_needs  # type: ignore[attr-defined]
+        try:
+            return python_checks(host, answer, python=python, key="", where=where)
+        finally:
+            if had:
+                pf._payload_needs = saved  # type: ignore[attr-defined]
