@@ -87,6 +87,34 @@ def ensure_packages(timeout_s: float = 600.0) -> str | None:
     return None
 
 
+LMOD_PACKAGE = "lmod"  # Debian's Lmod: the site module system the ``modules`` tests load modulefiles with
+LMOD_SITE_DIR = Path("/etc/lmod/modules")  # on Debian's default MODULEPATH (/etc/lmod/modulespath)
+
+
+def ensure_lmod(timeout_s: float = 600.0) -> str | None:
+    """Install Debian's ``lmod`` if it is missing; return why it cannot be used, or None."""
+    if Path("/etc/profile.d/lmod.sh").exists() and LMOD_SITE_DIR.is_dir():
+        return None
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return f"the modules tests need Debian's {LMOD_PACKAGE} package (not root or no apt-get)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        proc = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", LMOD_PACKAGE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"could not install {LMOD_PACKAGE}: {exc}"
+    if not Path("/etc/profile.d/lmod.sh").exists():
+        return f"could not install {LMOD_PACKAGE}: {proc.stderr[-500:]}"
+    LMOD_SITE_DIR.mkdir(parents=True, exist_ok=True)
+    return None
+
+
 # --- processes ---------------------------------------------------------------------------------
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` runs and is not a zombie waiting for a slow PID 1."""

@@ -175,7 +175,10 @@ class SlurmBackend(Backend):
         """One ``sacct`` for all jobs (``squeue`` + exit files for what it does not know)."""
         if not handles:
             return {}
-        return self.accounting.statuses(handles, self.site.exit_info)
+        from launcher_core.backends.slurm.sbatch import with_setup_reasons
+
+        # a job stopped by a failed module/setup line is named with that line (its setup_failed file)
+        return with_setup_reasons(self.accounting.statuses(handles, self.site.exit_info), handles, self.site.read_log)
 
     def fetch(
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None

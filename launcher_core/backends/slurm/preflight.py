@@ -8,6 +8,7 @@ on a compute node with a tiny ``srun`` job when ``deep`` is asked for. See docs/
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import subprocess
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from launcher_core.errors import BackendError
 from launcher_core.preflight import FAIL, OK, PROBE, WARN, Check, PreflightRequest, fingerprint, python_checks
+from launcher_core.remote.scripts import setup_failure
 
 if TYPE_CHECKING:
     from launcher_core.backends.slurm.backend import SlurmBackend
@@ -32,7 +34,8 @@ def preflight(backend: SlurmBackend, request: PreflightRequest) -> list[Check]:
     if request.is_cached(host, key):
         return []
     python = options.python or backend.site.default_python
-    script = preflight_script(options, python, deep=request.deep)
+    code_dir = None if options.login_host or request.sweep is None else str(request.sweep.code_dir)
+    script = preflight_script(options, python, deep=request.deep, code_dir=code_dir)
     try:
         answer = _run(backend, script, request.deep)
     except BackendError as exc:
@@ -53,7 +56,12 @@ def _checked_settings(options: SlurmOptions) -> dict[str, object]:
     return {
         k: getattr(options, k)
         for k in ("partition", "account", "qos", "max_array_size", "python", "modules", "cuda_module", "setup")
-    } | {"container": options.container is not None, "login_setup": options.login_setup}
+    } | {
+        # the image's Python is checked: what starts it (env values left out, they may be secrets)
+        "container": None if options.container is None else {**vars(options.container), "env": None},
+        "env_names": sorted(options.env),
+        "login_setup": options.login_setup,
+    }
 
 
 def _run(backend: SlurmBackend, script: str, deep: bool) -> str:
@@ -68,8 +76,14 @@ def _run(backend: SlurmBackend, script: str, deep: bool) -> str:
     return proc.stdout
 
 
-def preflight_script(options: SlurmOptions, python: str, *, deep: bool) -> str:
-    """The script: ``run NAME CMD...`` prints ``@@HRL NAME RC`` and the command's output."""
+def preflight_script(options: SlurmOptions, python: str, *, deep: bool, code_dir: str | None = None) -> str:
+    """The script: ``run NAME CMD...`` prints ``@@HRL NAME RC`` and the command's output.
+
+    The jobs' Python is checked the way the batch script starts it: in bash, in the code dir
+    (``code_dir``; the home dir on a login node), with the site's ``module`` function, the
+    ``modules`` loaded, ``env`` exported and the ``setup`` lines run, each checked (the first
+    that fails is named, with its message), then ``python`` (or ``container.python`` inside the
+    image) runs the probe; with ``deep`` the same again on a compute node through ``srun``."""
     lines = [
         "set +e",
         *options.login_setup,
@@ -86,20 +100,31 @@ def preflight_script(options: SlurmOptions, python: str, *, deep: bool) -> str:
         lines.append('run assoc sacctmgr -n -P show assoc where user="$me" format=account,qos')
     if options.qos:
         lines.append("run qos sacctmgr -n -P show qos format=name")
-    if options.container is None:
-        body = _environment(options) + f"\nexec {python} -c {q(PROBE)}"
-        lines.append(f"run python sh -c {q(body)}")
-        if deep:
-            lines.append(f"run deep srun {' '.join(q(a) for a in _srun_args(options))} sh -c {q(body)}")
+    body = job_environment(options, python, code_dir)
+    lines.append(f"run python bash -c {q(body)}")
+    if deep:
+        lines.append(f"run deep srun {' '.join(q(a) for a in _srun_args(options))} bash -c {q(body)}")
     return "\n".join(lines) + "\nexit 0\n"
 
 
-def _environment(options: SlurmOptions) -> str:
-    """What the sbatch script sets up before the job (modules, then ``setup``), each failure fatal."""
-    modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
-    lines = [f"module load {q(m)} || exit 97" for m in modules]
-    # setup lines are the user's own shell, as in the sbatch script
-    lines += [f"{line}\n[ $? -eq 0 ] || exit 97" for line in options.setup]
+def job_environment(options: SlurmOptions, python: str, code_dir: str | None) -> str:
+    """bash that sets up as the batch script does (:mod:`.sbatch`), then runs the probe in the
+    jobs' Python: the host's, or the image's through the container runtime."""
+    from launcher_core.backends.slurm.sbatch import module_lines, set_up_functions, setup_lines
+
+    lines = [f"cd {q(code_dir)} 2>/dev/null || cd" if code_dir else "cd", *set_up_functions(batch=False)]
+    if options.modules or options.cuda_module:
+        lines += module_lines(options)
+    lines += [f"export {name}={q(value)}" for name, value in options.env.items()]
+    lines += setup_lines(options)
+    if options.container is None:
+        lines.append(f"exec {python} -c {q(PROBE)}")  # python: the user's command (a shell fragment)
+    else:
+        from launcher_core.container import wrap_command
+
+        binds = [code_dir] if code_dir else []
+        argv = wrap_command([options.container.python, "-c", PROBE], options.container, binds)
+        lines.append("exec " + " ".join(q(a) for a in argv))
     return "\n".join(lines)
 
 
@@ -337,31 +362,86 @@ def _python_rows(
     deep: bool,
 ) -> list[Check]:
     if options.container is not None:
-        return [Check("python", host, OK, "runs in the container image (not checked here)", "", key)]
-    code, out = sections.get("python", (1, ""))
-    if code == 97:  # a module or setup line failed where it was tried
-        rows = [
+        python, where = options.container.python, "hydra.launcher.container.python"
+    else:
+        where = "hydra.launcher.python"
+    rows = _environment_rows(options, host, python, where, sections.get("python", (1, "")), key, compute_node=False)
+    if deep:
+        rows += _environment_rows(
+            options, "a compute node", python, where, sections.get("deep", (1, "no answer")), key, compute_node=True
+        )
+    return rows
+
+
+def _environment_rows(
+    options: SlurmOptions,
+    host: str,
+    python: str,
+    where: str,
+    section: tuple[int, str],
+    key: str,
+    *,
+    compute_node: bool,
+) -> list[Check]:
+    """Rows of one run of :func:`job_environment`: a failed set-up line, or the probe's answer."""
+    code, out = section
+    info = _kv(out)
+    failed = setup_failure(info)
+    if failed is not None:
+        name = info.get("setup_failed", "")
+        if compute_node or not name.startswith("hydra.launcher.setup["):
+            return [
+                Check(
+                    "modules" if "module" in name else "setup",
+                    host,
+                    FAIL,
+                    f"{failed} on {host}; every job would stop there",
+                    _setup_fix(name),
+                    key,
+                )
+            ]
+        # a setup line may need the job's node or its Slurm variables: the job stops at it if it fails there
+        return [
             Check(
                 "python",
                 host,
                 WARN,
-                f"not checked on {host}: modules/setup failed there ({_first_line(out)}); "
-                "`launcher-core cluster test NAME --deep` checks it on a compute node",
+                f"not checked: {failed} on {host}; a job whose node fails it too stops there, with it as its reason "
+                "(`launcher-core cluster test NAME --deep` runs it on a compute node)",
                 "",
                 key,
             )
         ]
-    else:
-        rows = python_checks(host, out, python=python, key=key)
-    if deep:
-        dcode, dout = sections.get("deep", (1, "no answer"))
-        node = "a compute node"
-        if dcode == 97:
-            rows.append(Check("python", node, FAIL, f"modules/setup failed: {_first_line(dout)}", "fix them", key))
-        elif "HRLPROBE " not in dout and dcode != 0:
-            rows.append(
-                Check("compute node", node, FAIL, f"srun failed: {_first_line(dout)}", "check partition/account", key)
+    if compute_node and "HRLPROBE " not in out and code != 0:
+        return [Check("compute node", host, FAIL, f"srun failed: {_first_line(out)}", "check partition/account", key)]
+    if options.container is not None and "HRLPROBE " not in out:
+        return [
+            Check(
+                "python in the image",
+                host,
+                FAIL,
+                f"`{options.container.runtime} exec {options.container.image} {python}` does not run on {host}: "
+                f"{_first_line(out)}",
+                "check hydra.launcher.container (runtime on the PATH after modules/setup, image, python)",
+                key,
             )
-        else:
-            rows += python_checks(node, dout, python=python, key=key)
+        ]
+    rows = python_checks(host, out, python=python, key=key, where=where)
+    if options.container is not None:
+        rows = [dataclasses.replace(r, check=f"{r.check} in the image") for r in rows]
     return rows
+
+
+def _setup_fix(name: str) -> str:
+    if name.startswith("hydra.launcher.modules") or name == "hydra.launcher.cuda_module":
+        return (
+            f"fix {name} (`module avail` lists the modules there), or set hydra.launcher.preflight=false "
+            "if only the compute nodes have it"
+        )
+    return f"fix {name}"
+
+
+def _kv(out: str) -> dict[str, str]:
+    from launcher_core.remote.scripts import parse_kv
+
+    return parse_kv(out)

@@ -17,6 +17,8 @@ from launcher_core.runtime.worker import RANKS_DIR_ENV
 SLURM_DIR = "slurm"
 TASKS_DIR = "tasks"  # in the slurm dir: the launcher files of packed tasks (jobs_per_task > 1)
 TIMEOUTS_FILE = "slurm_timeouts"
+SETUP_FAILED_FILE = "setup_failed"  # in the launcher dir: the set-up line that failed and its message
+SETUP_FAILED_RC = 97  # the batch script's exit code when a set-up line failed (the task never started)
 RANKS_DIR = "ranks"  # in a job's launcher dir: results of the tasks (ranks) that failed
 # slurmctld checks time limits every 30 s and sends the --signal up to 30 s early (so that it is
 # never late); a SIGUSR2 within this many seconds of signal_delay_s before the limit is a timeout
@@ -209,10 +211,12 @@ def script_parts(
         f'chmod 600 {shlex.quote(log_dir)}/"$SLURM_ARRAY_JOB_ID".log 2>/dev/null',
         f'exec >>"$LAUNCHER_DIR"/{STDOUT_FILE} 2>>"$LAUNCHER_DIR"/'
         + (STDOUT_FILE if options.stderr_to_stdout else STDERR_FILE),
-        f'rm -rf "$LAUNCHER_DIR"/{EXIT_FILE} "$LAUNCHER_DIR"/{RANKS_DIR}',
+        f'rm -rf "$LAUNCHER_DIR"/{EXIT_FILE} "$LAUNCHER_DIR"/{RANKS_DIR}'
+        + (f' "$LAUNCHER_DIR"/{SETUP_FAILED_FILE}' if _has_set_up(options) else ""),
         'echo "[hydra-remote-launcher] slurm job ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname)'
         ' (restart ${SLURM_RESTART_COUNT:-0}) at $(date -Is)" >&2',
         'umask "$_hrl_umask"',
+        *(set_up_functions(batch=True) if _has_set_up(options) else []),
     ]
     return {
         "shebang": "#!/bin/bash\n",
@@ -221,7 +225,7 @@ def script_parts(
         "trap": "\n" + TRAP_LINE + "\n",
         "job_dir": _text(job_dir),
         "environment": _text(_environment_lines(options, pythonpath, job_env)),
-        "setup": _text(["# setup", *options.setup] if options.setup else []),
+        "setup": _text(["# setup", *setup_lines(options)] if options.setup else []),
         "run": _text(_run_lines(options, argv)),
     }
 
@@ -254,7 +258,7 @@ def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str], job_env
     modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
     if modules:
         lines.append("# modules")
-        lines += [f"module load {shlex.quote(m)}" for m in modules]
+        lines += module_lines(options)
     if pythonpath:
         joined = shlex.quote(":".join(pythonpath))
         lines.append(f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
@@ -333,3 +337,120 @@ def _failed_rank_function() -> list[str]:
         "  fi",
         "}",
     ]
+
+
+# --- set-up lines: each checked, the first failure stops the job before its task starts ------------
+def _has_set_up(options: SlurmOptions) -> bool:
+    return bool(options.modules or options.cuda_module or options.setup)
+
+
+def set_up_functions(*, batch: bool) -> list[str]:
+    """``_hrl_module_init`` and ``_hrl_setup_failed``, for :func:`module_lines` and :func:`setup_lines`.
+
+    ``module`` is a shell function that a login shell gets from the site's profile scripts; a
+    batch script is no login shell, so where the submitting environment did not pass it on, the
+    module system's own init scripts are read (Lmod, Environment Modules), as a login shell would.
+
+    In the batch script (``batch``) a failed line writes its setting, text, exit code and stderr
+    to the job's ``setup_failed`` file (the job's reason), exits :data:`SETUP_FAILED_RC` (the exit
+    file too) and the task never starts; in the pre-flight it prints ``HRL`` lines and exits."""
+    init = [
+        "_hrl_module_init() {",
+        "  type module >/dev/null 2>&1 && return 0",
+        "  local f",
+        "  for f in /etc/profile.d/lmod.sh /etc/profile.d/z00_lmod.sh /etc/profile.d/modules.sh \\",
+        "      /usr/share/lmod/lmod/init/bash /usr/share/Modules/init/bash /etc/profile.d/env-modules.sh; do",
+        '    [ -r "$f" ] && . "$f" >/dev/null 2>&1',
+        "    type module >/dev/null 2>&1 && return 0",
+        "  done",
+        "  return 0  # `module load` then fails with bash's \"module: command not found\", named as any failure",
+        "}",
+    ]
+    message = "m=$(tail -c 1500 \"$_hrl_err\" 2>/dev/null | tr -s '\\n' ' ' | sed 's/ *$//'); rm -f \"$_hrl_err\""
+    if batch:
+        failed = [
+            "_hrl_setup_failed() {  # $1 the setting, $2 its line, $3 the exit code: the task is not started",
+            "  local m",
+            f"  {message}",
+            "  umask 077",
+            "  printf '%s `%s` failed (exit %s)%s\\n' \"$1\" \"$2\" \"$3\" \"${m:+: $m}\""
+            f' >"$LAUNCHER_DIR"/{SETUP_FAILED_FILE}',
+            '  echo "[hydra-remote-launcher] set-up failed, the task was not started:'
+            f' $(cat "$LAUNCHER_DIR"/{SETUP_FAILED_FILE})" >&2',
+            f'  echo {SETUP_FAILED_RC} >"$LAUNCHER_DIR"/{EXIT_FILE}',
+            f"  exit {SETUP_FAILED_RC}",
+            "}",
+        ]
+    else:
+        failed = [
+            "_hrl_setup_failed() {",
+            "  local m",
+            f"  {message}",
+            "  printf 'HRL setup_failed=%s\\nHRL setup_line=%s\\nHRL setup_rc=%s\\nHRL setup_msg=%s\\n' "
+            '"$1" "$2" "$3" "$m"',
+            f"  exit {SETUP_FAILED_RC}",
+            "}",
+        ]
+    # each line's stderr, kept for the message (owner-only: it may show what the line set up)
+    temp = ['_hrl_err="${TMPDIR:-/tmp}/hrl-setup.$$"', '(umask 077; : >"$_hrl_err")']
+    return [*init, *failed, *temp]
+
+
+def _checked(name: str, line: str) -> list[str]:
+    """``line`` in the batch shell itself (``source``/``export`` last), its stderr passed on to the
+    log and kept for the message; a non-zero status calls ``_hrl_setup_failed``."""
+    from launcher_core.remote.scripts import one_line
+
+    return [
+        "{",
+        line,
+        '} 2>"$_hrl_err"; _hrl_rc=$?; cat "$_hrl_err" >&2',
+        f'[ "$_hrl_rc" = 0 ] || _hrl_setup_failed {shlex.quote(name)} {shlex.quote(one_line(line))} "$_hrl_rc"',
+    ]
+
+
+def module_lines(options: SlurmOptions) -> list[str]:
+    """``module load`` of ``modules`` and ``cuda_module``, each checked (:func:`set_up_functions`)."""
+    named = [(f"hydra.launcher.modules[{n}]", m) for n, m in enumerate(options.modules)]
+    if options.cuda_module:
+        named.append(("hydra.launcher.cuda_module", options.cuda_module))
+    lines = ["_hrl_module_init"]
+    for name, module in named:
+        lines += _checked(name, f"module load {shlex.quote(module)}")
+    return [*lines, 'rm -f "$_hrl_err"'] if not options.setup else lines  # else after the setup lines
+
+
+def setup_lines(options: SlurmOptions) -> list[str]:
+    """The ``setup`` lines (the user's own shell, by design), each checked."""
+    lines: list[str] = []
+    for n, line in enumerate(options.setup):
+        lines += _checked(f"hydra.launcher.setup[{n}]", line)
+    return [*lines, 'rm -f "$_hrl_err"'] if lines else []
+
+
+def with_setup_reasons(
+    statuses: Mapping[str, Any],
+    handles: Mapping[str, Mapping[str, Any]],
+    read: Callable[[Mapping[str, Any], str, int], bytes],
+) -> dict[str, Any]:
+    """Statuses where a job that failed with :data:`SETUP_FAILED_RC` says which set-up line
+    stopped it and why (its ``setup_failed`` file, read with ``read(handle, name, offset)``)."""
+    import dataclasses
+
+    from launcher_core.jobs import JobState
+
+    out = dict(statuses)
+    for job_id, status in statuses.items():
+        reason = status.exit_reason or ""
+        if status.state is not JobState.FAILED or f"code {SETUP_FAILED_RC} " not in reason + " ":
+            continue
+        handle = handles.get(job_id) or {}
+        if handle.get("packed"):  # the file is the packed task's: its jobs keep the task's reason
+            continue
+        try:
+            text = read(handle, SETUP_FAILED_FILE, 0).decode(errors="replace").strip()
+        except Exception:  # noqa: BLE001 - the exit code stands as the reason
+            text = ""
+        if text:
+            out[job_id] = dataclasses.replace(status, exit_reason=f"set-up failed before the task started: {text}")
+    return out
