@@ -900,18 +900,38 @@ def _dependency_file(pipeline: Pipeline, plan: LaunchPlan) -> Path:
 def live_launches(pipeline: Pipeline, stage: Stage) -> list[int]:
     """PIDs of processes launching this stage (their argv names its sweep dir; a local_pool
     launch's forked jobs count too): a stage being launched is not launched again."""
-    token = f"hydra.sweep.dir={_render_path(str(pipeline.stage_dir(stage.name)))}".encode()
-    pids = []
+    token = f"hydra.sweep.dir={_render_path(str(pipeline.stage_dir(stage.name)))}"
+    return [pid for pid, argv in _command_lines() if pid != os.getpid() and token in argv]
+
+
+def _command_lines() -> list[tuple[int, list[str]]]:
+    """``(pid, argv)`` of this user's visible processes: from ``/proc`` on Linux, else from
+    ``ps`` (macOS), whose command line is split at spaces (a token without spaces still matches)."""
+    if not Path("/proc/self/cmdline").exists():
+        return _ps_command_lines()
+    found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if token in argv:
-            pids.append(int(entry.name))
-    return pids
+        found.append((int(entry.name), [a.decode(errors="replace") for a in argv]))
+    return found
+
+
+def _ps_command_lines() -> list[tuple[int, list[str]]]:
+    try:
+        out = subprocess.run(["ps", "-axww", "-o", "pid=,command="], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    found = []
+    for line in out.stdout.splitlines():
+        pid, _, command = line.strip().partition(" ")
+        if pid.isdigit():
+            found.append((int(pid), command.split()))
+    return found
 
 
 # --- the runner ------------------------------------------------------------------------------------

@@ -211,3 +211,18 @@ def test_cancel_stops_the_driver_and_the_running_stage(tmp_path: Path) -> None:
     assert states == dict.fromkeys(range(3), JobState.CANCELLED)
     time.sleep(2)
     assert {s for s, _x in runs(record)} == {"pretrain"}  # finetune and evaluate never started
+
+
+def test_launching_processes_are_found_without_proc_too(tmp_path: Path) -> None:
+    """``live_launches`` reads /proc on Linux and ``ps`` elsewhere (macOS): both see a launch."""
+    from launcher_core import pipeline as pl
+
+    token = f"hydra.sweep.dir={tmp_path / 'stage'}"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", token])
+    try:
+        from_proc = {pid for pid, argv in pl._command_lines() if token in argv}
+        from_ps = {pid for pid, argv in pl._ps_command_lines() if token in argv}
+        assert from_proc == from_ps == {proc.pid}
+    finally:
+        proc.kill()
+        proc.wait(10)
