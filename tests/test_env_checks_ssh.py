@@ -72,6 +72,22 @@ def _wheelhouse() -> Path:
     return WHEELHOUSE
 
 
+def old_omegaconf_site() -> Path:
+    """A world-readable dir holding the real omegaconf 2.2.3 (installed from the wheelhouse, once
+    per machine): first on a Python's path, that Python has packages the jobs cannot use."""
+    site = BASE / f"omegaconf-{OLD_OMEGACONF}-site"
+    with _machine_lock():
+        if not (site / ".complete").exists():
+            wheels = _wheelhouse()
+            (wheel,) = wheels.glob(f"omegaconf-{OLD_OMEGACONF}-*.whl")
+            shutil.rmtree(site, ignore_errors=True)
+            pip = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps"]
+            subprocess.run([*pip, "--no-index", "--target", str(site), str(wheel)], check=True, timeout=300)
+            subprocess.run(["chmod", "-R", "a+rX", str(site)], check=True)
+            (site / ".complete").touch()
+    return site
+
+
 @pytest.fixture(scope="module", name="uv_setup")
 def uv_setup_fixture(ssh_env: SSHTestEnv) -> tuple[Path, Path]:
     """(the uv binary where the test users can run it, the wheelhouse)."""

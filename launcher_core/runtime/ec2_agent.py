@@ -32,6 +32,11 @@ TICK_S = 0.2
 # Temporary files of atomic writes (``.name.tmpPID``): never uploaded half written.
 _TMP_FILE = re.compile(r"^\..+\.tmp\d+$")
 _QUIET_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
+# What to check after setup_commands and before any job starts: the pre-flight's probe, its
+# version rule (source), the launching machine's versions and the setup commands (for naming a
+# failed one). Set in the shipped copy by launcher_core.backends.ec2.userdata; None: no check.
+ENV_CHECK: dict[str, Any] | None = None
+PROBE_TIMEOUT_S = 300.0
 
 
 class Imds:
@@ -259,13 +264,50 @@ class Agent:
         return None
 
     # --- jobs -------------------------------------------------------------------------------
+    def job_env(self) -> dict[str, str]:
+        """The jobs' environment: this one (after setup_commands) with the shipped runtime and the
+        code first on PYTHONPATH."""
+        lib, code = self.workspace / "lib", self.workspace / "code"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(lib), str(code), *filter(None, [env.get("PYTHONPATH")])])
+        return env
+
+    def check_environment(self, check: dict[str, Any] | None) -> str | None:
+        """Run the pre-flight's probe with the jobs' Python, where and as the jobs will run, and
+        judge its answer with the pre-flight's rule: why no job can run here, or None."""
+        if not check:
+            return None
+        python = list(self.plan["python"])
+        try:
+            proc = subprocess.run(
+                [*python, "-c", check["probe"]],
+                cwd=self.workspace / "code",
+                env=self.job_env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT_S,
+            )
+            answer = proc.stdout + proc.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            answer = f"{type(exc).__name__}: {exc}"
+        log.info("environment probe: %s", " ".join(answer.split())[:1000])
+        rows = judge_probe(check, answer, shlex.join(python), f"instance {self.instance_id}", self.boot)
+        for row in rows:
+            if row["status"] == "warn":
+                log.warning("environment: %s: %s", row["check"], row["detail"])
+        failed = [row for row in rows if row["status"] == "fail"]
+        if not failed:
+            return None
+        what = "; ".join(f"{r['check']}: {r['detail']}" + (f" (fix: {r['fix']})" if r["fix"] else "") for r in failed)
+        return f"the jobs' Python on this instance cannot run them (checked after setup_commands): {what}"
+
     def start(self, job: Job) -> None:
         job.launcher_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(job.launcher_dir, 0o700)
         (job.launcher_dir / "result.pkl").unlink(missing_ok=True)  # stale result of an earlier run
-        lib, code = self.workspace / "lib", self.workspace / "code"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(lib), str(code), *filter(None, [env.get("PYTHONPATH")])])
+        code = self.workspace / "code"
+        env = self.job_env()
         payloads = self.workspace / "payloads"
         cmd = [*self.plan["python"], "-m", "launcher_core.runtime.remote_worker", str(payloads / "sweep.pkl")]
         cmd += [str(payloads / "plan.json"), str(job.index)]
@@ -409,22 +451,75 @@ class Agent:
                 time.sleep(min(2.0**attempt, 15.0))
         return False
 
-    def main(self, setup_failed: int | None = None) -> int:
+    def main(self, setup_failed: int | None = None, setup_line: int | None = None) -> int:
         try:
             self.connect()
             self.load_plan()
             if setup_failed is not None:
                 tail = _tail(self.workspace / "setup.log")
-                self.fail_unfinished(f"setup_commands failed with exit code {setup_failed}: {tail[-800:]}")
+                line = _setup_command(ENV_CHECK, setup_line)
+                self.fail_unfinished(f"setup_commands failed with exit code {setup_failed}{line}: {tail[-800:]}")
             else:
                 self.fetch_inputs()
-                self.run_jobs()
+                refused = self.check_environment(ENV_CHECK)
+                if refused:
+                    log.error("no job is started: %s", refused)
+                    self.fail_unfinished(refused)
+                else:
+                    self.run_jobs()
         except Exception as exc:  # noqa: BLE001 - reported on every unfinished job
             log.error("agent error: %s", traceback.format_exc())
             if self.s3 is not None and self.plan:
                 self.fail_unfinished(f"instance agent error: {type(exc).__name__}: {exc}")
         self.upload_logs()
         return 0 if self.terminate() else 3
+
+
+def _setup_command(check: dict[str, Any] | None, index: int | None) -> str:
+    """`` at setup_commands[i] `<the command>```, or nothing when it is not known."""
+    commands = (check or {}).get("setup_commands") or []
+    if index is None or not 0 <= index < len(commands):
+        return ""
+    return f" at setup_commands[{index}] `{commands[index]}`"
+
+
+def judge_probe(
+    check: dict[str, Any], answer: str, python: str, host: str, bootstrap: dict[str, Any] | None = None
+) -> list[dict[str, str]]:
+    """Rows (check, status, detail, fix) of the pre-flight's rule (``check["rule"]``, the source
+    of ``launcher_core.preflight.python_checks`` and what it uses) on the probe's ``answer``, with
+    the launching machine's versions (``check["here"]``) and, when the launcher sent them, the
+    sweep payload's needs. A rule that cannot run here checks nothing (a warning in agent.log)."""
+    import types
+
+    module = types.ModuleType("hrl_rule")
+    sys.modules["hrl_rule"] = module  # dataclasses look their module up
+    try:
+        exec(compile(check["rule"], "<pre-flight rule>", "exec"), module.__dict__)
+        here = dict(check["here"])
+        module.__dict__["local_versions"] = lambda: dict(here)
+        if "_payload_needs" in module.__dict__:
+            module.__dict__["_payload_needs"] = _payload_needs((bootstrap or {}).get("payload_needs"))
+        rows = module.python_checks(host, answer, python=python, key="")
+        return [{"check": r.check, "status": r.status, "detail": r.detail, "fix": r.fix} for r in rows]
+    except Exception as exc:  # noqa: BLE001 - a rule that cannot run here must not stop the jobs
+        log.warning("environment not checked: the pre-flight rule failed here: %s: %s", type(exc).__name__, exc)
+        return []
+    finally:
+        sys.modules.pop("hrl_rule", None)
+
+
+def _payload_needs(data: dict[str, Any] | None) -> Any:
+    """The sweep payload's needs (``runtime.payload.PayloadNeeds``) from their JSON form, or None."""
+    if not data:
+        return None
+    try:
+        from launcher_core.runtime.payload import PayloadNeeds  # type: ignore[import-not-found]
+
+        return PayloadNeeds(**{**data, "by_value": tuple(data.get("by_value") or ())})
+    except Exception as exc:  # noqa: BLE001 - without them, only what every payload needs is checked
+        log.warning("payload needs unreadable here (%s): %s", type(exc).__name__, exc)
+        return None
 
 
 def _signal_group(job: Job, sig: int) -> None:
@@ -449,18 +544,19 @@ def _setup_logging(workspace: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python agent.py BOOTSTRAP_JSON [--setup-failed RC]``."""
+    """``python agent.py BOOTSTRAP_JSON [--setup-failed RC [--setup-line N]]``."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
-        print("usage: agent.py BOOTSTRAP_JSON [--setup-failed RC]", file=sys.stderr)
+        print("usage: agent.py BOOTSTRAP_JSON [--setup-failed RC [--setup-line N]]", file=sys.stderr)
         return 2
     bootstrap = json.loads(Path(args[0]).read_text())
     setup_failed = int(args[args.index("--setup-failed") + 1]) if "--setup-failed" in args else None
+    setup_line = int(args[args.index("--setup-line") + 1]) if "--setup-line" in args else None
     workspace = Path(bootstrap["workspace"])
     workspace.mkdir(parents=True, exist_ok=True)
     _setup_logging(workspace)
     log.info("hydra-remote-launcher agent, python %s, argv %s", sys.version.split()[0], shlex.join(args))
-    return Agent(bootstrap).main(setup_failed)
+    return Agent(bootstrap).main(setup_failed, setup_line)
 
 
 if __name__ == "__main__":

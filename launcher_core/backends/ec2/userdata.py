@@ -10,6 +10,7 @@ import shlex
 import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 USER_DATA_LIMIT = 16 * 1024
@@ -44,6 +45,11 @@ def agent_source() -> str:
     from launcher_core.runtime import RUNTIME_DIR
 
     tree = ast.parse((RUNTIME_DIR / "ec2_agent.py").read_text())
+    _drop_docstrings(tree)
+    return "# hydra-remote-launcher instance agent (launcher_core/runtime/ec2_agent.py)\n" + ast.unparse(tree) + "\n"
+
+
+def _drop_docstrings(tree: ast.AST) -> None:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (
@@ -54,7 +60,17 @@ def agent_source() -> str:
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-    return "# hydra-remote-launcher instance agent (launcher_core/runtime/ec2_agent.py)\n" + ast.unparse(tree) + "\n"
+
+
+_MAIN_GUARD = "if __name__ == '__main__':"
+
+
+def agent_with_check(setup_commands: Sequence[str]) -> str:
+    """The agent as shipped, with :func:`environment_check` as its ``ENV_CHECK`` (a JSON literal)."""
+    source = agent_source()
+    assert source.count(_MAIN_GUARD) == 1, "ec2_agent.py must end with one main guard"
+    check = f"ENV_CHECK = json.loads({json.dumps(json.dumps(environment_check(setup_commands)))})\n"
+    return source.replace(_MAIN_GUARD, check + _MAIN_GUARD)
 
 
 def _packed(text: str) -> str:
@@ -84,13 +100,66 @@ def _comment_safe(text: str) -> str:
 
 
 def _setup_block(commands: Sequence[str]) -> str:
-    """Each command runs in the main shell (so ``source venv/bin/activate`` lasts) and is checked."""
-    lines = ["hrl_setup_rc=0", ': > "$HRL_WS/setup.log"']
-    for command in commands:
+    """Each command runs in the main shell (so ``source venv/bin/activate`` lasts) and is checked:
+    the first that fails is remembered (``hrl_setup_line``) and the ones after it do not run."""
+    lines = ["hrl_setup_rc=0", "hrl_setup_line=-1", ': > "$HRL_WS/setup.log"']
+    for n, command in enumerate(commands):
         lines.append('if [ "$hrl_setup_rc" -eq 0 ]; then {')
         lines.append(command)
-        lines.append('} >>"$HRL_WS/setup.log" 2>&1 </dev/null || hrl_setup_rc=$?; fi')
+        lines.append(f'}} >>"$HRL_WS/setup.log" 2>&1 </dev/null || {{ hrl_setup_rc=$?; hrl_setup_line={n}; }}; fi')
     return "\n".join(lines) + "\n"
+
+
+def rule_source() -> str:
+    """The version rule of the pre-flight (:func:`launcher_core.preflight.python_checks` and what
+    it uses, read from that module's source, docstrings dropped) for the agent to judge the probe's
+    answer on the instance exactly as the pre-flight judges a host's. The agent replaces its
+    ``local_versions`` with this machine's."""
+    import launcher_core.preflight as preflight
+
+    tree = ast.parse(Path(preflight.__file__).read_text())
+    top: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            top[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):  # also `OK, WARN, FAIL = ...`
+                    if isinstance(name, ast.Name):
+                        top[name.id] = node
+    needed: set[str] = set()
+    todo = ["python_checks"]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in top:
+            continue
+        needed.add(name)
+        todo += [n.id for n in ast.walk(top[name]) if isinstance(n, ast.Name) and n.id in top]
+    kept_nodes = {id(top[name]) for name in needed}
+    body = [
+        node
+        for node in tree.body
+        if id(node) in kept_nodes
+        or isinstance(node, ast.Import)
+        or (isinstance(node, ast.ImportFrom) and not (node.module or "").startswith("launcher_core"))
+    ]
+    module = ast.Module(body=body, type_ignores=[])
+    _drop_docstrings(module)
+    return ast.unparse(module) + "\n"
+
+
+def environment_check(setup_commands: Sequence[str]) -> dict[str, Any]:
+    """What the agent checks after ``setup_commands`` and before any job starts (and how it names
+    a failed setup command): the pre-flight's probe, its rule, this machine's versions."""
+    from launcher_core.preflight import PROBE, local_versions
+    from launcher_core.remote.scripts import one_line
+
+    return {
+        "probe": PROBE,
+        "rule": rule_source(),
+        "here": local_versions(),
+        "setup_commands": [one_line(c, 160) for c in setup_commands],
+    }
 
 
 def _env_block(env: Mapping[str, Any]) -> str:
@@ -121,10 +190,11 @@ def render_user_data(
         "HRL_BOOTSTRAP_EOF\n",
         _setup_block(setup_commands),
         f'"${{HRL_PY[@]}}" -c {shlex.quote(_AGENT_DECODE)} > "$HRL_WS/agent.py" <<\'HRL_AGENT_EOF\'\n',
-        _packed(agent_source()) + "\n",
+        _packed(agent_with_check(setup_commands)) + "\n",
         "HRL_AGENT_EOF\n",
         'if [ "$hrl_setup_rc" -ne 0 ]; then\n',
-        '  "${HRL_PY[@]}" "$HRL_WS/agent.py" "$HRL_WS/bootstrap.json" --setup-failed "$hrl_setup_rc"\n',
+        '  "${HRL_PY[@]}" "$HRL_WS/agent.py" "$HRL_WS/bootstrap.json" --setup-failed "$hrl_setup_rc"'
+        ' --setup-line "$hrl_setup_line"\n',
         "else\n",
         '  "${HRL_PY[@]}" "$HRL_WS/agent.py" "$HRL_WS/bootstrap.json"\n',
         "fi\n",
