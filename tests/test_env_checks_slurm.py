@@ -32,6 +32,7 @@ from tests.slurm_cluster import (  # noqa: F401  (fixtures)
     launch_sweep,
     slurm_calls_fixture,
     slurm_cluster_fixture,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
@@ -144,8 +145,10 @@ def test_a_failing_setup_line_fails_the_job_before_its_task_with_the_line_as_rea
     assert "set-up failed before the task started:" in table and "hydra.launcher.setup[1] `echo" in table, table
     # sacct: FAILED with the batch script's exit code 97
     job_id = rows[0][2]["slurm_job_id"]
-    sacct = slurm_cluster.run("sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", job_id).stdout
-    assert sacct.split() == ["FAILED|97:0"], sacct
+    def sacct() -> str:
+        return slurm_cluster.run("sacct", "-X", "-n", "-P", "-o", "State,ExitCode", "-j", job_id).stdout.strip()
+
+    assert wait_until("sacct to know the job", sacct, 30) == "FAILED|97:0"  # accounting may lag a little
     # status and results show the line and its message
     status = _cli(capsys, "status", str(sweep))
     assert "setup[1]" in status and "license server unreachable" in status, status
@@ -153,3 +156,35 @@ def test_a_failing_setup_line_fails_the_job_before_its_task_with_the_line_as_rea
     assert {row["reason"] for row in json.loads(results)} == {reason}
     log = (sweep / "0" / ".launcher" / "stderr.log").read_text()
     assert f"[hydra-remote-launcher] set-up failed, the task was not started: hydra.launcher.setup[1] `{line}`" in log
+
+
+@pytest.mark.timeout(180)
+def test_cluster_test_deep_runs_the_set_up_on_a_compute_node(
+    slurm_cluster: SlurmCluster,
+    site_module: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--deep`` runs modules and setup lines in a tiny job as its batch script would: a line
+    that passes on the submitting machine but fails in a job is a failure of the compute node."""
+    import sys
+
+    from tests.test_clusters import cli_main_with
+
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "config-home"
+    in_a_job_only = '[ -z "$SLURM_JOB_ID" ] || { echo "no scratch on this node" >&2; false; }'
+    settings = [
+        f"partition={slurm_cluster.partition}",
+        f"python={sys.executable}",
+        "env={}",
+        f"modules=[{site_module[0]}]",
+        f"setup={json.dumps([in_a_job_only])}",
+    ]
+    assert cli_main_with(home, ["cluster", "add", "deepslurm", "--from", "slurm_cpu", *settings]) == 0
+    capsys.readouterr()
+    assert cli_main_with(home, ["cluster", "test", "deepslurm"]) == 0  # passes here, the module loads
+    assert cli_main_with(home, ["cluster", "test", "deepslurm", "--deep"]) == 1
+    table = " ".join(capsys.readouterr().out.split())
+    assert "a compute node" in table and "hydra.launcher.setup[0]" in table and "no scratch on this node" in table

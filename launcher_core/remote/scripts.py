@@ -125,7 +125,7 @@ def checked_steps(steps: Sequence[tuple[str, str]]) -> str:
     """:func:`checked_lines` for ``(name, shell)`` pairs."""
     if not steps:
         return ""
-    out = ['hrl_err="${TMPDIR:-/tmp}/hrl-setup.$$"']
+    out = ['hrl_err=$(mktemp "${TMPDIR:-/tmp}/hrl-setup.XXXXXX")']  # private (0600), a name nobody chose
     for name, line in steps:
         out += [
             "{",
@@ -173,7 +173,7 @@ def finish_snapshot_script(
     (exit 0: the caller reads why); the probe's answer is printed for the caller to judge."""
     sync = ""
     if uv_sync:
-        sync = f"""hrl_uv_log="${{TMPDIR:-/tmp}}/hrl-uv.$$"
+        sync = f"""hrl_uv_log=$(mktemp "${{TMPDIR:-/tmp}}/hrl-uv.XXXXXX")
 if ! {{
 {uv_sync} sync
 }} >"$hrl_uv_log" 2>&1; then

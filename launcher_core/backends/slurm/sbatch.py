@@ -392,7 +392,7 @@ def set_up_functions(*, batch: bool) -> list[str]:
             "}",
         ]
     # each line's stderr, kept for the message (owner-only: it may show what the line set up)
-    temp = ['_hrl_err="${TMPDIR:-/tmp}/hrl-setup.$$"', '(umask 077; : >"$_hrl_err")']
+    temp = ['_hrl_err=$(mktemp "${TMPDIR:-/tmp}/hrl-setup.XXXXXX")']
     return [*init, *failed, *temp]
 
 
