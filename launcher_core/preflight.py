@@ -13,6 +13,7 @@ a relaunch of the same sweep cost no round trip.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,12 +21,26 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher_core.errors import ConfigError
+from launcher_core.runtime import envcheck
+from launcher_core.runtime.envcheck import FAIL, JOB_SIDE_PACKAGES, OK, PROBE, WARN, Check, local_versions
+
+__all__ = [
+    "FAIL",
+    "OK",
+    "PROBE",
+    "WARN",
+    "Check",
+    "PreflightRequest",
+    "local_versions",
+    "python_checks",
+    "run_preflight",
+]
 
 if TYPE_CHECKING:
     from launcher_core.backends.base import Backend
@@ -35,34 +50,11 @@ log = logging.getLogger("launcher_core.preflight")
 
 CACHE_FILE = "preflight.json"  # in the sweep's .launcher/
 CACHE_TTL_S = 24 * 3600.0
-OK, WARN, FAIL = "ok", "warn", "fail"
-# what the job side needs (distribution, module)
-JOB_SIDE_PACKAGES = (("hydra-core", "hydra"), ("omegaconf", "omegaconf"), ("cloudpickle", "cloudpickle"))
-# the configs travel as pickled OmegaConf nodes of Hydra's own classes: the same major.minor
-SAME_MINOR = ("hydra-core", "omegaconf")
-OLDEST_JOB_PYTHON = (3, 10)  # what the shipped runtime runs on (pyproject's requires-python)
 
 # What the payload of the sweep being checked needs (runtime.payload.PayloadNeeds), set by
-# run_preflight around the backend's checks: a module global rather than a parameter so the
-# backends' probes and their host threads need not pass it along. None: not known (`cluster
-# test`), then what only a task travelling by value needs is a warning.
+# run_preflight around the backend's checks (payload_requirements), so that the backends' probes
+# need not pass it along. None: not known (`cluster test`).
 _payload_needs: Any = None
-
-
-@dataclass(frozen=True)
-class Check:
-    """One row of a pre-flight: what was checked on which host, the result and the fix."""
-
-    check: str
-    host: str
-    status: str  # ok | warn (not a reason to refuse) | fail
-    detail: str = ""
-    fix: str = ""
-    key: str = ""  # the cache key of the host's settings (set by the backend)
-
-    @property
-    def ok(self) -> bool:
-        return self.status != FAIL
 
 
 @dataclass
@@ -93,32 +85,20 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def local_versions() -> dict[str, str]:
-    """Python and job-side package versions here, which hosts must match."""
-    import importlib.metadata
-
-    out = {"python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
-    for dist, _module in JOB_SIDE_PACKAGES:
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "?"
-    return out
+@contextlib.contextmanager
+def payload_requirements(needs: Any) -> Iterator[None]:
+    """Judge the hosts' answers against what this payload needs (``runtime.payload.PayloadNeeds``)."""
+    global _payload_needs
+    previous, _payload_needs = _payload_needs, needs
+    try:
+        yield
+    finally:
+        _payload_needs = previous
 
 
-# --- the Python probe (runs on hosts: standard library only, prints one JSON line) ------------
-PROBE = (
-    "import json,sys\n"
-    "r={'python':'%d.%d.%d'%sys.version_info[:3],'executable':sys.executable,'packages':{}}\n"
-    "for d,m in (('hydra-core','hydra'),('omegaconf','omegaconf'),('cloudpickle','cloudpickle')):\n"
-    "    try:\n"
-    "        mod=__import__(m)\n"
-    "        r['packages'][d]=str(getattr(mod,'__version__','?'))\n"
-    "    except Exception as e:\n"
-    "        m=str(e).splitlines()[0][:200] if str(e) else ''\n"
-    "        r['packages'][d]='ERROR '+type(e).__name__+(': '+m if m else '')\n"
-    "print('HRLPROBE '+json.dumps(r))\n"
-)
+def current_payload_needs() -> Any:
+    """The needs the pre-flight in progress judges against (None outside one, or not known)."""
+    return _payload_needs
 
 
 def python_checks(
@@ -129,139 +109,20 @@ def python_checks(
     key: str,
     where: str = "hydra.launcher.python",
     packages: bool = True,
+    needs: Any = None,
 ) -> list[Check]:
-    """Rows for the probe's answer (the output of ``python -c PROBE``, None if it did not run).
-
-    The rule (README, "What must match"): the job side runs Python >= 3.10 with hydra-core and
-    omegaconf of this machine's major.minor (the configs travel as their pickled nodes) and any
-    cloudpickle >= 2.2. Only a payload with parts that travel pickled by value (a task function
-    the job side cannot import, see :mod:`launcher_core.runtime.payload`) also needs this
-    machine's Python minor version and cloudpickle major.minor there.
-    """
-    probe = _parse_probe(answer)
-    if probe is None:
-        shown = " ".join((answer or "").split())[:200] or "nothing"
-        return [
-            Check(
-                "python",
-                host,
-                FAIL,
-                f"{python!r} is not a working Python on {host}: it printed {shown!r}",
-                f"set {where} to the command of a Python >= 3.10 there (e.g. ~/venv/bin/python)",
-                key,
-            )
-        ]
-    rows = [_python_row(host, str(probe.get("python", "?")), str(probe.get("executable", "?")), python, where, key)]
-    if not packages:
-        return rows
-    found = probe.get("packages") or {}
-    here = local_versions()
-    for dist, _module in JOB_SIDE_PACKAGES:
-        rows.append(_package_row(host, dist, str(found.get(dist, "ERROR missing")), here[dist], python, key))
-    return rows
-
-
-def _by_value_note() -> str:
-    needs = _payload_needs
-    return needs.describe() if needs is not None and not needs.portable else ""
-
-
-def _python_row(host: str, version: str, executable: str, python: str, where: str, key: str) -> Check:
-    here = local_versions()["python"]
-    detail = f"{python} is Python {version} ({executable})"
-    try:
-        there = tuple(int(p) for p in version.split(".")[:2])
-    except ValueError:
-        there = (0, 0)
-    if there < OLDEST_JOB_PYTHON:
-        return Check(
-            "python version",
-            host,
-            FAIL,
-            detail + "; jobs need Python >= 3.10",
-            f"point {where} at a Python >= 3.10 on {host}",
-            key,
-        )
-    if _major_minor(version) == here:
-        return Check("python version", host, OK, detail, "", key)
-    why = _by_value_note()
-    if why:
-        return Check(
-            "python version",
-            host,
-            FAIL,
-            f"{detail}; {why}, which needs Python {here} there as here",
-            f"point {where} at a Python {here} on {host}, or make the task importable from the code dir",
-            key,
-        )
-    if _payload_needs is None:
-        return Check(
-            "python version",
-            host,
-            WARN,
-            f"{detail}; only a task that travels pickled by value needs {here} there as here",
-            "",
-            key,
-        )
-    return Check("python version", host, OK, detail, "", key)
-
-
-def _package_row(host: str, dist: str, there: str, here: str, python: str, key: str) -> Check:
-    pin = f"{dist}=={here}"
-    if there.startswith("ERROR"):
-        return Check(
-            dist,
-            host,
-            FAIL,
-            f"not importable by {python}: {there[6:]}",
-            f"install it there: `{python} -m pip install '{pin}'` (or use a Python that has it)",
-            key,
-        )
-    if dist in SAME_MINOR and _major_minor(there) != _major_minor(here):
-        return Check(
-            dist,
-            host,
-            FAIL,
-            f"{there} there, {here} here: the jobs' configs travel as {dist} {_major_minor(here)}.x objects",
-            f"`{python} -m pip install '{dist}=={_major_minor(here)}.*'` on {host}",
-            key,
-        )
-    if dist == "cloudpickle" and _major_minor(there) != _major_minor(here):
-        why = _by_value_note()
-        if why:
-            return Check(
-                dist,
-                host,
-                FAIL,
-                f"{there} there, {here} here: {why}, which needs cloudpickle {_major_minor(here)}.x there",
-                f"`{python} -m pip install '{dist}=={_major_minor(here)}.*'` on {host}, or make the task importable",
-                key,
-            )
-        if _payload_needs is None:
-            return Check(
-                dist,
-                host,
-                WARN,
-                f"{there} there, {here} here: only a task travelling pickled by value needs {_major_minor(here)}.x",
-                "",
-                key,
-            )
-    return Check(dist, host, OK, there, "", key)
-
-
-def _major_minor(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
-def _parse_probe(answer: str | None) -> dict[str, Any] | None:
-    for line in (answer or "").splitlines():
-        if line.startswith("HRLPROBE "):
-            try:
-                value = json.loads(line[len("HRLPROBE ") :])
-            except ValueError:
-                return None
-            return value if isinstance(value, dict) else None
-    return None
+    """The rule (:func:`launcher_core.runtime.envcheck.python_checks`) on a host's probe answer,
+    against this machine's versions and ``needs`` (default: the pre-flight in progress's)."""
+    return envcheck.python_checks(
+        host,
+        answer,
+        python=python,
+        key=key,
+        needs=needs if needs is not None else _payload_needs,
+        here=local_versions(),
+        where=where,
+        packages=packages,
+    )
 
 
 # --- the cache ----------------------------------------------------------------------------------
@@ -306,14 +167,10 @@ def run_preflight(backend: Backend, sweep: SweepInfo, n_jobs: int) -> None:
     """Check every host that gets jobs before any is submitted: one line per host when all is
     well, else a :class:`ConfigError` naming each host, what is wrong and the fix (nothing was
     submitted). Hosts that passed are remembered in the sweep's ``.launcher/preflight.json``."""
-    global _payload_needs
     cache = PreflightCache(sweep.sweep_dir / ".launcher" / CACHE_FILE)
     request = PreflightRequest(n_jobs=n_jobs, cache=cache, sweep=sweep)
-    _payload_needs = sweep.payload_needs
-    try:
+    with payload_requirements(sweep.payload_needs):
         rows = backend.preflight(request)
-    finally:
-        _payload_needs = None
     failed = [r for r in rows if not r.ok]
     if failed:
         raise ConfigError(failure_message(failed, n_jobs))

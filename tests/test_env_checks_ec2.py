@@ -75,24 +75,27 @@ def test_packages_outside_the_rule_fail_the_jobs_before_any_task_starts(aws: Aws
 
 
 def test_the_shipped_rule_judges_as_the_pre_flight_does() -> None:
-    """The agent runs the pre-flight's own rule (its source, shipped): the same rows for the same
-    answer as ``python_checks`` here, with this machine's versions as the instance sees them."""
+    """The agent runs the rule shipped with the runtime (``runtime.envcheck``): the same rows for
+    the same answer as the pre-flight here, with this machine's versions and the payload's needs
+    as the instance gets them."""
     import json
 
     from launcher_core.backends.ec2.userdata import environment_check
     from launcher_core.preflight import PROBE, python_checks
     from launcher_core.runtime.ec2_agent import judge_probe
+    from launcher_core.runtime.payload import PayloadNeeds
 
-    check = environment_check(["pip install x"])
-    assert check["probe"] == PROBE and check["setup_commands"] == ["pip install x"]
-    here = check["here"]
-    for packages in (
-        {d: here[d] for d in ("hydra-core", "omegaconf", "cloudpickle")},
-        {"hydra-core": here["hydra-core"], "omegaconf": OLD_OMEGACONF, "cloudpickle": "ERROR ModuleNotFoundError: x"},
-    ):
-        answer = "HRLPROBE " + json.dumps({"python": "3.9.1", "executable": "/p", "packages": packages})
-        expected = [
-            {"check": r.check, "status": r.status, "detail": r.detail, "fix": r.fix}
-            for r in python_checks("i-1", answer, python="py", key="")
-        ]
-        assert judge_probe(check, answer, "py", "i-1") == expected
+    for needs in (None, PayloadNeeds(), PayloadNeeds(by_value=("a lambda",), python="3.11", cloudpickle="3.1")):
+        check = json.loads(json.dumps(environment_check(["pip install x"], needs)))  # as the agent reads it
+        assert check["probe"] == PROBE and check["setup_commands"] == ["pip install x"]
+        here = check["here"]
+        for python, packages in (
+            ("3.9.1", {d: here[d] for d in ("hydra-core", "omegaconf", "cloudpickle")}),
+            ("3.99.0", {"hydra-core": here["hydra-core"], "omegaconf": OLD_OMEGACONF, "cloudpickle": "2.2.0"}),
+        ):
+            answer = "HRLPROBE " + json.dumps({"python": python, "executable": "/p", "packages": packages})
+            expected = [
+                {"check": r.check, "status": r.status, "detail": r.detail, "fix": r.fix}
+                for r in python_checks("i-1", answer, python="py", key="", needs=needs)
+            ]
+            assert judge_probe(check, answer, "py", "i-1") == expected

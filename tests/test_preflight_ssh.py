@@ -80,7 +80,7 @@ def test_a_python_that_is_not_python_is_refused(ssh_env: SSHTestEnv, tmp_path: P
     err = _refused(ssh_env, proc, sweep, name)
     host = ssh_env.server.alias(USERS[0])
     assert f"{host}: python: '/bin/echo' is not a working Python on {host}" in err
-    assert "fix: set hydra.launcher.python to the command of a Python 3.11 there" in err
+    assert "fix: set hydra.launcher.python to the command of a Python >= 3.10 there" in err
 
 
 @contextlib.contextmanager

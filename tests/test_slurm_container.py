@@ -77,7 +77,11 @@ def test_job_runs_inside_the_container_with_the_exact_argv(
     assert [r.return_value for r in returns] == [{"x": num, **inside} for num in range(2)]
     sweep_payload = str(next((sweep / ".launcher" / "slurm").glob("sweep-*.pkl")))
     table = str(sweep / ".launcher" / "slurm" / "jobs0-1.json")  # the job table of the two jobs
-    calls = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    logged = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    # the pre-flight checked the jobs' Python inside the image first (python -c PROBE)
+    probes = [argv for argv in logged if any("HRLPROBE" in a for a in argv)]
+    assert probes and all(str(image) in argv for argv in probes)
+    calls = [argv for argv in logged if argv not in probes]
     assert sorted(calls, key=lambda argv: argv[-1]) == [
         # code dir and sweep dir are bound first (parents first), then the configured binds
         [

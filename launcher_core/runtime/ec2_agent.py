@@ -292,7 +292,7 @@ class Agent:
         except (OSError, subprocess.TimeoutExpired) as exc:
             answer = f"{type(exc).__name__}: {exc}"
         log.info("environment probe: %s", " ".join(answer.split())[:1000])
-        rows = judge_probe(check, answer, shlex.join(python), f"instance {self.instance_id}", self.boot)
+        rows = judge_probe(check, answer, shlex.join(python), f"instance {self.instance_id}", self.workspace / "lib")
         for row in rows:
             if row["status"] == "warn":
                 log.warning("environment: %s: %s", row["check"], row["detail"])
@@ -484,42 +484,26 @@ def _setup_command(check: dict[str, Any] | None, index: int | None) -> str:
 
 
 def judge_probe(
-    check: dict[str, Any], answer: str, python: str, host: str, bootstrap: dict[str, Any] | None = None
+    check: dict[str, Any], answer: str, python: str, host: str, lib: Path | None = None
 ) -> list[dict[str, str]]:
-    """Rows (check, status, detail, fix) of the pre-flight's rule (``check["rule"]``, the source
-    of ``launcher_core.preflight.python_checks`` and what it uses) on the probe's ``answer``, with
-    the launching machine's versions (``check["here"]``) and, when the launcher sent them, the
-    sweep payload's needs. A rule that cannot run here checks nothing (a warning in agent.log)."""
-    import types
-
-    module = types.ModuleType("hrl_rule")
-    sys.modules["hrl_rule"] = module  # dataclasses look their module up
+    """Rows (check, status, detail, fix) of the rule of what must match
+    (``launcher_core.runtime.envcheck``, shipped in the snapshot's ``lib/``) on the probe's
+    ``answer``, against the launching machine's versions (``check["here"]``) and the sweep
+    payload's needs (``check["needs"]``). A rule that cannot run here checks nothing (a warning
+    in agent.log)."""
+    if lib is not None and str(lib) not in sys.path:
+        sys.path.insert(0, str(lib))
     try:
-        exec(compile(check["rule"], "<pre-flight rule>", "exec"), module.__dict__)
-        here = dict(check["here"])
-        module.__dict__["local_versions"] = lambda: dict(here)
-        if "_payload_needs" in module.__dict__:
-            module.__dict__["_payload_needs"] = _payload_needs((bootstrap or {}).get("payload_needs"))
-        rows = module.python_checks(host, answer, python=python, key="")
+        from launcher_core.runtime.envcheck import python_checks
+        from launcher_core.runtime.payload import PayloadNeeds
+
+        data = check.get("needs")
+        needs = PayloadNeeds(**{**data, "by_value": tuple(data.get("by_value") or ())}) if data else None
+        rows = python_checks(host, answer, python=python, key="", needs=needs, here=dict(check["here"]))
         return [{"check": r.check, "status": r.status, "detail": r.detail, "fix": r.fix} for r in rows]
     except Exception as exc:  # noqa: BLE001 - a rule that cannot run here must not stop the jobs
-        log.warning("environment not checked: the pre-flight rule failed here: %s: %s", type(exc).__name__, exc)
+        log.warning("environment not checked: the rule failed here: %s: %s", type(exc).__name__, exc)
         return []
-    finally:
-        sys.modules.pop("hrl_rule", None)
-
-
-def _payload_needs(data: dict[str, Any] | None) -> Any:
-    """The sweep payload's needs (``runtime.payload.PayloadNeeds``) from their JSON form, or None."""
-    if not data:
-        return None
-    try:
-        from launcher_core.runtime.payload import PayloadNeeds  # type: ignore[import-not-found]
-
-        return PayloadNeeds(**{**data, "by_value": tuple(data.get("by_value") or ())})
-    except Exception as exc:  # noqa: BLE001 - without them, only what every payload needs is checked
-        log.warning("payload needs unreadable here (%s): %s", type(exc).__name__, exc)
-        return None
 
 
 def _signal_group(job: Job, sig: int) -> None:

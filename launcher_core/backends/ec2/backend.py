@@ -465,7 +465,11 @@ class Ec2Backend(Backend):
             "workspace": workspace,
         }
         full = ud.render_user_data(
-            **common, bootstrap=bootstrap, env=self.settings.env, setup_commands=self.settings.setup_commands
+            **common,
+            bootstrap=bootstrap,
+            env=self.settings.env,
+            setup_commands=self.settings.setup_commands,
+            payload_needs=sweep.payload_needs,
         )
         self.check_no_secrets(full.encode(), "the user-data script")
         if len(full.encode()) <= ud.USER_DATA_LIMIT:

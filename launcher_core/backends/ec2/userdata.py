@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import ast
 import base64
+import dataclasses
 import json
 import shlex
 import textwrap
 import zlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 USER_DATA_LIMIT = 16 * 1024
@@ -65,11 +65,11 @@ def _drop_docstrings(tree: ast.AST) -> None:
 _MAIN_GUARD = "if __name__ == '__main__':"
 
 
-def agent_with_check(setup_commands: Sequence[str]) -> str:
+def agent_with_check(setup_commands: Sequence[str], payload_needs: Any = None) -> str:
     """The agent as shipped, with :func:`environment_check` as its ``ENV_CHECK`` (a JSON literal)."""
     source = agent_source()
     assert source.count(_MAIN_GUARD) == 1, "ec2_agent.py must end with one main guard"
-    check = f"ENV_CHECK = json.loads({json.dumps(json.dumps(environment_check(setup_commands)))})\n"
+    check = f"ENV_CHECK = json.loads({json.dumps(json.dumps(environment_check(setup_commands, payload_needs)))})\n"
     return source.replace(_MAIN_GUARD, check + _MAIN_GUARD)
 
 
@@ -110,54 +110,17 @@ def _setup_block(commands: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rule_source() -> str:
-    """The version rule of the pre-flight (:func:`launcher_core.preflight.python_checks` and what
-    it uses, read from that module's source, docstrings dropped) for the agent to judge the probe's
-    answer on the instance exactly as the pre-flight judges a host's. The agent replaces its
-    ``local_versions`` with this machine's."""
-    import launcher_core.preflight as preflight
-
-    tree = ast.parse(Path(preflight.__file__).read_text())
-    top: dict[str, ast.stmt] = {}
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            top[node.name] = node
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                for name in ast.walk(target):  # also `OK, WARN, FAIL = ...`
-                    if isinstance(name, ast.Name):
-                        top[name.id] = node
-    needed: set[str] = set()
-    todo = ["python_checks"]
-    while todo:
-        name = todo.pop()
-        if name in needed or name not in top:
-            continue
-        needed.add(name)
-        todo += [n.id for n in ast.walk(top[name]) if isinstance(n, ast.Name) and n.id in top]
-    kept_nodes = {id(top[name]) for name in needed}
-    body = [
-        node
-        for node in tree.body
-        if id(node) in kept_nodes
-        or isinstance(node, ast.Import)
-        or (isinstance(node, ast.ImportFrom) and not (node.module or "").startswith("launcher_core"))
-    ]
-    module = ast.Module(body=body, type_ignores=[])
-    _drop_docstrings(module)
-    return ast.unparse(module) + "\n"
-
-
-def environment_check(setup_commands: Sequence[str]) -> dict[str, Any]:
+def environment_check(setup_commands: Sequence[str], payload_needs: Any = None) -> dict[str, Any]:
     """What the agent checks after ``setup_commands`` and before any job starts (and how it names
-    a failed setup command): the pre-flight's probe, its rule, this machine's versions."""
-    from launcher_core.preflight import PROBE, local_versions
+    a failed setup command): the probe, this machine's versions and the sweep payload's needs,
+    judged there by the rule shipped with the runtime (``launcher_core.runtime.envcheck``)."""
     from launcher_core.remote.scripts import one_line
+    from launcher_core.runtime.envcheck import PROBE, local_versions
 
     return {
         "probe": PROBE,
-        "rule": rule_source(),
         "here": local_versions(),
+        "needs": dataclasses.asdict(payload_needs) if payload_needs is not None else None,
         "setup_commands": [one_line(c, 160) for c in setup_commands],
     }
 
@@ -177,6 +140,7 @@ def render_user_data(
     bootstrap: Mapping[str, Any],
     env: Mapping[str, Any],
     setup_commands: Sequence[str],
+    payload_needs: Any = None,
 ) -> str:
     """The full bootstrap script of one instance."""
     parts = [
@@ -190,7 +154,7 @@ def render_user_data(
         "HRL_BOOTSTRAP_EOF\n",
         _setup_block(setup_commands),
         f'"${{HRL_PY[@]}}" -c {shlex.quote(_AGENT_DECODE)} > "$HRL_WS/agent.py" <<\'HRL_AGENT_EOF\'\n',
-        _packed(agent_with_check(setup_commands)) + "\n",
+        _packed(agent_with_check(setup_commands, payload_needs)) + "\n",
         "HRL_AGENT_EOF\n",
         'if [ "$hrl_setup_rc" -ne 0 ]; then\n',
         '  "${HRL_PY[@]}" "$HRL_WS/agent.py" "$HRL_WS/bootstrap.json" --setup-failed "$hrl_setup_rc"'

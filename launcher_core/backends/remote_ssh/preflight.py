@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import re
 import shlex
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -470,23 +469,9 @@ def _uv_fix(row: Check) -> Check:
     return dataclasses.replace(row, fix=f"require {spec} in the project's pyproject.toml (`uv add '{spec}'`), relaunch")
 
 
-_RULE_LOCK = threading.Lock()
-
-
 def judged(
     host: str, answer: str, python: str, payload_needs: object, where: str = "hydra.launcher.python"
 ) -> list[Check]:
-    """:func:`python_checks` outside :func:`run_preflight` (host preparation, several hosts in
-    threads): with the sweep's payload needs set around it as the pre-flight sets them."""
-    import launcher_core.preflight as pf
-
-    with _RULE_LOCK:
-        had = hasattr(pf, "_payload_needs")
-        saved = getattr(pf, "_payload_needs", None)
-        if had:
-            pf._payload_needs = payload_needs  # type: ignore[attr-defined]
-        try:
-            return python_checks(host, answer, python=python, key="", where=where)
-        finally:
-            if had:
-                pf._payload_needs = saved  # type: ignore[attr-defined]
+    """:func:`python_checks` outside :func:`run_preflight` (host preparation), against the sweep's
+    payload needs."""
+    return python_checks(host, answer, python=python, key="", where=where, needs=payload_needs)
