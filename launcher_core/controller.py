@@ -23,7 +23,7 @@ from typing import Any
 
 from launcher_core import snapshots
 from launcher_core.backends.base import Backend
-from launcher_core.errors import BackendError, SubmitError
+from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.progress import SweepProgress, print_summary
 from launcher_core.state import JobRow, StateStore, SweepIndex
@@ -66,8 +66,9 @@ def build_job_specs(
     from launcher_core.runtime.compose import compose_job, job_output_dir
 
     specs = []
+    taken: set[int] = set()
     for offset, overrides in enumerate(job_overrides):
-        idx = initial_job_idx + offset
+        idx = _job_number(overrides, initial_job_idx + offset, taken)
         factory = functools.partial(compose_job, composer, tuple(overrides), idx)
         composer.check(overrides)  # a no-op when the sweeper's validation checked it a moment ago
         output_dir = composer.output_dir(overrides, idx) or job_output_dir(factory())
@@ -82,6 +83,21 @@ def build_job_specs(
         )
     log.debug("composed %d job configs with %d full compositions", len(specs), composer.full_compositions)
     return specs
+
+
+_JOB_NUM_OVERRIDE = re.compile(r"^\+{0,2}hydra\.job\.num=(\d+)$")
+
+
+def _job_number(overrides: Sequence[str], position: int, taken: set[int]) -> int:
+    """The job's number: its position in the sweep, or the number its overrides give it
+    (``hydra.job.num=N``: a pipeline stage lists each job with its number in the stage's plan, so
+    a job keeps its number, dir and id whichever jobs are launched with it)."""
+    explicit = [int(m.group(1)) for m in map(_JOB_NUM_OVERRIDE.match, overrides) if m]
+    idx = explicit[-1] if explicit else position
+    if idx in taken:
+        raise ConfigError(f"two jobs of this launch are job #{idx} (hydra.job.num={idx}): a job number is one job")
+    taken.add(idx)
+    return idx
 
 
 def _log_jobs(label: str, sweep_dir: Path, specs: Sequence[JobSpec]) -> None:
@@ -509,7 +525,7 @@ def _payload_needs(sweep: SweepInfo, task_function: Any) -> None:
     """What the job side will need to load this batch's payload, for the pre-flight to check."""
     from launcher_core.backends.base import sweep_payload_for
 
-    sweep_payload_for(sweep, task_function, None)  # sets sweep.payload_needs; the bytes are built again at submit
+    sweep_payload_for(sweep, task_function)  # sets sweep.payload_needs; the bytes are built again at submit
 
 
 # one code snapshot (and code record) per launching process: every batch of a sweep shares it

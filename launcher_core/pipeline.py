@@ -10,9 +10,9 @@ or needs the whole upstream stage when they share none. The app only ever sees l
 A stage launch is a real multirun of the stage's app in a subprocess (``python APP -m ...
 hydra.sweep.dir=<pipeline dir>/<stage> hydra.launcher.wait=false``): every backend and the
 exactly-once rules of the launch loop apply unchanged. Its jobs are listed explicitly, as one
-paired group (:func:`job_group_override`), with ``hydra.sweep.subdir`` set to the job's number in
-the stage's full plan, so a job keeps its dir and id whichever jobs are launched with it (a job
-whose upstream failed is left out: *blocked*).
+paired group (:func:`job_group_override`), with ``hydra.job.num`` and ``hydra.sweep.subdir`` set to
+the job's number in the stage's full plan, so a job keeps its number, dir and id whichever jobs are
+launched with it (a job whose upstream failed is left out: *blocked*).
 
 The pipeline's own state (``<pipeline dir>/.pipeline/state.json``, written atomically) records
 only which jobs each stage launch was given, before the launch starts; everything else (job
@@ -813,8 +813,8 @@ def _render_path(text: str) -> str:
 
 def job_group_override(stage: Stage, plan: LaunchPlan) -> str:
     """``hydra.sweeper.paired=[{...}]``: one paired group that lists every job to launch
-    explicitly (its swept values, resolved references and ``hydra.sweep.subdir``), checked by
-    expanding it as the paired sweeper will."""
+    explicitly (its swept values, resolved references, ``hydra.job.num`` and ``hydra.sweep.subdir``),
+    checked by expanding it as the paired sweeper will."""
     from launcher_core.sweep import quote_value, render_value
 
     jobs = [stage.jobs[n] for n in plan.nums]
@@ -825,6 +825,7 @@ def job_group_override(stage: Stage, plan: LaunchPlan) -> str:
             columns.setdefault(key, []).append(value)
         for key, value in plan.values[job.num].items():
             columns.setdefault(key, []).append(render_value(value))
+        columns.setdefault("hydra.job.num", []).append(str(job.num))  # its number, dir and id in every launch
         columns.setdefault("hydra.sweep.subdir", []).append(str(job.num))
     for key in columns:
         if not _GROUP_KEY.fullmatch(key):
@@ -854,7 +855,7 @@ def _check_group(stage: Stage, jobs: Sequence[JobPlan], plan: LaunchPlan, text: 
         have = {o.split("=", 1)[0]: _canonical(parser, o, cache, stage.name) for o in overrides}
         want_overrides = [*job.overrides, *(f"{k}={_render(v)}" for k, v in plan.values[job.num].items())]
         want = {o.split("=", 1)[0]: _canonical(parser, o, cache, stage.name) for o in want_overrides}
-        want["hydra.sweep.subdir"] = json.dumps(job.num)
+        want["hydra.job.num"] = want["hydra.sweep.subdir"] = json.dumps(job.num)
         if have != want or len(got) != len(jobs):
             raise ConfigError(
                 f"stage {stage.name}: job #{job.num} cannot be passed to Hydra unchanged: {have} != {want}"

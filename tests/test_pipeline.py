@@ -226,3 +226,38 @@ def test_launching_processes_are_found_without_proc_too(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.slow
+def test_a_retried_job_keeps_its_number_dir_and_id(tmp_path: Path) -> None:
+    """pretrain #1 fails, then runs alone with --retry-failed (and finetune #1, blocked by it, alone
+    after it): each keeps its number in the stage's plan, so every stage's state store holds one
+    row per job dir, the retried one completed."""
+    from launcher_core.jobs import JobState
+    from launcher_core.state import StateStore
+
+    file, record = _project(tmp_path, sleep=0)
+    app = file.parent / "app.py"
+    fixed = tmp_path / "fixed"  # the failure goes away once this file exists
+    app.write_text(
+        app.read_text().replace(
+            "if cfg.x in cfg.raise_on:", f"if cfg.x in cfg.raise_on and not os.path.exists({str(fixed)!r}):"
+        )
+    )
+    first = _pipeline("run", file, "--wait")
+    assert first.returncode == 1, first.stderr[-3000:]
+    pretrain = file.parent / "runs" / "pl" / "pretrain"
+    with StateStore.for_sweep_dir(pretrain, readonly=True) as store:
+        ids = {r.idx: r.job_id for r in store.jobs()}
+    fixed.touch()
+    again = _pipeline("run", file, "--wait", "--retry-failed")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert runs(record)[("pretrain", 1)] == 2 and runs(record)[("finetune", 1)] == 1
+    for stage, n in (("pretrain", 3), ("finetune", 3), ("evaluate", 2)):
+        with StateStore.for_sweep_dir(pretrain.parent / stage, readonly=True) as store:
+            rows = store.jobs()
+        assert [r.idx for r in rows] == list(range(n)), stage
+        assert [r.output_dir.name for r in rows] == [str(i) for i in range(n)], stage
+        assert {r.outcome for r in rows} == {JobState.COMPLETED}, stage
+    with StateStore.for_sweep_dir(pretrain, readonly=True) as store:
+        assert {r.idx: r.job_id for r in store.jobs()} == ids  # the retried job is the same job
