@@ -1,7 +1,7 @@
 """OpenSSH connections: one authenticated ControlMaster per host, and every remote script and
 rsync run as a session on it (bounded in time, retried on a fresh master after transport errors).
 
-Design: docs/remote_ssh.md ("Connections"); why OpenSSH, not paramiko: README, "Design choices".
+Design: docs/remote_ssh.md ("Connections"); why OpenSSH, not paramiko: docs/design.md.
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def _profile(backend: Ec2Backend, host: str, key: str) -> Check:
             host,
             FAIL,
             f"{setting_key('iam_instance_profile')}={profile!r} does not exist ({code or exc})",
-            "create it (README, EC2 requirements: S3 on the bucket, ec2:TerminateInstances) or fix the name",
+            "create it (docs/ec2.md, Requirements: S3 on the bucket, ec2:TerminateInstances) or fix the name",
             key,
         )
     finally:
