@@ -348,3 +348,51 @@ def test_readme_results_example_is_what_launcher_core_results_prints(tmp_path: P
         assert len(real_cells) == len(doc_cells), real_line
         del doc_cells[timing], real_cells[timing]
         assert real_cells == doc_cells, "\n".join(printed)
+
+
+# --- the set-up command leaves a shell where the README's later commands run as written ---------
+def test_the_readme_activates_the_venv_before_its_first_bare_command() -> None:
+    """Item 8: after the set-up command, the README's commands are written bare (``launcher-core``,
+    ``python``): the activation line must come before the first of them."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    setup = next(i for i, ln in enumerate(lines) if ln.startswith("apt-get update") and "example_app/train.py" in ln)
+    activate = next(
+        i for i, ln in enumerate(lines) if ln.strip() in (". .venv/bin/activate", "source .venv/bin/activate")
+    )
+    bare = next(
+        i
+        for i, ln in enumerate(lines)
+        if i > setup
+        and re.match(r"^(launcher-core|python) ", ln.strip())
+        and not ln.strip().startswith("python3 -m venv")
+    )
+    assert setup < activate < bare, (setup, activate, bare)
+
+
+def test_after_activation_the_bare_commands_run() -> None:
+    """What the README's tour types after ``. .venv/bin/activate``, in a shell that has nothing else."""
+    venv = Path(sys.executable).parent.parent
+    script = f". {venv}/bin/activate && launcher-core --help >/dev/null && python example_app/train.py --info plugins"
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    proc = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("LocalPoolLauncher", "RemoteSSHLauncher", "SlurmArrayLauncher", "Ec2Launcher", "PairedSweeper"):
+        assert name in proc.stdout
+
+
+# --- the job-side command lines the docs show take the worker's arguments -------------------------
+def test_documented_worker_command_lines_take_the_workers_arguments() -> None:
+    """Item 10: docs/remote_ssh.md once gave the worker ``SWEEP.pkl JOB.pkl``. Every documented
+    ``python -m launcher_core.runtime.[remote_]worker ARGS`` names the arguments its usage names."""
+    from launcher_core.runtime.worker import USAGE
+
+    wanted = USAGE.split("worker ", 1)[1].split()  # SWEEP_PAYLOAD JOB_TABLE FIRST [COUNT]
+    pattern = re.compile(r"python -m launcher_core\.runtime\.(?:remote_)?worker((?: [^\s`]+)+)")
+    found = []
+    for doc in DOCS:
+        for match in pattern.finditer(doc.read_text()):
+            args = match.group(1).split()
+            found.append((doc.name, args))
+            assert len(wanted) - 1 <= len(args) <= len(wanted), (doc.name, args, wanted)
+            assert args[0] == wanted[0] and ".pkl" not in " ".join(args[1:]), (doc.name, args)
+    assert found  # the docs show the command somewhere
