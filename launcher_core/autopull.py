@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher_core.errors import ConfigError
+from launcher_core.state import launcher_home
 
 log = logging.getLogger("launcher_core.autopull")
 
@@ -74,14 +75,19 @@ def _held_by(lock_path: Path) -> int | None:
         os.close(fd)
 
 
+def daemon_paths() -> tuple[Path, Path]:
+    """The user-level pull daemon's PID file and log (``python -m launcher_core.pull --daemon``)."""
+    home = launcher_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return home / "pull.pid", home / "pull.log"
+
+
 def collector(sweep_dir: Path) -> Collector | None:
     """The pull daemon collecting ``sweep_dir`` now, if any."""
     launcher_dir = Path(sweep_dir) / ".launcher"
     pid = _held_by(launcher_dir / DAEMON_LOCK)
     if pid is not None:
         return Collector(pid, launcher_dir / DAEMON_LOG, "sweep")
-    from launcher_core.pull import daemon_paths
-
     pid_path, log_path = daemon_paths()
     pid = _held_by(pid_path)
     if pid is None:
@@ -152,11 +158,12 @@ def _wait_for_collector(sweep_dir: Path) -> Collector | None:
     return None
 
 
-def status_line(sweep_dir: Path, backend: str | None, states: Sequence[str]) -> str | None:
+def status_line(sweep_dir: Path, detached: bool, states: Sequence[str]) -> str | None:
     """What ``launcher-core status`` says about collection for a sweep with unfinished jobs
-    (``states``: each job's state); None when there is nothing left to collect."""
+    (``states``: each job's state; ``detached``: its jobs outlive the launch, see
+    :class:`~launcher_core.backends.registry.Capabilities`); None when nothing is left to collect."""
     unfinished = [s for s in states if s in ("submitted", "running", "completed", "failed")]
-    if backend == "local_pool" or not unfinished:
+    if not detached or not unfinished:
         return None
     found = collector(sweep_dir)
     if found is not None:

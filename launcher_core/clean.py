@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher_core.backends.base import Backend, CleanReport
+from launcher_core.backends.registry import descriptor
 from launcher_core.jobs import JobState
 from launcher_core.remote.paths import CleanRefused as CleanRefused
 from launcher_core.state import JobRow, StateStore
@@ -30,9 +31,12 @@ from launcher_core.state import JobRow, StateStore
 log = logging.getLogger("launcher_core.clean")
 
 SWEEP_CLEANED_META = "backend_cleaned_at"
-NO_REMOTE_COPIES = {
-    "local_pool": "local sweep: the jobs ran here, the sweep dir is the only copy",
-}
+
+
+def no_remote_copies(meta: Mapping[str, Any]) -> str:
+    """Why a sweep's backend keeps nothing to clean ("" when it keeps copies)."""
+    name = meta.get("backend")
+    return descriptor(str(name)).no_remote_copy if name else ""
 
 
 def is_eligible(row: JobRow, include_bare: bool = False) -> bool:
@@ -111,7 +115,7 @@ def record(store: StateStore, selection: CleanSelection, report: CleanReport) ->
 
 def clean_after_pull(backend: Backend, store: StateStore, meta: Mapping[str, Any]) -> int:
     """The pull daemon's ``--clean``: clean every eligible job (full pulls only) right away."""
-    if meta.get("backend") in NO_REMOTE_COPIES:
+    if no_remote_copies(meta):
         return 0
     selection = select(store.jobs(), meta, include_bare=False)
     if selection.empty:

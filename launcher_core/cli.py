@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.registry import capabilities_of, describe_handle
 from launcher_core.errors import ConfigError, LauncherError
 from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
 from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
@@ -121,13 +122,14 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: 
     console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}   code: {_code_label(meta)}")
     from launcher_core.autopull import status_line
 
-    collecting = status_line(sweep_dir, meta.get("backend"), [r.state.value for r in rows])
+    detached = capabilities_of(meta).detached
+    collecting = status_line(sweep_dir, detached, [r.state.value for r in rows])
     if collecting:
         console.print(collecting, markup=False)
     if not show_jobs:
         return
     shown = _rows_to_show(rows, limit)
-    cells = [_job_cells(r) for r in shown]
+    cells = [_job_cells(r, meta) for r in shown]
     columns = ("#", "job id", "state", "where", "duration", "exit reason", "overrides")
     if len(cells) > RICH_MAX_ROWS:  # rich lays out every cell: ~0.5 ms a row
         _print_plain_table(console, columns, [[text for text, _style in row] for row in cells])
@@ -164,14 +166,14 @@ def _rows_to_show(rows: Sequence[JobRow], limit: int | None) -> list[JobRow]:
     return sorted([*attention, *done], key=lambda r: r.idx)
 
 
-def _job_cells(r: JobRow) -> list[tuple[str, str]]:
+def _job_cells(r: JobRow, meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(text, rich style) of each column of a job's row."""
     style = STATE_STYLE.get((r.outcome or r.state).value, "")
     return [
         (str(r.idx), ""),
         (r.job_id[:10], ""),
         (_state_label(r), style),
-        (_where(r), ""),
+        (_where(r, meta), ""),
         (_fmt_duration(r.duration_s), ""),
         (r.exit_reason or "", ""),
         (" ".join(r.overrides), ""),
@@ -192,12 +194,10 @@ def _state_label(row: JobRow) -> str:
     return f"{(row.outcome or row.state).value} (pulled{', cleaned' if row.cleaned_at is not None else ''})"
 
 
-def _where(row: JobRow) -> str:
+def _where(row: JobRow, meta: Mapping[str, Any]) -> str:
+    """What the backend calls the job (a Slurm job id, an instance id), else its host."""
     handle = row.handle or {}
-    for key in ("slurm_job_id", "instance_id"):
-        if handle.get(key):
-            return str(handle[key])
-    return row.host or handle.get("host") or "-"
+    return describe_handle(meta, handle) or row.host or handle.get("host") or "-"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -266,7 +266,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         row = _find_job(store.jobs(), args.job)
         meta = store.meta()
     local = row.output_dir / LAUNCHER_DIR / (STDERR_FILE if args.stderr else STDOUT_FILE)
-    if row.state is JobState.PULLED or meta.get("backend") == "local_pool":
+    if row.state is JobState.PULLED or capabilities_of(meta).results_local:
         return _print_local(local, args.follow, row, sweep_dir)
     return _print_live(meta, row, stream, args.follow, sweep_dir)
 
@@ -389,7 +389,7 @@ def clean_sweep(sweep_dir: Path, *, include_bare: bool, dry_run: bool, assume_ye
 
     with StateStore.for_sweep_dir(sweep_dir) as store:
         meta = store.meta()
-        why_not = clean.NO_REMOTE_COPIES.get(str(meta.get("backend")))
+        why_not = clean.no_remote_copies(meta)
         if why_not:
             print(f"nothing to clean: {why_not}")
             return 0

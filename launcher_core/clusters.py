@@ -97,43 +97,23 @@ def launcher_params(cfg: Any) -> dict[str, Any]:
 
 def validate(launcher: str, params: Mapping[str, Any], name: str) -> Any:
     """The launcher's validated settings (the same checks as a launch); ConfigError names the key."""
+    from launcher_core.backends.registry import descriptors
+
+    found = descriptors().get(launcher)
+    if found is None:
+        known = ", ".join(sorted(descriptors()))
+        raise ConfigError(f"cluster {name}: unknown launcher {launcher!r} ({known})")
     try:
-        if launcher == "remote_ssh":
-            from launcher_core.backends.remote_ssh.settings import RemoteSSHSettings
-
-            return RemoteSSHSettings.from_mapping(params)
-        if launcher == "slurm":
-            from launcher_core.backends.slurm.options import SlurmOptions
-
-            return SlurmOptions.from_params(params)
-        if launcher == "ec2":
-            from launcher_core.backends.ec2.settings import Ec2Settings
-
-            return Ec2Settings.from_mapping(params)
-        if launcher == "local_pool":
-            from launcher_core.backends.local_pool import local_pool_settings
-
-            return local_pool_settings(params)
+        return found.settings(params)
     except ConfigError as exc:
         raise ConfigError(f"cluster {name}: {exc}") from exc
-    raise ConfigError(f"cluster {name}: unknown launcher {launcher!r} (local_pool, remote_ssh, slurm, ec2)")
 
 
 def backend_for(launcher: str, settings: Any) -> Any:
-    """A backend that can run the pre-flight (no task function: it submits nothing)."""
-    if launcher == "remote_ssh":
-        from launcher_core.backends.remote_ssh.backend import RemoteSSHBackend
+    """A backend that can run the pre-flight (no task function: it submits nothing), or None."""
+    from launcher_core.backends.registry import descriptor
 
-        return RemoteSSHBackend(settings)
-    if launcher == "slurm":
-        from launcher_core.backends.slurm.backend import SlurmBackend
-
-        return SlurmBackend(settings)
-    if launcher == "ec2":
-        from launcher_core.backends.ec2.backend import Ec2Backend
-
-        return Ec2Backend(settings)
-    return None
+    return descriptor(launcher).for_preflight(settings)
 
 
 def apply_overrides(cfg: Any, overrides: Sequence[str]) -> Any:

@@ -23,6 +23,7 @@ from typing import Any
 
 from launcher_core import snapshots
 from launcher_core.backends.base import Backend
+from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.progress import SweepProgress, print_summary
@@ -476,6 +477,7 @@ def _launch(
                 "code_branch": git.branch,
                 "code_snapshot": code_id,
                 "backend_config": backend.stored_config(),
+                CAPABILITIES_META: descriptor(backend.name).capabilities(backend.stored_config()).to_meta(),
                 "sweep_id": sweep_id,
                 "backend": backend.name,
                 "sweep_dir": str(sweep_dir),

@@ -26,9 +26,11 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher_core import autopull
+from launcher_core.backends.registry import capabilities_of
 from launcher_core.errors import ConfigError, LauncherError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
-from launcher_core.state import JobRow, JobState, StateStore, SweepIndex, launcher_home
+from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
 
 log = logging.getLogger("launcher_core.pull")
 
@@ -122,7 +124,7 @@ def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
             return report
         with StateStore.for_sweep_dir(sweep_dir) as store:
             meta = store.meta()
-            if meta.get("backend") == "local_pool":
+            if not capabilities_of(meta).detached:  # its jobs ended with the launching process
                 report.skipped = "local sweep: results are already here"
                 report.finished = True
                 return report
@@ -285,12 +287,6 @@ class _StopFlag:
 
 
 # --- daemon mode -----------------------------------------------------------------------------
-def daemon_paths() -> tuple[Path, Path]:
-    home = launcher_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return home / "pull.pid", home / "pull.log"
-
-
 def daemonize(log_path: Path, pid_path: Path) -> int | None:
     """Detach (double fork); returns None in the daemon, the daemon's PID in the caller."""
     read_end, write_end = os.pipe()
@@ -419,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the pull command for parsed arguments (of :func:`build_parser` or ``launcher-core pull``)."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
-    pid_path, log_path = daemon_paths()
+    pid_path, log_path = autopull.daemon_paths()
     if args.stop:
         return stop_daemon(pid_path)
     try:
@@ -439,9 +435,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             if not locked:
                 log.error("another pull daemon is running (see %s); exiting", pid_path)
                 os._exit(1)
-            from launcher_core.autopull import record_targets
-
-            record_targets(pid_path, resolve_sweeps(args.sweeps) if args.sweeps else [])
+            autopull.record_targets(pid_path, resolve_sweeps(args.sweeps) if args.sweeps else [])
             code = run(args.sweeps, options)
         os._exit(code)
     return run(args.sweeps, options)
@@ -450,13 +444,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 def _sweep_daemon(targets: Sequence[str], options: PullOptions) -> int:
     """``--sweep-daemon SWEEP``: hold the sweep's daemon lock while collecting it, so a second
     one (another launch's auto_pull) exits at once; see :mod:`launcher_core.autopull`."""
-    from launcher_core.autopull import DAEMON_LOCK
-
     sweeps = resolve_sweeps(targets)
     if len(sweeps) != 1:
         print("error: --sweep-daemon takes exactly one sweep", file=sys.stderr)
         return 2
-    with try_lock(sweeps[0] / LAUNCHER_DIR / DAEMON_LOCK) as locked:
+    with try_lock(sweeps[0] / LAUNCHER_DIR / autopull.DAEMON_LOCK) as locked:
         if not locked:
             log.info("%s is already collected by another pull daemon; exiting", sweeps[0])
             return 0

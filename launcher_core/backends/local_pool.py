@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.base import Backend
+from launcher_core.backends.registry import BackendDescriptor, Capabilities
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
 
@@ -399,3 +400,14 @@ def _redirect(fd: int, path: Path) -> None:
     target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(target, fd)
     os.close(target)
+
+
+DESCRIPTOR = BackendDescriptor(
+    name="local_pool",
+    launcher_class="LocalPoolLauncher",
+    from_config=from_config,
+    settings=local_pool_settings,
+    for_preflight=lambda settings: None,  # nothing to check on this machine
+    capabilities=lambda config: Capabilities(results_local=True),
+    no_remote_copy="local sweep: the jobs ran here, the sweep dir is the only copy",
+)

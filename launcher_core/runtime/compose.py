@@ -38,8 +38,6 @@ from hydra.core.override_parser.types import Override, ValueType
 from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
-from launcher_core.runtime.worker import set_job_identity
-
 _INTERPOLATION = re.compile(r"\$\{([^${}\\]*)\}")
 # the part of an override before its value, when it is a plain (+/++)key(@package)= with nothing to escape
 _PLAIN_PREFIX = re.compile(r"^(\+{0,2})[A-Za-z_][A-Za-z0-9_.]*(@[A-Za-z_][A-Za-z0-9_.]*)?=")
@@ -513,3 +511,17 @@ def job_output_dir(cfg: DictConfig) -> str:
     finally:
         hydra_cfg.cfg = previous
     return os.path.abspath(os.path.join(sweep_dir, subdir))
+
+
+def set_job_identity(cfg: Any, idx: int) -> None:
+    """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do (a no-op when
+    they are set already: writing an OmegaConf node costs ~10x reading it)."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    job = cfg.hydra.job
+    num, job_id = OmegaConf.select(job, "num", default=None), OmegaConf.select(job, "id", default=None)
+    if num == idx and job_id == f"{job.name}_{idx}":
+        return
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
+        cfg.hydra.job.num = idx

@@ -39,7 +39,7 @@ def _finished_before(launcher_dir: Path) -> bool:
 
 
 def _write_exit(launcher_dir: Path, code: int) -> None:
-    from launcher_core.runtime.worker import atomic_write_bytes
+    from launcher_core.runtime.files import atomic_write_bytes
 
     atomic_write_bytes(launcher_dir / EXIT_FILE, f"{code}\n".encode())
 

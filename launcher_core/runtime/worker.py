@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from launcher_core.runtime.files import atomic_write_bytes as atomic_write_bytes  # its home before
 from launcher_core.runtime.markers import CODE_FILE
 
 EXIT_COMPLETED = 0
@@ -47,22 +48,6 @@ class JobTimeoutError(RuntimeError):
 
 class JobLostError(RuntimeError):
     """A job's process died without writing a result (killed, crashed, out of disk, ...)."""
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new .launcher dir is private
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _format_exception(exc: BaseException) -> str:
@@ -144,6 +129,8 @@ def execute_job(task_function: Any, config: Any, hydra_context: Any, idx: int) -
     """Run one composed job config through ``hydra.core.utils.run_job`` (with the launch's Hydra
     context in a forked job, the job's own one, see :func:`job_context`, elsewhere)."""
     from hydra.core.utils import run_job, setup_globals
+
+    from launcher_core.runtime.compose import set_job_identity
 
     setup_globals()
     set_job_identity(config, idx)
@@ -359,20 +346,6 @@ def job_context(config: Any) -> Any:
 
     JobRuntime.instance().set("name", str(config.hydra.job.name))
     return HydraContext(config_loader=None, callbacks=Callbacks(config))  # type: ignore[arg-type]
-
-
-def set_job_identity(cfg: Any, idx: int) -> None:
-    """Set ``hydra.job.num`` and ``hydra.job.id`` the way Hydra's launchers do (a no-op when
-    they are set already: writing an OmegaConf node costs ~10x reading it)."""
-    from omegaconf import OmegaConf, open_dict, read_write
-
-    job = cfg.hydra.job
-    num, job_id = OmegaConf.select(job, "num", default=None), OmegaConf.select(job, "id", default=None)
-    if num == idx and job_id == f"{job.name}_{idx}":
-        return
-    with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
-        cfg.hydra.job.num = idx
 
 
 def import_path_in_snapshot(code_dir: Path, snapshot: Path, path: list[str] | None = None) -> list[str]:
