@@ -4,7 +4,7 @@ A preset is a Hydra config of the ``cluster`` group (``+cluster=NAME``). They co
 places, first match wins: the project's own ``conf/cluster/`` (the app's config dir), the user's
 ``$XDG_CONFIG_HOME/hydra-remote-launcher/cluster/`` (written by ``add``) and the ones shipped with
 the package (the repository's ``conf/cluster/``); Hydra finds the last two through
-:mod:`hydra_plugins.remote_launcher.search_path`. ``add`` validates with the launcher's own
+:mod:`launcher_core.presets`. ``add`` validates with the launcher's own
 settings checks, ``test`` runs the backend's pre-flight (:mod:`launcher_core.preflight`).
 """
 
@@ -34,13 +34,13 @@ class Preset:
 
 
 def user_dir() -> Path:
-    from hydra_plugins.remote_launcher.search_path import user_config_dir
+    from launcher_core.presets import user_config_dir
 
     return user_config_dir() / "cluster"
 
 
 def shipped_dir() -> Path:
-    from hydra_plugins.remote_launcher.search_path import SHIPPED_DIR
+    from launcher_core.presets import SHIPPED_DIR
 
     return SHIPPED_DIR / "cluster"
 

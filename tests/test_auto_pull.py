@@ -97,8 +97,8 @@ def test_auto_pull_collects_a_detached_sweep_without_anyone_running_pull(
 
 
 def test_status_says_when_nobody_collects(tmp_path: Path) -> None:
-    text = autopull.status_line(tmp_path, "remote_ssh", ["running", "pulled"])
+    text = autopull.status_line(tmp_path, True, ["running", "pulled"])
     assert text is not None and text.startswith("not collecting: 1 jobs not home yet")
     assert f"python -m launcher_core.pull {tmp_path}" in text
-    assert autopull.status_line(tmp_path, "remote_ssh", ["pulled", "cancelled"]) is None
-    assert autopull.status_line(tmp_path, "local_pool", ["running"]) is None
+    assert autopull.status_line(tmp_path, True, ["pulled", "cancelled"]) is None
+    assert autopull.status_line(tmp_path, False, ["running"]) is None  # its jobs ended with the launch

@@ -53,7 +53,7 @@ def _launcher_value(app: Path, cluster: str, key: str, config_home: Path) -> str
 
 
 def test_the_shipped_presets_are_the_repositorys_conf_cluster_also_in_a_build(tmp_path: Path) -> None:
-    from hydra_plugins.remote_launcher.search_path import SHIPPED_DIR
+    from launcher_core.presets import SHIPPED_DIR
 
     source = REPO_ROOT / "conf" / "cluster"
     names = sorted(p.name for p in source.glob("*.yaml"))
@@ -84,7 +84,7 @@ def test_the_shipped_presets_are_the_repositorys_conf_cluster_also_in_a_build(tm
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    built = tmp_path / "lib" / "hydra_plugins" / "remote_launcher" / "conf" / "cluster"
+    built = tmp_path / "lib" / "launcher_core" / "conf" / "cluster"
     assert not built.is_symlink() and sorted(p.name for p in built.glob("*.yaml")) == names
     match, mismatch, errors = filecmp.cmpfiles(source, built, names, shallow=False)
     assert (mismatch, errors) == ([], []) and len(match) == len(names)

@@ -2,26 +2,16 @@
 the user's presets (``$XDG_CONFIG_HOME/hydra-remote-launcher/cluster/``, ``launcher-core cluster
 add``) and then the ones shipped with this package (built from the repository's ``conf/cluster/``).
 
-Kept to the standard library and Hydra's plugin base: Hydra imports it at every start-up.
+Kept to the standard library, Hydra's plugin base and :mod:`launcher_core.presets` (standard
+library only): Hydra imports it at every start-up.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-APP_NAME = "hydra-remote-launcher"
-SHIPPED_DIR = Path(__file__).resolve().parent / "conf"  # holds cluster/*.yaml
-
-
-def user_config_dir() -> Path:
-    """``$XDG_CONFIG_HOME/hydra-remote-launcher`` (default ``~/.config/...``); holds ``cluster/``."""
-    base = os.environ.get("XDG_CONFIG_HOME") or ""
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".config"  # XDG: relative values are ignored
-    return root / APP_NAME
+from launcher_core.presets import APP_NAME, SHIPPED_DIR, user_config_dir
 
 
 class RemoteLauncherSearchPathPlugin(SearchPathPlugin):
