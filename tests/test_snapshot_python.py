@@ -319,7 +319,7 @@ TASKS_APP = REPO_ROOT / "tests" / "apps" / "tasks.py"
 NO_PIDFD = (
     "import os, runpy, sys\n"
     "del os.pidfd_open\n"
-    "from launcher_core.backends import local_pool\n"
+    "from launcher_core.backends.local_pool import backend as local_pool\n"
     "assert local_pool._open_pidfd(os.getpid()) is None\n"
     "sys.argv = sys.argv[1:]\n"
     "runpy.run_path(sys.argv[0], run_name='__main__')\n"

@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from launcher_core.backends.local_pool.schema import LocalPoolLauncherConf
+
 _PKG = "hydra_plugins.remote_launcher"
 
 
@@ -14,19 +16,6 @@ def _default_rsync_excludes() -> List[str]:
     from launcher_core.remote.codesync import DEFAULT_EXCLUDES
 
     return list(DEFAULT_EXCLUDES)
-
-
-@dataclass
-class LocalPoolLauncherConf:
-    _target_: str = f"{_PKG}.launchers.LocalPoolLauncher"
-    # number of jobs running at once; null = number of CPU cores
-    n_jobs: Optional[int] = None
-    # kill a job (its whole process tree) after this many seconds; null = no limit
-    timeout_s: Optional[float] = None
-    # seconds between SIGTERM and SIGKILL when a job's process tree is cleaned up
-    kill_grace_s: float = 5.0
-    # relaunching the same sweep dir reuses results of jobs that completed before
-    skip_completed: bool = False
 
 
 @dataclass

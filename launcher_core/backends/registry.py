@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "hydra_remote_launcher.backends"
 BUILTIN = (
-    "launcher_core.backends.local_pool:DESCRIPTOR",
+    "launcher_core.backends.local_pool.descriptor:DESCRIPTOR",
     "launcher_core.backends.remote_ssh.descriptor:DESCRIPTOR",
     "launcher_core.backends.slurm.descriptor:DESCRIPTOR",
     "launcher_core.backends.ec2.descriptor:DESCRIPTOR",

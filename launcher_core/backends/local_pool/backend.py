@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.base import Backend
-from launcher_core.backends.registry import BackendDescriptor, Capabilities
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
 
@@ -48,7 +47,7 @@ _CLEANUP_STEP_S = 0.02
 def local_pool_settings(params: Mapping[str, Any]) -> Any:
     """``hydra.launcher`` of local_pool, validated; keys and defaults are those of
     ``LocalPoolLauncherConf`` (the one settings source)."""
-    from hydra_plugins.remote_launcher.config import LocalPoolLauncherConf
+    from launcher_core.backends.local_pool.schema import LocalPoolLauncherConf
     from launcher_core.settings import settings_from_mapping
     from launcher_core.validation import check_optional_positive, check_positive
 
@@ -401,13 +400,3 @@ def _redirect(fd: int, path: Path) -> None:
     os.dup2(target, fd)
     os.close(target)
 
-
-DESCRIPTOR = BackendDescriptor(
-    name="local_pool",
-    launcher_class="LocalPoolLauncher",
-    from_config=from_config,
-    settings=local_pool_settings,
-    for_preflight=lambda settings: None,  # nothing to check on this machine
-    capabilities=lambda config: Capabilities(results_local=True),
-    no_remote_copy="local sweep: the jobs ran here, the sweep dir is the only copy",
-)
