@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher_core.errors import ConfigError
+from launcher_core.runtime.markers import LAUNCHER_DIR
 from launcher_core.state import launcher_home
 
 log = logging.getLogger("launcher_core.autopull")
@@ -84,7 +85,7 @@ def daemon_paths() -> tuple[Path, Path]:
 
 def collector(sweep_dir: Path) -> Collector | None:
     """The pull daemon collecting ``sweep_dir`` now, if any."""
-    launcher_dir = Path(sweep_dir) / ".launcher"
+    launcher_dir = Path(sweep_dir) / LAUNCHER_DIR
     pid = _held_by(launcher_dir / DAEMON_LOCK)
     if pid is not None:
         return Collector(pid, launcher_dir / DAEMON_LOG, "sweep")
@@ -114,7 +115,7 @@ def start(sweep_dir: Path, interval_s: float, notify: str | None) -> Collector |
     if running is not None:
         log.info("results are collected by %s", running)
         return running
-    launcher_dir = Path(sweep_dir) / ".launcher"
+    launcher_dir = Path(sweep_dir) / LAUNCHER_DIR
     log_path = launcher_dir / DAEMON_LOG
     argv = [sys.executable, "-m", "launcher_core.pull", str(sweep_dir), "--sweep-daemon", "--interval", str(interval_s)]
     if notify:

@@ -24,7 +24,7 @@ from typing import Any
 
 from launcher_core.backends.base import Backend, CleanReport
 from launcher_core.backends.registry import descriptor
-from launcher_core.jobs import JobState
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobState
 from launcher_core.remote.paths import CleanRefused as CleanRefused
 from launcher_core.state import JobRow, StateStore
 
@@ -45,7 +45,7 @@ def is_eligible(row: JobRow, include_bare: bool = False) -> bool:
         return False
     if row.pull_mode != "full" and not (include_bare and row.pull_mode == "bare"):
         return False
-    result = row.output_dir / ".launcher" / "result.pkl"
+    result = row.output_dir / LAUNCHER_DIR / RESULT_FILE
     try:
         return result.is_file() and result.stat().st_size > 0
     except OSError:

@@ -25,7 +25,7 @@ from launcher_core import snapshots
 from launcher_core.backends.base import Backend
 from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.errors import BackendError, ConfigError, SubmitError
-from launcher_core.jobs import JobSpec, JobState, JobStatus, SweepInfo, job_id_for
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.progress import SweepProgress, print_summary
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
@@ -181,7 +181,7 @@ class SweepController:
     def _reusable(self, row: JobRow, spec: JobSpec) -> bool:
         """A finished job whose files are home: kept when its launch was interrupted (it belongs
         to that launch), or with ``skip_completed``."""
-        if row.output_dir != spec.output_dir or not (row.output_dir / ".launcher" / "result.pkl").exists():
+        if row.output_dir != spec.output_dir or not (row.output_dir / LAUNCHER_DIR / RESULT_FILE).exists():
             return False
         if self._resumed(row):  # fetched in full (a job whose fetch was cut short is fetched again)
             return row.state is JobState.PULLED and row.outcome in (JobState.COMPLETED, JobState.FAILED)
@@ -316,7 +316,7 @@ def collect_returns(specs: Sequence[JobSpec], store: StateStore) -> list[Any]:
     for spec in specs:
         row = rows.get(spec.job_id)
         reason = (row.exit_reason if row else None) or "no result was written"
-        result_path = (row.output_dir if row else spec.output_dir) / ".launcher" / "result.pkl"
+        result_path = (row.output_dir if row else spec.output_dir) / LAUNCHER_DIR / RESULT_FILE
         if row is not None and row.outcome is JobState.CANCELLED:
             returns.append(
                 failed_job_return(spec.config, JobLostError(f"job #{spec.idx} was cancelled"), str(spec.output_dir))
@@ -547,7 +547,7 @@ def _record_code(sweep: SweepInfo) -> tuple[Any, str]:
     git = _GIT_AT_LAUNCH.get(sweep.code_dir)
     if git is None:
         git = _GIT_AT_LAUNCH[sweep.code_dir] = git_state(sweep.code_dir)
-    dest = sweep.sweep_dir / ".launcher" / CODE_DIR
+    dest = sweep.sweep_dir / LAUNCHER_DIR / CODE_DIR
     summary = dest / f"{_LAUNCH_CODE_ID}.json"
     if not summary.exists():
         snapshots.write_private(dest / f"{_LAUNCH_CODE_ID}.diff", git.diff)  # may hold anything: private
@@ -556,7 +556,7 @@ def _record_code(sweep: SweepInfo) -> tuple[Any, str]:
 
 
 def _freeze(sweep: SweepInfo, code_id: str) -> Path:
-    snapshot = sweep.sweep_dir / ".launcher" / CODE_DIR / code_id
+    snapshot = sweep.sweep_dir / LAUNCHER_DIR / CODE_DIR / code_id
     tic = time.monotonic()
     snapshots.freeze_code(sweep.code_dir, snapshot, sweep_dir=sweep.sweep_dir)
     log.debug("code dir %s frozen into %s in %.2f s", sweep.code_dir, snapshot, time.monotonic() - tic)

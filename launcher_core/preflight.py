@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from launcher_core.errors import ConfigError
 from launcher_core.runtime import envcheck
 from launcher_core.runtime.envcheck import FAIL, JOB_SIDE_PACKAGES, OK, PROBE, WARN, Check, local_versions
+from launcher_core.runtime.markers import LAUNCHER_DIR
 
 __all__ = [
     "FAIL",
@@ -167,7 +168,7 @@ def run_preflight(backend: Backend, sweep: SweepInfo, n_jobs: int) -> None:
     """Check every host that gets jobs before any is submitted: one line per host when all is
     well, else a :class:`ConfigError` naming each host, what is wrong and the fix (nothing was
     submitted). Hosts that passed are remembered in the sweep's ``.launcher/preflight.json``."""
-    cache = PreflightCache(sweep.sweep_dir / ".launcher" / CACHE_FILE)
+    cache = PreflightCache(sweep.sweep_dir / LAUNCHER_DIR / CACHE_FILE)
     request = PreflightRequest(n_jobs=n_jobs, cache=cache, sweep=sweep)
     with payload_requirements(sweep.payload_needs):
         rows = backend.preflight(request)

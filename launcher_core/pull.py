@@ -103,7 +103,7 @@ def try_lock(lock_path: Path) -> Iterator[bool]:
 
 def sweep_lock(sweep_dir: Path) -> AbstractContextManager[bool]:
     """The sweep's pull lock (see :func:`try_lock`)."""
-    return try_lock(sweep_dir / ".launcher" / "pull.lock")
+    return try_lock(sweep_dir / LAUNCHER_DIR / "pull.lock")
 
 
 # --- one sweep, one cycle --------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 from launcher_core.errors import ConfigError
 from launcher_core.remote.codesync import DEFAULT_EXCLUDES, GitState, RsyncFilter, excludes_for_local_outputs
 from launcher_core.runtime.markers import CODE_FILE as CODE_FILE  # in each job's .launcher/ dir
+from launcher_core.runtime.markers import LAUNCHER_DIR
 
 
 def _latest_pointer(code_dir: Path) -> Path:
@@ -244,7 +245,7 @@ def sweep_code(sweep_dir: Path) -> SweepCode:
         code_id = store.meta().get("code_snapshot")
     if not code_id:
         raise ConfigError(f"{sweep_dir}: no code record (launched by an older version of hydra-remote-launcher)")
-    root = sweep_dir / ".launcher" / "code"
+    root = sweep_dir / LAUNCHER_DIR / "code"
     summary = json.loads((root / f"{code_id}.json").read_text())
     diff = (root / f"{code_id}.diff").read_text() if (root / f"{code_id}.diff").exists() else ""
     snapshot = root / code_id
