@@ -97,6 +97,29 @@ class TestToyContract(BackendContract):
         return ToyTarget("toy", "toy", contract_project, remote_copy=True, builder=build)
 
 
+def test_clean_refuses_a_path_outside_the_sweeps_remote_dir_before_deleting_anything(tmp_path: Path) -> None:
+    from hrl_toy_backend.backend import from_config
+
+    from launcher_core.remote.paths import CleanRefused
+
+    remote = tmp_path / "remote"
+    job_dir = remote / "sw-1" / "sweep" / "0"
+    precious = tmp_path / "precious"
+    for d in (job_dir, precious):
+        d.mkdir(parents=True)
+        (d / "keep.txt").write_text("data\n")
+    (remote / "sw-1" / "SWEEP_ID").write_text("sw-1\n")
+    backend = from_config({"remote_dir": str(remote)})
+    handles = {"a": {"remote_job_dir": str(job_dir)}, "b": {"remote_job_dir": str(precious)}}
+
+    with pytest.raises(CleanRefused, match="precious"):
+        backend.clean(handles, sweep_id="sw-1")
+
+    assert (job_dir / "keep.txt").is_file() and (precious / "keep.txt").is_file()
+    report = backend.clean({"a": handles["a"]}, sweep_id="sw-1")
+    assert report.cleaned == {"a"} and not job_dir.exists() and (precious / "keep.txt").is_file()
+
+
 # --- as a user would --------------------------------------------------------------------------------
 APP = """\
 import os
@@ -163,6 +186,16 @@ def job_rows(proj: Path, sweep: Path) -> list[dict[str, Any]]:
     proc = launcher_core("results", str(sweep), "--format", "json", cwd=proj)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def test_a_bad_setting_stops_the_launch_naming_the_key(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj")
+
+    proc = launch(proj, proj / "multirun" / "bad", Path("relative/remote"), "x=1,2")
+
+    assert proc.returncode != 0
+    assert "hydra.launcher.remote_dir must be an absolute path, got 'relative/remote'" in proc.stderr
+    assert not (proj / "multirun" / "bad").exists() and not (proj / "relative").exists()
 
 
 @pytest.mark.slow
