@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hydra_plugins.remote_launcher.config import Ec2LauncherConf
+from launcher_core.backends.ec2.schema import Ec2LauncherConf
 from launcher_core.errors import ConfigError
 from launcher_core.resources import check_resources_from
 from launcher_core.resources import instance_type as instance_type_value

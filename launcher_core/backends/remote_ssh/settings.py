@@ -73,7 +73,7 @@ class RemoteSSHSettings:
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
         """Validate a plain dict (``OmegaConf.to_container`` of ``hydra.launcher``). Keys and
         defaults are those of :class:`RemoteSSHLauncherConf` (the one settings source)."""
-        from hydra_plugins.remote_launcher.config import RemoteSSHEnvConf, RemoteSSHLauncherConf
+        from launcher_core.backends.remote_ssh.schema import RemoteSSHEnvConf, RemoteSSHLauncherConf
 
         reject_unknown(RemoteSSHLauncherConf, cfg, "remote_ssh", prefix)
         d, de = RemoteSSHLauncherConf(), RemoteSSHEnvConf()

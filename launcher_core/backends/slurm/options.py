@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hydra_plugins.remote_launcher.config import ContainerConf, SlurmArrayLauncherConf
+from launcher_core.backends.slurm.schema import SlurmArrayLauncherConf
 from launcher_core.container import container_from_config
+from launcher_core.container_schema import ContainerConf
 from launcher_core.errors import ConfigError
 from launcher_core.resources import (
     Parser,
