@@ -29,6 +29,7 @@ from launcher_core import results as res
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.state import JobRow, StateStore
+from launcher_core.sweeps import fetch_rows, one_sweep, sweep_lock_waiting
 
 MAX_NAME_BYTES = 255  # a file name on Linux file systems
 
@@ -257,17 +258,15 @@ def _fetch_jobs(sweep_dir: Path, nums: Sequence[int]) -> None:
     if not nums:
         return
     from launcher_core.backends import backend_for_meta
-    from launcher_core.cli import _sweep_lock_waiting
-    from launcher_core.pull import _fetch_rows
 
-    with _sweep_lock_waiting(sweep_dir) as locked:
+    with sweep_lock_waiting(sweep_dir) as locked:
         if not locked:
             raise ConfigError(f"a pull process holds {sweep_dir}: retry when it is done")
         with StateStore.for_sweep_dir(sweep_dir) as store:
             rows = [r for r in store.jobs() if r.idx in set(nums)]
             backend = backend_for_meta(store.meta())
             try:
-                _fetch_rows(backend, store, rows, PullFilter())
+                fetch_rows(backend, store, rows, PullFilter())
             finally:
                 backend.close()
 
@@ -285,9 +284,7 @@ def _human_size(size: int | None) -> str:
 
 # --- the commands ---------------------------------------------------------------------------
 def _sweep(target: str) -> Path:
-    from launcher_core.cli import _one_sweep
-
-    return _one_sweep(target)
+    return one_sweep(target)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
