@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull_command.add_arguments(pull)  # the same arguments as python -m launcher_core.pull
     pull.set_defaults(func=pull_command.run_from_args)
 
-    from launcher_core.browse import add_commands as add_results_commands
+    from launcher_core.results.commands import add_commands as add_results_commands
 
     add_results_commands(sub)  # results, report, link, files
     from launcher_core.pipeline_cli import add_commands as add_pipeline_commands
