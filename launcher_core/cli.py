@@ -8,11 +8,10 @@ through the Backend contract.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from launcher_core.backends.registry import capabilities_of, describe_handle
 from launcher_core.errors import ConfigError, LauncherError
 from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
 from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
+from launcher_core.sweeps import LOCK_WAIT_S, one_sweep, sweep_lock_waiting
 
 STATE_STYLE = {
     "pending": "dim",
@@ -47,23 +47,6 @@ def _fmt_duration(seconds: float | None) -> str:
         return "-"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def _latest_sweep() -> list[str]:
-    index = SweepIndex()
-    try:
-        sweeps = index.sweeps()
-    finally:
-        index.close()
-    if not sweeps:
-        raise ConfigError("no sweeps are known yet: launch one, or give a sweep dir")
-    return [str(sweeps[0][1])]
-
-
-def _one_sweep(target: str | None) -> Path:
-    from launcher_core.pull import resolve_sweeps
-
-    return resolve_sweeps([target] if target else _latest_sweep())[0]
 
 
 def _find_job(rows: list[JobRow], job: str) -> JobRow:
@@ -202,7 +185,7 @@ def _where(row: JobRow, meta: Mapping[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     console = _console()
-    sweep_dir = _one_sweep(args.sweep)
+    sweep_dir = one_sweep(args.sweep)
     while True:
         if not args.offline:
             refresh_states(sweep_dir)
@@ -252,15 +235,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     """What code differed between two sweeps (or, with one, what the sweep ran beyond its commit)."""
     from launcher_core.snapshots import describe_code_difference, sweep_code
 
-    first = sweep_code(_one_sweep(args.sweep))
-    second = sweep_code(_one_sweep(args.other)) if args.other else None
+    first = sweep_code(one_sweep(args.sweep))
+    second = sweep_code(one_sweep(args.other)) if args.other else None
     sys.stdout.write(describe_code_difference(first, second))
     return 0
 
 
 # --- logs ------------------------------------------------------------------------------------
 def cmd_logs(args: argparse.Namespace) -> int:
-    sweep_dir = _one_sweep(args.sweep)
+    sweep_dir = one_sweep(args.sweep)
     stream = "stderr" if args.stderr else "stdout"
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
         row = _find_job(store.jobs(), args.job)
@@ -343,7 +326,7 @@ def cancel_jobs(sweep_dir: Path, jobs: Sequence[str]) -> list[JobRow]:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    sweep_dir = _one_sweep(args.sweep)
+    sweep_dir = one_sweep(args.sweep)
     cancelled = cancel_jobs(sweep_dir, args.jobs)
     if not cancelled:
         print("nothing to cancel: every selected job has already finished")
@@ -354,32 +337,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 # --- clean -----------------------------------------------------------------------------------
 PLAN_PATHS_SHOWN = 20  # job paths listed per location (all counted); sweep-level ones always shown
-LOCK_WAIT_S = 60.0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    sweep_dir = _one_sweep(args.sweep)
-    with _sweep_lock_waiting(sweep_dir) as locked:
+    sweep_dir = one_sweep(args.sweep)
+    with sweep_lock_waiting(sweep_dir) as locked:
         if not locked:
             print(
                 f"error: a pull process holds {sweep_dir} for more than {LOCK_WAIT_S:g} s; retry later", file=sys.stderr
             )
             return 1
         return clean_sweep(sweep_dir, include_bare=args.include_bare, dry_run=args.dry_run, assume_yes=args.yes)
-
-
-@contextlib.contextmanager
-def _sweep_lock_waiting(sweep_dir: Path) -> Iterator[bool]:
-    """The sweep's pull lock, waited for a bounded time (a daemon holds it only during a cycle)."""
-    from launcher_core.pull import sweep_lock
-
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        with sweep_lock(sweep_dir) as locked:
-            if locked or time.monotonic() > deadline:
-                yield locked
-                return
-        time.sleep(0.5)
 
 
 def clean_sweep(sweep_dir: Path, *, include_bare: bool, dry_run: bool, assume_yes: bool) -> int:
@@ -519,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull_command.add_arguments(pull)  # the same arguments as python -m launcher_core.pull
     pull.set_defaults(func=pull_command.run_from_args)
 
-    from launcher_core.browse import add_commands as add_results_commands
+    from launcher_core.results.commands import add_commands as add_results_commands
 
     add_results_commands(sub)  # results, report, link, files
     from launcher_core.pipeline_cli import add_commands as add_pipeline_commands

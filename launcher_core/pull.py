@@ -14,27 +14,25 @@ One pull process per sweep at a time: a sweep is locked (``flock`` on
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from launcher_core import autopull
 from launcher_core.backends.registry import capabilities_of
 from launcher_core.errors import ConfigError, LauncherError
-from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
-from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
+from launcher_core.jobs import LAUNCHER_DIR, PullFilter
+from launcher_core.state import JobRow, JobState, StateStore
+from launcher_core.sweeps import fetch_rows, resolve_sweeps, sweep_lock, try_lock
 
 log = logging.getLogger("launcher_core.pull")
 
-FETCH_BATCH = 50
 _UNPULLED = (JobState.COMPLETED, JobState.FAILED)
 
 
@@ -57,53 +55,6 @@ class SweepReport:
     cleaned: int = 0
     would_pull: list[int] = field(default_factory=list)
     finished: bool = False  # every job terminal and pulled
-
-
-# --- finding sweeps --------------------------------------------------------------------------
-def resolve_sweeps(targets: Sequence[str]) -> list[Path]:
-    """Sweep dirs from paths, sweep ids or id prefixes; all known sweeps when none are given."""
-    index = SweepIndex()
-    try:
-        known = index.sweeps()
-    finally:
-        index.close()
-    if not targets:
-        return [d for _sid, d, _b, _t in known if StateStore.exists_in(d)]
-    found = []
-    for target in targets:
-        path = Path(target).expanduser()
-        if StateStore.exists_in(path):
-            found.append(path.resolve())
-            continue
-        matches = [d for sid, d, _b, _t in known if sid == target or sid.startswith(target)]
-        if len(matches) != 1:
-            what = "no sweep" if not matches else f"{len(matches)} sweeps"
-            raise ConfigError(f"{what} known as {target!r}: give a sweep dir or a unique sweep id (see `list`)")
-        found.append(matches[0])
-    return found
-
-
-@contextmanager
-def try_lock(lock_path: Path) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on ``lock_path`` if it is free (writing our PID into it);
-    yields False if another process holds it. The lock dies with its holder, even on kill -9."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield True
-    finally:
-        os.close(fd)
-
-
-def sweep_lock(sweep_dir: Path) -> AbstractContextManager[bool]:
-    """The sweep's pull lock (see :func:`try_lock`)."""
-    return try_lock(sweep_dir / LAUNCHER_DIR / "pull.lock")
 
 
 # --- one sweep, one cycle --------------------------------------------------------------------
@@ -137,7 +88,7 @@ def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
                 if options.dry_run:
                     report.would_pull = [r.idx for r in rows]
                 else:
-                    report.pulled = _fetch_rows(backend, store, rows, options.pull_filter)
+                    report.pulled = fetch_rows(backend, store, rows, options.pull_filter)
                     if options.clean:
                         report.cleaned = _clean_pulled(backend, store, meta)
             finally:
@@ -160,21 +111,6 @@ def poll_into_store(backend: object, store: StateStore) -> None:
         store.update_states(updates, hosts)
 
 
-def _fetch_rows(backend: object, store: StateStore, rows: list[JobRow], pull_filter: PullFilter) -> int:
-    mode = "bare" if pull_filter.is_bare else "full"
-    pulled = 0
-    for start in range(0, len(rows), FETCH_BATCH):
-        batch = rows[start : start + FETCH_BATCH]
-        handles = {r.job_id: r.handle or {} for r in batch}
-        dirs = {r.job_id: r.output_dir for r in batch}
-        backend.fetch(handles, dirs, pull_filter if pull_filter.is_bare else None)  # type: ignore[attr-defined]
-        store.set_exit_reasons(_failure_reasons(batch))
-        store.mark_pulled(handles, mode)
-        pulled += len(batch)
-        log.info("pulled %d jobs into %s", pulled, store.path.parent.parent)
-    return pulled
-
-
 def _clean_pulled(backend: object, store: StateStore, meta: dict) -> int:
     """``--clean``: delete the backend-side files of the jobs pulled (full) so far. A failure is
     logged and retried next cycle; it never stops pulling."""
@@ -185,19 +121,6 @@ def _clean_pulled(backend: object, store: StateStore, meta: dict) -> int:
     except LauncherError as exc:
         log.error("%s: clean failed: %s (will retry)", store.path.parent.parent, exc)
         return 0
-
-
-def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
-    """The exception line of each failed job whose result came home (for ``status``)."""
-    from launcher_core.runtime.worker import failure_summary
-
-    reasons = {}
-    for row in rows:
-        if row.state is JobState.FAILED:
-            summary = failure_summary(row.output_dir / LAUNCHER_DIR / RESULT_FILE)
-            if summary:
-                reasons[row.job_id] = summary
-    return reasons
 
 
 def _notify_once(store: StateStore, meta: dict, counts: dict[JobState, int], command: str | None) -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from launcher_core import results as res
-from launcher_core.browse import link_sweep
 from launcher_core.jobs import JobState
+from launcher_core.results.browse import link_sweep
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)

@@ -1,4 +1,4 @@
-"""Finding a sweep's jobs by their config: ``launcher-core results | report | link | files``.
+"""Finding a sweep's jobs and files by their config: ``launcher-core link | files``.
 
 * ``link SWEEP DEST [--by k1,k2]``: a tree of symlinks named from config values
   (``DEST/model=cnn,lr=0.001 -> <job dir>``) for TensorBoard and humans. It replaces only its own
@@ -8,33 +8,33 @@
   swept values; files still on the backend (jobs not pulled, or pulled ``--bare``) are listed as
   remote and fetched (a full pull of those jobs) on ``--copy``.
 
-The commands' argparse registration lives here too (:func:`add_commands`), so ``cli.py`` only
-calls it.
+The commands themselves (argument parsing, printing) are :mod:`launcher_core.results.commands`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import re
 import shutil
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher_core import results as res
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState, PullFilter
+from launcher_core.overrides import format_value
+from launcher_core.results.loading import load, results_are_local
+from launcher_core.results.table import ResultRow, Results, union_keys
 from launcher_core.state import JobRow, StateStore
+from launcher_core.sweeps import fetch_rows, sweep_lock_waiting
 
 MAX_NAME_BYTES = 255  # a file name on Linux file systems
 
 
 # --- names from config values ---------------------------------------------------------------
-def job_names(table: res.Results, keys: Sequence[str]) -> dict[int, str]:
+def job_names(table: Results, keys: Sequence[str]) -> dict[int, str]:
     """``{job number: "model=cnn,lr=0.001"}``; jobs that would share a name get ``,#<num>``."""
     names = {row.num: _name(row, keys) for row in table}
     seen: dict[str, int] = {}
@@ -43,8 +43,8 @@ def job_names(table: res.Results, keys: Sequence[str]) -> dict[int, str]:
     return {num: f"{name},#{num}" if seen[name] > 1 else name for num, name in names.items()}
 
 
-def _name(row: res.ResultRow, keys: Sequence[str]) -> str:
-    parts = [f"{key}={res.format_value(row.params.get(key)) if key in row.params else '-'}" for key in keys]
+def _name(row: ResultRow, keys: Sequence[str]) -> str:
+    parts = [f"{key}={format_value(row.params.get(key)) if key in row.params else '-'}" for key in keys]
     name = _safe(",".join(parts) or f"#{row.num}")
     if len(name.encode()) > MAX_NAME_BYTES - 12:  # room for ",#<num>"; keep it unique with a hash
         digest = hashlib.sha256(name.encode()).hexdigest()[:10]
@@ -58,8 +58,8 @@ def _safe(name: str) -> str:
     return "%2E" + name[1:] if name in (".", "..") else name
 
 
-def _check_keys(table: res.Results, keys: Sequence[str]) -> None:
-    known = res._union_keys(r.params for r in table)
+def _check_keys(table: Results, keys: Sequence[str]) -> None:
+    known = union_keys(r.params for r in table)
     unknown = [k for k in keys if k not in known]
     if unknown:
         raise ConfigError(f"--by {','.join(unknown)}: not a key of this sweep's overrides; keys: {', '.join(known)}")
@@ -76,7 +76,7 @@ class LinkReport:
 
 def link_sweep(sweep_dir: Path, dest: Path, by: Sequence[str] | None = None) -> LinkReport:
     """Symlink every job's output dir into ``dest`` under a name made of its config values."""
-    table = res.load(sweep_dir, values=False)
+    table = load(sweep_dir, values=False)
     keys = list(by) if by else table.swept_keys
     _check_keys(table, keys)
     names = job_names(table, keys)
@@ -182,14 +182,14 @@ def _on_backend(row: JobRow, local_backend: bool) -> bool:
     return not_pulled or bare
 
 
-def find_files(sweep_dir: Path, pattern: str) -> tuple[res.Results, list[FileEntry], list[str]]:
+def find_files(sweep_dir: Path, pattern: str) -> tuple[Results, list[FileEntry], list[str]]:
     """Every file matching ``pattern`` in every job, local or on the backend; plus notes."""
     regex = glob_regex(pattern)
-    table = res.load(sweep_dir, values=False)
+    table = load(sweep_dir, values=False)
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
         meta = store.meta()
         job_rows = {r.idx: r for r in store.jobs()}
-    local_backend = meta.get("backend") == "local_pool" or res._shared_fs_slurm(meta)
+    local_backend = results_are_local(meta)
     remote_rows = [r for r in job_rows.values() if _on_backend(r, local_backend)]
     remote, notes = _remote_listing(meta, remote_rows)
     entries: list[FileEntry] = []
@@ -257,137 +257,14 @@ def _fetch_jobs(sweep_dir: Path, nums: Sequence[int]) -> None:
     if not nums:
         return
     from launcher_core.backends import backend_for_meta
-    from launcher_core.cli import _sweep_lock_waiting
-    from launcher_core.pull import _fetch_rows
 
-    with _sweep_lock_waiting(sweep_dir) as locked:
+    with sweep_lock_waiting(sweep_dir) as locked:
         if not locked:
             raise ConfigError(f"a pull process holds {sweep_dir}: retry when it is done")
         with StateStore.for_sweep_dir(sweep_dir) as store:
             rows = [r for r in store.jobs() if r.idx in set(nums)]
             backend = backend_for_meta(store.meta())
             try:
-                _fetch_rows(backend, store, rows, PullFilter())
+                fetch_rows(backend, store, rows, PullFilter())
             finally:
                 backend.close()
-
-
-def _human_size(size: int | None) -> str:
-    if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "K", "M", "G"):
-        if value < 1024 or unit == "G":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return str(size)
-
-
-# --- the commands ---------------------------------------------------------------------------
-def _sweep(target: str) -> Path:
-    from launcher_core.cli import _one_sweep
-
-    return _one_sweep(target)
-
-
-def cmd_results(args: argparse.Namespace) -> int:
-    table = res.load(_sweep(args.sweep), metrics_file=args.metrics)
-    selected, columns = res.select(table, where=args.where, sort=args.sort, top=args.top, columns=args.columns)
-    res.print_results(selected, columns, args.format)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from launcher_core.report import write_report
-
-    sweep_dir = _sweep(args.sweep)
-    out = Path(args.output) if args.output else sweep_dir / "report.html"
-    path = write_report(sweep_dir, out, metric=args.metric, metrics_file=args.metrics)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): open it in a browser")
-    return 0
-
-
-def cmd_link(args: argparse.Namespace) -> int:
-    by = [k.strip() for k in args.by.split(",") if k.strip()] if args.by else None
-    report = link_sweep(_sweep(args.sweep), Path(args.dest), by)
-    print(
-        f"{args.dest}: {report.created} links created, {report.replaced} replaced, {report.unchanged} unchanged"
-        + (f"; {len(report.skipped or [])} jobs have no local dir yet (pull them)" if report.skipped else "")
-    )
-    return 0
-
-
-def cmd_files(args: argparse.Namespace) -> int:
-    sweep_dir = _sweep(args.sweep)
-    table, entries, notes = find_files(sweep_dir, args.pattern)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    if args.copy:
-        names = job_names(table, table.swept_keys)
-        copied = copy_files(sweep_dir, entries, Path(args.copy), names)
-        print(f"copied {copied} files of {len({e.num for e in entries})} jobs into {args.copy}")
-        return 0
-    _print_files(table.swept_keys, entries, args.format)
-    if not entries:
-        print(f"no file matches {args.pattern!r} in {len(table)} jobs", file=sys.stderr)
-    return 0
-
-
-def _print_files(keys: Sequence[str], entries: Iterable[FileEntry], fmt: str) -> None:
-    columns = [res.NUM, *keys, "path", "size", "where"]
-    rows = [
-        res.ResultRow(
-            num=e.num,
-            job_id="",
-            params=e.params,
-            state="",
-            duration_s=None,
-            host=None,
-            values={"path": str(e.local_path), "size": e.size, "where": e.where},
-            reason=None,
-            output_dir=e.local_path,
-        )
-        for e in entries
-    ]
-    table = res.Results(Path("."), rows, swept_keys=list(keys))
-    table.metric_keys = ["path", "size", "where"]  # also when nothing matched: the header stays
-    if fmt == "table":
-        for row in rows:
-            row.values["size"] = _human_size(row.values["size"])
-    sys.stdout.write(res.render(table, columns, fmt))
-
-
-METRICS_HELP = "JSON/YAML file in each job's output dir to read metrics from (e.g. metrics.json)"
-
-
-def add_commands(sub: Any) -> None:
-    """Register results, report, link and files on the ``launcher-core`` subparsers."""
-    results = sub.add_parser("results", help="one row per job: swept values, state, duration, host, returned metrics")
-    results.add_argument("sweep", help="sweep dir or sweep id")
-    results.add_argument("--sort", help="column(s) to sort by, comma-separated; --sort=-COL sorts descending")
-    results.add_argument("--where", action="append", default=[], help="KEY=VALUE (or !=, <, <=, >, >=); repeatable")
-    results.add_argument("--columns", help="comma-separated columns or globs to show, in that order")
-    results.add_argument("--top", type=int, help="only the first N rows (after sorting)")
-    results.add_argument("--format", choices=res.FORMATS, default="table")
-    results.add_argument("--metrics", metavar="FILE", help=METRICS_HELP)
-    results.set_defaults(func=cmd_results)
-
-    report = sub.add_parser("report", help="a self-contained HTML page: status, timeline, results table, plots")
-    report.add_argument("sweep", help="sweep dir or sweep id")
-    report.add_argument("-o", "--output", help="where to write it (default: SWEEP/report.html)")
-    report.add_argument("--metric", help="result column to plot (default: the first numeric one)")
-    report.add_argument("--metrics", metavar="FILE", help=METRICS_HELP)
-    report.set_defaults(func=cmd_report)
-
-    link = sub.add_parser("link", help="symlinks named by config values (DEST/model=cnn,lr=0.001 -> job dir)")
-    link.add_argument("sweep", help="sweep dir or sweep id")
-    link.add_argument("dest", help="directory to put the links in")
-    link.add_argument("--by", help="comma-separated keys to name links by (default: the swept keys)")
-    link.set_defaults(func=cmd_link)
-
-    files = sub.add_parser("files", help="files matching a glob in every job, local or still on the backend")
-    files.add_argument("sweep", help="sweep dir or sweep id")
-    files.add_argument("pattern", help="glob relative to each job's dir: 'ckpt/*.pt', '**/events.*'")
-    files.add_argument("--copy", metavar="DEST", help="copy them to DEST/<job name>/ (fetching remote ones first)")
-    files.add_argument("--format", choices=res.FORMATS, default="table")
-    files.set_defaults(func=cmd_files)

@@ -21,9 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher_core import results as res
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
+from launcher_core.overrides import format_value
+from launcher_core.results.formats import format_duration, text_cells
+from launcher_core.results.loading import load
+from launcher_core.results.table import STATE, ResultRow, Results, best_column, is_number
 
 LOG_TAIL_LINES = 30
 MAX_FAILED_SHOWN = 50  # failed jobs with their log tails on the page (all are counted)
@@ -33,7 +36,7 @@ QUEUED_COLOR = "#c7c7c7"
 
 def write_report(sweep_dir: Path, out: Path, *, metric: str | None = None, metrics_file: str | None = None) -> Path:
     """Build the page for the sweep and write it to ``out`` (atomically); return the path."""
-    table = res.load(sweep_dir, metrics_file=metrics_file)
+    table = load(sweep_dir, metrics_file=metrics_file)
     page = build_report(table, metric)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -43,10 +46,10 @@ def write_report(sweep_dir: Path, out: Path, *, metric: str | None = None, metri
     return out
 
 
-def build_report(table: res.Results, metric: str | None = None) -> str:
+def build_report(table: Results, metric: str | None = None) -> str:
     """The whole page as a string."""
     go = _plotly()
-    column = res.best_column(table, metric)
+    column = best_column(table, metric)
     sections = [
         _header(table),
         _status(table),
@@ -92,7 +95,7 @@ def _section(title: str, body: str, note: str = "") -> str:
     return f"<section><h2>{html.escape(title)}</h2>{note_html}{body}</section>"
 
 
-def _header(table: res.Results) -> str:
+def _header(table: Results) -> str:
     meta = table.meta
     launched = meta.get("launched_at")
     facts = [
@@ -107,7 +110,7 @@ def _header(table: res.Results) -> str:
     return f"<header><h1>{title}</h1><dl>{items}</dl></header>"
 
 
-def _status(table: res.Results) -> str:
+def _status(table: Results) -> str:
     counts: dict[str, int] = {}
     for row in table:
         state = row.state.split(" ")[0]
@@ -123,7 +126,7 @@ def _status(table: res.Results) -> str:
     return _section("Status", "<div class=cards>" + "".join(cards) + "</div>")
 
 
-def _failed(table: res.Results) -> str:
+def _failed(table: Results) -> str:
     failed = [r for r in table if r.failed]
     if not failed:
         return ""
@@ -138,7 +141,7 @@ def _failed(table: res.Results) -> str:
     return _section(f"Failed jobs ({len(failed)})", "".join(items) + more, "click a job for the end of its log")
 
 
-def _log_tail(row: res.ResultRow) -> str:
+def _log_tail(row: ResultRow) -> str:
     for name in (STDERR_FILE, STDOUT_FILE):
         path = row.output_dir / LAUNCHER_DIR / name
         try:
@@ -153,9 +156,9 @@ def _log_tail(row: res.ResultRow) -> str:
     return "no log here (the job's files are not pulled yet)" if not row.local else "the job's logs are empty"
 
 
-def _results_table(table: res.Results) -> str:
+def _results_table(table: Results) -> str:
     columns = table.columns
-    cells = res._text_cells(table, columns)
+    cells = text_cells(table, columns)
     raw = table.records(columns)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
@@ -163,8 +166,8 @@ def _results_table(table: res.Results) -> str:
         tds = []
         for column, text in zip(columns, line):
             value = record[column]
-            sort = value if res.is_number(value) and math.isfinite(float(value)) else ""
-            cls = f" class='state-{html.escape(text.split(' ')[0])}'" if column == res.STATE else ""
+            sort = value if is_number(value) and math.isfinite(float(value)) else ""
+            cls = f" class='state-{html.escape(text.split(' ')[0])}'" if column == STATE else ""
             tds.append(f"<td data-sort='{sort}'{cls}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     rows = "".join(body)
@@ -193,7 +196,7 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).isoformat(timespec="milliseconds")
 
 
-def _lanes(table: res.Results) -> dict[int, str]:
+def _lanes(table: Results) -> dict[int, str]:
     """A lane per host and slot, rebuilt from the times: each job takes the first lane of its
     host that is free when it starts (what a slot is)."""
     lanes: dict[int, str] = {}
@@ -213,7 +216,7 @@ def _lanes(table: res.Results) -> dict[int, str]:
     return lanes
 
 
-def _timeline(go: Any, table: res.Results) -> Any:
+def _timeline(go: Any, table: Results) -> Any:
     lanes = _lanes(table)
     fig = go.Figure()
     queued = [r for r in table if r.num in lanes and (r.submitted_at or r.created_at)]
@@ -253,11 +256,11 @@ def _timeline(go: Any, table: res.Results) -> Any:
     return fig
 
 
-def _queued_ms(row: res.ResultRow) -> float:
+def _queued_ms(row: ResultRow) -> float:
     return max(0.0, float(row.started_at or 0) - float(row.submitted_at or row.created_at or 0)) * 1000
 
 
-def _histogram(go: Any, table: res.Results) -> Any:
+def _histogram(go: Any, table: Results) -> Any:
     fig = go.Figure()
     for state in ("completed", "failed"):
         durations = [r.duration_s for r in table if r.duration_s is not None and r.state.split(" ")[0] == state]
@@ -267,27 +270,27 @@ def _histogram(go: Any, table: res.Results) -> Any:
     return fig
 
 
-def _hover(table: res.Results, row: res.ResultRow) -> str:
-    params = ", ".join(f"{k}={res.format_value(row.params.get(k))}" for k in table.swept_keys)
+def _hover(table: Results, row: ResultRow) -> str:
+    params = ", ".join(f"{k}={format_value(row.params.get(k))}" for k in table.swept_keys)
     extra = f"<br>{html.escape(row.reason)}" if row.reason else ""
-    return f"#{row.num} {html.escape(params)}<br>{row.state}, {res.format_duration(row.duration_s)}{extra}"
+    return f"#{row.num} {html.escape(params)}<br>{row.state}, {format_duration(row.duration_s)}{extra}"
 
 
-def _metric_plots(go: Any, table: res.Results, column: str) -> list[Any]:
+def _metric_plots(go: Any, table: Results, column: str) -> list[Any]:
     """One plot per swept key: a scatter for numeric keys (log axis over wide positive ranges),
     a box with every point for the others."""
-    rows = [r for r in table if res.is_number(table.value(r, column))]
+    rows = [r for r in table if is_number(table.value(r, column))]
     figures = []
     for key in table.swept_keys:
         xs = [r.params.get(key) for r in rows]
         ys = [table.value(r, column) for r in rows]
-        hover = [_hover(table, r) + f"<br>{html.escape(column)}={res.format_value(y)}" for r, y in zip(rows, ys)]
-        numeric = bool(xs) and all(res.is_number(x) for x in xs)
+        hover = [_hover(table, r) + f"<br>{html.escape(column)}={format_value(y)}" for r, y in zip(rows, ys)]
+        numeric = bool(xs) and all(is_number(x) for x in xs)
         if numeric:
             trace = go.Scatter(x=xs, y=ys, mode="markers", hovertext=hover, hoverinfo="text", marker={"size": 9})
         else:
             trace = go.Box(
-                x=[res.format_value(x) for x in xs],
+                x=[format_value(x) for x in xs],
                 y=ys,
                 boxpoints="all",
                 jitter=0.3,
@@ -310,8 +313,8 @@ def _metric_plots(go: Any, table: res.Results, column: str) -> list[Any]:
     return figures
 
 
-def _parallel(go: Any, table: res.Results, column: str) -> Any:
-    rows = [r for r in table if res.is_number(table.value(r, column))]
+def _parallel(go: Any, table: Results, column: str) -> Any:
+    rows = [r for r in table if is_number(table.value(r, column))]
     dims = [_dimension(key, [r.params.get(key) for r in rows]) for key in table.swept_keys]
     ys = [float(table.value(r, column)) for r in rows]
     dims.append({"label": column, "values": ys})
@@ -323,13 +326,13 @@ def _parallel(go: Any, table: res.Results, column: str) -> Any:
 
 def _dimension(key: str, values: Sequence[Any]) -> dict[str, Any]:
     """A parcoords axis: numbers as they are, anything else as evenly spaced labelled ticks."""
-    if values and all(res.is_number(v) for v in values):
+    if values and all(is_number(v) for v in values):
         return {"label": key, "values": [float(v) for v in values]}
-    labels = sorted({res.format_value(v) for v in values})
+    labels = sorted({format_value(v) for v in values})
     index = {label: i for i, label in enumerate(labels)}
     return {
         "label": key,
-        "values": [index[res.format_value(v)] for v in values],
+        "values": [index[format_value(v)] for v in values],
         "tickvals": list(range(len(labels))),
         "ticktext": labels,
     }

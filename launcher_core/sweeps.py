@@ -1,0 +1,140 @@
+"""The service layer's handling of one sweep: find it, hold its pull lock, fetch its jobs.
+
+What the commands (``launcher-core ...``, ``python -m launcher_core.pull``, ``results``/``files``)
+share, so none of them reaches into another's internals:
+
+* :func:`resolve_sweeps` / :func:`one_sweep`: sweep dirs from paths, sweep ids or id prefixes;
+* :func:`try_lock` / :func:`sweep_lock` / :func:`sweep_lock_waiting`: the sweep's pull lock (one
+  process fetches into a sweep at a time);
+* :func:`fetch_rows`: fetch finished jobs from the backend and mark them pulled (the caller
+  holds the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from launcher_core.errors import ConfigError
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
+from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
+
+log = logging.getLogger("launcher_core.pull")  # fetching is the pull command's work: its log name
+
+FETCH_BATCH = 50  # jobs per backend fetch
+LOCK_WAIT_S = 60.0  # how long a command waits for a pull process to let go of a sweep
+
+
+# --- finding sweeps --------------------------------------------------------------------------
+def resolve_sweeps(targets: Sequence[str]) -> list[Path]:
+    """Sweep dirs from paths, sweep ids or id prefixes; all known sweeps when none are given."""
+    index = SweepIndex()
+    try:
+        known = index.sweeps()
+    finally:
+        index.close()
+    if not targets:
+        return [d for _sid, d, _b, _t in known if StateStore.exists_in(d)]
+    found = []
+    for target in targets:
+        path = Path(target).expanduser()
+        if StateStore.exists_in(path):
+            found.append(path.resolve())
+            continue
+        matches = [d for sid, d, _b, _t in known if sid == target or sid.startswith(target)]
+        if len(matches) != 1:
+            what = "no sweep" if not matches else f"{len(matches)} sweeps"
+            raise ConfigError(f"{what} known as {target!r}: give a sweep dir or a unique sweep id (see `list`)")
+        found.append(matches[0])
+    return found
+
+
+def latest_sweep() -> list[str]:
+    """The newest known sweep dir, as a one-item target list."""
+    index = SweepIndex()
+    try:
+        sweeps = index.sweeps()
+    finally:
+        index.close()
+    if not sweeps:
+        raise ConfigError("no sweeps are known yet: launch one, or give a sweep dir")
+    return [str(sweeps[0][1])]
+
+
+def one_sweep(target: str | None) -> Path:
+    """The sweep dir a command's SWEEP argument names (the latest sweep when it is omitted)."""
+    return resolve_sweeps([target] if target else latest_sweep())[0]
+
+
+# --- the pull lock ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def try_lock(lock_path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``lock_path`` if it is free (writing our PID into it);
+    yields False if another process holds it. The lock dies with its holder, even on kill -9."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+def sweep_lock(sweep_dir: Path) -> AbstractContextManager[bool]:
+    """The sweep's pull lock (see :func:`try_lock`)."""
+    return try_lock(sweep_dir / LAUNCHER_DIR / "pull.lock")
+
+
+@contextlib.contextmanager
+def sweep_lock_waiting(sweep_dir: Path) -> Iterator[bool]:
+    """The sweep's pull lock, waited for a bounded time (a daemon holds it only during a cycle)."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        with sweep_lock(sweep_dir) as locked:
+            if locked or time.monotonic() > deadline:
+                yield locked
+                return
+        time.sleep(0.5)
+
+
+# --- fetching jobs ---------------------------------------------------------------------------
+def fetch_rows(backend: object, store: StateStore, rows: list[JobRow], pull_filter: PullFilter) -> int:
+    """Fetch the jobs' files in batches and mark each batch pulled once its fetch returned (so a
+    kill leaves every job pulled with complete files or still to pull). The caller holds the
+    sweep's lock. Returns the number of jobs pulled."""
+    mode = "bare" if pull_filter.is_bare else "full"
+    pulled = 0
+    for start in range(0, len(rows), FETCH_BATCH):
+        batch = rows[start : start + FETCH_BATCH]
+        handles = {r.job_id: r.handle or {} for r in batch}
+        dirs = {r.job_id: r.output_dir for r in batch}
+        backend.fetch(handles, dirs, pull_filter if pull_filter.is_bare else None)  # type: ignore[attr-defined]
+        store.set_exit_reasons(_failure_reasons(batch))
+        store.mark_pulled(handles, mode)
+        pulled += len(batch)
+        log.info("pulled %d jobs into %s", pulled, store.path.parent.parent)
+    return pulled
+
+
+def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
+    """The exception line of each failed job whose result came home (for ``status``)."""
+    from launcher_core.runtime.worker import failure_summary
+
+    reasons = {}
+    for row in rows:
+        if row.state is JobState.FAILED:
+            summary = failure_summary(row.output_dir / LAUNCHER_DIR / RESULT_FILE)
+            if summary:
+                reasons[row.job_id] = summary
+    return reasons
