@@ -24,9 +24,9 @@ from typing import Any
 from launcher_core import snapshots
 from launcher_core.backends.base import Backend
 from launcher_core.backends.registry import CAPABILITIES_META, descriptor
+from launcher_core.collect.progress import SweepProgress, print_summary
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
-from launcher_core.progress import SweepProgress, print_summary
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
 log = logging.getLogger("launcher_core")
@@ -501,7 +501,7 @@ def _launch(
             store.mark_collected(s.job_id for s in specs)  # the pull daemon takes them from here
             returns = _detached_returns(specs, sweep, backend.name)
             if options.auto_pull:
-                from launcher_core import autopull
+                from launcher_core.collect import autopull
 
                 autopull.start(sweep_dir, options.auto_pull_interval_s, options.notify)
             return returns

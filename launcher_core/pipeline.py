@@ -520,7 +520,7 @@ class PipelineState:
 @contextlib.contextmanager
 def run_lock(pipeline: Pipeline) -> Iterator[bool]:
     """One process launches a pipeline's stages at a time (flock; dies with its holder)."""
-    from launcher_core.pull import try_lock
+    from launcher_core.collect.pull import try_lock
 
     pipeline.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with try_lock(pipeline.state_dir / "run.lock") as locked:
@@ -1044,7 +1044,7 @@ class Runner:
     def _pull(self) -> None:
         """Bring finished jobs of detached stages home (one pull cycle each; skipped while another
         pull process holds a sweep) and refresh Slurm states."""
-        from launcher_core.pull import PullOptions, pull_sweep_once
+        from launcher_core.collect.pull import PullOptions, pull_sweep_once
 
         for stage in self.selected():
             if self.places.get(stage.name) is None or self.places[stage.name].backend not in DETACHED:

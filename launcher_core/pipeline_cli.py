@@ -177,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _refresh(pipeline: Pipeline) -> None:
-    from launcher_core.cli import refresh_states
+    from launcher_core.sweeps import refresh_states
 
     for stage in pipeline.stages.values():
         sweep_dir = pipeline.stage_dir(stage.name)
@@ -236,7 +236,7 @@ def render_status(pipeline: Pipeline, state: PipelineState, offline: bool = Fals
 
 # --- cancel ----------------------------------------------------------------------------------------
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from launcher_core.cli import cancel_jobs
+    from launcher_core.sweeps import cancel_jobs
 
     pipeline = load_pipeline(args.file)
     names = args.stages or list(pipeline.stages)

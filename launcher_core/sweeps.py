@@ -138,3 +138,61 @@ def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
             if summary:
                 reasons[row.job_id] = summary
     return reasons
+
+
+# --- what commands do to a sweep ------------------------------------------------------------
+def poll_into_store(backend: object, store: StateStore) -> None:
+    rows = {r.job_id: r for r in store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]) if r.handle}
+    if not rows:
+        return
+    statuses = backend.poll({j: r.handle for j, r in rows.items()})  # type: ignore[attr-defined]
+    updates = {j: (st.state, st.exit_reason) for j, st in statuses.items() if st.state is not rows[j].state}
+    hosts = {j: st.host for j, st in statuses.items() if st.host}
+    if updates:
+        store.update_states(updates, hosts)
+
+
+def refresh_states(sweep_dir: Path) -> None:
+    """One batched poll of the backend for the sweep's active jobs (skipped for local sweeps)."""
+    with StateStore.for_sweep_dir(sweep_dir) as store:
+        meta = store.meta()
+        counts = store.counts()
+        if not counts.get(JobState.SUBMITTED) and not counts.get(JobState.RUNNING):
+            return
+        from launcher_core.backends import backend_for_meta
+
+        backend = backend_for_meta(meta)
+        try:
+            poll_into_store(backend, store)
+        finally:
+            backend.close()
+
+
+def find_job(rows: list[JobRow], job: str) -> JobRow:
+    """A job by its number (hydra.job.num) or a unique prefix of its id."""
+    if job.isdigit():
+        matches = [r for r in rows if r.idx == int(job)]
+    else:
+        matches = [r for r in rows if r.job_id.startswith(job)]
+    if len(matches) != 1:
+        raise ConfigError(f"no job {job!r} in this sweep (give its number or id; see `status`)")
+    return matches[0]
+
+
+def cancel_jobs(sweep_dir: Path, jobs: Sequence[str]) -> list[JobRow]:
+    """Cancel jobs (all unfinished ones when ``jobs`` is empty) on the backend, then mark them."""
+    from launcher_core.backends import backend_for_meta
+
+    with StateStore.for_sweep_dir(sweep_dir) as store:
+        rows = store.jobs()
+        targets = [find_job(rows, j) for j in jobs] if jobs else rows
+        targets = [r for r in targets if not r.state.is_terminal]
+        if not targets:
+            return []
+        backend = backend_for_meta(store.meta())
+        try:
+            backend.cancel({r.job_id: r.handle or {} for r in targets})
+        finally:
+            backend.close()
+        store.update_states({r.job_id: (JobState.CANCELLED, "cancelled by user") for r in targets})
+    return targets

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from launcher_core import cli
-from launcher_core.clean import CleanRefused
+from launcher_core.collect.clean import CleanRefused
+from launcher_core.collect.pull import PullOptions, pull_sweep_once
 from launcher_core.jobs import JobState
-from launcher_core.pull import PullOptions, pull_sweep_once
 from launcher_core.runtime.worker import load_job_return
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     AwsWorld,

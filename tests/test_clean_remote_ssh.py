@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from launcher_core.backends import backend_for_meta
+from launcher_core.collect.pull import poll_into_store
 from launcher_core.jobs import JobState, PullFilter
-from launcher_core.pull import poll_into_store
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
 from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launcher_core.backends.slurm import login_remote_dir
-from launcher_core.clean import select
+from launcher_core.collect.clean import select
 from launcher_core.jobs import JobSpec, JobState
 from launcher_core.remote.paths import CleanRefused, check_root, confined, plan_remote
 from launcher_core.remote.scripts import clean_script, parse_clean

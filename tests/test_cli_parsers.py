@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher_core import cli, pull
+from launcher_core import cli
+from launcher_core.collect import pull
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

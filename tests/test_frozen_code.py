@@ -188,7 +188,7 @@ def test_import_path_maps_only_what_the_snapshot_holds(tmp_path: Path) -> None:
 
 @pytest.mark.ssh
 def test_remote_ssh_jobs_import_the_code_as_it_was_at_launch(ssh_env: SSHTestEnv, tmp_path: Path) -> None:
-    from launcher_core.pull import PullOptions, pull_sweep_once
+    from launcher_core.collect.pull import PullOptions, pull_sweep_once
 
     proj = _git_project(tmp_path / "proj")
     go = shared_file("hrl-go").with_name("go")
@@ -223,7 +223,7 @@ def test_remote_ssh_jobs_import_the_code_as_it_was_at_launch(ssh_env: SSHTestEnv
 def test_slurm_login_host_jobs_import_the_code_as_it_was_at_launch(
     slurm_cluster: SlurmCluster, ssh_env: SSHTestEnv, tmp_path: Path
 ) -> None:
-    from launcher_core.pull import PullOptions, pull_sweep_once
+    from launcher_core.collect.pull import PullOptions, pull_sweep_once
     from tests.test_exactly_once import _login_host_overrides
 
     proj = _git_project(tmp_path / "proj")

@@ -90,7 +90,7 @@ def code_syncs(calls: list[str]) -> list[str]:
 
 def pull_until_done(sweep_dir: Path, timeout_s: float = 90, pull_filter: PullFilter | None = None) -> None:
     """What the pull daemon does, in this process: poll + fetch until every job is pulled."""
-    from launcher_core.pull import PullOptions, pull_sweep_once
+    from launcher_core.collect.pull import PullOptions, pull_sweep_once
 
     options = PullOptions(once=True, pull_filter=pull_filter or PullFilter())
     deadline = time.monotonic() + timeout_s

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from launcher_core import cli, results
+from launcher_core import cli, results, sweeps
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.state import StateStore
 from tests.conftest import run_app
@@ -81,7 +81,7 @@ def test_remote_ssh_bare_pull_lists_big_files_as_remote_and_copy_fetches_them(
 
 
 def _pull_until_done(sweep_dir: Path, pull_filter: PullFilter, timeout_s: float = 90) -> None:
-    from launcher_core.pull import PullOptions, pull_sweep_once
+    from launcher_core.collect.pull import PullOptions, pull_sweep_once
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -159,7 +159,7 @@ def test_ec2_files_of_jobs_not_pulled_are_listed_from_s3_and_fetched_on_copy(
     multirun(sweep, aws.launcher_settings(wait=False, jobs_per_instance=3), ["x=1,2,3"], fail_on=[2])
 
     def finished() -> bool:
-        cli.refresh_states(sweep)  # what `launcher-core status` does: poll, fetch nothing
+        sweeps.refresh_states(sweep)  # what `launcher-core status` does: poll, fetch nothing
         return all(r.state.is_terminal for r in job_rows(sweep))
 
     wait_for(finished, 60, "the jobs to finish")

@@ -89,16 +89,16 @@ def test_no_backend_name_outside_the_backends() -> None:
     for found in descriptors().values():
         names |= {found.name, found.launcher_class}
     offenders = []
-    for module, path in MODULES.items():
+    for path in MODULES.values():
         rel = path.relative_to(PACKAGE).as_posix()
         if rel.startswith("backends/"):
             continue
         tree = _tree(path)
         skip = _docstrings(tree)
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
-                if node.value in names and (rel, node.value) not in SERVICE_NAMES:
-                    offenders.append(f"{rel}:{node.lineno}: {node.value!r}")
+            literal = isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+            if literal and node.value in names and (rel, node.value) not in SERVICE_NAMES:
+                offenders.append(f"{rel}:{node.lineno}: {node.value!r}")
     assert offenders == [], "\n".join(map(str, offenders))
 
 

@@ -63,7 +63,7 @@ class BackendLauncher(Launcher):
         settings = self.launch_settings()
         if settings is None:
             return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)))
-        from launcher_core.autopull import check_settings
+        from launcher_core.collect.autopull import check_settings
 
         check_settings(settings.auto_pull, settings.auto_pull_interval_s, settings.notify, settings.wait)
         return LaunchOptions(

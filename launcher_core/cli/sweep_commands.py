@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.registry import capabilities_of, describe_handle
-from launcher_core.errors import ConfigError, LauncherError
 from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
 from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
-from launcher_core.sweeps import LOCK_WAIT_S, one_sweep, sweep_lock_waiting
+from launcher_core.sweeps import LOCK_WAIT_S, cancel_jobs, find_job, one_sweep, refresh_states, sweep_lock_waiting
 
 STATE_STYLE = {
     "pending": "dim",
@@ -49,35 +48,6 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _find_job(rows: list[JobRow], job: str) -> JobRow:
-    """A job by its number (hydra.job.num) or a unique prefix of its id."""
-    if job.isdigit():
-        matches = [r for r in rows if r.idx == int(job)]
-    else:
-        matches = [r for r in rows if r.job_id.startswith(job)]
-    if len(matches) != 1:
-        raise ConfigError(f"no job {job!r} in this sweep (give its number or id; see `status`)")
-    return matches[0]
-
-
-def refresh_states(sweep_dir: Path) -> None:
-    """One batched poll of the backend for the sweep's active jobs (skipped for local sweeps)."""
-    from launcher_core.pull import poll_into_store
-
-    with StateStore.for_sweep_dir(sweep_dir) as store:
-        meta = store.meta()
-        counts = store.counts()
-        if not counts.get(JobState.SUBMITTED) and not counts.get(JobState.RUNNING):
-            return
-        from launcher_core.backends import backend_for_meta
-
-        backend = backend_for_meta(meta)
-        try:
-            poll_into_store(backend, store)
-        finally:
-            backend.close()
-
-
 # --- status ----------------------------------------------------------------------------------
 STATUS_ROWS = 50  # jobs listed by `status` without --all
 RICH_MAX_ROWS = 2000
@@ -103,7 +73,7 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: 
     summary.add_row(*[str(counts.get(s, 0)) for s in STATE_STYLE if s != "pulled"], str(pulled), str(len(rows)))
     console.print(summary)
     console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}   code: {_code_label(meta)}")
-    from launcher_core.autopull import status_line
+    from launcher_core.collect.autopull import status_line
 
     detached = capabilities_of(meta).detached
     collecting = status_line(sweep_dir, detached, [r.state.value for r in rows])
@@ -246,7 +216,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     sweep_dir = one_sweep(args.sweep)
     stream = "stderr" if args.stderr else "stdout"
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
-        row = _find_job(store.jobs(), args.job)
+        row = find_job(store.jobs(), args.job)
         meta = store.meta()
     local = row.output_dir / LAUNCHER_DIR / (STDERR_FILE if args.stderr else STDOUT_FILE)
     if row.state is JobState.PULLED or capabilities_of(meta).results_local:
@@ -306,25 +276,6 @@ def _job_finished(sweep_dir: Path, job_id: str) -> bool:
 
 
 # --- cancel ----------------------------------------------------------------------------------
-def cancel_jobs(sweep_dir: Path, jobs: Sequence[str]) -> list[JobRow]:
-    """Cancel jobs (all unfinished ones when ``jobs`` is empty) on the backend, then mark them."""
-    from launcher_core.backends import backend_for_meta
-
-    with StateStore.for_sweep_dir(sweep_dir) as store:
-        rows = store.jobs()
-        targets = [_find_job(rows, j) for j in jobs] if jobs else rows
-        targets = [r for r in targets if not r.state.is_terminal]
-        if not targets:
-            return []
-        backend = backend_for_meta(store.meta())
-        try:
-            backend.cancel({r.job_id: r.handle or {} for r in targets})
-        finally:
-            backend.close()
-        store.update_states({r.job_id: (JobState.CANCELLED, "cancelled by user") for r in targets})
-    return targets
-
-
 def cmd_cancel(args: argparse.Namespace) -> int:
     sweep_dir = one_sweep(args.sweep)
     cancelled = cancel_jobs(sweep_dir, args.jobs)
@@ -352,8 +303,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def clean_sweep(sweep_dir: Path, *, include_bare: bool, dry_run: bool, assume_yes: bool) -> int:
     """Show what would be deleted, confirm, delete on the backend, then record it (in that order)."""
-    from launcher_core import clean
     from launcher_core.backends import backend_for_meta
+    from launcher_core.collect import clean
 
     with StateStore.for_sweep_dir(sweep_dir) as store:
         meta = store.meta()
@@ -427,12 +378,9 @@ def _print_result(report: Any, selection: Any, marked: int) -> int:
     return 1 if report.errors or marked < len(selection.eligible) else 0
 
 
-# --- entry point -----------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The ``launcher-core`` parser, every sub-command registered (what :func:`main` parses)."""
-    parser = argparse.ArgumentParser(prog="launcher-core", description="Inspect and control sweeps.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+# --- registration ----------------------------------------------------------------------------
+def add_commands(sub: Any) -> None:
+    """status, list/history, diff, logs, cancel, clean."""
     status = sub.add_parser("status", help="states of a sweep's jobs (default: the latest sweep)")
     status.add_argument("sweep", nargs="?", help="sweep dir or sweep id")
     status.add_argument("--watch", action="store_true", help="refresh until interrupted")
@@ -476,36 +424,3 @@ def build_parser() -> argparse.ArgumentParser:
         help="also clean jobs pulled with --bare (their skipped large files are then lost)",
     )
     clean.set_defaults(func=cmd_clean)
-
-    from launcher_core.clusters import add_parser as add_cluster_parser
-
-    add_cluster_parser(sub)
-
-    from launcher_core import pull as pull_command
-
-    pull = sub.add_parser("pull", help="same as python -m launcher_core.pull", description=pull_command.DESCRIPTION)
-    pull_command.add_arguments(pull)  # the same arguments as python -m launcher_core.pull
-    pull.set_defaults(func=pull_command.run_from_args)
-
-    from launcher_core.results.commands import add_commands as add_results_commands
-
-    add_results_commands(sub)  # results, report, link, files
-    from launcher_core.pipeline_cli import add_commands as add_pipeline_commands
-
-    add_pipeline_commands(sub)  # pipeline run|status|cancel
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except LauncherError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
