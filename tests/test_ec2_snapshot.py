@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from launcher_core.backends.ec2.backend import _bare_filter
 from launcher_core.backends.ec2.snapshot import EC2_EXCLUDES, build_snapshot, snapshot_filter
+from launcher_core.backends.ec2.store import bare_filter as _bare_filter
 from launcher_core.jobs import PullFilter
 from launcher_core.remote.codesync import DEFAULT_EXCLUDES, RsyncFilter, filter_args
 

@@ -54,5 +54,23 @@ def plan_typed_groups(
     return [(t, group) for (t, specs), cap in zip(typed, caps) for group in plan_groups(specs, jobs_per_instance, cap)]
 
 
+def instance_type_of(spec: JobSpec, default: str) -> str:
+    """The instance type a job runs on: its own (``resources_from.instance_type``) or ``default``."""
+    return str(spec.resources.get("instance_type", default))
+
+
+def instance_groups(
+    jobs: Sequence[JobSpec], default_type: str, jobs_per_instance: int, max_instances: int
+) -> list[tuple[str, list[JobSpec]]]:
+    """(instance type, its jobs) per instance: jobs grouped by type, each type split as
+    ``jobs_per_instance`` and ``max_instances`` (over all types) say."""
+    from launcher_core.resources import resource_groups
+
+    typed: list[tuple[str, Sequence[JobSpec]]] = [
+        (instance_type_of(specs[0], default_type), specs) for _resources, specs in resource_groups(jobs)
+    ]
+    return plan_typed_groups(typed, jobs_per_instance, max_instances)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)

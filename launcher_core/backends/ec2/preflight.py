@@ -7,21 +7,34 @@ See docs/ec2.md ("Pre-flight").
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from launcher_core.backends.ec2.settings import setting_key
+from launcher_core.backends.ec2.fleet import Fleet
+from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.errors import LauncherError
 from launcher_core.preflight import FAIL, OK, WARN, Check, PreflightRequest, fingerprint
-
-if TYPE_CHECKING:
-    from launcher_core.backends.ec2.backend import Ec2Backend
 
 _DENIED = ("AccessDenied", "UnauthorizedOperation", "AccessDeniedException")
 
 
-def preflight(backend: Ec2Backend, request: PreflightRequest) -> list[Check]:
-    s = backend.settings
+@dataclass
+class _Target:
+    """What every check asks about: the fleet (AWS client and settings) and the instance types."""
+
+    fleet: Fleet
+    types: list[str]
+
+    @property
+    def settings(self) -> Ec2Settings:
+        return self.fleet.settings
+
+
+def preflight(fleet: Fleet, instance_types: Sequence[str], request: PreflightRequest) -> list[Check]:
+    """The checks of a launch starting ``instance_types`` with ``fleet``'s settings."""
+    s = fleet.settings
+    aws = fleet.aws
     host = f"ec2 {s.region or 'default region'}"
     key = fingerprint(
         "ec2",
@@ -30,17 +43,17 @@ def preflight(backend: Ec2Backend, request: PreflightRequest) -> list[Check]:
         s.s3_bucket,
         s.s3_prefix,
         s.iam_instance_profile,
-        backend.instance_types_in_use(),
+        list(instance_types),
         s.endpoint_url,
     )
     if request.is_cached(host, key):
         return []
     try:
-        backend._connect()
-        host = f"ec2 {backend.region}"
+        aws.connect()
+        host = f"ec2 {aws.region}"
     except LauncherError as exc:
         return [Check("region", host, FAIL, str(exc), f"set {setting_key('region')}", key)]
-    creds = backend._session.get_credentials()
+    creds = aws.session.get_credentials()
     if creds is None:
         return [
             Check(
@@ -53,17 +66,18 @@ def preflight(backend: Ec2Backend, request: PreflightRequest) -> list[Check]:
             )
         ]
     rows = [Check("credentials", host, OK, f"from {getattr(creds, 'method', 'boto3')}", "", key)]
+    target = _Target(fleet, list(instance_types))
     for check in (_ami, _bucket, _profile, _instance_type):
-        rows.append(_guarded(check, backend, host, key))
+        rows.append(_guarded(check, target, host, key))
     return rows
 
 
-def _guarded(check: Callable[[Ec2Backend, str, str], Check], backend: Ec2Backend, host: str, key: str) -> Check:
+def _guarded(check: Callable[[_Target, str, str], Check], target: _Target, host: str, key: str) -> Check:
     """A check whose AWS call failed in an unexpected way becomes a failed row naming the call."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        return check(backend, host, key)
+        return check(target, host, key)
     except (ClientError, BotoCoreError, LauncherError) as exc:
         name = check.__name__.lstrip("_").replace("_", " ")
         return Check(name, host, FAIL, f"{type(exc).__name__}: {exc}", "", key)
@@ -73,11 +87,11 @@ def _code(exc: Any) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) or str(getattr(exc, "code", ""))
 
 
-def _ami(backend: Ec2Backend, host: str, key: str) -> Check:
+def _ami(target: _Target, host: str, key: str) -> Check:
     from launcher_core.errors import ConfigError
 
     try:
-        image = backend._check_ami()
+        image = target.fleet.describe_ami()
     except ConfigError as exc:
         return Check(
             "ami",
@@ -90,12 +104,13 @@ def _ami(backend: Ec2Backend, host: str, key: str) -> Check:
     return Check("ami", host, OK, f"{image.get('ImageId')} ({image.get('Name') or 'no name'})", "", key)
 
 
-def _bucket(backend: Ec2Backend, host: str, key: str) -> Check:
+def _bucket(target: _Target, host: str, key: str) -> Check:
     from botocore.exceptions import ClientError
 
-    bucket = backend.settings.s3_bucket
+    bucket = target.settings.s3_bucket
+    s3 = target.fleet.aws.s3
     try:
-        backend._s3.head_bucket(Bucket=bucket)
+        s3.head_bucket(Bucket=bucket)
     except ClientError as exc:
         return Check(
             "bucket",
@@ -105,11 +120,11 @@ def _bucket(backend: Ec2Backend, host: str, key: str) -> Check:
             "create the bucket (`aws s3 mb s3://NAME`) or fix the name; you need read/write access to it",
             key,
         )
-    prefix = backend.settings.s3_prefix.strip("/")
+    prefix = target.settings.s3_prefix.strip("/")
     probe = f"{prefix}/.hrl-preflight-{uuid.uuid4().hex}" if prefix else f".hrl-preflight-{uuid.uuid4().hex}"
     try:
-        backend._s3.put_object(Bucket=bucket, Key=probe, Body=b"")
-        backend._s3.delete_object(Bucket=bucket, Key=probe)
+        s3.put_object(Bucket=bucket, Key=probe, Body=b"")
+        s3.delete_object(Bucket=bucket, Key=probe)
     except ClientError as exc:
         return Check(
             "bucket",
@@ -122,10 +137,10 @@ def _bucket(backend: Ec2Backend, host: str, key: str) -> Check:
     return Check("bucket", host, OK, f"s3://{bucket}/{prefix} is writable", "", key)
 
 
-def _profile(backend: Ec2Backend, host: str, key: str) -> Check:
+def _profile(target: _Target, host: str, key: str) -> Check:
     from botocore.exceptions import ClientError
 
-    profile = backend.settings.iam_instance_profile
+    profile = target.settings.iam_instance_profile
     if not profile:
         return Check(
             "instance profile",
@@ -136,7 +151,7 @@ def _profile(backend: Ec2Backend, host: str, key: str) -> Check:
             key,
         )
     name = profile.rsplit("/", 1)[-1] if profile.startswith("arn:") else profile
-    iam = backend._session.client("iam", endpoint_url=backend.settings.endpoint_url or None)
+    iam = target.fleet.aws.client("iam")
     try:
         iam.get_instance_profile(InstanceProfileName=name)
     except ClientError as exc:
@@ -156,26 +171,23 @@ def _profile(backend: Ec2Backend, host: str, key: str) -> Check:
     return Check("instance profile", host, OK, name, "", key)
 
 
-def _instance_type(backend: Ec2Backend, host: str, key: str) -> Check:
+def _instance_type(target: _Target, host: str, key: str) -> Check:
     """Every instance type the launch starts (``instance_type``, or each job's own with
     ``resources_from``) is offered in the region: one call."""
-    types = backend.instance_types_in_use()
-    offers = backend._ec2_call(
-        "describe_instance_type_offerings",
-        LocationType="region",
-        Filters=[{"Name": "instance-type", "Values": types}],
-    ).get("InstanceTypeOfferings", [])
-    missing = [t for t in types if t not in {o.get("InstanceType") for o in offers}]
+    types = target.types
+    offered = target.fleet.offered_types(types)
+    missing = [t for t in types if t not in offered]
     if not missing:
-        offered = f"{', '.join(types)} {'is' if len(types) == 1 else 'are'} offered"
-        return Check("instance type", host, OK, offered, "", key)
-    per_job = "instance_type" in backend.settings.resources_from and missing[0] != backend.settings.instance_type
+        ok = f"{', '.join(types)} {'is' if len(types) == 1 else 'are'} offered"
+        return Check("instance type", host, OK, ok, "", key)
+    s = target.settings
+    per_job = "instance_type" in s.resources_from and missing[0] != s.instance_type
     name = "hydra.launcher.resources_from.instance_type (a job's)" if per_job else setting_key("instance_type")
     return Check(
         "instance type",
         host,
         FAIL,
-        f"{name}={missing[0]!r} is not offered in {backend.region}",
+        f"{name}={missing[0]!r} is not offered in {target.fleet.aws.region}",
         "pick a type this region offers (`aws ec2 describe-instance-type-offerings`) or another region",
         key,
     )

@@ -1,0 +1,218 @@
+"""The instances of an ec2 sweep: the AMI check, RunInstances (tags, spot, root volume,
+user-data), finding them by tag, terminating them, and what an instance's state says about the
+jobs on it."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from launcher_core.backends.ec2.aws import (
+    ENDED_INSTANCE_STATES,
+    TAG_GROUP,
+    TAG_RUN,
+    TAG_SWEEP,
+    AwsApiError,
+    AwsClient,
+)
+from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
+from launcher_core.errors import ConfigError
+from launcher_core.jobs import JobState, JobStatus
+
+log = logging.getLogger("launcher_core.ec2")
+
+# An instance may be missing from DescribeInstances right after RunInstances (eventual consistency).
+NOT_FOUND_GRACE_S = 300.0
+
+
+class Fleet:
+    """The EC2 calls of one backend, all through :meth:`AwsClient.call` (retried)."""
+
+    def __init__(self, aws: AwsClient, settings: Ec2Settings) -> None:
+        self.aws = aws
+        self.settings = settings
+
+    def describe_ami(self) -> dict[str, Any]:
+        """The AMI's description (DescribeImages); ConfigError if it does not exist here."""
+        ami = self.settings.ami
+        try:
+            images = self.aws.call("describe_images", ImageIds=[ami]).get("Images", [])
+        except AwsApiError as exc:
+            if not str(exc.code).startswith("InvalidAMIID"):
+                raise ConfigError(f"{setting_key('ami')}={ami!r}: {exc}") from exc
+            images = []
+        if not images:
+            raise ConfigError(f"{setting_key('ami')}={ami!r} does not exist in region {self.aws.region}")
+        return dict(images[0])
+
+    def offered_types(self, types: Sequence[str]) -> set[str]:
+        """Which of ``types`` the region offers (one DescribeInstanceTypeOfferings)."""
+        offers = self.aws.call(
+            "describe_instance_type_offerings",
+            LocationType="region",
+            Filters=[{"Name": "instance-type", "Values": list(types)}],
+        ).get("InstanceTypeOfferings", [])
+        return {str(o.get("InstanceType")) for o in offers}
+
+    def launch(
+        self,
+        *,
+        sweep_id: str,
+        run: str,
+        group: str,
+        user_data: str,
+        instance_type: str,
+        block_devices: Sequence[Mapping[str, Any]],
+    ) -> str:
+        """Start the instance of one group (:func:`run_instances_args`); its id."""
+        args = run_instances_args(
+            self.settings,
+            sweep_id=sweep_id,
+            run=run,
+            group=group,
+            user_data=user_data,
+            instance_type=instance_type,
+            block_devices=block_devices,
+        )
+        instance_id = str(self.aws.call("run_instances", **args)["Instances"][0]["InstanceId"])
+        log.info("instance %s (%s) started for group %s of run %s", instance_id, instance_type, group, run)
+        return instance_id
+
+    def describe_sweep_instances(self, sweep_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Instances tagged with ``sweep_id`` (any sweep if None): id -> description."""
+        filters = [{"Name": f"tag:{TAG_SWEEP}", "Values": [sweep_id]}] if sweep_id else []
+        filters.append({"Name": "tag-key", "Values": [TAG_SWEEP]})
+        found: dict[str, dict[str, Any]] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
+            if token:
+                kwargs["NextToken"] = token
+            page = self.aws.call("describe_instances", **kwargs)
+            for reservation in page.get("Reservations", []):
+                for inst in reservation.get("Instances", []):
+                    found[inst["InstanceId"]] = inst
+            token = page.get("NextToken")
+            if not token:
+                return found
+
+    def terminate(self, instance_ids: Sequence[str]) -> None:
+        """Terminate instances; ids already gone are ignored."""
+        if not instance_ids:
+            return
+        try:
+            self.aws.call("terminate_instances", InstanceIds=list(instance_ids))
+        except AwsApiError as exc:
+            if exc.code != "InvalidInstanceID.NotFound":
+                raise
+            if len(instance_ids) > 1:  # one of them is gone already: terminate the others one by one
+                for iid in instance_ids:
+                    self.terminate([iid])
+            return
+        log.info("terminated instances %s", ", ".join(instance_ids))
+
+    def undo_launch(self, instance_ids: Sequence[str]) -> None:
+        """A launch failed half way: terminate what it started, without hiding the original error."""
+        if not instance_ids:
+            return
+        log.error("launch failed: terminating the %d instances this launch started", len(instance_ids))
+        try:
+            self.terminate(instance_ids)
+        except Exception as exc:  # noqa: BLE001 - reported; the launch error is what propagates
+            log.error(
+                "could not terminate %s (%s): terminate them yourself or run "
+                "`python -m launcher_core.backends.ec2 cleanup --terminate`",
+                ", ".join(instance_ids),
+                exc,
+            )
+
+
+def run_instances_args(
+    s: Ec2Settings,
+    *,
+    sweep_id: str,
+    run: str,
+    group: str,
+    user_data: str,
+    instance_type: str,
+    block_devices: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """RunInstances arguments of one instance: tagged with its sweep, run and group (how it is
+    found again), self-terminating, IMDSv2 only, spot when asked for, idempotent by ClientToken."""
+    tags = {
+        "Name": f"hydra-{sweep_id}-{group}"[:255],
+        **{k: str(v) for k, v in s.tags.items()},
+        TAG_SWEEP: sweep_id,
+        TAG_RUN: run,
+        TAG_GROUP: group,
+    }
+    tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+    args: dict[str, Any] = {
+        "ImageId": s.ami,
+        "InstanceType": instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "UserData": user_data,
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": tag_list},
+            {"ResourceType": "volume", "Tags": tag_list},
+        ],
+        # idempotency: a retried call never starts a second instance for the same group
+        "ClientToken": f"hrl-{run}-{group}",
+    }
+    if s.key_name:
+        args["KeyName"] = s.key_name
+    if s.iam_instance_profile:
+        is_arn = s.iam_instance_profile.startswith("arn:")
+        args["IamInstanceProfile"] = {"Arn" if is_arn else "Name": s.iam_instance_profile}
+    if s.security_group_ids:
+        args["SecurityGroupIds"] = list(s.security_group_ids)
+    if s.subnet_id:
+        args["SubnetId"] = s.subnet_id
+    if block_devices:
+        args["BlockDeviceMappings"] = copy.deepcopy(list(block_devices))
+    if s.spot:
+        args["InstanceMarketOptions"] = _spot_options(s.max_price)
+    return args
+
+
+def _spot_options(max_price: float | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if max_price is not None:
+        options["MaxPrice"] = f"{max_price:g}"
+    return {"MarketType": "spot", "SpotOptions": options}
+
+
+def job_status(
+    job_id: str,
+    handle: Mapping[str, Any],
+    markers: Mapping[tuple[str, str], Mapping[str, str]],
+    instances: Mapping[str, Mapping[str, Any]],
+    failed_reason: Callable[[str, str], str],
+) -> JobStatus:
+    """A job's state from its markers (``{(run, job_id): {state: key}}``) and its instance's
+    description, listed *after* the instances were described: an instance seen ended without a
+    marker really ended without one. ``failed_reason(bucket, key)`` reads a ``.failed`` marker."""
+    found = markers.get((handle["run"], job_id), {})
+    iid = handle["instance_id"]
+    if "done" in found:
+        return JobStatus(JobState.COMPLETED, host=iid)
+    if "failed" in found:
+        return JobStatus(JobState.FAILED, failed_reason(handle["bucket"], found["failed"]), host=iid)
+    inst = instances.get(iid)
+    if inst is None:
+        if time.time() - float(handle.get("launched_at", 0)) > NOT_FOUND_GRACE_S:
+            return JobStatus(JobState.FAILED, f"instance {iid} no longer exists and the job left no result")
+        return JobStatus(JobState.SUBMITTED, host=iid)
+    state = inst.get("State", {}).get("Name", "unknown")
+    if state in ENDED_INSTANCE_STATES:
+        why = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or "no reason given"
+        return JobStatus(JobState.FAILED, f"instance {iid} is {state} ({why}) and the job left no result", iid)
+    if "running" in found:
+        return JobStatus(JobState.RUNNING, host=iid)
+    return JobStatus(JobState.SUBMITTED, host=iid)
