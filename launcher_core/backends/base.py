@@ -169,7 +169,7 @@ class Backend(abc.ABC):
         return CleanReport(nothing_to_clean=f"the {self.name} backend keeps no remote copies")
 
 
-def sweep_payload_for(sweep: SweepInfo, task_function: Any, hydra_context: Any) -> bytes:
+def sweep_payload_for(sweep: SweepInfo, task_function: Any) -> bytes:
     """The sweep payload of jobs submitted now (:mod:`launcher_core.runtime.payload`): the task
     function (by reference where it can be), the launch's code record and the composer's
     templates as they are now (a later batch of a multirun may bring new ones), from which each

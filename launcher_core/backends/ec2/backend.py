@@ -259,7 +259,7 @@ class Ec2Backend(Backend):
                 "this ec2 backend was rebuilt from a stored config: it can poll, fetch and cancel, not launch"
             )
         assert self._sweep is not None
-        data = sweep_payload_for(self._sweep, self._task_function, self._hydra_context)
+        data = sweep_payload_for(self._sweep, self._task_function)
         self.check_no_secrets(data, "the sweep payload (task function, Hydra config and context)")
         return data
 

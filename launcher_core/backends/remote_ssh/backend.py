@@ -419,7 +419,7 @@ class RemoteSSHBackend(Backend):
         with self._lock:  # hosts are served by parallel threads: write the shared files once
             if self._sweep_payload is None:
                 path = sweep_dir / tag_rel / f"sweep-{self._uid}.pkl"
-                atomic_write_bytes(path, sweep_payload_for(self._sweep, self._task_function, self._hydra_context))
+                atomic_write_bytes(path, sweep_payload_for(self._sweep, self._task_function))
                 self._pylib = ship_runtime(sweep_dir, tag_rel / "pylib")
                 self._sweep_payload = path
         files.append(str(self._sweep_payload.relative_to(sweep_dir)))

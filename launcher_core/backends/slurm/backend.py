@@ -100,7 +100,7 @@ class SlurmBackend(Backend):
         from launcher_core.runtime.worker import atomic_write_bytes
 
         assert self._sweep is not None, "prepare() first"
-        data = sweep_payload_for(self._sweep, self._task_function, self._hydra_context)
+        data = sweep_payload_for(self._sweep, self._task_function)
         path = self.slurm_dir / f"sweep-{hashlib.sha256(data).hexdigest()[:16]}.pkl"
         if not path.exists():
             atomic_write_bytes(path, data)
