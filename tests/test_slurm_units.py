@@ -273,7 +273,7 @@ def _pick_result(launcher_dir: Path, files: dict[str, str]) -> dict[str, str]:
     return the files afterwards (relative path -> content)."""
     import subprocess
 
-    from launcher_core.backends.slurm import _failed_rank_function
+    from launcher_core.backends.slurm import failed_rank_function as _failed_rank_function
 
     for name, content in files.items():
         (launcher_dir / name).parent.mkdir(parents=True, exist_ok=True)

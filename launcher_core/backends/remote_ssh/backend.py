@@ -17,14 +17,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from launcher_core.backends.base import Backend, CleanReport, CleanRequest
+from launcher_core.backends.remote_ssh.hosts import HostPool, assign_to_hosts
+from launcher_core.backends.remote_ssh.preflight import preflight as check_hosts
+from launcher_core.backends.remote_ssh.preflight import snapshot_check
 from launcher_core.backends.remote_ssh.settings import HostSettings, RemoteSSHSettings, is_uri
 from launcher_core.container import job_binds, python_for, wrap_command
 from launcher_core.errors import BackendError, ConfigError, SubmitError
@@ -50,7 +51,7 @@ from launcher_core.remote.scripts import (
     start_script,
     status_from_line,
 )
-from launcher_core.remote.ssh import ConnectionPool, HostAddress, SSHConnection
+from launcher_core.remote.ssh import SSHConnection
 from launcher_core.remote.workspace import (
     RemoteWorkspace,
     claim_workspace,
@@ -74,32 +75,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("launcher_core.remote_ssh")
 
-T = TypeVar("T")
-R = TypeVar("R")
-
 _SAFE_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_HOST_THREADS = 8
 MAX_NAMED_JOBS = 10  # jobs named in an error; the rest are counted
-
-
-def assign_to_hosts(
-    jobs: Sequence[T], weights: Sequence[int], fits: Callable[[T, int], bool] | None = None
-) -> list[list[T]]:
-    """Spread jobs over hosts in proportion to their slots (smooth weighted round robin), each
-    job among the hosts it ``fits`` on (all by default; a job that fits none is the caller's to
-    refuse first: it goes to the first host)."""
-    buckets: list[list[T]] = [[] for _ in weights]
-    current = [0] * len(weights)
-    everywhere = list(range(len(weights)))
-    for job in jobs:
-        hosts = [i for i in everywhere if fits(job, i)] if fits is not None else everywhere
-        hosts = hosts or everywhere[:1]
-        for i in hosts:
-            current[i] += weights[i]
-        best = max(hosts, key=lambda i: current[i])
-        current[best] -= sum(weights[i] for i in hosts)
-        buckets[best].append(job)
-    return buckets
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -126,16 +103,6 @@ class _HostState:
         return self.workspace.snapshot
 
 
-@dataclass
-class _Outage:
-    """A host that could not be polled since ``since`` (monotonic seconds)."""
-
-    since: float
-    failures: int = 0
-    retry_at: float = 0.0
-    reported: float = 0.0
-
-
 class RemoteSSHBackend(Backend):
     name = "remote_ssh"
     detached = True  # jobs outlive the controller; a relaunch re-attaches to them
@@ -153,8 +120,8 @@ class RemoteSSHBackend(Backend):
         self._task_function = task_function
         self._hydra_context = hydra_context
         self.tag = snapshot_tag or new_snapshot_tag()
-        self.pool = ConnectionPool(settings.ssh)
-        self._hosts_by_label = {h.address.label: h for h in settings.hosts}
+        self.hosts = HostPool(settings)
+        self.pool = self.hosts.pool
         self._prepared: dict[str, _HostState] = {}
         self._sweep: SweepInfo | None = None
         self._code_dir: Path | None = None
@@ -164,7 +131,6 @@ class RemoteSSHBackend(Backend):
         self._pylib: list[str] = []
         self._lock = threading.Lock()
         self._last_poll = 0.0
-        self._outages: dict[str, _Outage] = {}  # hosts that could not be polled lately
 
     def stored_config(self) -> dict[str, Any]:
         """Secret-free settings :func:`from_config` needs to poll, fetch and cancel later."""
@@ -172,7 +138,7 @@ class RemoteSSHBackend(Backend):
 
     @property
     def stats(self) -> Any:
-        return self.pool.stats()
+        return self.hosts.stats()
 
     # --- contract -----------------------------------------------------------------------
     def prepare(self, sweep: SweepInfo) -> None:
@@ -224,10 +190,10 @@ class RemoteSSHBackend(Backend):
 
         buckets = assign_to_hosts(list(jobs), [h.max_parallel for h in hosts], fits)
         work = {h.address.label: specs for h, specs in zip(hosts, buckets) if specs}
-        self._ensure_masters(work)
+        self.hosts.ensure_logins(work)
         unprepared = self._prepare_hosts(work, len(jobs))
         ready = {label: specs for label, specs in work.items() if label not in unprepared}
-        results, errors = self._per_host(ready, self._submit_host)
+        results, errors = self.hosts.per_host(ready, self._submit_host)
         errors = {**unprepared, **errors}
         started: dict[str, dict[str, Any]] = {}
         for handles in results.values():
@@ -246,45 +212,16 @@ class RemoteSSHBackend(Backend):
         if wait > 0:
             time.sleep(wait)
         self._last_poll = time.monotonic()
-        by_host = _group_by_host(handles)
-        now = time.monotonic()
-        by_host = {h: jobs for h, jobs in by_host.items() if self._outages.get(h, _Outage(now)).retry_at <= now}
-        self._ensure_masters(by_host)
-        results, errors = self._per_host(by_host, self._poll_host)
-        self._note_contact(results, errors)
+        by_host = self.hosts.due(_group_by_host(handles))
+        self.hosts.ensure_logins(by_host)
+        results, errors = self.hosts.per_host(by_host, self._poll_host)
+        expired = self.hosts.note_contact(results, errors)
+        if expired:  # down for longer than reconnect_grace_s: give up with the re-attach hint
+            raise _poll_error(expired, self._sweep)
         statuses: dict[str, JobStatus] = {}
         for part in results.values():
             statuses.update(part)
         return statuses
-
-    def _note_contact(self, reached: Mapping[str, Any], errors: Mapping[str, BackendError]) -> None:
-        """Ride out short outages: a host that cannot be polled is retried with backoff for
-        ``reconnect_grace_s`` (its jobs keep running there and are left out of the poll, i.e.
-        unchanged) before the launch gives up with the re-attach hint."""
-        now = time.monotonic()
-        for label in reached:
-            outage = self._outages.pop(label, None)
-            if outage is not None:
-                log.warning("contact with %s is back after %.0f s", label, now - outage.since)
-        expired = {}
-        for label, error in errors.items():
-            outage = self._outages.setdefault(label, _Outage(now))
-            outage.failures += 1
-            down_s = now - outage.since
-            if down_s >= self.settings.reconnect_grace_s:
-                expired[label] = error
-                continue
-            outage.retry_at = now + min(2.0**outage.failures, 30.0, self.settings.reconnect_grace_s - down_s)
-            if outage.failures == 1 or now - outage.reported >= 30.0:
-                outage.reported = now
-                log.warning(
-                    "lost contact with %s (%s); its jobs keep running there. Retrying for up to %.0f s more.",
-                    label,
-                    str(error).splitlines()[0],
-                    self.settings.reconnect_grace_s - down_s,
-                )
-        if expired:
-            raise _poll_error(expired, self._sweep)
 
     def fetch(
         self,
@@ -294,7 +231,7 @@ class RemoteSSHBackend(Backend):
     ) -> None:
         """One rsync per host for all the given jobs (incremental: unchanged files are skipped)."""
         by_host = _group_by_host(jobs)
-        _results, errors = self._per_host(
+        _results, errors = self.hosts.per_host(
             by_host, lambda label, hs: self._fetch_host(label, hs, local_dirs, pull_filter)
         )
         if errors:
@@ -302,7 +239,7 @@ class RemoteSSHBackend(Backend):
 
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
         by_host = _group_by_host({j: h for j, h in handles.items() if h and h.get("launcher_dir")})
-        _results, errors = self._per_host(by_host, self._cancel_host)
+        _results, errors = self.hosts.per_host(by_host, self._cancel_host)
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
 
@@ -315,8 +252,9 @@ class RemoteSSHBackend(Backend):
         """
 
         def run(plans: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-            self._ensure_masters(plans)
-            return self._per_host(plans, lambda label, plan: clean_host(self._conn(label), request.sweep_id, plan))
+            hosts = self.hosts
+            hosts.ensure_logins(plans)
+            return hosts.per_host(plans, lambda label, plan: clean_host(hosts.conn(label), request.sweep_id, plan))
 
         return clean_workspaces(
             request,
@@ -330,7 +268,7 @@ class RemoteSSHBackend(Backend):
         from launcher_core.remote.workspace import list_job_files
 
         by_host = _group_by_host({j: h for j, h in handles.items() if h and h.get("remote_sweep_dir")})
-        results, errors = self._per_host(by_host, lambda label, hs: list_job_files(self._conn(label), hs))
+        results, errors = self.hosts.per_host(by_host, lambda label, hs: list_job_files(self.hosts.conn(label), hs))
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
         return {job_id: files for part in results.values() for job_id, files in part.items()}
@@ -339,10 +277,10 @@ class RemoteSSHBackend(Backend):
         """Bytes of a job's live stdout/stderr log on the host, from ``offset`` on."""
         name = STDERR_FILE if stream == "stderr" else STDOUT_FILE
         path = f"{handle['launcher_dir']}/{name}"
-        return read_remote_log(self._conn(str(handle["host"])), path, offset)
+        return read_remote_log(self.hosts.conn(str(handle["host"])), path, offset)
 
     def close(self) -> None:
-        stats = self.pool.stats()
+        stats = self.hosts.stats()
         log.debug(
             "remote_ssh: %d ssh connections, %d commands, %d rsyncs, %d retries",
             stats.masters_started,
@@ -350,48 +288,9 @@ class RemoteSSHBackend(Backend):
             stats.rsyncs,
             stats.retries,
         )
-        self.pool.close()
+        self.hosts.close()
 
     # --- per host -----------------------------------------------------------------------
-    def _conn(self, label: str) -> SSHConnection:
-        host = self._hosts_by_label.get(label)
-        address = host.address if host else HostAddress.parse(label)
-        return self.pool.get(address)
-
-    def _ensure_masters(self, labels: Iterable[str]) -> None:
-        """Interactive logins (password, 2FA) are done one host at a time, before any thread."""
-        conns = [self._conn(label) for label in labels]
-        if any(c.interactive() for c in conns):
-            for conn in conns:
-                conn.call("login", lambda: None)
-
-    def _per_host(
-        self, work: Mapping[str, T], fn: Callable[[str, T], R]
-    ) -> tuple[dict[str, R], dict[str, BackendError]]:
-        """Run ``fn`` for every host, in parallel; one host failing does not stop the others."""
-        results: dict[str, R] = {}
-        errors: dict[str, BackendError] = {}
-
-        def record(label: str, call: Callable[[], R]) -> None:
-            try:
-                results[label] = call()
-            except BackendError as exc:
-                errors[label] = exc
-            except Exception as exc:  # noqa: BLE001 - e.g. a local disk error: name the host, keep the others
-                error = BackendError(f"host {label}: {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-                errors[label] = error
-
-        if len(work) <= 1:
-            for label, item in work.items():
-                record(label, partial(fn, label, item))
-            return results, errors
-        with ThreadPoolExecutor(max_workers=min(MAX_HOST_THREADS, len(work))) as ex:
-            futures = {label: ex.submit(fn, label, item) for label, item in work.items()}
-            for label, fut in futures.items():
-                record(label, fut.result)
-        return results, errors
-
     def _prepare_hosts(self, labels: Iterable[str], total: int) -> dict[str, BackendError]:
         """Prepare every host that gets jobs before any job starts anywhere.
 
@@ -407,7 +306,7 @@ class RemoteSSHBackend(Backend):
             except ConfigError as exc:
                 refused[label] = exc
 
-        _results, errors = self._per_host(dict.fromkeys(labels), prepare)
+        _results, errors = self.hosts.per_host(dict.fromkeys(labels), prepare)
         if refused:
             reasons = "\n".join(str(refused[label]) for label in sorted(refused))
             raise ConfigError(f"{reasons}\nnone of the {total} jobs was started; fix the setting and relaunch.")
@@ -418,11 +317,9 @@ class RemoteSSHBackend(Backend):
         if label in self._prepared:
             return self._prepared[label]
         assert self._sweep is not None and self._code_dir is not None
-        from launcher_core.backends.remote_ssh.preflight import snapshot_check
-
         sweep, code_dir = self._sweep, self._code_dir
-        host = self._hosts_by_label[label]
-        conn = self._conn(label)
+        host = self.hosts.host(label)
+        conn = self.hosts.conn(label)
         remote_dir = host.remote_dir or self.settings.remote_dir or default_remote_dir(code_dir)
         container = self.settings.container
         image = container.image if container and not is_uri(container.image) else None
@@ -460,9 +357,7 @@ class RemoteSSHBackend(Backend):
     def preflight(self, request: PreflightRequest) -> list[Check]:
         """One script per host (reachable, python and packages, rsync, free disk, GPUs, container
         runtime and image), before anything is created there: :mod:`.preflight`."""
-        from launcher_core.backends.remote_ssh.preflight import preflight
-
-        return preflight(self, request)
+        return check_hosts(self.settings, self.hosts, request)
 
     def _pythonpath(self, state: _HostState) -> list[str]:
         pythonpath = [self._remote_tag_dir(state) + "/pylib", state.snapshot]
@@ -596,7 +491,7 @@ class RemoteSSHBackend(Backend):
         return wrap_command([*argv, sweep_payload, table, str(index)], on_host, binds, gpus_requested=gpus > 0)
 
     def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
-        conn = self._conn(label)
+        conn = self.hosts.conn(label)
         jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
         script = poll_script(jobs, self.settings.kill_grace_s)
         output = conn.call(f"status check of {len(jobs)} jobs", lambda: conn.run_script(script, what="status check"))
@@ -617,10 +512,10 @@ class RemoteSSHBackend(Backend):
         local_dirs: Mapping[str, Path],
         pull_filter: PullFilter | None,
     ) -> None:
-        fetch_job_dirs(self._conn(label), handles, local_dirs, pull_filter)
+        fetch_job_dirs(self.hosts.conn(label), handles, local_dirs, pull_filter)
 
     def _cancel_host(self, label: str, handles: dict[str, dict[str, Any]]) -> None:
-        conn = self._conn(label)
+        conn = self.hosts.conn(label)
         script = cancel_script([h["launcher_dir"] for h in handles.values()], self.settings.kill_grace_s)
         timeout = self.settings.ssh.command_timeout_s + self.settings.kill_grace_s
         conn.call(f"cancel of {len(handles)} jobs", lambda: conn.run_script(script, what="cancel", timeout_s=timeout))

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launcher_core.backends.remote_ssh.hosts import HostPool, assign_to_hosts
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.preflight import (
     FAIL,
@@ -33,7 +34,6 @@ from launcher_core.preflight import (
 from launcher_core.remote.scripts import checked_steps, parse_kv, remote_path_expr, setup_failure
 
 if TYPE_CHECKING:
-    from launcher_core.backends.remote_ssh.backend import RemoteSSHBackend
     from launcher_core.backends.remote_ssh.settings import HostSettings, RemoteSSHSettings
     from launcher_core.remote.workspace import SnapshotCheck
 
@@ -41,27 +41,25 @@ q = shlex.quote
 log = logging.getLogger("launcher_core.remote_ssh")
 
 
-def preflight(backend: RemoteSSHBackend, request: PreflightRequest) -> list[Check]:
-    """Rows for every host that gets jobs (all hosts without ``n_jobs``), one round trip each,
-    in parallel; hosts that passed with the same settings lately are skipped."""
-    from launcher_core.backends.remote_ssh.backend import assign_to_hosts
-
-    settings = backend.settings
+def preflight(settings: RemoteSSHSettings, hosts: HostPool, request: PreflightRequest) -> list[Check]:
+    """Rows for every host that gets jobs (all hosts without ``n_jobs``), one round trip each
+    over its connection in ``hosts``, in parallel; hosts that passed with the same settings
+    lately are skipped."""
     if request.sweep is not None:  # a local setting is refused before any host is contacted
         code_dir = Path(settings.code_dir or request.sweep.code_dir).expanduser()
         if not code_dir.is_dir():
             raise BackendError(f"hydra.launcher.code_dir: {code_dir.resolve()} is not a directory")
-    hosts = list(settings.hosts)
+    checked = list(settings.hosts)
     if request.n_jobs is not None:
-        buckets = assign_to_hosts(list(range(request.n_jobs)), [h.max_parallel for h in hosts])
-        hosts = [h for h, jobs in zip(hosts, buckets) if jobs]
+        buckets = assign_to_hosts(list(range(request.n_jobs)), [h.max_parallel for h in checked])
+        checked = [h for h, jobs in zip(checked, buckets) if jobs]
     work = {}
-    for host in hosts:
+    for host in checked:
         key = fingerprint("remote_ssh", host.address.label, _checked_settings(settings, host))
         if not request.is_cached(host.address.label, key):
             work[host.address.label] = (host, key)
-    backend._ensure_masters(work)
-    results, errors = backend._per_host(work, lambda label, item: _check_host(backend, request, *item))
+    hosts.ensure_logins(work)
+    results, errors = hosts.per_host(work, lambda label, item: _check_host(settings, hosts, request, *item))
     rows: list[Check] = []
     for label in work:
         if label in errors:
@@ -102,19 +100,20 @@ def _unreachable(label: str, error: BackendError, key: str) -> Check:
     )
 
 
-def _check_host(backend: RemoteSSHBackend, request: PreflightRequest, host: HostSettings, key: str) -> list[Check]:
-    settings = backend.settings
-    conn = backend._conn(host.address.label)
-    remote_dir = host.remote_dir or settings.remote_dir or _default_remote_dir(backend, request)
+def _check_host(
+    settings: RemoteSSHSettings, hosts: HostPool, request: PreflightRequest, host: HostSettings, key: str
+) -> list[Check]:
+    conn = hosts.conn(host.address.label)
+    remote_dir = host.remote_dir or settings.remote_dir or _default_remote_dir(settings, request)
     script = preflight_script(settings, remote_dir)
     answer = conn.call("pre-flight check", lambda: conn.run_script(script, what="pre-flight check"))
     return evaluate(settings, host, remote_dir, answer, key)
 
 
-def _default_remote_dir(backend: RemoteSSHBackend, request: PreflightRequest) -> str:
+def _default_remote_dir(settings: RemoteSSHSettings, request: PreflightRequest) -> str:
     from launcher_core.remote.workspace import default_remote_dir
 
-    code_dir = backend.settings.code_dir or (request.sweep.code_dir if request.sweep else Path.cwd())
+    code_dir = settings.code_dir or (request.sweep.code_dir if request.sweep else Path.cwd())
     return default_remote_dir(Path(code_dir).expanduser())
 
 

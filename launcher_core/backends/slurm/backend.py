@@ -22,6 +22,7 @@ from launcher_core.backends.slurm.accounting import (
     read_max_array_size,
 )
 from launcher_core.backends.slurm.options import SlurmOptions
+from launcher_core.backends.slurm.preflight import preflight as check_site
 from launcher_core.backends.slurm.sbatch import (
     EXIT_FILE,
     RANKS_DIR,
@@ -201,9 +202,7 @@ class SlurmBackend(Backend):
     def preflight(self, request: PreflightRequest) -> list[Check]:
         """One script where Slurm's commands run (partition, account/QoS, MaxArraySize,
         accounting, the jobs' Python): :mod:`.preflight`."""
-        from launcher_core.backends.slurm.preflight import preflight
-
-        return preflight(self, request)
+        return check_site(self.options, self.site, request)
 
     def clean_backend_files(self, request: CleanRequest) -> CleanReport:
         """With ``login_host``: delete the mirrored job files on the login node. Without it the

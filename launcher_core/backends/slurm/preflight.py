@@ -14,30 +14,32 @@ import shlex
 import subprocess
 from typing import TYPE_CHECKING
 
+from launcher_core.backends.slurm.sbatch import module_lines, set_up_functions, setup_lines
 from launcher_core.errors import BackendError
 from launcher_core.preflight import FAIL, OK, PROBE, WARN, Check, PreflightRequest, fingerprint, python_checks
 from launcher_core.remote.scripts import setup_failure
 
 if TYPE_CHECKING:
-    from launcher_core.backends.slurm.backend import SlurmBackend
     from launcher_core.backends.slurm.options import SlurmOptions
+    from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 
 q = shlex.quote
 MARK = "@@HRL "
 DEEP_TIMEOUT_S = 300.0  # a tiny job may queue a while on a busy cluster
 
 
-def preflight(backend: SlurmBackend, request: PreflightRequest) -> list[Check]:
-    options = backend.options
+def preflight(options: SlurmOptions, site: LocalSite | LoginSite, request: PreflightRequest) -> list[Check]:
+    """Rows of the one script, run where ``site`` runs Slurm's commands; none when the same
+    settings passed there lately."""
     host = f"login host {options.login_host}" if options.login_host else "this machine"
     key = fingerprint("slurm", host, _checked_settings(options), request.deep)
     if request.is_cached(host, key):
         return []
-    python = options.python or backend.site.default_python
+    python = options.python or site.default_python
     code_dir = None if options.login_host or request.sweep is None else str(request.sweep.code_dir)
     script = preflight_script(options, python, deep=request.deep, code_dir=code_dir)
     try:
-        answer = _run(backend, script, request.deep)
+        answer = _run(options, site, script, request.deep)
     except BackendError as exc:
         return [
             Check(
@@ -64,10 +66,9 @@ def _checked_settings(options: SlurmOptions) -> dict[str, object]:
     }
 
 
-def _run(backend: SlurmBackend, script: str, deep: bool) -> str:
-    timeout = backend.options.command_timeout_s + (DEEP_TIMEOUT_S if deep else 0.0)
-    if backend.options.login_host:
-        site = backend.site
+def _run(options: SlurmOptions, site: LocalSite | LoginSite, script: str, deep: bool) -> str:
+    timeout = options.command_timeout_s + (DEEP_TIMEOUT_S if deep else 0.0)
+    if options.login_host:
         return site.commands.script(script, what="pre-flight check", timeout_s=timeout)  # type: ignore[union-attr]
     try:
         proc = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=timeout)
@@ -110,8 +111,6 @@ def preflight_script(options: SlurmOptions, python: str, *, deep: bool, code_dir
 def job_environment(options: SlurmOptions, python: str, code_dir: str | None) -> str:
     """bash that sets up as the batch script does (:mod:`.sbatch`), then runs the probe in the
     jobs' Python: the host's, or the image's through the container runtime."""
-    from launcher_core.backends.slurm.sbatch import module_lines, set_up_functions, setup_lines
-
     lines = [f"cd {q(code_dir)} 2>/dev/null || cd" if code_dir else "cd", *set_up_functions(batch=False)]
     if options.modules or options.cuda_module:
         lines += module_lines(options)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.slurm.options import SlurmOptions
+from launcher_core.backends.slurm.settings import SlurmSettings
+from launcher_core.backends.slurm.syntax import BLOCKS as BLOCKS
+from launcher_core.backends.slurm.template import render_template
 from launcher_core.container import python_for, wrap_command
 from launcher_core.jobs import RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec
 from launcher_core.runtime.markers import EXIT_FILE as EXIT_FILE
@@ -100,7 +103,7 @@ def render_argv(argv: Sequence[str]) -> str:
 
 
 def job_argv(
-    options: SlurmOptions,
+    options: SlurmSettings,
     sweep_payload: str,
     job_table: str,
     binds: Sequence[str],
@@ -119,7 +122,7 @@ def job_argv(
 
 def render_script(
     *,
-    options: SlurmOptions,
+    options: SlurmSettings,
     chunk: Chunk,
     sweep_id: str,
     code_dir: str,
@@ -144,8 +147,6 @@ def render_script(
     parts = script_parts(options, chunk, sweep_id, sbatch, log_dir, launcher_dirs, argv, pythonpath, job_env or {})
     if not options.sbatch_template:
         return "".join(parts.values())
-    from launcher_core.backends.slurm.template import render_template
-
     variables = {
         "sweep_id": sweep_id,
         "sbatch_options": sbatch,
@@ -170,12 +171,25 @@ def render_script(
     return render_template(options.sbatch_template, parts, variables)
 
 
-#: the script's blocks, in order; an ``sbatch_template`` may override any of them (docs/slurm.md)
-BLOCKS = ("shebang", "comment", "sbatch", "trap", "job_dir", "environment", "setup", "run")
+def probe_template(options: SlurmSettings) -> None:
+    """Render the template once for a stand-in array of one job (placeholder paths), so a syntax
+    error, an unknown variable or a refused script stops the launch before anything is written."""
+    probe = "/hydra-remote-launcher/template-probe"
+    spec = JobSpec(job_id="probe", idx=0, overrides=[], output_dir=Path(probe, "0"))
+    render_script(
+        options=options,
+        chunk=Chunk(0, 1, 0, [spec], resources={k: getattr(options, k) for k in options.resources_from}),
+        sweep_id="template-probe",
+        code_dir=probe,
+        log_dir=f"{probe}/logs",
+        launcher_dirs=[f"{probe}/0/.launcher"],
+        argv=["python3", "-m", "launcher_core.runtime.worker", f"{probe}/sweep.pkl", f"{probe}/jobs.json"],
+        template_vars={"job_table": f"{probe}/jobs.json", "sweep_payload": f"{probe}/sweep.pkl"},
+    )
 
 
 def script_parts(
-    options: SlurmOptions,
+    options: SlurmSettings,
     chunk: Chunk,
     sweep_id: str,
     sbatch: Mapping[str, Any],
@@ -242,7 +256,7 @@ def resource_text(resources: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(resources.items()))
 
 
-def run_command(options: SlurmOptions, argv: Sequence[str]) -> str:
+def run_command(options: SlurmSettings, argv: Sequence[str]) -> str:
     """The line that starts the task (in the background): ``srun ... <worker>``, or the worker."""
     srun = ""
     if options.use_srun:
@@ -253,7 +267,7 @@ def run_command(options: SlurmOptions, argv: Sequence[str]) -> str:
     return f"{srun}{render_argv(argv)} &"
 
 
-def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str], job_env: Mapping[str, str]) -> list[str]:
+def _environment_lines(options: SlurmSettings, pythonpath: Sequence[str], job_env: Mapping[str, str]) -> list[str]:
     lines: list[str] = []
     modules = [*options.modules, *([options.cuda_module] if options.cuda_module else [])]
     if modules:
@@ -266,14 +280,14 @@ def _environment_lines(options: SlurmOptions, pythonpath: Sequence[str], job_env
     return lines
 
 
-def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
+def _run_lines(options: SlurmSettings, argv: Sequence[str]) -> list[str]:
     """Start the task in the background, requeue on SIGUSR2 (:func:`_requeue_function`), pick the job's result
-    when a task failed (see :func:`_failed_rank_function`), record the exit code."""
+    when a task failed (see :func:`failed_rank_function`), record the exit code."""
     return [
         *_requeue_function(options),
         "trap _hrl_requeue USR2",
         'if [ -n "${_hrl_usr2:-}" ]; then _hrl_requeue; fi',
-        *_failed_rank_function(),
+        *failed_rank_function(),
         f'export {RANKS_DIR_ENV}="$LAUNCHER_DIR"/{RANKS_DIR}',
         run_command(options, argv),
         "_hrl_child=$!",
@@ -289,7 +303,7 @@ def _run_lines(options: SlurmOptions, argv: Sequence[str]) -> list[str]:
     ]
 
 
-def _requeue_function(options: SlurmOptions) -> list[str]:
+def _requeue_function(options: SlurmSettings) -> list[str]:
     """``_hrl_requeue``, the SIGUSR2 handler (docs/slurm.md, "Timeouts, preemption, requeue")."""
     limit_s = options.timeout_min * 60
     return [
@@ -318,7 +332,7 @@ def _requeue_function(options: SlurmOptions) -> list[str]:
     ]
 
 
-def _failed_rank_function() -> list[str]:
+def failed_rank_function() -> list[str]:
     """``_hrl_failed_rank``, run when srun (or the worker) exited non-zero: the lowest failed rank's
     result becomes the job's (docs/slurm.md, "Several tasks per job")."""
     ranks = f'"$LAUNCHER_DIR"/{RANKS_DIR}'
@@ -340,7 +354,7 @@ def _failed_rank_function() -> list[str]:
 
 
 # --- set-up lines: each checked, the first failure stops the job before its task starts ------------
-def _has_set_up(options: SlurmOptions) -> bool:
+def _has_set_up(options: SlurmSettings) -> bool:
     return bool(options.modules or options.cuda_module or options.setup)
 
 
@@ -409,7 +423,7 @@ def _checked(name: str, line: str) -> list[str]:
     ]
 
 
-def module_lines(options: SlurmOptions) -> list[str]:
+def module_lines(options: SlurmSettings) -> list[str]:
     """``module load`` of ``modules`` and ``cuda_module``, each checked (:func:`set_up_functions`)."""
     named = [(f"hydra.launcher.modules[{n}]", m) for n, m in enumerate(options.modules)]
     if options.cuda_module:
@@ -420,7 +434,7 @@ def module_lines(options: SlurmOptions) -> list[str]:
     return [*lines, 'rm -f "$_hrl_err"'] if not options.setup else lines  # else after the setup lines
 
 
-def setup_lines(options: SlurmOptions) -> list[str]:
+def setup_lines(options: SlurmSettings) -> list[str]:
     """The ``setup`` lines (the user's own shell, by design), each checked."""
     lines: list[str] = []
     for n, line in enumerate(options.setup):

@@ -1,7 +1,7 @@
 """``hydra.launcher.sbatch_template``: a site's Jinja2 template for the batch script.
 
 The template extends ours (:data:`BASE_NAME`), whose blocks are the script's parts
-(:data:`~launcher_core.backends.slurm.sbatch.BLOCKS`), and overrides only what the site needs,
+(:data:`~launcher_core.backends.slurm.syntax.BLOCKS`), and overrides only what the site needs,
 usually with ``{{ super() }}`` to keep ours. It renders in Jinja2's sandbox with ``StrictUndefined``
 (a misspelt variable is an error, not an empty string). The result must still be ours where it
 matters (:func:`check_rendered`): the shebang, every ``#SBATCH`` line of ours before the first
@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.slurm.syntax import BLOCKS, abbreviates
 from launcher_core.errors import ConfigError
 
 KEY = "hydra.launcher.sbatch_template"
@@ -54,8 +55,6 @@ def _jinja() -> Any:
 
 
 def _base_source() -> str:
-    from launcher_core.backends.slurm.sbatch import BLOCKS
-
     return "".join(f"{{% block {name} %}}{{{{ parts.{name} }}}}{{% endblock %}}" for name in BLOCKS)
 
 
@@ -141,32 +140,10 @@ def _leading_comments(text: str) -> list[str]:
 
 def _reserved(dashes: str, name: str) -> str | None:
     """The launcher-owned option an ``#SBATCH`` line sets (``-t 5`` or ``--ti=5`` both are ``time``)."""
-    from launcher_core.backends.slurm.options import _abbreviates
-
     if dashes == "-":
         return _SHORT.get(name[:1])
-    return _abbreviates(name.replace("_", "-"), RESERVED_OPTIONS)
+    return abbreviates(name.replace("_", "-"), RESERVED_OPTIONS)
 
 
 def _first_line(block: str) -> str:
     return next((line for line in block.splitlines() if line.strip()), "")
-
-
-def probe_template(options: Any) -> None:
-    """Render the template once for a stand-in array of one job (placeholder paths), so a syntax
-    error, an unknown variable or a refused script stops the launch before anything is written."""
-    from launcher_core.backends.slurm.sbatch import Chunk, render_script
-    from launcher_core.jobs import JobSpec
-
-    probe = "/hydra-remote-launcher/template-probe"
-    spec = JobSpec(job_id="probe", idx=0, overrides=[], output_dir=Path(probe, "0"))
-    render_script(
-        options=options,
-        chunk=Chunk(0, 1, 0, [spec], resources={k: getattr(options, k) for k in options.resources_from}),
-        sweep_id="template-probe",
-        code_dir=probe,
-        log_dir=f"{probe}/logs",
-        launcher_dirs=[f"{probe}/0/.launcher"],
-        argv=["python3", "-m", "launcher_core.runtime.worker", f"{probe}/sweep.pkl", f"{probe}/jobs.json"],
-        template_vars={"job_table": f"{probe}/jobs.json", "sweep_payload": f"{probe}/sweep.pkl"},
-    )
