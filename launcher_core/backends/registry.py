@@ -69,6 +69,12 @@ def _no_location(config: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _handle_job_dir(handle: Mapping[str, Any]) -> str | None:
+    """The built-in remote backends keep it under this key of their handles."""
+    value = handle.get("remote_job_dir")
+    return str(value) if value else None
+
+
 @dataclass(frozen=True)
 class BackendDescriptor:
     """One backend as the rest of the project knows it. Its callables import the backend lazily,
@@ -85,6 +91,12 @@ class BackendDescriptor:
     ``remote_location``: a key naming the file system where the jobs' dirs live when it is not
     this machine's and one place holds every job (one SSH host and remote dir, one login node),
     else None: two stages of a pipeline with the same key can read each other's job dirs there.
+    ``remote_hint``: how two pipeline stages come to share a ``remote_location`` (for the error
+    that says they do not).
+    ``dependency_chain``: a key naming the scheduler the jobs go to when it can hold a stage's jobs
+    until their upstream jobs end (two pipeline stages with the same key are submitted at once,
+    with dependencies), else None. ``dependency_task``: a job's task as such a dependency names it.
+    ``job_dir_where_it_ran``: the job's output dir where it ran, from its handle (None: here).
     ``no_remote_copy``: what ``clean`` says when there is nothing to delete ("" when there is).
     """
 
@@ -96,6 +108,10 @@ class BackendDescriptor:
     capabilities: Callable[[Mapping[str, Any]], Capabilities]
     describe_handle: Callable[[Mapping[str, Any]], str | None] = field(default=_no_description)
     remote_location: Callable[[Mapping[str, Any]], str | None] = field(default=_no_location)
+    remote_hint: str = "a backend that sees them"
+    dependency_chain: Callable[[Mapping[str, Any]], str | None] = field(default=_no_location)
+    dependency_task: Callable[[Mapping[str, Any]], str | None] = field(default=_no_description)
+    job_dir_where_it_ran: Callable[[Mapping[str, Any]], str | None] = field(default=_handle_job_dir)
     no_remote_copy: str = ""
 
 

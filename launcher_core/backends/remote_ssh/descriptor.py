@@ -43,4 +43,5 @@ DESCRIPTOR = BackendDescriptor(
     for_preflight=_for_preflight,
     capabilities=lambda config: Capabilities(detached=True, remote_copy=True),
     remote_location=_remote_location,
+    remote_hint="the same single host and remote_dir",
 )

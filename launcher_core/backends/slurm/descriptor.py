@@ -43,6 +43,18 @@ def _remote_location(config: Mapping[str, Any]) -> str | None:
     return f"slurm {login_host}" if login_host else None
 
 
+def _dependency_chain(config: Mapping[str, Any]) -> str | None:
+    """Stages on one cluster (this machine's, or one login node's) are chained with dependencies."""
+    return f"slurm {config.get('login_host') or ''}"
+
+
+def _dependency_task(handle: Mapping[str, Any]) -> str | None:
+    """``<array job id>_<index>``, as ``--dependency=aftercorr:...`` names an array task."""
+    if handle.get("array_job_id") is None or handle.get("array_index") is None:
+        return None
+    return f"{handle['array_job_id']}_{handle['array_index']}"
+
+
 DESCRIPTOR = BackendDescriptor(
     name="slurm",
     launcher_class="SlurmArrayLauncher",
@@ -52,4 +64,7 @@ DESCRIPTOR = BackendDescriptor(
     capabilities=_capabilities,
     describe_handle=_describe_handle,
     remote_location=_remote_location,
+    remote_hint="the same login_host",
+    dependency_chain=_dependency_chain,
+    dependency_task=_dependency_task,
 )
