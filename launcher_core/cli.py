@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher_core.browse import add_commands as add_results_commands
 
     add_results_commands(sub)  # results, report, link, files
-    from launcher_core.pipeline_cli import add_commands as add_pipeline_commands
+    from launcher_core.pipeline.cli import add_commands as add_pipeline_commands
 
     add_pipeline_commands(sub)  # pipeline run|status|cancel
     return parser
