@@ -70,6 +70,7 @@ def build_job_specs(
     taken: set[int] = set()
     for offset, overrides in enumerate(job_overrides):
         idx = _job_number(overrides, initial_job_idx + offset, taken)
+        overrides = [o for o in overrides if not _JOB_NUM_OVERRIDE.match(o)]  # a number, not an override to compose
         factory = functools.partial(compose_job, composer, tuple(overrides), idx)
         composer.check(overrides)  # a no-op when the sweeper's validation checked it a moment ago
         output_dir = composer.output_dir(overrides, idx) or job_output_dir(factory())

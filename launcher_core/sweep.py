@@ -17,10 +17,12 @@ in Hydra's BasicSweeper.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from launcher_core.errors import SweepDefinitionError
@@ -201,3 +203,64 @@ def batches(jobs: list[list[str]], max_batch_size: int | None) -> list[list[list
     if max_batch_size < 1:
         raise SweepDefinitionError(f"hydra.sweeper.max_batch_size must be >= 1 (or null), got {max_batch_size}")
     return [jobs[i : i + max_batch_size] for i in range(0, len(jobs), max_batch_size)]
+
+
+# --- jobs listed in a file (hydra.sweeper.jobs_file) ---------------------------------------------
+JOB_NUM_KEY = "hydra.job.num"
+
+
+@dataclass
+class ListedJob:
+    """One job of a jobs file: its overrides and, if given, its number (its dir and id)."""
+
+    overrides: list[str]
+    num: int | None = None
+
+
+def read_jobs_file(path: str | Path) -> list[ListedJob]:
+    """``hydra.sweeper.jobs_file``: a JSON list of jobs, each a list of override strings or
+    ``{"overrides": [...], "num": N}``. A job's number is its place in the sweep (its dir
+    ``${hydra.job.num}`` and its id); without ``num`` it is its position in the list."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SweepDefinitionError(f"hydra.sweeper.jobs_file: cannot read {path}: {exc}") from exc
+    if not isinstance(data, list) or not data:
+        raise SweepDefinitionError(f"hydra.sweeper.jobs_file {path} must hold a non-empty JSON list of jobs")
+    jobs = [_listed_job(entry, pos, path) for pos, entry in enumerate(data)]
+    seen: dict[int, int] = {}
+    for pos, job in enumerate(jobs):
+        num = pos if job.num is None else job.num
+        if num in seen:
+            raise SweepDefinitionError(
+                f"hydra.sweeper.jobs_file {path}: jobs {seen[num]} and {pos} are both job #{num}"
+            )
+        seen[num] = pos
+    return jobs
+
+
+def _listed_job(entry: Any, pos: int, path: str | Path) -> ListedJob:
+    overrides, num = (entry.get("overrides"), entry.get("num")) if isinstance(entry, dict) else (entry, None)
+    extra = set(entry) - {"overrides", "num"} if isinstance(entry, dict) else set()
+    if extra or not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise SweepDefinitionError(
+            f"hydra.sweeper.jobs_file {path}: job {pos} must be a list of override strings or "
+            f'{{"overrides": [...], "num": N}}, got {entry!r}'
+        )
+    if num is not None and (isinstance(num, bool) or not isinstance(num, int) or num < 0):
+        raise SweepDefinitionError(f"hydra.sweeper.jobs_file {path}: job {pos} has num {num!r}, not an int >= 0")
+    return ListedJob(list(overrides), num)
+
+
+def listed_jobs(path: str | Path, overrides: Sequence[Any], paired: Sequence[Any] | None) -> list[list[str]]:
+    """Every job of a jobs file, in its order: the command line's overrides (``overrides``,
+    parsed; none may sweep), then the job's own, then ``hydra.job.num=N`` for a job with a
+    number. The launchers of this package take that as the job's number, not as an override to
+    compose, so numbered jobs share one config template."""
+    swept = [o.input_line for o in overrides if o.is_sweep_override()]
+    if swept or paired:
+        what = f"sweep overrides {swept}" if swept else "hydra.sweeper.paired"
+        raise SweepDefinitionError(f"hydra.sweeper.jobs_file lists every job of the sweep: remove the {what}")
+    (common,) = expand(grid_dimensions(overrides))
+    jobs = read_jobs_file(path)
+    return [[*common, *job.overrides, *([] if job.num is None else [f"{JOB_NUM_KEY}={job.num}"])] for job in jobs]

@@ -300,18 +300,7 @@ def test_cancel_stops_the_running_jobs_and_logs_reads_them_live(tmp_path: Path) 
 
 
 # --- a pipeline ----------------------------------------------------------------------------------------
-PIPELINE_REASON = (
-    "launcher_core/pipeline.py branches on backend names instead of asking the registry: LAUNCHERS "
-    "(lines 57-62) knows only the four built-in launcher classes, so placement() (line 433) refuses the "
-    "stage ('is not one of ours'); with that fixed, Placement.same_remote (lines 403-414) knows only "
-    "slurm and remote_ssh, so path_mode() (lines 472-485) refuses to pass upstream paths between two toy "
-    "stages (the descriptor's remote_location says they share remote_dir); DETACHED (line 63, used at "
-    "885/996/1022/1050 and pipeline_cli.py:129) decides hydra.launcher.wait by name"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=PIPELINE_REASON)
 def test_two_stage_pipeline_runs_on_the_backend(tmp_path: Path) -> None:
     from tests.pipeline_project import make_pipeline_project
 

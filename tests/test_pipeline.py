@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher_core.pipeline_cli import main as pipeline_main
+from launcher_core.pipeline.cli import main as pipeline_main
 from tests.pipeline_project import EXPECTED_RUNS, check_outputs, make_pipeline_project, pipeline_yaml, runs
 
 LAUNCHER_CORE = [sys.executable, "-m", "launcher_core"]
@@ -215,13 +215,13 @@ def test_cancel_stops_the_driver_and_the_running_stage(tmp_path: Path) -> None:
 
 def test_launching_processes_are_found_without_proc_too(tmp_path: Path) -> None:
     """``live_launches`` reads /proc on Linux and ``ps`` elsewhere (macOS): both see a launch."""
-    from launcher_core import pipeline as pl
+    from launcher_core.pipeline.launch import command_lines, ps_command_lines
 
     token = f"hydra.sweep.dir={tmp_path / 'stage'}"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", token])
     try:
-        from_proc = {pid for pid, argv in pl._command_lines() if token in argv}
-        from_ps = {pid for pid, argv in pl._ps_command_lines() if token in argv}
+        from_proc = {pid for pid, argv in command_lines() if token in argv}
+        from_ps = {pid for pid, argv in ps_command_lines() if token in argv}
         assert from_proc == from_ps == {proc.pid}
     finally:
         proc.kill()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher_core.cli.sweep_commands import STATUS_ROWS
 from launcher_core.cli import main as cli_main
+from launcher_core.cli.sweep_commands import STATUS_ROWS
 from launcher_core.jobs import JobSpec, JobState, job_id_for
 from launcher_core.state import StateStore
 

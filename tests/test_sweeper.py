@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from pathlib import Path
 
@@ -175,3 +176,79 @@ def test_max_batch_size_splits_paired_jobs(tmp_path: Path) -> None:
     assert got == [
         [f"a={a}", f"m={m}", f"n={n}"] for a, (m, n) in itertools.product([1, 2, 3], [("x", "p"), ("y", "q")])
     ]
+
+
+def _jobs_file(tmp_path: Path, jobs: list) -> Path:
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(jobs))
+    return path
+
+
+def test_jobs_file_jobs_keep_their_numbers_and_share_one_composition(tmp_path: Path) -> None:
+    """A jobs file's numbered jobs run under their numbers (dir, hydra.job.num, state row), with
+    the command line's overrides first; the number is not composed, so value-only jobs share one
+    full composition however many there are."""
+    from launcher_core.state import StateStore
+
+    jobs = _jobs_file(tmp_path, [{"num": 7, "overrides": ["a=1", "m=x"]}, {"num": 3, "overrides": ["a=2"]}, ["a=3"]])
+    sweep_dir = tmp_path / "out"
+    proc = run_app(
+        GRID_APP,
+        [
+            "-m",
+            "hydra/sweeper=paired",
+            "hydra/launcher=local_pool",
+            f"hydra.sweeper.jobs_file={jobs}",
+            "b=9",
+            f"hydra.sweep.dir={sweep_dir}",
+            "hydra.verbose=launcher_core",
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "composed 3 job configs with 1 full compositions" in proc.stdout
+    got = {n: list(OmegaConf.load(sweep_dir / str(n) / ".hydra" / "overrides.yaml")) for n in (7, 3, 2)}
+    assert got == {7: ["b=9", "a=1", "m=x"], 3: ["b=9", "a=2"], 2: ["b=9", "a=3"]}
+    assert OmegaConf.load(sweep_dir / "7" / ".hydra" / "hydra.yaml").hydra.job.num == 7
+    with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
+        assert sorted((r.idx, r.output_dir.name) for r in store.jobs()) == [(2, "2"), (3, "3"), (7, "7")]
+
+
+def test_jobs_file_dry_run_prints_the_numbers(tmp_path: Path) -> None:
+    jobs = _jobs_file(tmp_path, [{"num": 4, "overrides": ["a=1"]}, {"num": 1, "overrides": ["a=2", "m=y"]}])
+    assert _dry_run(tmp_path, f"hydra.sweeper.jobs_file={jobs}", "b=5") == [["b=5", "a=1"], ["b=5", "a=2", "m=y"]]
+    args = ["-m", "hydra/sweeper=paired", "hydra.sweeper.dry_run=true", f"hydra.sweeper.jobs_file={jobs}"]
+    proc = run_app(GRID_APP, args, tmp_path)
+    assert "  #4 : a=1\n  #1 : a=2 m=y" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize(
+    "jobs, args, message",
+    [
+        ([["a=1"]], ["b=1,2"], "hydra.sweeper.jobs_file lists every job of the sweep: remove the sweep overrides"),
+        ([["a=1"]], ["hydra.sweeper.paired=[[m,n]]", "m=1", "n=2"], "remove the hydra.sweeper.paired"),
+        ([{"num": 1, "overrides": ["a=1"]}, ["a=2"]], [], "jobs 0 and 1 are both job #1"),
+        ([{"num": -1, "overrides": ["a=1"]}], [], "job 0 has num -1, not an int >= 0"),
+        ([{"overrides": "a=1"}], [], "job 0 must be a list of override strings"),
+        ([], [], "must hold a non-empty JSON list of jobs"),
+        ([{"num": 5, "overrides": ["a=1"]}], ["hydra/launcher=basic"], "job 0 is numbered 5; only this package's"),
+    ],
+)
+def test_bad_jobs_files_fail_before_launch(tmp_path: Path, jobs: list, args: list[str], message: str) -> None:
+    sweep_dir = tmp_path / "s"
+    launcher = [] if any(a.startswith("hydra/launcher=") for a in args) else ["hydra/launcher=local_pool"]
+    proc = run_app(
+        GRID_APP,
+        [
+            "-m",
+            "hydra/sweeper=paired",
+            *launcher,
+            f"hydra.sweeper.jobs_file={_jobs_file(tmp_path, jobs)}",
+            f"hydra.sweep.dir={sweep_dir}",
+            *args,
+        ],
+        tmp_path,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    assert not sweep_dir.exists(), "nothing may be launched (or even created) for a bad jobs file"

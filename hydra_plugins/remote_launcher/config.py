@@ -39,6 +39,9 @@ class PairedSweeperConf:
     paired: List[Any] = field(default_factory=list)
     # print the numbered job list and launch nothing
     dry_run: bool = False
+    # JSON file listing every job instead of a sweep: [[override, ...], ...] or
+    # [{"overrides": [...], "num": N}, ...] (N: the job's number, dir and id; see launcher_core.sweep)
+    jobs_file: Optional[str] = None
 
 
 def register_configs() -> None:

@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from launcher_core.cli import sweep_commands
     from launcher_core.clusters import add_parser as add_cluster_commands
     from launcher_core.collect import pull
-    from launcher_core.pipeline_cli import add_commands as add_pipeline_commands
+    from launcher_core.pipeline.cli import add_commands as add_pipeline_commands
     from launcher_core.results.commands import add_commands as add_results_commands
 
     parser = argparse.ArgumentParser(prog="launcher-core", description="Inspect and control sweeps.")

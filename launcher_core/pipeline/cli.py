@@ -1,4 +1,4 @@
-"""``launcher-core pipeline run|status|cancel FILE``: see :mod:`launcher_core.pipeline`."""
+"""``launcher-core pipeline run|status|cancel FILE``: the commands (see :mod:`launcher_core.pipeline`)."""
 
 from __future__ import annotations
 
@@ -12,26 +12,25 @@ import sys
 import time
 from typing import Any
 
-from launcher_core.pipeline import (
+from launcher_core.errors import ConfigError, LauncherError
+from launcher_core.pipeline.launch import live_launches
+from launcher_core.pipeline.matching import job_needs
+from launcher_core.pipeline.model import Pipeline
+from launcher_core.pipeline.runner import Runner, RunOptions
+from launcher_core.pipeline.schedule import resolve_refs
+from launcher_core.pipeline.spec import load_pipeline
+from launcher_core.pipeline.state import (
     BLOCKED,
     CANCELLED,
-    DETACHED,
     DONE,
     FAILED,
     FINISHED,
     NOT_STARTED,
     QUEUED,
     RUNNING,
-    Pipeline,
     PipelineState,
-    Runner,
-    RunOptions,
-    job_needs,
-    live_launches,
-    load_pipeline,
     lock_holder,
     read_views,
-    resolve_refs,
     run_lock,
     stage_label,
 )
@@ -72,8 +71,6 @@ def add_commands(sub: Any) -> None:
 # --- run -------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     if args.interval <= 0 or args.timeout <= 0:
-        from launcher_core.errors import ConfigError
-
         raise ConfigError("--interval and --timeout must be > 0 seconds")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     pipeline = load_pipeline(args.file)
@@ -88,11 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     runner = Runner(pipeline, options, state)
     if args.dry_run:
-        runner.selected()
-        for stage in runner.selected():
-            from launcher_core.pipeline import placement
-
-            runner.places[stage.name] = placement(pipeline, stage, state)
+        runner.place()
         print_dry_run(runner)
         return 0
     with run_lock(pipeline) as locked:
@@ -126,7 +119,7 @@ def _needs_driver(runner: Runner, left: list[str]) -> bool:
         launched = runner.state.launched(name)
         if any(n not in launched for n in view.status if n not in view.blocked):
             return True
-        if runner.places[name].backend not in DETACHED:
+        if not runner.places[name].detached:
             return True
     return False
 
@@ -242,8 +235,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     names = args.stages or list(pipeline.stages)
     for name in names:
         if name not in pipeline.stages:
-            from launcher_core.errors import ConfigError
-
             raise ConfigError(f"no stage {name!r} in {pipeline.file}; stages: {', '.join(pipeline.stages)}")
     _stop_driver(pipeline)
     state = PipelineState.load(pipeline)
@@ -281,10 +272,17 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m launcher_core.pipeline_cli run FILE`` (same as ``launcher-core pipeline ...``)."""
-    from launcher_core.cli import main as cli_main
-
-    return cli_main(["pipeline", *(argv if argv is not None else sys.argv[1:])])
+    """``python -m launcher_core.pipeline.cli run FILE`` (same as ``launcher-core pipeline ...``)."""
+    parser = argparse.ArgumentParser(prog="launcher-core")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["pipeline", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return int(args.func(args) or 0)
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
