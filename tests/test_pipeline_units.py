@@ -21,8 +21,8 @@ from launcher_core.pipeline.spec import load_pipeline
 from launcher_core.pipeline.state import PipelineState, StageRows, StageView, build_views
 from launcher_core.state import JobRow
 
-HERE_PLACE = Placement("here", {}, shares_local_files=True)  # local processes: blocking launches
-CLUSTER = Placement("cluster", {}, detached=True, shares_local_files=True, chain="c1")
+HERE_PLACE = Placement("local_pool", {}, shares_local_files=True)  # local processes: blocking launches
+CLUSTER = Placement("slurm", {}, detached=True, shares_local_files=True, chain="c1")
 
 
 def _pipeline(tmp_path: Path, stages: dict[str, Any]) -> Pipeline:
@@ -175,13 +175,13 @@ def test_chained_stages_are_submitted_at_once_with_dependencies_on_the_upstream_
     )
     plan = _next(pipeline, views, "finetune", _state(tmp_path), places=places)
     assert plan.nums == [0, 1, 2] and plan.dependencies == {0: ["41_0"], 1: ["41_1"], 2: ["41_2"]}
-    unchained = {**places, "finetune": Placement("cluster", {}, detached=True, shares_local_files=True, chain="c2")}
+    unchained = {**places, "finetune": Placement("slurm", {}, detached=True, shares_local_files=True, chain="c2")}
     assert _next(pipeline, views, "finetune", _state(tmp_path), places=unchained) is None
 
 
 def test_upstream_dirs_where_the_jobs_ran_come_from_the_handles(tmp_path: Path) -> None:
     pipeline = _three_stages(tmp_path)
-    remote = Placement("far", {}, detached=True, remote_place="host-a")
+    remote = Placement("remote_ssh", {}, detached=True, remote_place="host-a")
     there = (JobState.PULLED, {"outcome": JobState.COMPLETED, "handle": {"remote_job_dir": "/far/pretrain/0"}})
     views = _views(pipeline, pretrain={0: there, 1: (JobState.PULLED, {"outcome": JobState.COMPLETED}), 2: FAILED})
     places = _places(pipeline, remote)
@@ -194,7 +194,7 @@ def test_upstream_dirs_where_the_jobs_ran_come_from_the_handles(tmp_path: Path) 
     }
     elsewhere = {
         **places,
-        "finetune": Placement("far", {}, detached=True, remote_place="host-b", remote_hint="one host"),
+        "finetune": Placement("remote_ssh", {}, detached=True, remote_place="host-b", remote_hint="one host"),
     }
     with pytest.raises(ConfigError, match="run both on one host, or set 'paths: local'"):
         _next(pipeline, views, "finetune", _state(tmp_path), places=elsewhere)
