@@ -75,7 +75,9 @@ def test_slurm_pipeline_submits_downstream_with_dependencies(slurm_cluster: Slur
     proj = make_pipeline_project(tmp_path / "proj")
     record = tmp_path / "record.txt"
     file = proj / "pipeline.yaml"
-    file.write_text(pipeline_yaml(record, SLURM, sleep=2))
+    # long enough that pretrain's tasks still run when squeue is read after the next launch (which
+    # starts a Python per stage): a dependency shows in %E only while it is not met yet
+    file.write_text(pipeline_yaml(record, SLURM, sleep=8))
     pdir = proj / "runs" / "pl"
 
     _kill_after_first_stage(file, pdir)
