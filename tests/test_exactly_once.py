@@ -63,7 +63,7 @@ def _kill_condition(point: str, sweep_dir: Path, record: Path) -> Callable[[], b
     return reached
 
 
-def _launch_and_kill(argv: list[str], cwd: Path, reached: Callable[[], bool], timeout_s: float = 120) -> None:
+def launch_and_kill(argv: list[str], cwd: Path, reached: Callable[[], bool], timeout_s: float = 120) -> None:
     proc = subprocess.Popen(
         [sys.executable, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -139,7 +139,7 @@ def test_local_pool_resumes_after_the_launcher_is_killed(point: str, tmp_path: P
         f"record={record}",
         f"sleep={SLEEP_S}",
     ]
-    _launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
+    launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
     time.sleep(2 * SLEEP_S)  # orphaned jobs finish while no launcher is alive
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)
@@ -164,7 +164,7 @@ def test_a_multirun_killed_in_its_second_batch_resumes_the_first_one_too(tmp_pat
         f"record={record}",
         f"sleep={SLEEP_S}",
     ]
-    _launch_and_kill(argv, proj, lambda: _lines(record) >= 5)  # batch 1 ended, batch 2 runs
+    launch_and_kill(argv, proj, lambda: _lines(record) >= 5)  # batch 1 ended, batch 2 runs
     time.sleep(2 * SLEEP_S)
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)
@@ -188,7 +188,7 @@ def test_remote_ssh_resumes_after_the_launcher_is_killed(point: str, ssh_env: SS
         f"sleep={SLEEP_S}",
         *ssh_env.overrides(name, max_parallel=2),
     ]
-    _launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
+    launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
     time.sleep(2 * SLEEP_S)  # detached jobs finish while no launcher is alive
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)
@@ -230,7 +230,7 @@ def test_slurm_resumes_after_the_launcher_is_killed(
         f"record={record}",
         f"sleep={SLEEP_S}",
     ]
-    _launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
+    launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
     time.sleep(2 * SLEEP_S)  # queued and running array tasks go on while no launcher is alive
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)
@@ -271,7 +271,7 @@ def test_slurm_login_host_resumes_after_the_launcher_is_killed(
         f"record={record}",
         f"sleep={SLEEP_S}",
     ]
-    _launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
+    launch_and_kill(argv, proj, _kill_condition(point, sweep_dir, record))
     time.sleep(2 * SLEEP_S)
     proc = _relaunch(argv, proj)
     _check_exactly_once(proc, sweep_dir, record)

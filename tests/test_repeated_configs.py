@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +26,7 @@ from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
 from tests.sshd import SSHTestEnv, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.test_exactly_once import launch_and_kill
 
 with __import__("contextlib").suppress(pytest.skip.Exception):
     from tests.ec2_fixtures import aws_fixture, metadata_server_fixture, moto_server_fixture  # noqa: F401
@@ -190,29 +188,6 @@ def test_repeated_overrides_run_as_separate_jobs(backend: str, request: pytest.F
     _check_four_jobs(sweep_dir, record)  # nothing ran a second time
 
 
-def _launch_and_kill(argv: list[str], cwd: Path, reached: Callable[[], bool], timeout_s: float = 150) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            if reached():
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(10)
-                return
-            if proc.poll() is not None:
-                pytest.fail(f"the launch ended before the kill point: {proc.stderr.read() if proc.stderr else ''}")
-            time.sleep(0.02)
-        pytest.fail("the kill point was not reached in time")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_repeated_overrides_run_once_across_a_kill(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -222,7 +197,7 @@ def test_repeated_overrides_run_once_across_a_kill(
     record = _record(backend, tmp_path)
     sweep_dir = proj / "multirun" / "s"
     argv = _argv(proj, sweep_dir, record, _launcher(request, backend, f"repeat-kill-{backend}", proj))
-    _launch_and_kill(argv, proj, lambda: len(_runs(record)) >= 1)
+    launch_and_kill(argv, proj, lambda: len(_runs(record)) >= 1, timeout_s=150)
     proc = _run(argv, proj)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     _check_four_jobs(sweep_dir, record)
