@@ -19,6 +19,7 @@ from typing import Any
 from launcher_core.errors import ConfigError, LauncherError
 from launcher_core.pipeline.matching import check_matches
 from launcher_core.pipeline.model import REF_KEYS, STAGE_REF, JobPlan, Pipeline, Stage
+from launcher_core.runtime.compose import NOT_PLAIN, plain_value
 from launcher_core.sweep import bare_key, expand, grid_dimensions, paired_dimensions
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
@@ -28,10 +29,6 @@ TOP_KEYS = {"name", "dir", "cluster", "python", "stages"}
 RESERVED = ("hydra.sweep.", "hydra.sweeper.", "hydra/sweeper", "hydra.launcher.wait", "hydra.launcher.dependency")
 # override values Hydra's grammar reads as one plain INT, FLOAT or ID token (a strict subset of its
 # rules, as in launcher_core.runtime.compose): canonical without the (slow) ANTLR parser
-_INT_VALUE = re.compile(r"[+-]?(0|[1-9][0-9]*)")
-_FLOAT_VALUE = re.compile(r"[+-]?(0|[1-9][0-9]*)(\.[0-9]+([eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+)")
-_NAME_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEYWORDS = frozenset({"true", "false", "null", "inf", "nan"})
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
@@ -216,21 +213,11 @@ def canonical(parser: Any, override_text: str, cache: dict[str, str], where: str
     A plain int, float or name is read without Hydra's parser (~0.5 ms an override: a stage
     sweeping ``seed=range(10000)`` plans in a moment)."""
     if override_text not in cache:
-        value = _plain_value(override_text.partition("=")[2])
-        if value is None:
+        value = plain_value(override_text.partition("=")[2])
+        if value is NOT_PLAIN:
             value = parse_override(parser, override_text, where).value()
         cache[override_text] = json.dumps(value, sort_keys=True, default=str)
     return cache[override_text]
-
-
-def _plain_value(text: str) -> int | float | str | None:
-    if _INT_VALUE.fullmatch(text):
-        return int(text)
-    if _FLOAT_VALUE.fullmatch(text):
-        return float(text)
-    if _NAME_VALUE.fullmatch(text) and text.lower() not in _KEYWORDS:
-        return text
-    return None
 
 
 def _add_ref(stage: Stage, text: str) -> None:

@@ -97,19 +97,19 @@ def _raw_value(cfg: DictConfig, dotted: str) -> Any:
     return None if isinstance(node, (DictConfig, ListConfig)) else node._value()
 
 
-_NOT_PLAIN = object()
+NOT_PLAIN = object()  # plain_value: the text is not one plain token
 
 
-def _plain_value(text: str) -> Any:
+def plain_value(text: str) -> Any:
     """What Hydra's override grammar makes of ``text`` when it is one plain INT, FLOAT or ID
-    token (see the regexes above); ``_NOT_PLAIN`` for anything else."""
+    token (see the regexes above); ``NOT_PLAIN`` for anything else."""
     if _INT_VALUE.fullmatch(text):
         return int(text)
     if _FLOAT_VALUE.fullmatch(text):
         return float(text)
     if _NAME_VALUE.fullmatch(text) and text.lower() not in _KEYWORDS:
         return text
-    return _NOT_PLAIN
+    return NOT_PLAIN
 
 
 def _prefix_of(override: Override) -> str:
@@ -279,8 +279,8 @@ class SweepComposer:
         if sibling is None:
             return None
         assert match is not None
-        value = _plain_value(text[match.end() :])
-        if value is _NOT_PLAIN:
+        value = plain_value(text[match.end() :])
+        if value is NOT_PLAIN:
             return None
         return dataclasses.replace(sibling[0], _value=value, input_line=text), sibling[1]
 
