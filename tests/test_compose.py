@@ -180,6 +180,9 @@ def test_a_job_side_composer_names_overrides_it_was_not_shipped_for(hydra_app) -
 PLAIN_VALUES = [
     "0", "7", "-5", "+3", "007", "1_000", "1.5", "-0.25", "1e-3", "2E+4", "1.5e3", ".5", "1.", "inf", "-inf",
     "NaN", "true", "False", "null", "abc", "a_b", "_x", "abc-def", "1abc", "x y", "", "ab.c", "'q'", "[1]",
+    # several tokens joined into one string: paths and the like
+    "/", "//", "/data/run-1.5/first/12", "a/b", "-1/2", "+3/x", "1_000/x", "1_/x", "1./2", "inf/x", "true/x",
+    "null/x", "a%b", "a*b", "a@b", "a?b", "a|b", "..", "a/b c", "a:b", "a/$b", "a/${x}", "a\\/b", "a/b,c",
 ]
 
 
@@ -250,3 +253,26 @@ def test_check_composes_only_jobs_with_something_new_and_still_refuses_bad_value
     composer.check(["color=blue"])
     composer.check(["color=red"])  # names are checked one by one
     assert composer.replays == 4
+
+
+def test_check_composes_once_for_distinct_strings_where_any_string_will_do(typed_app) -> None:
+    """A string key or a new key takes every string alike (a downstream pipeline stage gives each
+    job its own upstream dir): one composition, not one per value. An Enum key still checks
+    each name, and a string where a number belongs is still refused."""
+    hydra, master, ctx = typed_app
+    composer = SweepComposer(ctx, master)
+    for i in range(500):
+        composer.check([f"name=/runs/first/{i}", f"+up=/runs/first/{i}", f"+tag=run-{i}"])
+    assert (composer.full_compositions, composer.replays) == (1, 1)
+    composer.check(["name=${up}"])  # an interpolation: composed on its own
+    assert composer.replays == 2
+    composer.check(["color=blue"])
+    with pytest.raises(Exception) as fast_err:
+        composer.check(["color=pink"])
+    with pytest.raises(type(fast_err.value)):
+        hydra.config_loader.load_sweep_config(master, ["color=pink"])
+    for bad in (["steps=a/b"], ["lr=1/2"]):
+        with pytest.raises(Exception) as fast_err:
+            composer.check(bad)
+        with pytest.raises(type(fast_err.value)):
+            hydra.config_loader.load_sweep_config(master, bad)

@@ -220,8 +220,13 @@ def test_launching_processes_are_found_without_proc_too(tmp_path: Path) -> None:
     token = f"hydra.sweep.dir={tmp_path / 'stage'}"
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", token])
     try:
-        from_proc = {pid for pid, argv in command_lines() if token in argv}
-        from_ps = {pid for pid, argv in ps_command_lines() if token in argv}
+        deadline = time.monotonic() + 10  # a loaded machine: the child's argv may show late in ps
+        while True:
+            from_proc = {pid for pid, argv in command_lines() if token in argv}
+            from_ps = {pid for pid, argv in ps_command_lines() if token in argv}
+            if from_proc == from_ps == {proc.pid} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert from_proc == from_ps == {proc.pid}
     finally:
         proc.kill()

@@ -34,9 +34,9 @@ from typing import Any
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, ValueType
+from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.types import HydraContext, RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import AnyNode, DictConfig, ListConfig, OmegaConf, StringNode, open_dict, read_write
 
 _INTERPOLATION = re.compile(r"\$\{([^${}\\]*)\}")
 # the part of an override before its value, when it is a plain (+/++)key(@package)= with nothing to escape
@@ -46,7 +46,11 @@ _PLAIN_PREFIX = re.compile(r"^(\+{0,2})[A-Za-z_][A-Za-z0-9_.]*(@[A-Za-z_][A-Za-z
 _INT_VALUE = re.compile(r"[+-]?(0|[1-9][0-9]*)")
 _FLOAT_VALUE = re.compile(r"[+-]?(0|[1-9][0-9]*)(\.[0-9]+([eE][+-]?[0-9]+)?|[eE][+-]?[0-9]+)")
 _NAME_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# unquoted text of several tokens that Hydra's grammar joins into one string unchanged: one of
+# "/%*@?|" (a token of its own) among names, numbers and "-+._" (no spaces, escapes, "$" or ":")
+_JOINED_VALUE = re.compile(r"[A-Za-z0-9_\-+.]*[/%*@?|][A-Za-z0-9_\-+./%*@?|]*")
 _KEYWORDS = frozenset({"true", "false", "null", "inf", "nan"})  # tokens of their own in the grammar
+_SETTING_TYPES = (OverrideType.CHANGE, OverrideType.ADD, OverrideType.FORCE_ADD)
 _PER_JOB_KEYS = ("hydra.job.num", "hydra.job.id")  # set by set_job_identity on the probe too
 _JOB_DEPENDENT_PREFIXES = ("hydra.overrides", "hydra.job.override_dirname")
 
@@ -102,7 +106,10 @@ NOT_PLAIN = object()  # plain_value: the text is not one plain token
 
 def plain_value(text: str) -> Any:
     """What Hydra's override grammar makes of ``text`` when it is one plain INT, FLOAT or ID
-    token (see the regexes above); ``NOT_PLAIN`` for anything else."""
+    token, or plain text of several tokens such as a path (see the regexes above);
+    ``NOT_PLAIN`` for anything else."""
+    if len(text) >= 2 and _JOINED_VALUE.fullmatch(text):
+        return text
     if _INT_VALUE.fullmatch(text):
         return int(text)
     if _FLOAT_VALUE.fullmatch(text):
@@ -119,10 +126,11 @@ def _prefix_of(override: Override) -> str:
     return f"{marks}{override.key_or_group}{package}="
 
 
-def _coverage_key(override: Override) -> Any:
+def _coverage_key(override: Override, template: _Template) -> Any:
     """What a value override's validity depends on besides the template: its kind, key and
-    package, and its value's type (ints, floats that are whole, other floats, bools, nulls);
-    strings and anything else count by their exact text. See :meth:`SweepComposer.check`."""
+    package, and its value's type (ints, floats that are whole, other floats, bools, nulls;
+    strings without interpolation, where the key is new or holds a string or untyped value);
+    other strings and anything else count by their exact text. See :meth:`SweepComposer.check`."""
     value = override._value
     if isinstance(value, bool) or value is None:
         kind: Any = type(value).__name__
@@ -130,9 +138,28 @@ def _coverage_key(override: Override) -> Any:
         kind = "int"
     elif isinstance(value, float):
         kind = ("float", value.is_integer())
+    elif isinstance(value, str) and "${" not in value and template.takes_any_text(override):
+        kind = "text"
     else:
         kind = ("text", override.input_line)
     return (override.type, override.key_or_group, override.package, kind)
+
+
+def _takes_any_text(cfg: DictConfig, key: str) -> bool:
+    """Whether any string is as valid as another at ``key``: the key is new (adding it fails or
+    works alike for every string) or holds a string or untyped value. Not an Enum, a number or
+    bool (``"red"`` may be valid where ``"pink"`` is not), nor a container or list element."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            return False
+        try:
+            node = node._get_node(part, validate_access=False)
+        except Exception:  # noqa: BLE001 - a key OmegaConf cannot look up: count by exact text
+            return False
+        if node is None:
+            return True
+    return isinstance(node, (AnyNode, StringNode))
 
 
 def _overrides_dirname(cfg: DictConfig, app_overrides: Sequence[Override]) -> str:
@@ -179,6 +206,7 @@ class _Template:
         self.checked_values: set[Any] = set()  # coverage keys of value overrides replayed on it (see check)
         self.dir_probe: DictConfig | None = None  # see SweepComposer.output_dir
         self.dir_probe_checked = False
+        self._takes_any_text: dict[str, bool] = {}
         self.numbered_sweep_dir: str | None = None  # set when the output dir is just <dir>/<job.num>
         try:
             blob = pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL)
@@ -186,6 +214,15 @@ class _Template:
                 self.blob = blob
         except Exception:  # noqa: BLE001 - e.g. a structured config class pickle cannot find
             self.blob = None
+
+    def takes_any_text(self, override: Override) -> bool:
+        """:func:`_takes_any_text` at the override's key (an override with a package: no)."""
+        if override.package is not None or override.type not in _SETTING_TYPES:
+            return False
+        key = override.key_or_group
+        if key not in self._takes_any_text:
+            self._takes_any_text[key] = _takes_any_text(self.cfg, key)
+        return self._takes_any_text[key]
 
     def copy(self) -> DictConfig:
         if self.blob is not None:
@@ -290,7 +327,7 @@ class SweepComposer:
         cfg = self._replay(template, parsed)
         self.replays += 1
         self._composed.add(tuple(overrides))
-        template.checked_values.update(_coverage_key(o) for o, is_value in parsed if is_value)
+        template.checked_values.update(_coverage_key(o, template) for o, is_value in parsed if is_value)
         return cfg
 
     def check(self, overrides: Sequence[str]) -> None:
@@ -300,8 +337,10 @@ class SweepComposer:
         template composed before and each of its value overrides is *like* one replayed on
         that template without error in another job: same key, package and kind of override,
         and a value of the same type (any int like any int, floats by whether they are whole;
-        strings, lists and dicts only by their exact text). ``seed=range(10000)`` composes one
-        job, a grid of N x M names N + M. What this can miss, and the job then fails where it
+        any string like any string at a new key or one holding a string or untyped value;
+        other strings, lists and dicts only by their exact text). ``seed=range(10000)``
+        composes one job, as do 10,000 distinct paths at ``+data=``; a grid of N x M names
+        N + M at Enum keys. What this can miss, and the job then fails where it
         composes its config, with Hydra's error in its log: an int valid for an Enum field
         where another int is not, and a value valid alone but not together with another
         value of the same job (``a=null`` with ``a.b=1``).
@@ -311,7 +350,7 @@ class SweepComposer:
             return
         parsed = self._parse(overrides)
         template = self._template(parsed)
-        if all(_coverage_key(o) in template.checked_values for o, is_value in parsed if is_value):
+        if all(_coverage_key(o, template) in template.checked_values for o, is_value in parsed if is_value):
             self._composed.add(key)
             return
         self.compose(overrides)
