@@ -184,7 +184,7 @@ def test_root_volume_mapping_targets_the_root_device_of_the_ami() -> None:
 
 
 def test_credentials_are_refused_before_they_leave_the_machine(aws: AwsWorld) -> None:
-    with pytest.raises(ConfigError, match=r"hydra.launcher \(env, .*\) contains your AWS credentials"):
+    with pytest.raises(ConfigError, match=r"hydra.launcher \(env_vars, .*\) contains your AWS credentials"):
         multirun(aws.tmp / "s1", aws.launcher_settings(env={"TOKEN": FAKE_SECRET_ACCESS_KEY}), ["x=1"])
     assert aws.instances() == {}
     code_dir = aws.tmp / "leaky-code"
