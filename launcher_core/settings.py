@@ -101,7 +101,7 @@ NOTES = DeprecationNotes()
 
 
 def is_unset(value: Any) -> bool:
-    """A setting left at an empty default (``null``, ``{}``, ``[]``, ``""``)."""
+    """A new key left at its empty default (``null``, ``{}``, ``[]``, ``""``)."""
     return value is None or (isinstance(value, (Mapping, list, tuple, str)) and not value)
 
 
@@ -117,9 +117,11 @@ def one_spelling(
 ) -> Spelling:
     """The value of a setting that also has an older spelling ``old``: the new key's, else the old
     key's (noted once as deprecated unless ``deprecated`` is false: another tool's spelling kept on
-    purpose). Both given with different values is a ConfigError naming both keys (never the
-    values: they may be secrets)."""
-    if is_unset(old_value):
+    purpose). An old list key defaults to null, so an explicit empty one (``setup=[]`` to clear
+    what a preset sets under the new key) counts as given; an old mapping defaults to ``{}`` (Hydra
+    adds ``+...env.NAME=value`` to a mapping only), so empty is not given. Both given with
+    different values is a ConfigError naming both keys (never the values: they may be secrets)."""
+    if old_value is None or (isinstance(old_value, Mapping) and not old_value):
         return Spelling(new, new_value)
     if not is_unset(new_value) and plain(new_value) != plain(old_value):
         raise ConfigError(

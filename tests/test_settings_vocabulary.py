@@ -57,6 +57,10 @@ def test_the_new_key_wins_the_old_one_is_noted_once_and_both_different_are_refus
         assert same.value == {"A": "1"}
         kept = one_spelling("setup_commands", [], "setup", ["x"], deprecated=False, notes=own)
         assert kept.key == "setup" and len(notes(caplog)) == 1  # another tool's name: no note
+    # an old list set empty is given (it clears what a preset sets under the new key: refused, not
+    # ignored); an old mapping cannot be told from its {} default (Hydra's `+` adds to mappings only)
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.setup and hydra.launcher.setup_commands"):
+        one_spelling("setup_commands", ["source v/bin/activate"], "setup", [], deprecated=False, notes=own)
     with pytest.raises(ConfigError) as err:
         one_spelling("env_vars", {"A": "s3cret-new"}, "env", {"A": "s3cret-old"}, notes=own)
     message = str(err.value)
@@ -97,7 +101,7 @@ def test_remote_ssh_old_and_new_spellings_give_the_same_settings(caplog: pytest.
     with pytest.raises(ConfigError, match=r"^hydra.launcher.env_vars: 'BAD-NAME' is not a valid"):
         RemoteSSHSettings.from_mapping({**SSH, "env_vars": {"BAD-NAME": "x"}})
     with pytest.raises(ConfigError, match=r"^hydra.launcher.prepare_commands and hydra.launcher.setup_commands"):
-        RemoteSSHSettings.from_mapping({**SSH, "prepare_commands": ["a"], "setup_commands": ["b"]})
+        RemoteSSHSettings.from_mapping({**SSH, "prepare_commands": [], "setup_commands": ["b"]})
     with pytest.raises(ConfigError, match=r"^hydra.launcher.env.vars and hydra.launcher.env_vars"):
         RemoteSSHSettings.from_mapping({**SSH, "env": {"vars": {"A": "1"}}, "env_vars": {"A": "2"}})
 
@@ -115,8 +119,9 @@ def test_slurm_old_and_new_spellings_make_the_same_script_lines(caplog: pytest.L
     assert old.setup == ["source v/bin/activate"]  # hydra-submitit-launcher's key keeps its meaning
     with pytest.raises(ConfigError, match=r"^hydra.launcher.env: 'A-B' is not a valid environment variable"):
         SlurmOptions.from_params({"env": {"A-B": "x"}})
-    with pytest.raises(ConfigError, match=r"^hydra.launcher.setup and hydra.launcher.setup_commands"):
-        SlurmOptions.from_params({"setup": ["a"], "setup_commands": ["b"]})
+    for setup in (["a"], []):
+        with pytest.raises(ConfigError, match=r"^hydra.launcher.setup and hydra.launcher.setup_commands"):
+            SlurmOptions.from_params({"setup": setup, "setup_commands": ["b"]})
     with pytest.raises(ConfigError, match=r"^hydra.launcher.env and hydra.launcher.env_vars"):
         SlurmOptions.from_params({"env": {"A": "1"}, "env_vars": {"A": "2"}})
 

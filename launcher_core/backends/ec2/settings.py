@@ -173,6 +173,8 @@ def _validate_strings(s: Ec2Settings) -> None:
 def _validate_env_and_tags(s: Ec2Settings) -> None:
     given = one_spelling(ENV_VARS, s.env_vars, "env", s.env)
     s.env_vars = dict(env_vars(setting_key(given.key), given.value))
+    if given.key == "env":
+        s.env = dict(s.env_vars)
     for name in s.env_vars:
         if name.upper() in CREDENTIAL_ENV_NAMES:
             raise ConfigError(

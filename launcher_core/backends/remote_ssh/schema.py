@@ -61,8 +61,8 @@ class RemoteSSHLauncherConf:
     env_vars: Dict[str, str] = field(default_factory=dict)
     # shell lines run on the host in the shell that then starts the jobs (module load ..., source ...)
     setup_commands: List[str] = field(default_factory=list)
-    # deprecated spelling of setup_commands
-    prepare_commands: List[str] = field(default_factory=list)
+    # deprecated spelling of setup_commands (null: not given)
+    prepare_commands: Optional[List[str]] = None
     # > 0: CUDA_VISIBLE_DEVICES of the job in slot i is GPUs [i*n, (i+1)*n) (or free GPUs, with gpus)
     gpus_per_job: int = 0
     # GPUs of each host (host entries may override it); set: jobs get free GPU ids, none shared

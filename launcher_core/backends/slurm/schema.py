@@ -51,8 +51,8 @@ class SlurmArrayLauncherConf:
     additional_parameters: Dict[str, Any] = field(default_factory=dict)
     # at most this many jobs of the sweep run at once
     array_parallelism: int = 256
-    # hydra-submitit-launcher's name of setup_commands (null, submitit's default: none)
-    setup: Optional[List[str]] = field(default_factory=list)
+    # hydra-submitit-launcher's name of setup_commands (null, submitit's default: not given)
+    setup: Optional[List[str]] = None
     srun_args: List[str] = field(default_factory=list)
     # run the job through srun inside the allocation (needed for tasks_per_node/nodes > 1)
     use_srun: bool = True

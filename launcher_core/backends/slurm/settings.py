@@ -109,12 +109,12 @@ class SlurmSettings(SlurmArrayLauncherConf):
         for key in (*_SBATCH_TEXT_KEYS, "cuda_module", "python", "remote_dir", "ssh_config"):
             if getattr(self, key) is not None:
                 _line(f"{p}.{key}", getattr(self, key))
+        # hydra-submitit-launcher's `setup` stays its spelling of setup_commands (no deprecation note)
+        one_spelling(SETUP_COMMANDS, self.setup_commands, "setup", self.setup, prefix=p, deprecated=False)
         for key in ("setup", SETUP_COMMANDS, "srun_args", "modules", "prepare_commands", "login_setup"):
             value = getattr(self, key) or []
             shell = key in ("setup", SETUP_COMMANDS)  # an empty set-up line is harmless
             setattr(self, key, [_line(f"{p}.{key}", v, allow_empty=shell) for v in _as_list(f"{p}.{key}", value)])
-        # hydra-submitit-launcher's `setup` stays its spelling of setup_commands (no deprecation note)
-        one_spelling(SETUP_COMMANDS, self.setup_commands, "setup", self.setup, prefix=p, deprecated=False)
         _check_srun_args(f"{p}.srun_args", self.srun_args)
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
         given = one_spelling(ENV_VARS, self.env_vars, "env", self.env, prefix=p)
