@@ -272,10 +272,15 @@ def _slurm_dry_run(tmp_path: Path, *overrides: str) -> tuple[object, str, str]:
 
 def test_slurm_new_keys_reach_the_script_without_plus_or_note(tmp_path: Path) -> None:
     proc, output, script = _slurm_dry_run(
-        tmp_path, "hydra.launcher.env_vars.HRL_VOCAB_A=bar", "hydra.launcher.setup_commands=[echo set-up]"
+        tmp_path,
+        "hydra.launcher.env_vars.HRL_VOCAB_A=bar",
+        "hydra.launcher.setup_commands=[echo set-up]",
+        "hydra.launcher.container.image=/images/i.sif",
+        "hydra.launcher.container.env.HRL_VOCAB_C=inside",  # the container's variables are open too
     )
     assert proc.returncode == 0, output[-3000:]
     assert "export HRL_VOCAB_A=bar" in script and "'hydra.launcher.setup_commands[0]'" in script
+    assert "--env HRL_VOCAB_C=inside" in script, script
     assert "deprecated" not in output
 
 
