@@ -6,17 +6,24 @@ of keys there is. A backend's validated settings class derives from that datacla
 checks and helpers; :func:`settings_from_mapping` builds it from ``hydra.launcher`` (a DictConfig
 at launch time, or the plain dict the state store keeps for the pull daemon) and rejects an
 unknown key the same way on every launcher, naming it.
+
+What several launchers can do has one key on all of them (:data:`ENV_VARS`, :data:`SETUP_COMMANDS`,
+``python``, ``container``); an earlier spelling is still read through :func:`one_spelling`, which
+notes it once as deprecated and refuses it beside a different value under the new key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from launcher_core.errors import ConfigError
 
 S = TypeVar("S")
+log = logging.getLogger("launcher_core.settings")
 
 
 def plain(values: Any) -> Any:
@@ -59,3 +66,68 @@ def settings_from_mapping(
     reject_unknown(cls, values, launcher, prefix)
     known = set(setting_names(cls))
     return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# --- one vocabulary across launchers -------------------------------------------------------------
+#: the keys every launcher that has the concept spells the same way (docs/launchers.md, "Settings
+#: every launcher spells the same")
+ENV_VARS = "env_vars"  # environment variables of every job: {NAME: value}
+SETUP_COMMANDS = "setup_commands"  # shell lines run where the jobs run, in the shell that then starts them
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """A setting's value and the key it was given under: messages name the key the user wrote."""
+
+    key: str
+    value: Any
+
+
+class DeprecationNotes:
+    """One log line per old key per process (a launch is one process), however often the settings
+    are built: ``hydra.launcher.env.vars is deprecated: use hydra.launcher.env_vars``."""
+
+    def __init__(self) -> None:
+        self.given: set[str] = set()
+
+    def note(self, old: str, new: str) -> None:
+        line = f"{old} is deprecated: use {new}"
+        if line not in self.given:
+            self.given.add(line)
+            log.warning(line)
+
+
+NOTES = DeprecationNotes()
+
+
+def is_unset(value: Any) -> bool:
+    """A new key left at its empty default (``null``, ``{}``, ``[]``, ``""``)."""
+    return value is None or (isinstance(value, (Mapping, list, tuple, str)) and not value)
+
+
+def one_spelling(
+    new: str,
+    new_value: Any,
+    old: str,
+    old_value: Any,
+    *,
+    prefix: str = "hydra.launcher",
+    deprecated: bool = True,
+    notes: DeprecationNotes = NOTES,
+) -> Spelling:
+    """The value of a setting that also has an older spelling ``old``: the new key's, else the old
+    key's (noted once as deprecated unless ``deprecated`` is false: another tool's spelling kept on
+    purpose). An old list key defaults to null, so an explicit empty one (``setup=[]`` to clear
+    what a preset sets under the new key) counts as given; an old mapping defaults to ``{}`` (Hydra
+    adds ``+...env.NAME=value`` to a mapping only), so empty is not given. Both given with
+    different values is a ConfigError naming both keys (never the values: they may be secrets)."""
+    if old_value is None or (isinstance(old_value, Mapping) and not old_value):
+        return Spelling(new, new_value)
+    if not is_unset(new_value) and plain(new_value) != plain(old_value):
+        raise ConfigError(
+            f"{prefix}.{old} and {prefix}.{new} are the same setting and both are set, to different values: "
+            f"keep {prefix}.{new} only ({old} is its {'old' if deprecated else 'other'} spelling)"
+        )
+    if deprecated:
+        notes.note(f"{prefix}.{old}", f"{prefix}.{new}")
+    return Spelling(old, old_value)

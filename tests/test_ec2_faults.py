@@ -128,7 +128,7 @@ def test_settings_take_keys_and_defaults_from_the_hydra_config() -> None:
     # (not issubclass: Hydra's plugin scan may import the config module a second time)
     assert [c.__name__ for c in Ec2Settings.__mro__[:2]] == ["Ec2Settings", "Ec2LauncherConf"]
     names = setting_names(Ec2LauncherConf)
-    assert setting_names(Ec2Settings) == names and len(names) == 36
+    assert setting_names(Ec2Settings) == names and len(names) == 37
     values = {"ami": "ami-0123456789abcdef0", "s3_bucket": "my-sweeps"}
     built = Ec2Settings.from_mapping({**values, "_target_": "ignored"})
     defaults = Ec2LauncherConf()
@@ -184,7 +184,7 @@ def test_root_volume_mapping_targets_the_root_device_of_the_ami() -> None:
 
 
 def test_credentials_are_refused_before_they_leave_the_machine(aws: AwsWorld) -> None:
-    with pytest.raises(ConfigError, match=r"hydra.launcher \(env, .*\) contains your AWS credentials"):
+    with pytest.raises(ConfigError, match=r"hydra.launcher \(env_vars, .*\) contains your AWS credentials"):
         multirun(aws.tmp / "s1", aws.launcher_settings(env={"TOKEN": FAKE_SECRET_ACCESS_KEY}), ["x=1"])
     assert aws.instances() == {}
     code_dir = aws.tmp / "leaky-code"

@@ -178,13 +178,14 @@ def test_cluster_test_deep_runs_the_set_up_on_a_compute_node(
     settings = [
         f"partition={slurm_cluster.partition}",
         f"python={sys.executable}",
-        "env={}",
+        "env_vars={}",
         f"modules=[{site_module[0]}]",
-        f"setup={json.dumps([in_a_job_only])}",
+        f"setup_commands={json.dumps([in_a_job_only])}",
     ]
     assert cli_main_with(home, ["cluster", "add", "deepslurm", "--from", "slurm_cpu", *settings]) == 0
     capsys.readouterr()
     assert cli_main_with(home, ["cluster", "test", "deepslurm"]) == 0  # passes here, the module loads
     assert cli_main_with(home, ["cluster", "test", "deepslurm", "--deep"]) == 1
     table = " ".join(capsys.readouterr().out.split())
-    assert "a compute node" in table and "hydra.launcher.setup[0]" in table and "no scratch on this node" in table
+    assert "a compute node" in table and "hydra.launcher.setup_commands[0]" in table
+    assert "no scratch on this node" in table

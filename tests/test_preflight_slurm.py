@@ -73,7 +73,7 @@ def test_cluster_test_prints_the_table_and_deep_checks_a_compute_node(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     home = tmp_path / "config-home"
-    settings = [f"partition={slurm_cluster.partition}", "setup=[]", f"python={sys.executable}", "env={}"]
+    settings = [f"partition={slurm_cluster.partition}", "setup_commands=[]", f"python={sys.executable}", "env_vars={}"]
     assert cli_main_with(home, ["cluster", "add", "testslurm", "--from", "slurm_cpu", *settings]) == 0
     capsys.readouterr()
     assert cli_main_with(home, ["cluster", "test", "testslurm", "--deep"]) == 0

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from launcher_core.backends.ec2.schema import Ec2LauncherConf
 from launcher_core.backends.local_pool.schema import LocalPoolLauncherConf
@@ -19,6 +20,7 @@ __all__ = [
     "ContainerConf",
     "Ec2LauncherConf",
     "LocalPoolLauncherConf",
+    "OPEN_MAPPINGS",
     "PairedSweeperConf",
     "RemoteSSHEnvConf",
     "RemoteSSHLauncherConf",
@@ -44,12 +46,32 @@ class PairedSweeperConf:
     jobs_file: Optional[str] = None
 
 
+#: mappings of environment variables that take new names from the command line without `+`
+#: (``hydra.launcher.env_vars.NAME=value``): Hydra composes in struct mode, which refuses a key a
+#: node does not have yet; these nodes are left open (still ``Dict[str, str]``-typed)
+OPEN_MAPPINGS = ("env_vars", "container.env")
+
+
+def launcher_node(schema: type) -> DictConfig:
+    """``schema`` as the node Hydra composes, its :data:`OPEN_MAPPINGS` open to new keys."""
+    node = OmegaConf.structured(schema)
+    for key in OPEN_MAPPINGS:
+        child = OmegaConf.select(node, key)
+        if isinstance(child, DictConfig):
+            OmegaConf.set_struct(child, False)
+    return node
+
+
 def register_configs() -> None:
     store = ConfigStore.instance()
-    store.store(group="hydra/launcher", name="local_pool", node=LocalPoolLauncherConf, provider="hydra-remote-launcher")
-    store.store(group="hydra/launcher", name="ec2", node=Ec2LauncherConf, provider="hydra-remote-launcher")
-    store.store(group="hydra/launcher", name="slurm", node=SlurmArrayLauncherConf, provider="hydra-remote-launcher")
-    store.store(group="hydra/launcher", name="remote_ssh", node=RemoteSSHLauncherConf, provider="hydra-remote-launcher")
+    launchers = {
+        "local_pool": LocalPoolLauncherConf,
+        "ec2": Ec2LauncherConf,
+        "slurm": SlurmArrayLauncherConf,
+        "remote_ssh": RemoteSSHLauncherConf,
+    }
+    for name, schema in launchers.items():
+        store.store(group="hydra/launcher", name=name, node=launcher_node(schema), provider="hydra-remote-launcher")
     store.store(group="hydra/sweeper", name="paired", node=PairedSweeperConf, provider="hydra-remote-launcher")
 
 

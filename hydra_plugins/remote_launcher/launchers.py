@@ -100,6 +100,8 @@ class BackendLauncher(Launcher):
 class LocalPoolLauncher(BackendLauncher):
     """``hydra/launcher=local_pool``: forked worker processes on this machine."""
 
+    secret_keys = ("env_vars",)
+
     def validate(self) -> None:
         from launcher_core.backends.local_pool import local_pool_settings
 
@@ -117,13 +119,14 @@ class LocalPoolLauncher(BackendLauncher):
             kill_grace_s=float(self.settings.kill_grace_s),
             task_function=self.task_function,
             hydra_context=self.hydra_context,
+            env_vars=self.settings.env_vars,
         )
 
 
 class SlurmArrayLauncher(BackendLauncher):
     """``hydra/launcher=slurm``: job arrays submitted with sbatch (see ``launcher_core.backends.slurm``)."""
 
-    secret_keys = ("env", "container.env")
+    secret_keys = ("env_vars", "env", "container.env")
 
     def validate(self) -> None:
         from launcher_core.backends.slurm import SlurmOptions
@@ -163,7 +166,7 @@ class SlurmArrayLauncher(BackendLauncher):
 class Ec2Launcher(BackendLauncher):
     """``hydra/launcher=ec2``: EC2 instances started per sweep, code and results through S3."""
 
-    secret_keys = ("env",)
+    secret_keys = ("env_vars", "env")
 
     def validate(self) -> None:
         from launcher_core.backends.ec2 import Ec2Settings
@@ -182,7 +185,7 @@ class Ec2Launcher(BackendLauncher):
 class RemoteSSHLauncher(BackendLauncher):
     """``hydra/launcher=remote_ssh``: detached jobs on SSH hosts, outputs pulled back."""
 
-    secret_keys = ("env.vars", "container.env")
+    secret_keys = ("env_vars", "env.vars", "container.env")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

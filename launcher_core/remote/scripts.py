@@ -94,7 +94,7 @@ printf 'HRL container_image=%s\\n' "$img"
 
 
 def container_check_script(*, prelude: str, runtime: str) -> str:
-    """Is the container runtime on the PATH the jobs will have (after env setup and prepare_commands)?"""
+    """Is the container runtime on the PATH the jobs will have (after env setup and setup_commands)?"""
     return f"""set -e
 {prelude}
 if command -v {q(runtime)} >/dev/null 2>&1; then
@@ -110,7 +110,7 @@ SETUP_FAILED_RC = 97  # exit code of a script stopped by a failing set-up line (
 
 
 def checked_lines(lines: Sequence[str], key: str) -> str:
-    """The user's set-up ``lines`` (``prepare_commands``), each run in the current shell (so
+    """The user's set-up ``lines`` (``setup_commands``), each run in the current shell (so
     ``source``, ``export`` and ``conda activate`` last) and checked: the first one that ends
     non-zero prints ``HRL setup_failed=KEY[i]``, its text, exit code and stderr (``HRL`` lines,
     :func:`setup_failure` reads them) and exits :data:`SETUP_FAILED_RC`, under ``set -e`` or not.
@@ -147,7 +147,7 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def setup_failure(info: dict[str, str]) -> str | None:
-    """``hydra.launcher.prepare_commands[1] `module load x` failed (exit 1): <its stderr>`` from the
+    """``hydra.launcher.setup_commands[1] `module load x` failed (exit 1): <its stderr>`` from the
     ``HRL`` lines of a script stopped by :func:`checked_lines` (None if none failed)."""
     if "setup_failed" not in info:
         return None

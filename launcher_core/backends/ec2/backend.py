@@ -65,14 +65,14 @@ class Ec2Backend(Backend):
 
     def stored_config(self) -> dict[str, Any]:
         """The settings :func:`from_config` rebuilds this backend from (kept in the state store):
-        only what polling, fetching, cancelling and cleaning need, never ``env`` values or
+        only what polling, fetching, cancelling and cleaning need, never ``env_vars`` values or
         ``setup_commands`` (:meth:`Ec2Settings.stored_config`).
 
-        Refuses settings holding the active credentials (anywhere, ``env`` and ``setup_commands``
+        Refuses settings holding the active credentials (anywhere, ``env_vars`` and ``setup_commands``
         included: they go to the instances), before anything writes them anywhere.
         """
         everything = json.dumps(self.settings.to_dict()).encode()
-        self.check_no_secrets(everything, "hydra.launcher (env, setup_commands, python, tags)")
+        self.check_no_secrets(everything, "hydra.launcher (env_vars, setup_commands, python, tags)")
         return self.settings.stored_config()
 
     @property

@@ -139,7 +139,7 @@ class RunPlanner:
         full = render_user_data(
             **common,
             bootstrap=bootstrap,
-            env=s.env,
+            env=s.env_vars,
             setup_commands=s.setup_commands,
             payload_needs=self.sweep.payload_needs,
         ).encode()

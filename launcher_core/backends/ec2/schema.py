@@ -42,7 +42,9 @@ class Ec2LauncherConf:
     max_runtime_min: float = 720.0
     # shell commands run on the instance before the jobs (install or activate the environment)
     setup_commands: List[str] = field(default_factory=list)
-    # environment of the jobs (never credentials: use iam_instance_profile)
+    # environment variables of every job (never credentials: use iam_instance_profile)
+    env_vars: Dict[str, str] = field(default_factory=dict)
+    # deprecated spelling of env_vars
     env: Dict[str, str] = field(default_factory=dict)
     tags: Dict[str, str] = field(default_factory=dict)
     # S3/EC2-compatible or test endpoint, used here and on the instances

@@ -15,7 +15,7 @@ from launcher_core.backends.ec2.schema import Ec2LauncherConf
 from launcher_core.errors import ConfigError
 from launcher_core.resources import check_resources_from
 from launcher_core.resources import instance_type as instance_type_value
-from launcher_core.settings import setting_names, settings_from_mapping
+from launcher_core.settings import ENV_VARS, one_spelling, setting_names, settings_from_mapping
 from launcher_core.validation import env_vars
 
 RESERVED_TAG_PREFIXES = ("aws:", "hydra-launcher:")
@@ -29,7 +29,7 @@ _AWS_ID = {"security_group_ids": re.compile(r"^sg-[0-9a-f]+$"), "subnet_id": re.
 RESOURCES = {"instance_type": instance_type_value}
 #: the settings a backend rebuilt from the state store needs to poll, fetch, cancel and clean
 #: (where the bucket and the instances are, how to call AWS); ``ami`` is checked by every build.
-#: Never ``env``, ``setup_commands``, ``tags`` or anything else only starting instances reads.
+#: Never ``env_vars`` (``env``), ``setup_commands``, ``tags`` or anything else only starting instances reads.
 STORED_KEYS = (
     "ami",
     "s3_bucket",
@@ -171,10 +171,14 @@ def _validate_strings(s: Ec2Settings) -> None:
 
 
 def _validate_env_and_tags(s: Ec2Settings) -> None:
-    for name, _value in env_vars(setting_key("env"), s.env):
+    given = one_spelling(ENV_VARS, s.env_vars, "env", s.env)
+    s.env_vars = dict(env_vars(setting_key(given.key), given.value))
+    if given.key == "env":
+        s.env = dict(s.env_vars)
+    for name in s.env_vars:
         if name.upper() in CREDENTIAL_ENV_NAMES:
             raise ConfigError(
-                f"{setting_key('env')}.{name}: credentials are never shipped to instances; give them an IAM role "
+                f"{setting_key(given.key)}.{name}: credentials are never shipped to instances; give them an IAM role "
                 f"with {setting_key('iam_instance_profile')} instead"
             )
     if not isinstance(s.tags, dict):

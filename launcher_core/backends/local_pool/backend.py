@@ -49,12 +49,13 @@ def local_pool_settings(params: Mapping[str, Any]) -> Any:
     ``LocalPoolLauncherConf`` (the one settings source)."""
     from launcher_core.backends.local_pool.schema import LocalPoolLauncherConf
     from launcher_core.settings import settings_from_mapping
-    from launcher_core.validation import check_optional_positive, check_positive
+    from launcher_core.validation import check_optional_positive, check_positive, env_vars
 
     settings = settings_from_mapping(LocalPoolLauncherConf, params, "local_pool")
     check_optional_positive("hydra.launcher.n_jobs", settings.n_jobs, integer=True)
     check_optional_positive("hydra.launcher.timeout_s", settings.timeout_s)
     check_positive("hydra.launcher.kill_grace_s", settings.kill_grace_s, allow_zero=True)
+    settings.env_vars = dict(env_vars("hydra.launcher.env_vars", settings.env_vars))
     return settings
 
 
@@ -71,8 +72,10 @@ class LocalPoolBackend(Backend):
         kill_grace_s: float,
         task_function: Any,
         hydra_context: Any,
+        env_vars: Mapping[str, str] | None = None,
     ) -> None:
         self.n_jobs = n_jobs
+        self.env_vars = dict(env_vars or {})  # set in each job's process before its task runs
         self.timeout_s = timeout_s
         self.kill_grace_s = kill_grace_s
         self._task_function = task_function
@@ -204,6 +207,7 @@ class LocalPoolBackend(Backend):
             if read_end is not None and write_end is not None:
                 os.close(read_end)
                 _hold_exit_pipe(write_end)
+            os.environ.update(self.env_vars)
             _child_main(self._task_function, self._hydra_context, spec, self._code)
         if write_end is not None:
             os.close(write_end)  # the child holds the only write end: its exit makes read_end readable

@@ -2,8 +2,8 @@
 registers this dataclass in Hydra's ConfigStore; :func:`~.backend.local_pool_settings` checks it).
 Written with ``Optional`` and without postponed annotations: OmegaConf reads these types."""
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 _PKG = "hydra_plugins.remote_launcher"  # where the Hydra face's launcher classes live
 
@@ -19,3 +19,5 @@ class LocalPoolLauncherConf:
     kill_grace_s: float = 5.0
     # relaunching the same sweep dir reuses results of jobs that completed before
     skip_completed: bool = False
+    # environment variables of every job, set in its process before the task runs
+    env_vars: Dict[str, str] = field(default_factory=dict)

@@ -539,7 +539,7 @@ def env_prelude(
         lines.append(f'eval "$({settings.conda_command} shell.posix hook)"')
         lines.append(f"conda activate {shlex.quote(settings.conda_env or '')}")
     # each line checked: the first that fails stops the script, named with its message
-    lines.append(checked_lines(settings.prepare_commands, "hydra.launcher.prepare_commands"))
+    lines.append(checked_lines(settings.setup_commands, f"hydra.launcher.{settings.setup_commands_key}"))
     return "\n".join(lines)
 
 

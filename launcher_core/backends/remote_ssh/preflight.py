@@ -79,7 +79,7 @@ def _checked_settings(settings: RemoteSSHSettings, host: HostSettings) -> dict[s
         "python": settings.python_command,
         "env_setup": [settings.env_setup, settings.conda_env, settings.conda_command, settings.uv_command],
         "env_names": [name for name, _ in settings.env_vars],
-        "prepare_commands": list(settings.prepare_commands),
+        "setup_commands": list(settings.setup_commands),
         "remote_dir": host.remote_dir or settings.remote_dir,
         "min_free_gb": settings.min_free_gb,
         "gpus": [settings.gpus_per_job, host.max_parallel, host.gpus, settings.per_job_gpus],
@@ -119,7 +119,7 @@ def _default_remote_dir(settings: RemoteSSHSettings, request: PreflightRequest) 
 
 def preflight_script(settings: RemoteSSHSettings, remote_dir: str) -> str:
     """The one script: fixed probes first (rsync, disk, image), then, in a subshell, the job
-    environment (env vars, conda, ``prepare_commands``, each checked: the first that fails is
+    environment (``env_vars``, conda, ``setup_commands``, each checked: the first that fails is
     named and ends the subshell) in the latest complete snapshot if there is one (else the home
     dir), then GPUs, the container runtime, the Python probe inside the image (with a container)
     and the Python probe of ``python``. It creates nothing."""
@@ -207,7 +207,8 @@ def _environment_lines(settings: RemoteSSHSettings) -> str:
         # conda_command is the user's own shell word (e.g. ~/miniconda3/bin/conda): not quoted on purpose
         steps.append(("hydra.launcher.env.conda_command", f'eval "$({settings.conda_command} shell.posix hook)"'))
         steps.append(("hydra.launcher.env.conda_env", f"conda activate {q(settings.conda_env or '')}"))
-    steps += [(f"hydra.launcher.prepare_commands[{n}]", line) for n, line in enumerate(settings.prepare_commands)]
+    key = f"hydra.launcher.{settings.setup_commands_key}"
+    steps += [(f"{key}[{n}]", line) for n, line in enumerate(settings.setup_commands)]
     return "\n".join([*lines, checked_steps(steps)])
 
 
@@ -332,7 +333,7 @@ def _container_rows(settings: RemoteSSHSettings, label: str, info: dict[str, str
                 FAIL,
                 f"hydra.launcher.container.runtime: {container.runtime!r} is not on the PATH of host {label} after "
                 f"the environment setup (PATH={info.get('container_runtime_missing', '?')})",
-                "install it or load it in hydra.launcher.prepare_commands (e.g. 'module load apptainer')",
+                f"install it or load it in hydra.launcher.{settings.setup_commands_key} (e.g. 'module load apptainer')",
                 key,
             )
         )
@@ -356,7 +357,8 @@ def _python_rows(
                     label,
                     FAIL,
                     f"hydra.launcher.env.uv_command: {settings.uv_command!r} is not on the PATH of host {label} "
-                    "after env.vars and prepare_commands (env.setup=uv runs `uv sync` there)",
+                    f"after {settings.env_vars_key} and {settings.setup_commands_key} "
+                    "(env.setup=uv runs `uv sync` there)",
                     "install uv there (https://docs.astral.sh/uv/) or set hydra.launcher.env.uv_command to its path",
                     key,
                 )
@@ -372,7 +374,7 @@ def _python_rows(
 
 
 def _setup_row(settings: RemoteSSHSettings, label: str, info: dict[str, str], failed: str, key: str) -> Check:
-    """A set-up step that failed: conda's are refused; a ``prepare_commands`` line may need the
+    """A set-up step that failed: conda's are refused; a ``setup_commands`` line may need the
     project's files (it ran outside this launch's snapshot), so it is a warning here and is run
     again in the new snapshot before any job starts, where a failure stops the launch."""
     if info.get("setup_failed", "").startswith("hydra.launcher.env."):

@@ -28,7 +28,7 @@ class RemoteSSHEnvConf:
     conda_command: str = "conda"
     # uv: `uv sync` once per code snapshot, jobs run with `uv run --no-sync python`
     uv_command: str = "uv"
-    # environment variables set for every job (not stored in the sweep's state file)
+    # deprecated spelling of hydra.launcher.env_vars
     vars: Dict[str, str] = field(default_factory=dict)
 
 
@@ -55,9 +55,14 @@ class RemoteSSHLauncherConf:
     rsync_path: Optional[str] = None
     # command that starts Python on the host (after env setup), e.g. ~/venv/bin/python
     python: str = "python3"
+    # how jobs get their Python environment on the host (uv, conda)
     env: RemoteSSHEnvConf = field(default_factory=RemoteSSHEnvConf)
-    # shell commands run on the host before jobs start (module load ..., source ...)
-    prepare_commands: List[str] = field(default_factory=list)
+    # environment variables of every job (not stored in the sweep's state file)
+    env_vars: Dict[str, str] = field(default_factory=dict)
+    # shell lines run on the host in the shell that then starts the jobs (module load ..., source ...)
+    setup_commands: List[str] = field(default_factory=list)
+    # deprecated spelling of setup_commands (null: not given)
+    prepare_commands: Optional[List[str]] = None
     # > 0: CUDA_VISIBLE_DEVICES of the job in slot i is GPUs [i*n, (i+1)*n) (or free GPUs, with gpus)
     gpus_per_job: int = 0
     # GPUs of each host (host entries may override it); set: jobs get free GPU ids, none shared

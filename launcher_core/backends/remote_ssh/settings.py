@@ -16,7 +16,7 @@ from launcher_core.errors import ConfigError
 from launcher_core.remote.paths import check_remote_dir
 from launcher_core.remote.ssh import HostAddress, SSHOptions
 from launcher_core.resources import check_resources_from, gpu_count
-from launcher_core.settings import reject_unknown
+from launcher_core.settings import ENV_VARS, SETUP_COMMANDS, one_spelling, reject_unknown
 from launcher_core.validation import env_vars
 
 log = logging.getLogger("launcher_core.remote_ssh")
@@ -54,7 +54,7 @@ class RemoteSSHSettings:
     conda_command: str
     uv_command: str
     env_vars: tuple[tuple[str, str], ...]
-    prepare_commands: tuple[str, ...]
+    setup_commands: tuple[str, ...]
     gpus_per_job: int
     wait: bool
     skip_completed: bool
@@ -68,6 +68,9 @@ class RemoteSSHSettings:
     auto_pull_interval_s: float = 30.0
     notify: str | None = None
     resources_from: tuple[tuple[str, str], ...] = ()
+    # the keys the user gave these under (messages name them): the old spellings still work
+    env_vars_key: str = ENV_VARS
+    setup_commands_key: str = SETUP_COMMANDS
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
@@ -98,6 +101,10 @@ class RemoteSSHSettings:
             raise ConfigError(f"{prefix}.env must be a mapping (setup, conda_env, vars, ...), got {env!r}")
         reject_unknown(RemoteSSHEnvConf, env, "remote_ssh", f"{prefix}.env")
         ev = _Validator(env, f"{prefix}.env")
+        given_vars = one_spelling(ENV_VARS, cfg.get(ENV_VARS), "env.vars", env.get("vars"), prefix=prefix)
+        given_setup = one_spelling(
+            SETUP_COMMANDS, cfg.get(SETUP_COMMANDS), "prepare_commands", cfg.get("prepare_commands"), prefix=prefix
+        )
         settings = cls(
             hosts=_parse_hosts(cfg.get("hosts"), default_parallel, f"{prefix}.hosts", default_gpus),
             ssh=ssh,
@@ -111,8 +118,8 @@ class RemoteSSHSettings:
             conda_env=ev.optional_str("conda_env"),
             conda_command=ev.text("conda_command", de.conda_command),
             uv_command=ev.text("uv_command", de.uv_command),
-            env_vars=tuple(env_vars(f"{prefix}.env.vars", env.get("vars"))),
-            prepare_commands=v.str_list("prepare_commands", d.prepare_commands),
+            env_vars=tuple(env_vars(f"{prefix}.{given_vars.key}", given_vars.value)),
+            setup_commands=v.str_list(given_setup.key, d.setup_commands),
             gpus_per_job=v.integer("gpus_per_job", d.gpus_per_job, minimum=0),
             wait=v.boolean("wait", d.wait),
             skip_completed=v.boolean("skip_completed", d.skip_completed),
@@ -126,11 +133,18 @@ class RemoteSSHSettings:
             auto_pull_interval_s=v.number("auto_pull_interval_s", d.auto_pull_interval_s),
             notify=v.optional_str("notify"),
             resources_from=tuple(check_resources_from(cfg.get("resources_from"), RESOURCES, prefix).items()),
+            env_vars_key=given_vars.key,
+            setup_commands_key=given_setup.key,
         )
         if settings.env_setup == "conda" and not settings.conda_env:
             raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
         _check_gpus(settings, prefix)
         return settings
+
+    @property
+    def prepare_commands(self) -> tuple[str, ...]:
+        """The earlier name of :attr:`setup_commands`."""
+        return self.setup_commands
 
     @property
     def per_job_gpus(self) -> bool:
@@ -145,7 +159,7 @@ class RemoteSSHSettings:
     def stored_config(self) -> dict[str, Any]:
         """What a separate process needs to poll, fetch and cancel these jobs later.
 
-        Environment variables, prepare commands and the container (its ``env``) are left out:
+        Environment variables, set-up commands and the container (its ``env``) are left out:
         they may hold secrets, and only starting jobs needs them.
         """
         return {

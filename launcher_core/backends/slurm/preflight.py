@@ -57,11 +57,11 @@ def preflight(options: SlurmOptions, site: LocalSite | LoginSite, request: Prefl
 def _checked_settings(options: SlurmOptions) -> dict[str, object]:
     return {
         k: getattr(options, k)
-        for k in ("partition", "account", "qos", "max_array_size", "python", "modules", "cuda_module", "setup")
+        for k in ("partition", "account", "qos", "max_array_size", "python", "modules", "cuda_module", "job_setup")
     } | {
         # the image's Python is checked: what starts it (env values left out, they may be secrets)
         "container": None if options.container is None else {**vars(options.container), "env": None},
-        "env_names": sorted(options.env),
+        "env_names": sorted(options.env_vars),
         "login_setup": options.login_setup,
     }
 
@@ -82,7 +82,7 @@ def preflight_script(options: SlurmOptions, python: str, *, deep: bool, code_dir
 
     The jobs' Python is checked the way the batch script starts it: in bash, in the code dir
     (``code_dir``; the home dir on a login node), with the site's ``module`` function, the
-    ``modules`` loaded, ``env`` exported and the ``setup`` lines run, each checked (the first
+    ``modules`` loaded, ``env_vars`` exported and the ``setup_commands`` lines run, each checked (the first
     that fails is named, with its message), then ``python`` (or ``container.python`` inside the
     image) runs the probe; with ``deep`` the same again on a compute node through ``srun``."""
     lines = [
@@ -114,7 +114,7 @@ def job_environment(options: SlurmOptions, python: str, code_dir: str | None) ->
     lines = [f"cd {q(code_dir)} 2>/dev/null || cd" if code_dir else "cd", *set_up_functions(batch=False)]
     if options.modules or options.cuda_module:
         lines += module_lines(options)
-    lines += [f"export {name}={q(value)}" for name, value in options.env.items()]
+    lines += [f"export {name}={q(value)}" for name, value in options.env_vars.items()]
     lines += setup_lines(options)
     if options.container is None:
         lines.append(f"exec {python} -c {q(PROBE)}")  # python: the user's command (a shell fragment)
@@ -388,7 +388,7 @@ def _environment_rows(
     failed = setup_failure(info)
     if failed is not None:
         name = info.get("setup_failed", "")
-        if compute_node or not name.startswith("hydra.launcher.setup["):
+        if compute_node or not name.startswith(f"hydra.launcher.{options.job_setup_key}["):
             return [
                 Check(
                     "modules" if "module" in name else "setup",

@@ -239,7 +239,7 @@ def script_parts(
         "trap": "\n" + TRAP_LINE + "\n",
         "job_dir": _text(job_dir),
         "environment": _text(_environment_lines(options, pythonpath, job_env)),
-        "setup": _text(["# setup", *setup_lines(options)] if options.setup else []),
+        "setup": _text(["# setup", *setup_lines(options)] if options.job_setup else []),
         "run": _text(_run_lines(options, argv)),
     }
 
@@ -276,7 +276,7 @@ def _environment_lines(options: SlurmSettings, pythonpath: Sequence[str], job_en
     if pythonpath:
         joined = shlex.quote(":".join(pythonpath))
         lines.append(f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"')
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in {**options.env, **job_env}.items()]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in {**options.env_vars, **job_env}.items()]
     return lines
 
 
@@ -355,7 +355,7 @@ def failed_rank_function() -> list[str]:
 
 # --- set-up lines: each checked, the first failure stops the job before its task starts ------------
 def _has_set_up(options: SlurmSettings) -> bool:
-    return bool(options.modules or options.cuda_module or options.setup)
+    return bool(options.modules or options.cuda_module or options.job_setup)
 
 
 def set_up_functions(*, batch: bool) -> list[str]:
@@ -431,14 +431,14 @@ def module_lines(options: SlurmSettings) -> list[str]:
     lines = ["_hrl_module_init"]
     for name, module in named:
         lines += _checked(name, f"module load {shlex.quote(module)}")
-    return [*lines, 'rm -f "$_hrl_err"'] if not options.setup else lines  # else after the setup lines
+    return [*lines, 'rm -f "$_hrl_err"'] if not options.job_setup else lines  # else after the setup lines
 
 
 def setup_lines(options: SlurmSettings) -> list[str]:
-    """The ``setup`` lines (the user's own shell, by design), each checked."""
+    """The ``setup_commands`` (or ``setup``) lines (the user's own shell, by design), each checked."""
     lines: list[str] = []
-    for n, line in enumerate(options.setup):
-        lines += _checked(f"hydra.launcher.setup[{n}]", line)
+    for n, line in enumerate(options.job_setup):
+        lines += _checked(f"hydra.launcher.{options.job_setup_key}[{n}]", line)
     return [*lines, 'rm -f "$_hrl_err"'] if lines else []
 
 

@@ -51,8 +51,8 @@ class SlurmArrayLauncherConf:
     additional_parameters: Dict[str, Any] = field(default_factory=dict)
     # at most this many jobs of the sweep run at once
     array_parallelism: int = 256
-    # shell lines run in the sbatch script before the job (null, submitit's default: none)
-    setup: Optional[List[str]] = field(default_factory=list)
+    # hydra-submitit-launcher's name of setup_commands (null, submitit's default: not given)
+    setup: Optional[List[str]] = None
     srun_args: List[str] = field(default_factory=list)
     # run the job through srun inside the allocation (needed for tasks_per_node/nodes > 1)
     use_srun: bool = True
@@ -61,7 +61,11 @@ class SlurmArrayLauncherConf:
     cuda_module: Optional[str] = None
     # shell commands run once per launch on the submitting machine (login node), in the code dir
     prepare_commands: List[str] = field(default_factory=list)
-    # environment variables of the jobs
+    # shell lines run in the sbatch script before the job (after modules)
+    setup_commands: List[str] = field(default_factory=list)
+    # environment variables of every job
+    env_vars: Dict[str, str] = field(default_factory=dict)
+    # deprecated spelling of env_vars
     env: Dict[str, str] = field(default_factory=dict)
     container: ContainerConf = field(default_factory=ContainerConf)
     # SSH alias of the login node: code and job files are rsynced there, sbatch/sacct/scancel run

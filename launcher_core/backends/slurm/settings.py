@@ -30,6 +30,7 @@ from launcher_core.resources import (
     positive_int,
     slurm_name,
 )
+from launcher_core.settings import ENV_VARS, SETUP_COMMANDS, one_spelling
 from launcher_core.validation import check_optional_positive, check_positive, env_vars
 
 log = logging.getLogger("launcher_core.slurm")
@@ -108,14 +109,17 @@ class SlurmSettings(SlurmArrayLauncherConf):
         for key in (*_SBATCH_TEXT_KEYS, "cuda_module", "python", "remote_dir", "ssh_config"):
             if getattr(self, key) is not None:
                 _line(f"{p}.{key}", getattr(self, key))
-        for key in ("setup", "srun_args", "modules", "prepare_commands", "login_setup"):
+        # hydra-submitit-launcher's `setup` stays its spelling of setup_commands (no deprecation note)
+        one_spelling(SETUP_COMMANDS, self.setup_commands, "setup", self.setup, prefix=p, deprecated=False)
+        for key in ("setup", SETUP_COMMANDS, "srun_args", "modules", "prepare_commands", "login_setup"):
             value = getattr(self, key) or []
-            setattr(
-                self, key, [_line(f"{p}.{key}", v, allow_empty=key == "setup") for v in _as_list(f"{p}.{key}", value)]
-            )
+            shell = key in ("setup", SETUP_COMMANDS)  # an empty set-up line is harmless
+            setattr(self, key, [_line(f"{p}.{key}", v, allow_empty=shell) for v in _as_list(f"{p}.{key}", value)])
         _check_srun_args(f"{p}.srun_args", self.srun_args)
         self.additional_parameters = _sbatch_parameters(f"{p}.additional_parameters", self.additional_parameters)
-        self.env = dict(env_vars(f"{p}.env", self.env))
+        given = one_spelling(ENV_VARS, self.env_vars, "env", self.env, prefix=p)
+        self.env_vars = dict(env_vars(f"{p}.{given.key}", given.value))
+        self.env = dict(self.env_vars) if given.key == "env" else {}
         container: Any = self.container
         if isinstance(container, ContainerConf):  # the schema's default: no image, no container
             container = dataclasses.asdict(container)
@@ -160,6 +164,16 @@ class SlurmSettings(SlurmArrayLauncherConf):
                 f"{p}.jobs_per_task packs single-task jobs; it cannot be combined with "
                 f"nodes={self.nodes} x tasks_per_node={self.tasks_per_node}"
             )
+
+    @property
+    def job_setup(self) -> list[str]:
+        """The set-up lines of the batch script: ``setup_commands``, or hydra-submitit-launcher's ``setup``."""
+        return list(self.setup_commands or self.setup or [])
+
+    @property
+    def job_setup_key(self) -> str:
+        """The key those lines were given under (messages name it)."""
+        return "setup" if self.setup and not self.setup_commands else SETUP_COMMANDS
 
     @property
     def gpus_requested(self) -> bool:
