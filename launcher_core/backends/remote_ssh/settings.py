@@ -68,6 +68,8 @@ class RemoteSSHSettings:
     auto_pull_interval_s: float = 30.0
     notify: str | None = None
     resources_from: tuple[tuple[str, str], ...] = ()
+    jobs_per_gpu: int = 1
+    gpu_lock_dir: str | None = None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
@@ -126,6 +128,8 @@ class RemoteSSHSettings:
             auto_pull_interval_s=v.number("auto_pull_interval_s", d.auto_pull_interval_s),
             notify=v.optional_str("notify"),
             resources_from=tuple(check_resources_from(cfg.get("resources_from"), RESOURCES, prefix).items()),
+            jobs_per_gpu=v.integer("jobs_per_gpu", d.jobs_per_gpu, minimum=1),
+            gpu_lock_dir=v.optional_remote_path("gpu_lock_dir"),
         )
         if settings.env_setup == "conda" and not settings.conda_env:
             raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
