@@ -31,7 +31,7 @@ def _hold_in_child(directory: Path, ids: list[int], wanted: int, per_gpu: int = 
                 os.setgid(pwd.getpwuid(uid).pw_gid)
                 os.setuid(uid)
             claim = gpu_locks.claim(directory, ids, wanted, per_gpu)
-            os.write(write_end, (",".join(map(str, claim.ids)) if claim else "none").encode())
+            os.write(write_end, ("ok" + ",".join(map(str, claim.ids)) if claim else "none").encode())
             os.close(write_end)
             time.sleep(60)
             code = 0
@@ -40,7 +40,7 @@ def _hold_in_child(directory: Path, ids: list[int], wanted: int, per_gpu: int = 
     os.close(write_end)
     answer = os.read(read_end, 100).decode()
     os.close(read_end)
-    assert answer not in ("", "none"), f"the child got no GPU ({answer or 'it failed'})"
+    assert answer.startswith("ok"), f"the child got no GPU ({answer or 'it failed'})"
     return pid
 
 
@@ -143,7 +143,7 @@ def test_the_longest_waiter_gets_the_next_free_gpu(tmp_path: Path) -> None:
     """Two sweeps on one GPU: the one that just freed it does not take it again while the other
     waits; it goes behind it, and a waiter that died is skipped."""
     d = gpu_locks.lock_dir(str(tmp_path / "locks"))
-    a_line, b_line = gpu_locks.GpuLine(d), gpu_locks.GpuLine(d)
+    a_line, b_line = gpu_locks.GpuLine(d, [0]), gpu_locks.GpuLine(d, [0])
     a = gpu_locks.claim(d, [0], 1, line=a_line)
     assert a is not None
     assert gpu_locks.claim(d, [0], 1, line=b_line) is None  # b waits in line now
@@ -165,7 +165,7 @@ def _hold_line_in_child(directory: Path) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            gpu_locks.GpuLine(directory).join()
+            gpu_locks.GpuLine(directory, [0]).join()
             os.write(write_end, b"ok")
             time.sleep(60)
         finally:
@@ -174,3 +174,33 @@ def _hold_line_in_child(directory: Path) -> int:
     assert os.read(read_end, 2) == b"ok"
     os.close(read_end)
     return pid
+
+
+def test_a_waiter_for_other_gpus_holds_nobody_back(tmp_path: Path) -> None:
+    """Two sweeps splitting a machine (gpus [0] and [1]): one waiting for its GPU never keeps the
+    other from its own."""
+    d = gpu_locks.lock_dir(str(tmp_path / "locks"))
+    b_line = gpu_locks.GpuLine(d, [1])
+    b = gpu_locks.claim(d, [1], 1, line=b_line)
+    assert b is not None and gpu_locks.claim(d, [1], 1, line=b_line) is None  # b waits for GPU 1
+    a_line = gpu_locks.GpuLine(d, [0])
+    first = gpu_locks.claim(d, [0], 1, line=a_line)
+    assert first is not None
+    first.release()
+    assert gpu_locks.claim(d, [0], 1, line=a_line) is not None
+
+
+def test_a_place_in_line_is_not_inherited_by_a_forked_job(tmp_path: Path) -> None:
+    """A launcher in line forks a job (of 0 GPUs) and is killed: its place goes with it."""
+    d = gpu_locks.lock_dir(str(tmp_path / "locks"))
+    line = gpu_locks.GpuLine(d, [0])
+    line.join()
+    other = gpu_locks.GpuLine(d, [0])
+    assert other.ahead()
+    child = _hold_in_child(d, [0, 1], 0)  # forked while in line, runs on
+    try:
+        assert line._fd is not None
+        os.close(line._fd)  # the launcher's own descriptor gone, as with kill -9
+        assert not other.ahead()  # the forked job does not hold the place
+    finally:
+        _kill(child)

@@ -38,6 +38,7 @@ from pathlib import Path
 DEFAULT_LOCK_DIR = "/tmp/hydra-launcher-gpus"
 _LIST_LINE = re.compile(r"^GPU (\d+): ")
 NVIDIA_SMI = "nvidia-smi"
+SHARED_MODE = 0o644  # a machine-wide lock file: flock needs only read access, for any user
 
 
 class GpuLockError(OSError):
@@ -83,8 +84,8 @@ def lock_dir(setting: str | None = None) -> Path:
     return path
 
 
-def _open_lock(path: Path) -> int:
-    """A read-only descriptor of lock file ``path``, created (world-readable) if missing.
+def _open_lock(path: Path, mode: int) -> int:
+    """A read-only descriptor of lock file ``path``, created with ``mode`` if missing.
 
     Opened without O_CREAT when it exists: Linux's ``fs.protected_regular`` refuses O_CREAT on
     another user's file in a sticky directory, even one we may read."""
@@ -97,17 +98,18 @@ def _open_lock(path: Path) -> int:
         except PermissionError as exc:
             raise GpuLockError(errno.EACCES, f"cannot open the GPU lock file {path}: {exc.strerror}") from exc
         try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
             continue  # another process created it meanwhile: open theirs
-        os.fchmod(fd, 0o644)  # the umask (the runner's is 077) must not hide it from other users
+        os.fchmod(fd, mode)  # the umask (the runner's is 077) must not hide a GPU lock from other users
         return fd
     raise GpuLockError(errno.EAGAIN, f"cannot open the GPU lock file {path}")
 
 
-def _try_flock(path: Path, operation: int) -> int | None:
-    """``path`` locked (``LOCK_EX`` or ``LOCK_SH``) without waiting: its descriptor, or None."""
-    fd = _open_lock(path)
+def _try_flock(path: Path, operation: int, mode: int = SHARED_MODE) -> int | None:
+    """``path`` locked (``LOCK_EX`` or ``LOCK_SH``) without waiting: its descriptor, or None.
+    Created with ``mode`` if missing (machine-wide locks: readable by every user)."""
+    fd = _open_lock(path, mode)
     try:
         fcntl.flock(fd, operation | fcntl.LOCK_NB)
     except OSError as exc:
@@ -121,14 +123,15 @@ def _try_flock(path: Path, operation: int) -> int | None:
     return fd
 
 
-def lock_first_free(paths: Sequence[Path], wanted: int) -> list[tuple[int, int]] | None:
+def lock_first_free(paths: Sequence[Path], wanted: int, mode: int = 0o600) -> list[tuple[int, int]] | None:
     """``wanted`` of ``paths`` locked exclusively without waiting (lowest index first), as
-    ``(index, fd)``; None, with nothing kept locked, if fewer are free."""
+    ``(index, fd)``; None, with nothing kept locked, if fewer are free. A missing file is created
+    with ``mode`` (private by default: remote_ssh's slots are the user's own)."""
     taken: list[tuple[int, int]] = []
     for index, path in enumerate(paths):
         if len(taken) == wanted:
             break
-        fd = _try_flock(path, fcntl.LOCK_EX)
+        fd = _try_flock(path, fcntl.LOCK_EX, mode)
         if fd is not None:
             taken.append((index, fd))
     if len(taken) < wanted:
@@ -147,7 +150,7 @@ def _claim_one(directory: Path, gpu: int, jobs_per_gpu: int) -> list[int] | None
     shared = _try_flock(main, fcntl.LOCK_SH)
     if shared is None:
         return None  # an exclusive job has it
-    seat = lock_first_free([directory / f"gpu-{gpu}.share-{k}" for k in range(jobs_per_gpu)], 1)
+    seat = lock_first_free([directory / f"gpu-{gpu}.share-{k}" for k in range(jobs_per_gpu)], 1, SHARED_MODE)
     if seat is None:
         os.close(shared)
         return None
@@ -159,32 +162,50 @@ class GpuLine:
 
     A sweep whose job just ended is woken at once and would take the freed GPU again before a
     sweep that only looks now and then, for as long as it has jobs. So a process that could not
-    get its GPUs joins the line (a lock file ``wait-<time>-<pid>`` it holds while it waits; it
-    dies with the process), and a process claims only if nobody still alive joined before it.
-    Freed GPUs then go to the longest waiter; a job of 0 GPUs never waits in line."""
+    get its GPUs joins the line (a lock file ``wait-<time>-<pid>-<its GPU ids>`` it holds while it
+    waits; it dies with the process), and a process claims only if nobody still alive who may use
+    one of the same GPUs joined before it. Freed GPUs then go to the longest waiter; a job of 0
+    GPUs never waits in line."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, gpu_ids: Sequence[int]) -> None:
         self.directory = directory
+        self.gpu_ids = frozenset(gpu_ids)
         self._name: str | None = None
         self._fd: int | None = None
+        self._fork_hook = False
 
     def ahead(self) -> bool:
-        """Whether a live process (not this one) has been waiting longer than this one."""
+        """Whether a live process (not this one) that may use one of our GPUs has been waiting
+        longer than this one."""
+        mine = None if self._name is None else _line_entry(self._name)[0]
         for name in sorted(n for n in os.listdir(self.directory) if n.startswith("wait-")):
-            if self._name is not None and _line_key(name) >= _line_key(self._name):
+            key, ids = _line_entry(name)
+            if mine is not None and key >= mine:
                 return False
-            if name != self._name and _alive(self.directory / name):
+            if name != self._name and ids & self.gpu_ids and _alive(self.directory / name):
                 return True
         return False
 
     def join(self) -> None:
         if self._name is None:
-            name = f"wait-{time.time_ns():020d}-{os.getpid()}"
+            ids = ".".join(str(i) for i in sorted(self.gpu_ids))
+            name = f"wait-{time.time_ns():020d}-{os.getpid()}-{ids}"
             hidden = self.directory / f".{name}"  # locked before it shows: never taken for a dead one
             fd = _try_flock(hidden, fcntl.LOCK_EX)
             if fd is not None:
                 os.rename(hidden, self.directory / name)
                 self._name, self._fd = name, fd
+                if not self._fork_hook:
+                    os.register_at_fork(after_in_child=self._forget)
+                    self._fork_hook = True
+
+    def _forget(self) -> None:
+        """In a forked child (a job): the place in line stays the parent's, so it goes with the
+        parent and no job that outlives a killed launcher keeps others waiting for it."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._name = self._fd = None
 
     def leave(self) -> None:
         if self._name is not None and self._fd is not None:
@@ -194,12 +215,13 @@ class GpuLine:
         self._name = self._fd = None
 
 
-def _line_key(name: str) -> tuple[int, int]:
+def _line_entry(name: str) -> tuple[tuple[int, int], frozenset[int]]:
+    """``((time, pid), GPU ids)`` of a ``wait-`` file name (an unreadable one sorts first, ids none)."""
     try:
-        _wait, ns, pid = name.split("-")
-        return int(ns), int(pid)
+        _wait, ns, pid, ids = name.split("-", 3)
+        return (int(ns), int(pid)), frozenset(int(i) for i in ids.split(".") if i)
     except ValueError:
-        return (0, 0)
+        return (0, 0), frozenset()
 
 
 def _alive(path: Path) -> bool:

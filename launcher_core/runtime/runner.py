@@ -203,7 +203,7 @@ def run_queue(batch: dict[str, Any], queue: list[dict[str, Any]]) -> None:
     host_gpus = batch.get("gpus")
     if host_gpus is not None:
         batch["gpu_lock_dir"] = str(gpu_locks.lock_dir(batch.get("gpu_lock_dir")))
-        _LINE[0] = gpu_locks.GpuLine(Path(batch["gpu_lock_dir"]))
+        _LINE[0] = gpu_locks.GpuLine(Path(batch["gpu_lock_dir"]), range(int(host_gpus)))
     pending = list(queue)
     delay = 0.05
     while pending:

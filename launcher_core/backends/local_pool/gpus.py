@@ -117,7 +117,7 @@ class LocalGpus:
             self.lock_dir = gpu_locks.lock_dir(self.settings.gpu_lock_dir)
         except gpu_locks.GpuLockError as exc:
             raise ConfigError(f"{_KEY}.gpu_lock_dir: {exc.strerror}") from exc
-        self.line = gpu_locks.GpuLine(self.lock_dir)
+        self.line = gpu_locks.GpuLine(self.lock_dir, self.ids)
 
     def _described(self) -> str:
         return f"{len(self.ids)} ({', '.join(map(str, self.ids))})"
