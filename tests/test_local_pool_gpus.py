@@ -46,7 +46,9 @@ def record(cfg, **values):
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg):
     started = time.time()
-    record(cfg, event="start", at=started)
+    record(cfg, event="start", at=started, cuda=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if cfg.crash:
+        os.kill(os.getpid(), 9)  # dies holding its GPU: no clean-up code runs
     time.sleep(cfg.sleep)
     record(
         cfg,
@@ -70,7 +72,7 @@ def project(root: Path) -> Path:
     (root / "conf" / "model").mkdir(parents=True)
     (root / "app.py").write_text(APP)
     (root / "conf" / "config.yaml").write_text(
-        "defaults:\n  - model: one\n  - _self_\nseed: 0\nsleep: 1.0\ntag: a\nrecord: ???\n"
+        "defaults:\n  - model: one\n  - _self_\nseed: 0\nsleep: 1.0\ntag: a\nrecord: ???\ncrash: false\n"
         "hydra:\n  job:\n    chdir: false\n"
     )
     for name, gpus in GPUS.items():
@@ -392,3 +394,22 @@ def test_the_local_gpus_preset_runs_one_job_per_gpu(machine: Machine, tmp_path: 
     assert len(recs) == n and all(len(gpu_ids(r)) == 1 for r in recs)
     assert assert_never_shared(recs) > 0
     assert max(peak_per_gpu(recs).values()) == 1
+
+
+@pytest.mark.timeout(180)
+def test_a_crashed_jobs_gpu_is_freed(machine: Machine, tmp_path: Path) -> None:
+    """One GPU: the first job is killed (SIGKILL) while it holds it; the next job gets it."""
+    proj = project(tmp_path / "proj")
+    record = tmp_path / "record.jsonl"
+    proc = run_app(
+        proj / "app.py",
+        ["-m", *machine.overrides(gpus=1), "crash=true,false", f"record={record}", "sleep=0.5"],
+        proj,
+        120,
+        machine.env(),
+    )
+    assert "killed by SIGKILL" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    starts = records(record, "start")
+    assert [(r["job"], r["cuda"]) for r in starts] == [(0, "0"), (1, "0")]
+    (done,) = records(record)
+    assert done["job"] == 1 and done["cuda"] == "0"
