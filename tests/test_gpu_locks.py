@@ -5,6 +5,7 @@ Nothing is mocked (no GPU is needed: a lock is a file)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
@@ -53,6 +54,12 @@ def test_claims_are_lowest_first_whole_or_nothing_and_exclusive(tmp_path: Path) 
     d = gpu_locks.lock_dir(str(tmp_path / "locks"))
     first = gpu_locks.claim(d, [0, 1, 2, 3], 3)
     assert first is not None and first.ids == [0, 1, 2]
+    pinned = os.open(d, os.O_RDONLY)
+    try:  # the dir itself is held shared while GPUs are (systemd-tmpfiles' age clean-up skips it)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(pinned, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(pinned)
     assert gpu_locks.claim(d, [0, 1, 2, 3], 2) is None  # only GPU 3 is free: nothing partial is held
     second = gpu_locks.claim(d, [0, 1, 2, 3], 1)
     assert second is not None and second.ids == [3]

@@ -270,7 +270,18 @@ def _claim_free(directory: Path, gpu_ids: Sequence[int], wanted: int, jobs_per_g
     if len(held.ids) < wanted:
         held.release()
         return None
+    held.fds.append(_pin_dir(directory))
     return held
+
+
+def _pin_dir(directory: Path) -> int:
+    """A shared lock on the lock dir itself, held with the GPUs: systemd-tmpfiles' age clean-up
+    of /tmp skips a directory so locked, so a lock file held for weeks is never removed (a new
+    one in its place would let a second job take the GPU)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return fd
 
 
 def visible_env(gpu_ids: Sequence[int]) -> dict[str, str]:
