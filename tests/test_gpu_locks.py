@@ -211,3 +211,24 @@ def test_a_place_in_line_is_not_inherited_by_a_forked_job(tmp_path: Path) -> Non
         assert not other.ahead()  # the forked job does not hold the place
     finally:
         _kill(child)
+
+
+def test_the_runner_refuses_an_unusable_lock_dir_before_accepting_jobs(tmp_path: Path) -> None:
+    """remote_ssh's runner on a host: a ``gpu_lock_dir`` it cannot use is an error for the
+    launcher, before any job of the batch is accepted."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "not-a-dir").write_text("")
+    batch = {"gpus": 2, "gpu_lock_dir": str(tmp_path / "not-a-dir"), "batch_dir": str(tmp_path / "b")}
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps(batch))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "launcher_core.runtime.runner", str(path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 5, proc.stderr
+    assert proc.stderr.startswith("gpu_lock_dir: the GPU lock dir") and "is not a directory" in proc.stderr
+    assert not (tmp_path / "b").exists()  # nothing accepted
