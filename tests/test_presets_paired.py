@@ -96,3 +96,9 @@ def test_local_preset_sets_no_time_limit(tmp_path: Path) -> None:
     assert composed_hydra("local", tmp_path)["launcher"]["timeout_s"] is None
     limited = composed_hydra("local", tmp_path, "hydra.launcher.timeout_s=3600")  # how a user sets one
     assert limited["launcher"]["timeout_s"] == 3600
+
+
+def test_local_gpus_preset_is_one_job_per_gpu_without_time_limit(tmp_path: Path) -> None:
+    launcher = composed_hydra("local_gpus", tmp_path)["launcher"]
+    assert (launcher["gpus"], launcher["gpus_per_job"], launcher["jobs_per_gpu"]) == ("auto", 1, 1)
+    assert launcher["timeout_s"] is None and launcher["n_jobs"] is None  # n_jobs null: one per GPU

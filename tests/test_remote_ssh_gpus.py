@@ -4,7 +4,9 @@ The project has config groups ``model=small|large|cpu`` whose ``trainer.gpus`` d
 declares 4 GPUs (``hydra.launcher.gpus=4``). There is no GPU here: the runner only hands out GPU
 ids (lock files), so each job reports the ``CUDA_VISIBLE_DEVICES`` it was given and when it ran,
 and the test checks that no id was given to two jobs running at the same time. The one stand-in
-is ``nvidia-smi`` for the pre-flight (a script on the test user's PATH listing 4 GPUs).
+is ``nvidia-smi`` for the pre-flight (``tests/gpu_standin.py`` on the test user's PATH, 4 GPUs).
+The GPU locks are machine-wide (``launcher_core/runtime/gpus.py``): each launch here uses a lock
+dir of its own, so other test runs on this machine do not take part.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from tests.conftest import run_app
+from tests.gpu_standin import install_nvidia_smi
 from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (fixtures)
 from tests.test_remote_ssh import states
 
@@ -70,11 +73,7 @@ def _project(root: Path) -> Path:
 
 def _stand_in_nvidia_smi(count: int) -> Path:
     bin_dir = shared_dir("hrl-gpus") / "bin"
-    bin_dir.mkdir(mode=0o755)
-    uuid = "0000-0000-0000-000000000000"
-    lines = "".join(f"echo 'GPU {i}: Stand-in GPU (UUID: GPU-{i:08d}-{uuid})'\n" for i in range(count))
-    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n" + lines)
-    (bin_dir / "nvidia-smi").chmod(0o755)
+    install_nvidia_smi(bin_dir, count)  # stands in for the GPU driver (tests/gpu_standin.py)
     return bin_dir
 
 
@@ -87,7 +86,12 @@ def _launch(env: SSHTestEnv, proj: Path, name: str, *args: str, **settings: obje
         f"hydra.sweep.dir={sweep}",
         "+hydra.launcher.resources_from={gpus_per_job:trainer.gpus}",
         *args,
-        *env.overrides(name, prepare_commands=f'["PATH={bin_dir}:$PATH; export PATH"]', **settings),
+        *env.overrides(
+            name,
+            prepare_commands=f'["PATH={bin_dir}:$PATH; export PATH"]',
+            gpu_lock_dir=shared_dir("hrl-gpu-locks"),
+            **settings,
+        ),
     ]
     return run_app(proj / "app.py", argv, cwd=proj, timeout=240), sweep
 
@@ -160,6 +164,8 @@ def test_per_job_gpus_need_each_hosts_gpu_count() -> None:
     assert [h.gpus for h in settings.hosts] == [2, 8]
     with pytest.raises(ConfigError, match=r"gpus_per_job=2 but a has 1 GPUs"):
         RemoteSSHSettings.from_mapping({"hosts": [{"host": "a", "gpus": 1}], "gpus_per_job": 2})
+    with pytest.raises(ConfigError, match=r"hydra.launcher.jobs_per_gpu must be an integer >= 1"):
+        RemoteSSHSettings.from_mapping({"hosts": [{"host": "a", "gpus": 1}], "jobs_per_gpu": 0})
     with pytest.raises(ConfigError, match=r"resources_from.max_parallel: not a per-job resource here"):
         RemoteSSHSettings.from_mapping({"hosts": ["a"], "resources_from": {"max_parallel": "x"}})
 

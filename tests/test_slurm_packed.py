@@ -160,3 +160,47 @@ def test_relaunch_with_skip_completed_packs_only_the_failed_jobs(
     assert slurm_calls.calls("sbatch") == 1
     handles = {i: h for i, (_s, _o, _r, h) in _rows(sweep).items()}
     assert handles[2]["slurm_job_id"] == handles[5]["slurm_job_id"]  # the two reruns share one task
+
+
+@pytest.mark.timeout(240)
+def test_packed_tasks_still_get_distinct_gpus(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Slurm hands out GPUs to tasks (gres; the test cluster's 4 GPUs are empty device files, so
+    no CUDA_VISIBLE_DEVICES is set: each job reads its task's GPU index from ``scontrol -d``). The
+    jobs of a packed task run one after another on their task's GPU, and tasks running at the same
+    time never hold the same GPU. runtime/gpus.py takes no lock here: Slurm is the allocator."""
+
+    def task(cfg):
+        import os
+        import re
+        import subprocess
+        import time
+
+        started = time.time()
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        shown = subprocess.run(
+            ["scontrol", "-d", "show", "job", job], capture_output=True, text=True, timeout=30
+        ).stdout
+        time.sleep(1.5)
+        return {
+            "gpus": re.findall(r"gpu(?::[^(\s]*)?\(IDX:([0-9,-]+)\)", shown),
+            "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "task": os.environ["SLURM_ARRAY_TASK_ID"],
+            "started": started,
+            "ended": time.time(),
+        }
+
+    sweep = tmp_path / "sweep"
+    extra = ("hydra.launcher.jobs_per_task=2", "hydra.launcher.gpus_per_node=1", "hydra.launcher.array_parallelism=4")
+    returns = launch_sweep(task, [[f"+x={i}"] for i in range(8)], _overrides(sweep, *extra))
+    assert all(r.status == JobStatus.COMPLETED for r in returns), [r._return_value for r in returns]
+    seen = [r.return_value for r in returns]
+    assert all(len(s["gpus"]) == 1 and "," not in s["gpus"][0] for s in seen), str([s["gpus"] for s in seen])
+    overlapping = 0
+    for a, x in enumerate(seen):
+        for y in seen[a + 1 :]:
+            if x["started"] < y["ended"] and y["started"] < x["ended"]:
+                overlapping += 1
+                assert x["task"] != y["task"] and x["gpus"] != y["gpus"], (x, y)
+            if x["task"] == y["task"]:
+                assert (x["gpus"], x["cuda"]) == (y["gpus"], y["cuda"]), (x, y)  # the task's GPU, in turn
+    assert overlapping > 0  # tasks did run side by side

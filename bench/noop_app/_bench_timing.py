@@ -124,8 +124,8 @@ def _install_patches(path: str) -> None:
     fork = LocalPoolBackend._fork_job
 
     @functools.wraps(fork)
-    def fork_job(self: Any, spec: Any) -> int:
-        pid = fork(self, spec)
+    def fork_job(self: Any, spec: Any, *args: Any) -> int:
+        pid = fork(self, spec, *args)
         _marks["last_fork_perf"] = time.perf_counter()
         return pid
 

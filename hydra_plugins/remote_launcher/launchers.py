@@ -108,18 +108,17 @@ class LocalPoolLauncher(BackendLauncher):
         self.settings = local_pool_settings(self.params)
 
     def make_backend(self) -> Any:
-        import os
-
-        from launcher_core.backends.local_pool import LocalPoolBackend
+        from launcher_core.backends.local_pool import LocalPoolBackend, local_pool_gpus
 
         timeout = self.settings.timeout_s
         return LocalPoolBackend(
-            n_jobs=int(self.settings.n_jobs or os.cpu_count() or 1),
+            n_jobs=self.settings.n_jobs,  # null: one per CPU core, or per GPU slot with gpus
             timeout_s=None if timeout is None else float(timeout),
             kill_grace_s=float(self.settings.kill_grace_s),
             task_function=self.task_function,
             hydra_context=self.hydra_context,
             env_vars=self.settings.env_vars,
+            gpus=local_pool_gpus(self.settings),
         )
 
 

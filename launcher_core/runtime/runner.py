@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from launcher_core.runtime import gpus as gpu_locks
 from launcher_core.runtime.markers import ATTACHED_LINE as ATTACHED
 from launcher_core.runtime.markers import BATCH_FILE as BATCH
 from launcher_core.runtime.markers import CANCELLED_FILE as CANCELLED
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     global _JOB_UMASK
     _JOB_UMASK = os.umask(0o077)  # markers, logs and locks are private; the job gets the user's umask back
     batch = json.loads(Path(args[0]).read_text())
+    if batch.get("gpus") is not None:
+        try:  # an unusable GPU lock dir is told to the launcher, before any job is accepted
+            gpu_locks.lock_dir(batch.get("gpu_lock_dir"))
+        except gpu_locks.GpuLockError as exc:
+            print(f"gpu_lock_dir: {exc.strerror}", file=sys.stderr)
+            return 5
     batch_dir = Path(batch["batch_dir"])
     batch_dir.mkdir(parents=True, exist_ok=True)
     bid = batch["batch_id"]
@@ -184,15 +191,19 @@ def run_queue(batch: dict[str, Any], queue: list[dict[str, Any]]) -> None:
 
     A job needs one of ``max_parallel`` slots (lock files shared by every sweep using the same
     ``remote_dir``). When the host's GPU count is known (``batch["gpus"]``) it also needs
-    ``job["gpus"]`` free GPUs, each a lock file too, so no GPU is ever given to two running jobs;
-    the queue is then served first fit (a job that fits starts before an earlier one that waits
-    for more GPUs). Without it, jobs start in order. The monitor of a job inherits its locks and
-    holds them until the job has ended, whatever happens to this daemon.
+    ``job["gpus"]`` free GPUs, locked in the machine-wide GPU lock dir (:mod:`.gpus`, shared
+    with every sweep on the machine, local_pool ones included), so no GPU is ever given to two
+    running jobs; the queue is then served first fit (a job that fits starts before an earlier
+    one that waits for more GPUs). Without it, jobs start in order. The monitor of a job inherits
+    its locks and holds them until the job has ended, whatever happens to this daemon.
     """
     slots_dir = Path(batch["slots_dir"])
     slots_dir.mkdir(parents=True, exist_ok=True)
     max_parallel = max(1, int(batch["max_parallel"]))
     host_gpus = batch.get("gpus")
+    if host_gpus is not None:
+        batch["gpu_lock_dir"] = str(gpu_locks.lock_dir(batch.get("gpu_lock_dir")))
+        _LINE[0] = gpu_locks.GpuLine(Path(batch["gpu_lock_dir"]), range(int(host_gpus)))
     pending = list(queue)
     delay = 0.05
     while pending:
@@ -203,6 +214,8 @@ def run_queue(batch: dict[str, Any], queue: list[dict[str, Any]]) -> None:
             delay = min(delay * 1.5, 1.0)
         else:
             delay = 0.05
+    if _LINE[0] is not None:
+        _LINE[0].leave()  # nothing of this batch waits for GPUs any more
     while True:  # reap monitors and adopted orphans until none is left
         try:
             os.wait()
@@ -210,6 +223,9 @@ def run_queue(batch: dict[str, Any], queue: list[dict[str, Any]]) -> None:
             return
         except InterruptedError:
             continue
+
+
+_LINE: list[gpu_locks.GpuLine | None] = [None]  # the daemon's place in the machine's line for GPUs
 
 
 def _still_ours(launcher_dir: Path, batch_id: str) -> bool:
@@ -234,48 +250,35 @@ def _start_fitting(
             pending.remove(job)  # the launcher refuses such jobs; never wait for what cannot come
             _fail_unstartable(d, f"the job needs {wanted} GPUs, the host has {host_gpus}")
             continue
-        slot = _try_lock(slots_dir, "slot", max_parallel, 1)
+        slot = gpu_locks.lock_first_free([slots_dir / f"slot-{i}" for i in range(max_parallel)], 1)
         if slot is None:
             break  # every slot is taken: no job fits
-        gpus = _try_lock(slots_dir, "gpu", int(host_gpus), wanted) if host_gpus is not None else []
-        if gpus is None:
+        claim = _claim_gpus(batch, wanted, host_gpus)
+        if claim is None:
             _unlock(slot)
             continue  # not enough free GPUs for this one; a later, smaller job may fit
         pending.remove(job)
         try:
             if _still_ours(d, batch["batch_id"]):  # else a later launch took it over: never run it twice
-                gpu_ids = [index for index, _fd in gpus] if host_gpus is not None else None
-                _start_monitor(batch, job, slot[0][0], gpu_ids)
+                _start_monitor(batch, job, slot[0][0], None if host_gpus is None else claim.ids)
                 started += 1
         finally:
-            _unlock(slot + gpus)  # the monitor keeps the locks (same open file descriptions)
+            _unlock(slot)  # the monitor keeps the locks (same open file descriptions)
+            claim.release()
     return started
+
+
+def _claim_gpus(batch: dict[str, Any], wanted: int, host_gpus: int | None) -> gpu_locks.GpuClaim | None:
+    """The job's GPUs on this machine (nothing to lock when the host's GPU count is unknown)."""
+    if host_gpus is None:
+        return gpu_locks.GpuClaim([])
+    jobs_per_gpu = int(batch.get("jobs_per_gpu") or 1)
+    return gpu_locks.claim(Path(batch["gpu_lock_dir"]), range(int(host_gpus)), wanted, jobs_per_gpu, _LINE[0])
 
 
 def _gpus_of(batch: dict[str, Any], job: dict[str, Any]) -> int:
     value = job.get("gpus")
     return int(batch.get("gpus_per_job") or 0) if value is None else int(value)
-
-
-def _try_lock(slots_dir: Path, kind: str, count: int, wanted: int) -> list[tuple[int, int]] | None:
-    """``wanted`` of the lock files ``<kind>-0`` .. ``<kind>-<count-1>``, locked without waiting
-    (lowest free first), as ``(index, fd)``; None, with nothing kept locked, if fewer are free."""
-    import fcntl
-
-    taken: list[tuple[int, int]] = []
-    for index in range(count):
-        if len(taken) == wanted:
-            break
-        fd = os.open(slots_dir / f"{kind}-{index}", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            taken.append((index, fd))
-        except OSError:
-            os.close(fd)
-    if len(taken) < wanted:
-        _unlock(taken)
-        return None
-    return taken
 
 
 def _unlock(locks: list[tuple[int, int]]) -> None:
@@ -321,7 +324,7 @@ def _job_env(batch: dict[str, Any], job: dict[str, Any], slot: int, gpu_ids: lis
     env["HRL_SLOT"] = str(slot)
     gpus = int(batch.get("gpus_per_job") or 0)
     if gpu_ids is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpu_ids)
+        env.update(gpu_locks.visible_env(gpu_ids))
     elif gpus > 0:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(slot * gpus + k) for k in range(gpus))
     return env

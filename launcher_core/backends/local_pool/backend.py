@@ -1,6 +1,6 @@
 """``local_pool``: run a sweep's jobs as forked child processes on this machine, ``n_jobs`` at a
 time, each leading its own process group; what is left of the group is killed when the job ends
-or times out.
+or times out. With ``gpus`` set, a job also waits for its GPUs (:mod:`.gpus`) and sees only those.
 
 Design: docs/local_pool.md
 """
@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.base import Backend
+from launcher_core.backends.local_pool.gpus import GpuSettings, LocalGpus, gpu_settings
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
+from launcher_core.runtime.gpus import GpuClaim, visible_env
 from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
 
 log = logging.getLogger("launcher_core.local_pool")
@@ -56,7 +58,13 @@ def local_pool_settings(params: Mapping[str, Any]) -> Any:
     check_optional_positive("hydra.launcher.timeout_s", settings.timeout_s)
     check_positive("hydra.launcher.kill_grace_s", settings.kill_grace_s, allow_zero=True)
     settings.env_vars = dict(env_vars("hydra.launcher.env_vars", settings.env_vars))
+    gpu_settings(settings)  # refuses bad GPU keys now, naming them
     return settings
+
+
+def local_pool_gpus(settings: Any) -> GpuSettings | None:
+    """The GPU keys of validated settings (None: ``gpus`` not set, no GPU is handed out)."""
+    return gpu_settings(settings)
 
 
 class LocalPoolBackend(Backend):
@@ -67,15 +75,20 @@ class LocalPoolBackend(Backend):
     def __init__(
         self,
         *,
-        n_jobs: int,
+        n_jobs: int | None,
         timeout_s: float | None,
         kill_grace_s: float,
         task_function: Any,
         hydra_context: Any,
         env_vars: Mapping[str, str] | None = None,
+        gpus: GpuSettings | None = None,
     ) -> None:
-        self.n_jobs = n_jobs
+        # n_jobs None: one job per GPU slot with gpus, else one per CPU core (see resolve_resources)
         self.env_vars = dict(env_vars or {})  # set in each job's process before its task runs
+        self._n_jobs_set = n_jobs is not None
+        self.n_jobs = int(n_jobs or os.cpu_count() or 1)
+        self._gpus = LocalGpus(gpus) if gpus is not None else None
+        self._fewest_gpus = 0  # the smallest GPU count a submitted job asks (first fit stops below it)
         self.timeout_s = timeout_s
         self.kill_grace_s = kill_grace_s
         self._task_function = task_function
@@ -90,6 +103,15 @@ class LocalPoolBackend(Backend):
         self._pidfds = _pidfds_work()  # Linux >= 5.3; elsewhere each job gets an exit pipe
 
     # --- contract -----------------------------------------------------------------------
+    def resolve_resources(self, specs: Sequence[JobSpec]) -> None:
+        """With ``gpus``: this machine's GPUs and each job's count, checked before anything starts
+        (a job asking for more GPUs than there are is refused naming the job and the key)."""
+        if self._gpus is None:
+            return
+        self._gpus.resolve(specs)
+        if not self._n_jobs_set:
+            self.n_jobs = self._gpus.slots
+
     def prepare(self, sweep: SweepInfo) -> None:
         become_subreaper()
         self._code = (sweep.code_dir, sweep.code_snapshot) if sweep.code_snapshot else None
@@ -100,6 +122,9 @@ class LocalPoolBackend(Backend):
         as submitted (a launcher killed in between never leaves a running job unrecorded)."""
         self._queue.extend(jobs)
         self._queued.update(j.job_id for j in jobs)
+        if self._gpus is not None and jobs:
+            fewest = min(self._gpus.wanted(j) for j in jobs)
+            self._fewest_gpus = fewest if len(self._queue) == len(jobs) else min(self._fewest_gpus, fewest)
         return {j.job_id: {"host": "localhost", "pid_file": str(j.launcher_dir / PID_FILE)} for j in jobs}
 
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
@@ -159,6 +184,8 @@ class LocalPoolBackend(Backend):
                 kill_stale_handle(handle, self.kill_grace_s)
 
     def close(self) -> None:
+        if self._gpus is not None:
+            self._gpus.stop_waiting()
         if self._running or self._queue:
             self.cancel({j: {} for j in [*self._running, *(q.job_id for q in self._queue)]})
         deadline = time.monotonic() + self.kill_grace_s + 5
@@ -181,15 +208,48 @@ class LocalPoolBackend(Backend):
         return _stale_status(handle)
 
     def _start_queued(self) -> None:
+        if self._gpus is not None:
+            self._start_fitting(self._gpus)
+            return
         while self._queue and len(self._running) < self.n_jobs:
-            spec = self._queue.popleft()
-            self._queued.discard(spec.job_id)
-            pid, exit_pipe = self._fork_job(spec)
-            wake_fd = _open_pidfd(pid) if exit_pipe is None else exit_pipe
-            self._running[spec.job_id] = _Running(spec, pid, time.monotonic(), wake_fd)
+            self._start(self._queue.popleft(), None)
 
-    def _fork_job(self, spec: JobSpec) -> tuple[int, int | None]:
-        """Start the job; returns its pid and, without pidfds, the read end of its exit pipe."""
+    def _start_fitting(self, gpus: LocalGpus) -> None:
+        """First fit: start every queued job whose GPUs are free now, in order; a job that waits
+        for more GPUs does not hold back a smaller one behind it. Jobs asking for at least as many
+        GPUs as one refused in this pass are skipped, and the pass ends once no job can fit, so a
+        pass over a long queue stays short."""
+        if not self._queue:
+            gpus.stop_waiting()
+            return
+        refused_at: int | None = None  # the fewest GPUs refused in this pass
+        i = 0
+        while i < len(self._queue) and len(self._running) < self.n_jobs:
+            if refused_at is not None and refused_at <= self._fewest_gpus:
+                return  # no queued job asks for fewer GPUs than were just refused
+            spec = self._queue[i]
+            wanted = gpus.wanted(spec)
+            claim = None if refused_at is not None and wanted >= refused_at else gpus.claim(spec)
+            if claim is None:
+                refused_at = wanted if refused_at is None else min(refused_at, wanted)
+                i += 1
+                continue
+            del self._queue[i]
+            self._start(spec, claim)
+
+    def _start(self, spec: JobSpec, claim: GpuClaim | None) -> None:
+        self._queued.discard(spec.job_id)
+        try:
+            pid, exit_pipe = self._fork_job(spec, None if claim is None else visible_env(claim.ids))
+        finally:
+            if claim is not None:
+                claim.release()  # the job holds its own copies of the locks until it ends
+        wake_fd = _open_pidfd(pid) if exit_pipe is None else exit_pipe
+        self._running[spec.job_id] = _Running(spec, pid, time.monotonic(), wake_fd)
+
+    def _fork_job(self, spec: JobSpec, env: Mapping[str, str] | None = None) -> tuple[int, int | None]:
+        """Start the job (with ``env`` added to its environment); returns its pid and, without
+        pidfds, the read end of its exit pipe."""
         spec.launcher_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(spec.launcher_dir, 0o700)  # pid, logs and result are the user's own
         if self._code_record is not None:
@@ -208,7 +268,7 @@ class LocalPoolBackend(Backend):
                 os.close(read_end)
                 _hold_exit_pipe(write_end)
             os.environ.update(self.env_vars)
-            _child_main(self._task_function, self._hydra_context, spec, self._code)
+            _child_main(self._task_function, self._hydra_context, spec, self._code, env)
         if write_end is not None:
             os.close(write_end)  # the child holds the only write end: its exit makes read_end readable
         return pid, read_end
@@ -306,10 +366,17 @@ def kill_stale_handle(handle: Mapping[str, Any], grace_s: float) -> None:
         kill_group_blocking(pid_info[0], grace_s)
 
 
-def _child_main(task_function: Any, hydra_context: Any, spec: JobSpec, frozen: tuple[Path, Path] | None) -> None:
+def _child_main(
+    task_function: Any,
+    hydra_context: Any,
+    spec: JobSpec,
+    frozen: tuple[Path, Path] | None,
+    env: Mapping[str, str] | None = None,
+) -> None:
     code = 1
     try:
         os.setsid()
+        os.environ.update(env or {})  # its GPUs: CUDA_VISIBLE_DEVICES and the like
         if frozen is not None:  # imports made while the job runs find the code as it was at launch
             from launcher_core.runtime.worker import enter_snapshot
 
@@ -403,4 +470,3 @@ def _redirect(fd: int, path: Path) -> None:
     target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(target, fd)
     os.close(target)
-

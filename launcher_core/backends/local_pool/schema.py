@@ -3,7 +3,7 @@ registers this dataclass in Hydra's ConfigStore; :func:`~.backend.local_pool_set
 Written with ``Optional`` and without postponed annotations: OmegaConf reads these types."""
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 _PKG = "hydra_plugins.remote_launcher"  # where the Hydra face's launcher classes live
 
@@ -21,3 +21,14 @@ class LocalPoolLauncherConf:
     skip_completed: bool = False
     # environment variables of every job, set in its process before the task runs
     env_vars: Dict[str, str] = field(default_factory=dict)
+    # GPUs the jobs share out: null = none handed out (every job sees every GPU); auto = all that
+    # nvidia-smi -L lists; a count N = GPUs 0..N-1; a list = those ids. Locks are machine-wide.
+    gpus: Optional[Any] = None
+    # with gpus: GPUs each job gets (0: a job that sees no GPU)
+    gpus_per_job: int = 1
+    # per-job resources read from each job's composed config: {gpus_per_job: trainer.gpus}
+    resources_from: Dict[str, str] = field(default_factory=dict)
+    # with gpus: up to N jobs share one GPU (your choice for small models; 1 = a GPU per job)
+    jobs_per_gpu: int = 1
+    # with gpus: the machine-wide GPU lock dir; null = /tmp/hydra-launcher-gpus
+    gpu_lock_dir: Optional[str] = None

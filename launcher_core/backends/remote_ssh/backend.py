@@ -463,6 +463,8 @@ class RemoteSSHBackend(Backend):
             "max_parallel": state.settings.max_parallel,
             "gpus_per_job": self.settings.gpus_per_job,
             "gpus": state.settings.gpus,  # known: the runner hands out free GPU ids (runtime/runner.py)
+            "jobs_per_gpu": self.settings.jobs_per_gpu,
+            "gpu_lock_dir": self.settings.gpu_lock_dir,  # null: runtime/gpus.py's machine-wide default
             "cwd": state.snapshot,
             "sweep_payload": sweep_payload,
             "table": batch_file,

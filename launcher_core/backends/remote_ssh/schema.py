@@ -69,6 +69,10 @@ class RemoteSSHLauncherConf:
     gpus: Optional[int] = None
     # per-job resources read from each job's composed config: {gpus_per_job: trainer.gpus}
     resources_from: Dict[str, str] = field(default_factory=dict)
+    # with gpus: up to N jobs share one GPU (your choice for small models; 1 = a GPU per job)
+    jobs_per_gpu: int = 1
+    # with gpus: the host's machine-wide GPU lock dir; null = /tmp/hydra-launcher-gpus
+    gpu_lock_dir: Optional[str] = None
     # run each job's Python in a Singularity/Apptainer image on the host (image: a path there)
     container: ContainerConf = field(default_factory=ContainerConf)
     # true: block until every job is done and pulled; false: return once all jobs started

@@ -71,6 +71,8 @@ class RemoteSSHSettings:
     # the keys the user gave these under (messages name them): the old spellings still work
     env_vars_key: str = ENV_VARS
     setup_commands_key: str = SETUP_COMMANDS
+    jobs_per_gpu: int = 1
+    gpu_lock_dir: str | None = None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any], prefix: str = "hydra.launcher") -> RemoteSSHSettings:
@@ -135,6 +137,8 @@ class RemoteSSHSettings:
             resources_from=tuple(check_resources_from(cfg.get("resources_from"), RESOURCES, prefix).items()),
             env_vars_key=given_vars.key,
             setup_commands_key=given_setup.key,
+            jobs_per_gpu=v.integer("jobs_per_gpu", d.jobs_per_gpu, minimum=1),
+            gpu_lock_dir=v.optional_remote_path("gpu_lock_dir"),
         )
         if settings.env_setup == "conda" and not settings.conda_env:
             raise ConfigError(f"{prefix}.env.conda_env must name the conda environment when env.setup=conda")
