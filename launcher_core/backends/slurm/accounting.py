@@ -330,3 +330,17 @@ def _pending_unsplit_arrays(records: dict[str, SlurmRecord], handles: Any) -> No
 
 def _record(records: Mapping[str, SlurmRecord], handle: Mapping[str, Any]) -> SlurmRecord:
     return records.get(str(handle.get("slurm_job_id"))) or SlurmRecord("UNKNOWN")
+
+
+def node_loads(commands: SlurmCommands) -> dict[str, Any]:
+    """Each node's CPU load and CPUs (``sinfo -h -N -o '%N %O %c'``: one call); {} when it fails."""
+    from launcher_core.machines import HostReading
+
+    proc = commands.run(["sinfo", "-h", "-N", "-o", "%N %O %c"])
+    loads: dict[str, Any] = {}
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+        words = line.split()
+        if len(words) == 3:
+            load = float(words[1]) if words[1].replace(".", "", 1).isdigit() else None
+            loads.setdefault(words[0], HostReading(load, int(words[2]) if words[2].isdigit() else None))
+    return loads

@@ -19,6 +19,7 @@ from launcher_core.backends.base import Backend, CleanReport, CleanRequest, swee
 from launcher_core.backends.slurm.accounting import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmAccounting,
+    node_loads,
     read_max_array_size,
 )
 from launcher_core.backends.slurm.options import SlurmOptions
@@ -38,9 +39,19 @@ from launcher_core.backends.slurm.sbatch import (
 from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 from launcher_core.container import job_binds
 from launcher_core.errors import BackendError, ConfigError, LauncherError, SubmitError
-from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobStatus, SweepInfo
+from launcher_core.jobs import (
+    LAUNCHER_DIR,
+    RESULT_FILE,
+    STDERR_FILE,
+    STDOUT_FILE,
+    JobSpec,
+    JobState,
+    JobStatus,
+    SweepInfo,
+)
 
 if TYPE_CHECKING:
+    from launcher_core.machines import Observation
     from launcher_core.preflight import Check, PreflightRequest
 
 log = logging.getLogger("launcher_core.slurm")
@@ -180,6 +191,22 @@ class SlurmBackend(Backend):
 
         # a job stopped by a failed module/setup line is named with that line (its setup_failed file)
         return with_setup_reasons(self.accounting.statuses(handles, self.site.exit_info), handles, self.site.read_log)
+
+    def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
+        """The poll (one ``sacct``), the load of the nodes running the jobs (one ``sinfo``) and
+        each running job's last stdout line (read in the shared sweep dir, or one session on the
+        login node). GPUs of the nodes are not read: that needs a step inside each job."""
+        from launcher_core.machines import Observation
+
+        before = Counter(self.commands.calls)
+        seen = Observation(statuses=dict(self.poll(handles)))
+        running = {j: handles[j] for j, st in seen.statuses.items() if st.state is JobState.RUNNING}
+        nodes = {str(seen.statuses[j].host) for j in running if seen.statuses[j].host}
+        if nodes:
+            seen.hosts = {n: r for n, r in node_loads(self.commands).items() if n in nodes}
+            seen.jobs = self.site.job_tails(running)
+        seen.commands.update(Counter(self.commands.calls) - before)
+        return seen
 
     def fetch(
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None

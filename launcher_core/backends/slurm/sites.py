@@ -75,6 +75,12 @@ class LocalSite:
     def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         """Nothing to fetch: the cluster wrote the results into the shared sweep dir."""
 
+    def job_tails(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The last stdout line of each job, read in the shared sweep dir."""
+        from launcher_core.machines import read_local_job
+
+        return {j: read_local_job(Path(str(h.get("launcher_dir", ""))), None) for j, h in handles.items()}
+
     def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
         try:
             with open(Path(str(handle.get("launcher_dir", ""))) / name, "rb") as f:
@@ -241,6 +247,14 @@ class LoginSite:
                 code = int(words[1]) if words[1].lstrip("-").isdigit() and words[1] != "-" else None
                 info[words[0]] = ExitInfo(code, words[2] == "1")
         return info
+
+    def job_tails(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """The last stdout line of each job, on the login node: one ssh session for all."""
+        from launcher_core.machines import parse_probe, tail_script
+
+        jobs = [(j, str(h.get("launcher_dir", ""))) for j, h in handles.items()]
+        out = self.commands.script(tail_script(jobs), what="reading job logs") if jobs else ""
+        return parse_probe(out)[1]
 
     def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         from launcher_core.remote.workspace import fetch_job_dirs

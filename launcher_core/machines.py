@@ -1,0 +1,299 @@
+"""What the machines running a sweep's jobs show right now, for ``launcher-core top``: CPU load,
+each GPU (utilisation, memory, which processes use it), and per job the last line of its stdout
+and the GPUs it was given.
+
+One reading per host costs one command there: :func:`probe_script` is a POSIX sh script a backend
+appends to the poll it already sends (so a refresh stays one remote command per host), and
+:func:`parse_probe` reads its answer. :func:`read_this_machine` and :func:`read_local_job` read
+the same things here, in Python. Which of our jobs holds a GPU comes from the job's own
+``CUDA_VISIBLE_DEVICES`` (its process environment) and from the processes ``nvidia-smi`` lists on
+each GPU (by process group: a job's processes share its leader's).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launcher_core.jobs import STDOUT_FILE, JobStatus
+
+GPU_FIELDS = "index,uuid,utilization.gpu,memory.used,memory.total"
+APP_FIELDS = "pid,gpu_uuid"
+NVIDIA_SMI_FORMAT = "--format=csv,noheader,nounits"
+TAIL_BYTES = 400  # of a job's stdout read per refresh: enough for its last line
+LOCAL_HOST = "localhost"  # the name this machine has among the hosts (local_pool jobs' host)
+NVIDIA_SMI_TIMEOUT_S = 10.0
+
+# line prefixes of the probe's answer; a poll's own lines start with a job id, never with these
+_LOAD, _GPU, _APP, _JOB, _TAIL = "HRL-LOAD", "HRL-GPU", "HRL-APP", "HRL-JOB", "HRL-TAIL"
+_NEWLINE_STAND_IN = "\x1e"  # the probe turns a log's line breaks into this, one answer line per job
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU as ``nvidia-smi --query-gpu`` reports it (None: not reported)."""
+
+    index: str
+    uuid: str
+    utilization_pct: float | None
+    memory_used_mib: float | None
+    memory_total_mib: float | None
+
+
+@dataclass
+class HostReading:
+    """A machine: its 1-minute load, CPUs, GPUs (none without ``nvidia-smi``), and the process
+    group of each process using a GPU (``{gpu uuid: {pgid, ...}}``)."""
+
+    load1: float | None = None
+    cpus: int | None = None
+    gpus: list[GpuReading] = field(default_factory=list)
+    gpu_groups: dict[str, set[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobReading:
+    """A running job: the last line its stdout shows, the GPUs its environment names
+    (``CUDA_VISIBLE_DEVICES``: indices or UUIDs; None when unknown), its process (group) id."""
+
+    last_line: str | None = None
+    visible_gpus: tuple[str, ...] | None = None
+    pid: int | None = None
+
+
+@dataclass
+class Observation:
+    """What :meth:`launcher_core.backends.base.Backend.observe` returns: the jobs' states (as
+    ``poll``), and what ``top`` shows of the machines running them, by host, and of each job.
+    ``commands`` counts what it took, by kind (``ssh <host>``, ``sacct``, ``nvidia-smi``...);
+    ``errors``: what could not be read, by host (its jobs are left out of ``statuses``)."""
+
+    statuses: dict[str, JobStatus] = field(default_factory=dict)
+    hosts: dict[str, HostReading] = field(default_factory=dict)
+    jobs: dict[str, JobReading] = field(default_factory=dict)
+    commands: Counter[str] = field(default_factory=Counter)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+# --- the shell probe -------------------------------------------------------------------------
+def probe_script(jobs: Iterable[tuple[str, str]], pid_file: str) -> str:
+    """Lines to append to a host's poll script: its load, each job's stdout tail, the PID and
+    ``CUDA_VISIBLE_DEVICES`` of each running job (from ``<launcher dir>/<pid_file>``, "PID START"),
+    and ``nvidia-smi`` (on the PATH, else on a running job's PATH: set-up lines may bring it).
+    ``jobs``: (key, the job's launcher dir). Needs the poll script's ``st`` function (start time)."""
+    calls = "\n".join(f"hrl_job {shlex.quote(k)} {shlex.quote(d)}" for k, d in jobs)
+    query = f"--query-gpu={GPU_FIELDS} {NVIDIA_SMI_FORMAT}"
+    apps = f"--query-compute-apps={APP_FIELDS} {NVIDIA_SMI_FORMAT}"
+    return f"""
+read -r hrl_l _ < /proc/loadavg 2>/dev/null || hrl_l=-
+echo "{_LOAD} $hrl_l $(getconf _NPROCESSORS_ONLN 2>/dev/null || echo -)"
+hrl_path=""
+hrl_env() {{ tr '\\000' '\\n' < "/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p" | head -n 1; }}
+hrl_job() {{
+  if [ -s "$2/{pid_file}" ]; then
+    read -r p t < "$2/{pid_file}"
+    st "$p"
+    if [ -n "$S" ] && [ "$S" = "$t" ]; then
+      g=$(hrl_env "$p" CUDA_VISIBLE_DEVICES)
+      [ -n "$g" ] || g=$(ls -l "/proc/$p/fd" 2>/dev/null | sed -n 's#.*/gpu-\\([0-9][0-9]*\\)$#\\1#p' | tr '\\n' ',')
+      echo "{_JOB} $1 $p $g"
+      [ -n "$hrl_path" ] || hrl_path=$(hrl_env "$p" PATH)
+    fi
+  fi
+  if [ -f "$2/{STDOUT_FILE}" ]; then
+    printf '{_TAIL} %s ' "$1"
+    tail -c {TAIL_BYTES} "$2/{STDOUT_FILE}" 2>/dev/null | tr '\\r\\n\\000' '\\036\\036\\036'
+    echo
+  fi
+}}
+{calls}
+hrl_smi=$(command -v nvidia-smi 2>/dev/null) || hrl_smi=""
+if [ -z "$hrl_smi" ] && [ -n "$hrl_path" ]; then
+  hrl_smi=$(PATH=$hrl_path; command -v nvidia-smi 2>/dev/null) || hrl_smi=""
+fi
+if [ -n "$hrl_smi" ]; then
+  "$hrl_smi" {query} 2>/dev/null | sed 's/^/{_GPU} /'
+  "$hrl_smi" {apps} 2>/dev/null | while IFS=', ' read -r ap au; do
+    [ -r "/proc/$ap/stat" ] || continue
+    read -r s < "/proc/$ap/stat"; s=${{s##*) }}; set -- $s
+    echo "{_APP} $au $3"
+  done
+fi
+"""
+
+
+def tail_script(jobs: Iterable[tuple[str, str]]) -> str:
+    """Only the stdout tail of each job (key, launcher dir), as :func:`probe_script` reads it."""
+    return "\n".join(
+        f"printf '{_TAIL} %s ' {shlex.quote(k)}; tail -c {TAIL_BYTES} {shlex.quote(d + '/' + STDOUT_FILE)} 2>/dev/null"
+        " | tr '\\r\\n\\000' '\\036\\036\\036'; echo"
+        for k, d in jobs
+    )
+
+
+def parse_probe(output: str) -> tuple[HostReading, dict[str, JobReading]]:
+    """The host's reading and each job's (by key) from the probe's lines in ``output``."""
+    host = HostReading()
+    tails: dict[str, str] = {}
+    running: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for line in output.split("\n"):  # not splitlines(): a tail's line breaks are \x1e there
+        kind, _, rest = line.partition(" ")
+        if kind == _LOAD:
+            host.load1, host.cpus = _load(rest.split())
+        elif kind == _GPU:
+            gpu = parse_gpu_row(rest)
+            if gpu is not None:
+                host.gpus.append(gpu)
+        elif kind == _APP:
+            uuid, _, pgid = rest.partition(" ")
+            if pgid.strip().isdigit():
+                host.gpu_groups.setdefault(uuid, set()).add(int(pgid))
+        elif kind == _JOB:
+            key, _, more = rest.partition(" ")
+            pid, _, visible = more.partition(" ")
+            if pid.isdigit():
+                running[key] = (int(pid), _visible(visible))
+        elif kind == _TAIL:
+            key, _, tail = rest.partition(" ")
+            tails[key] = tail
+    jobs = {}
+    for key in {*tails, *running}:
+        pid, visible = running.get(key, (None, None))
+        jobs[key] = JobReading(last_line(tails.get(key, "").replace(_NEWLINE_STAND_IN, "\n")), visible, pid)
+    return host, jobs
+
+
+def _load(words: Sequence[str]) -> tuple[float | None, int | None]:
+    load = _number(words[0]) if words else None
+    cpus = words[1] if len(words) > 1 else ""
+    return load, int(cpus) if cpus.isdigit() else None
+
+
+def _visible(text: str) -> tuple[str, ...] | None:
+    text = text.strip()
+    return tuple(v.strip() for v in text.split(",") if v.strip()) if text else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None  # "[N/A]", "-", "[Not Supported]"
+
+
+def parse_gpu_row(row: str) -> GpuReading | None:
+    """One line of ``nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,memory.total
+    --format=csv,noheader,nounits``."""
+    cells = [c.strip() for c in row.split(",")]
+    if len(cells) < 5 or not cells[0].isdigit():
+        return None
+    return GpuReading(cells[0], cells[1], _number(cells[2]), _number(cells[3]), _number(cells[4]))
+
+
+def last_line(text: str) -> str | None:
+    """The last non-empty line (a progress bar's last state: ``\\r`` ends a line too)."""
+    lines = [line.strip() for line in text.replace("\r", "\n").split("\n")]
+    shown = [line for line in lines if line]
+    return shown[-1] if shown else None
+
+
+# --- this machine ------------------------------------------------------------------------------
+def read_this_machine() -> HostReading:
+    """This machine's load, CPUs and GPUs: one local ``nvidia-smi`` per query (none without it)."""
+    try:
+        load1: float | None = os.getloadavg()[0]
+    except OSError:
+        load1 = None
+    reading = HostReading(load1=load1, cpus=os.cpu_count())
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return reading
+    gpus = _run_nvidia_smi([smi, f"--query-gpu={GPU_FIELDS}", NVIDIA_SMI_FORMAT])
+    reading.gpus = [g for g in (parse_gpu_row(r) for r in gpus) if g is not None]
+    for row in _run_nvidia_smi([smi, f"--query-compute-apps={APP_FIELDS}", NVIDIA_SMI_FORMAT]):
+        pid, _, uuid = (c.strip() for c in row.partition(","))
+        group = process_group(int(pid)) if pid.isdigit() else None
+        if group is not None:
+            reading.gpu_groups.setdefault(uuid, set()).add(group)
+    return reading
+
+
+def _run_nvidia_smi(argv: Sequence[str]) -> list[str]:
+    try:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return proc.stdout.splitlines() if proc.returncode == 0 else []
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of a live process (None: gone)."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def read_local_job(launcher_dir: Path, pid: int | None) -> JobReading:
+    """A job on this machine: the last line of its stdout and the GPUs its environment names."""
+    return JobReading(_local_tail(launcher_dir / STDOUT_FILE), _environ_gpus(pid) if pid else None, pid)
+
+
+def _local_tail(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - TAIL_BYTES))
+            return last_line(f.read().decode(errors="replace"))
+    except OSError:
+        return None
+
+
+def _environ_gpus(pid: int) -> tuple[str, ...] | None:
+    """``CUDA_VISIBLE_DEVICES`` of the process as it started, else the GPU lock files
+    (``gpu-<index>``) it holds open: a job's leader keeps its GPU locks for the job's life."""
+    try:
+        data = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in data.split(b"\0"):
+        if item.startswith(b"CUDA_VISIBLE_DEVICES="):
+            return _visible(item.split(b"=", 1)[1].decode(errors="replace"))
+    return held_gpu_locks(pid)
+
+
+def held_gpu_locks(pid: int) -> tuple[str, ...] | None:
+    """The indices of the GPU lock files (``.../gpu-<index>``) the process holds open."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    found = []
+    for fd in fds:
+        try:
+            name = os.readlink(fd).rsplit("/", 1)[-1]
+        except OSError:
+            continue
+        if name.startswith("gpu-") and name[4:].isdigit():
+            found.append(name[4:])
+    return tuple(sorted(found, key=int)) or None
+
+
+def holders(gpu: GpuReading, reading: HostReading, jobs: Mapping[str, JobReading]) -> list[str]:
+    """The keys of the jobs that hold ``gpu``: its index or UUID in their ``CUDA_VISIBLE_DEVICES``,
+    or a process of their group on it as ``nvidia-smi`` lists it."""
+    groups = reading.gpu_groups.get(gpu.uuid, set())
+    found = []
+    for key, job in jobs.items():
+        named = job.visible_gpus is not None and (gpu.index in job.visible_gpus or gpu.uuid in job.visible_gpus)
+        if named or (job.pid is not None and job.pid in groups):
+            found.append(key)
+    return sorted(found)
