@@ -24,6 +24,7 @@ from launcher_core.jobs import JobState
 from launcher_core.overview import Overview, Snapshot
 from launcher_core.state import StateStore
 from tests.conftest import REPO_ROOT
+from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixtures)
 from tests.sshd import SSHServer, SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixtures)
 
 APP = """\
@@ -330,5 +331,59 @@ def test_remote_ssh_one_command_per_host_and_no_new_login_per_refresh(
         assert f"sweep {ids['top-a']} (remote_ssh)  pending 0  submitted 0  running 2  completed 0  failed 1" in text
         assert f"running #0 on {host}" in text and "epoch 3/3 x=0" in text
         assert f"  {other_host}  running 1" in text
+    finally:
+        release.touch()
+
+
+# --- slurm on the test cluster ----------------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_slurm_sweeps_cost_one_sacct_per_refresh(slurm_cluster: SlurmCluster, tmp_path: Path, home: Path) -> None:
+    from tests.slurm_cluster import launch_sweep
+
+    release = tmp_path / "release"
+
+    def task(cfg):
+        import os
+        import time
+
+        for epoch in range(1, 4):
+            print(f"epoch {epoch}/3 x={cfg.x}", flush=True)
+        deadline = time.time() + 120
+        while not os.path.exists(cfg.release) and time.time() < deadline:
+            time.sleep(0.1)
+        return cfg.x
+
+    sweeps = [tmp_path / "sweep-a", tmp_path / "sweep-b"]
+    try:
+        for n, sweep in enumerate(sweeps):
+            jobs = [[f"+x={10 * n + i}", f"+release={release}"] for i in range(2)]
+            overrides = [f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=5", "hydra.launcher.wait=false"]
+            launch_sweep(task, jobs, overrides)
+        ids = [_sweep_id(s) for s in sweeps]
+        with Overview() as overview:
+            seen: list[Snapshot] = []
+            try:
+                _wait(
+                    "4 jobs running",
+                    lambda: seen.append(overview.refresh()) or _settled(seen[-1], dict.fromkeys(ids, 2)),
+                )
+            except AssertionError:
+                raise AssertionError(render_text(seen[-1])) from None
+            snapshot = overview.refresh()
+        assert snapshot.commands["sacct"] == 1 and snapshot.commands["sinfo"] == 1
+        assert snapshot.commands["sbatch"] == 0 and snapshot.commands["scancel"] == 0
+        for n, sweep_id in enumerate(ids):
+            view = snapshot.sweep(sweep_id)
+            assert view.backend == "slurm" and (view.counts["running"], view.total) == (2, 2)
+            assert sorted(j.last_line or "" for j in view.running) == [f"epoch 3/3 x={10 * n + i}" for i in range(2)]
+        nodes = {j.host for s in snapshot.sweeps for j in s.running}
+        assert len(nodes) == 1 and None not in nodes
+        node = snapshot.host(str(nodes.pop()))
+        assert node.running == 4 and node.cpus and node.gpus == []  # GPUs of Slurm nodes are not read
+        text = _top_once(None)
+        assert f"sweep {ids[0]} (slurm)  pending 0  submitted 0  running 2" in text
+        assert "epoch 3/3 x=11" in text
     finally:
         release.touch()
