@@ -10,6 +10,7 @@ jobs get from their set-up lines.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from launcher_core.cli.top import Selection, handle_key, render_text
+from launcher_core.cli.top import Selection, handle_key, render_live, render_text
 from launcher_core.jobs import JobState
 from launcher_core.overview import Overview, Snapshot
 from launcher_core.state import StateStore
@@ -177,6 +179,10 @@ def test_cancel_key_cancels_the_selected_job_only_after_yes(
     assert [(j.idx, j.state) for j in sweep.jobs] == [(1, "running"), (2, "running"), (3, "running"), (0, "failed")]
     assert sweep.failed[0].reason == "ValueError: bad x=0"
     selection = Selection()
+    screen = Console(record=True, width=200, file=io.StringIO())
+    screen.print(render_live(snapshot, selection))
+    drawn = screen.export_text()
+    assert sweep.sweep_id in drawn and "epoch 3/3 x=1" in drawn and "ValueError: bad x=0" in drawn
     asked: list[str] = []
     opened: list[int] = []
 
