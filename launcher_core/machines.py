@@ -13,6 +13,7 @@ each GPU (by process group: a job's processes share its leader's).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,9 +31,11 @@ TAIL_BYTES = 400  # of a job's stdout read per refresh: enough for its last line
 LOCAL_HOST = "localhost"  # the name this machine has among the hosts (local_pool jobs' host)
 NVIDIA_SMI_TIMEOUT_S = 10.0
 
-# line prefixes of the probe's answer; a poll's own lines start with a job id, never with these
-_LOAD, _GPU, _APP, _JOB, _TAIL = "HRL-LOAD", "HRL-GPU", "HRL-APP", "HRL-JOB", "HRL-TAIL"
-_NEWLINE_STAND_IN = "\x1e"  # the probe turns a log's line breaks into this, one answer line per job
+TAIL_CHUNK = 200  # logs per ``tail`` command: one process per chunk, argv well under its limit
+
+# line prefixes and section markers of the probe's answer (a poll's own lines start with a job key)
+_PROBE, _LOAD, _GPU, _APP, _JOB, _LOG = "HRL-PROBE", "HRL-LOAD", "HRL-GPU", "HRL-APP", "HRL-JOB", "HRL-LOG"
+_ENV, _FD, _TAILS = "HRL-ENV", "HRL-FD", "HRL-TAILS"
 
 
 @dataclass(frozen=True)
@@ -83,36 +86,39 @@ class Observation:
 
 # --- the shell probe -------------------------------------------------------------------------
 def probe_script(jobs: Iterable[tuple[str, str]], pid_file: str) -> str:
-    """Lines to append to a host's poll script: its load, each job's stdout tail, the PID and
-    ``CUDA_VISIBLE_DEVICES`` of each running job (from ``<launcher dir>/<pid_file>``, "PID START"),
-    and ``nvidia-smi`` (on the PATH, else on a running job's PATH: set-up lines may bring it).
-    ``jobs``: (key, the job's launcher dir). Needs the poll script's ``st`` function (start time)."""
+    """Lines to append to a host's poll script: its load, the PID and GPUs of each running job
+    (from ``<launcher dir>/<pid_file>``, "PID START"; its ``CUDA_VISIBLE_DEVICES``, else the GPU lock
+    files it holds open), ``nvidia-smi`` (on the PATH, else on a running job's PATH: set-up lines
+    may bring it) and the tail of each job's stdout. ``jobs``: (key, the job's launcher dir). Needs
+    the poll script's ``st`` function (a process's start time). A fixed number of processes
+    whatever the number of jobs: the per-job part is shell builtins only."""
+    jobs = list(jobs)
     calls = "\n".join(f"hrl_job {shlex.quote(k)} {shlex.quote(d)}" for k, d in jobs)
     query = f"--query-gpu={GPU_FIELDS} {NVIDIA_SMI_FORMAT}"
     apps = f"--query-compute-apps={APP_FIELDS} {NVIDIA_SMI_FORMAT}"
     return f"""
+echo {_PROBE}
 read -r hrl_l _ < /proc/loadavg 2>/dev/null || hrl_l=-
 echo "{_LOAD} $hrl_l $(getconf _NPROCESSORS_ONLN 2>/dev/null || echo -)"
-hrl_path=""
-hrl_env() {{ tr '\\000' '\\n' < "/proc/$1/environ" 2>/dev/null | sed -n "s/^$2=//p" | head -n 1; }}
+hrl_pids=""
 hrl_job() {{
-  if [ -s "$2/{pid_file}" ]; then
-    read -r p t < "$2/{pid_file}"
-    st "$p"
-    if [ -n "$S" ] && [ "$S" = "$t" ]; then
-      g=$(hrl_env "$p" CUDA_VISIBLE_DEVICES)
-      [ -n "$g" ] || g=$(ls -l "/proc/$p/fd" 2>/dev/null | sed -n 's#.*/gpu-\\([0-9][0-9]*\\)$#\\1#p' | tr '\\n' ',')
-      echo "{_JOB} $1 $p $g"
-      [ -n "$hrl_path" ] || hrl_path=$(hrl_env "$p" PATH)
-    fi
-  fi
-  if [ -f "$2/{STDOUT_FILE}" ]; then
-    printf '{_TAIL} %s ' "$1"
-    tail -c {TAIL_BYTES} "$2/{STDOUT_FILE}" 2>/dev/null | tr '\\r\\n\\000' '\\036\\036\\036'
-    echo
-  fi
+  [ -s "$2/{pid_file}" ] || return 0
+  read -r p t < "$2/{pid_file}"
+  st "$p"
+  if [ -n "$S" ] && [ "$S" = "$t" ]; then echo "{_JOB} $1 $p"; hrl_pids="$hrl_pids $p"; fi
 }}
 {calls}
+hrl_path=""
+if [ -n "$hrl_pids" ]; then
+  echo {_ENV}
+  (set --; for p in $hrl_pids; do set -- "$@" "/proc/$p/environ"; done
+   grep -a -z -H '^CUDA_VISIBLE_DEVICES=' "$@" 2>/dev/null | tr '\\000' '\\n')
+  echo {_FD}
+  (set --; for p in $hrl_pids; do set -- "$@" "/proc/$p/fd"; done
+   ls -l "$@" 2>/dev/null | grep -e '^/proc/' -e '/gpu-[0-9]*$')
+  set -- $hrl_pids
+  hrl_path=$(tr '\\000' '\\n' < "/proc/$1/environ" 2>/dev/null | sed -n 's/^PATH=//p')
+fi
 hrl_smi=$(command -v nvidia-smi 2>/dev/null) || hrl_smi=""
 if [ -z "$hrl_smi" ] && [ -n "$hrl_path" ]; then
   hrl_smi=$(PATH=$hrl_path; command -v nvidia-smi 2>/dev/null) || hrl_smi=""
@@ -125,48 +131,89 @@ if [ -n "$hrl_smi" ]; then
     echo "{_APP} $au $3"
   done
 fi
+{tail_script(jobs)}
 """
 
 
-def tail_script(jobs: Iterable[tuple[str, str]]) -> str:
-    """Only the stdout tail of each job (key, launcher dir), as :func:`probe_script` reads it."""
-    return "\n".join(
-        f"printf '{_TAIL} %s ' {shlex.quote(k)}; tail -c {TAIL_BYTES} {shlex.quote(d + '/' + STDOUT_FILE)} 2>/dev/null"
-        " | tr '\\r\\n\\000' '\\036\\036\\036'; echo"
-        for k, d in jobs
-    )
+def tail_script(jobs: Sequence[tuple[str, str]]) -> str:
+    """The tail of each job's stdout (key, launcher dir): the last part of the probe, or alone.
+    One ``tail`` per :data:`TAIL_CHUNK` logs (GNU tail's ``==> file <==`` headers frame them)."""
+    paths = [(k, f"{d}/{STDOUT_FILE}") for k, d in jobs]
+    lines = [f"echo {_LOG} {shlex.quote(k)} {shlex.quote(p)}" for k, p in paths]
+    lines.append(f"echo {_TAILS}")
+    for start in range(0, len(paths), TAIL_CHUNK):
+        chunk = " ".join(shlex.quote(p) for _k, p in paths[start : start + TAIL_CHUNK])
+        lines.append(f"tail -v -c {TAIL_BYTES} -- {chunk} 2>/dev/null")
+    return "\n".join(lines)
+
+
+def poll_answer(output: str) -> str:
+    """The part of a poll script's output before the probe's (whose log tails may say anything)."""
+    return output.partition(f"\n{_PROBE}\n")[0]
 
 
 def parse_probe(output: str) -> tuple[HostReading, dict[str, JobReading]]:
-    """The host's reading and each job's (by key) from the probe's lines in ``output``."""
+    """The host's reading and each job's (by key) from the probe's part of ``output``."""
+    head, _, tails = output.partition(f"{_TAILS}\n")
     host = HostReading()
-    tails: dict[str, str] = {}
-    running: dict[str, tuple[int, tuple[str, ...]]] = {}
-    for line in output.split("\n"):  # not splitlines(): a tail's line breaks are \x1e there
+    pids: dict[str, int] = {}
+    logs: dict[str, str] = {}
+    visible: dict[int, tuple[str, ...]] = {}
+    locks: dict[int, list[str]] = {}
+    section, fd_pid = "", 0
+    for line in head.split("\n"):
         kind, _, rest = line.partition(" ")
-        if kind == _LOAD:
-            host.load1, host.cpus = _load(rest.split())
-        elif kind == _GPU:
-            gpu = parse_gpu_row(rest)
-            if gpu is not None:
-                host.gpus.append(gpu)
-        elif kind == _APP:
-            uuid, _, pgid = rest.partition(" ")
-            if pgid.strip().isdigit():
-                host.gpu_groups.setdefault(uuid, set()).add(int(pgid))
-        elif kind == _JOB:
-            key, _, more = rest.partition(" ")
-            pid, _, visible = more.partition(" ")
-            if pid.isdigit():
-                running[key] = (int(pid), _visible(visible))
-        elif kind == _TAIL:
-            key, _, tail = rest.partition(" ")
-            tails[key] = tail
+        if line in (_ENV, _FD):
+            section = line
+        elif kind in (_LOAD, _GPU, _APP, _JOB, _LOG):
+            section = ""
+            _read_line(kind, rest, host, pids, logs)
+        elif section == _ENV and line.startswith("/proc/"):
+            pid, _, value = line[len("/proc/") :].partition("/environ:CUDA_VISIBLE_DEVICES=")
+            if pid.isdigit() and _visible(value) is not None:
+                visible[int(pid)] = _visible(value) or ()
+        elif section == _FD and line.startswith("/proc/") and line.endswith("/fd:"):
+            fd_pid = int(line[len("/proc/") : -len("/fd:")] or 0)
+        elif section == _FD and fd_pid and "/gpu-" in line:
+            index = line.rsplit("/gpu-", 1)[1]
+            if index.isdigit():
+                locks.setdefault(fd_pid, []).append(index)
+    by_path = _tails_by_path(tails)
     jobs = {}
-    for key in {*tails, *running}:
-        pid, visible = running.get(key, (None, None))
-        jobs[key] = JobReading(last_line(tails.get(key, "").replace(_NEWLINE_STAND_IN, "\n")), visible, pid)
+    for key in {*pids, *logs}:
+        pid = pids.get(key)
+        gpus = (visible.get(pid) or tuple(locks.get(pid, ())) or None) if pid else None
+        jobs[key] = JobReading(last_line(by_path.get(logs.get(key, ""), "")), gpus, pid)
     return host, jobs
+
+
+def _read_line(kind: str, rest: str, host: HostReading, pids: dict[str, int], logs: dict[str, str]) -> None:
+    if kind == _LOAD:
+        host.load1, host.cpus = _load(rest.split())
+    elif kind == _GPU:
+        gpu = parse_gpu_row(rest)
+        if gpu is not None:
+            host.gpus.append(gpu)
+    elif kind == _APP:
+        uuid, _, pgid = rest.partition(" ")
+        if pgid.strip().isdigit():
+            host.gpu_groups.setdefault(uuid, set()).add(int(pgid))
+    elif kind == _JOB:
+        key, _, pid = rest.partition(" ")
+        if pid.strip().isdigit():
+            pids[key] = int(pid)
+    elif kind == _LOG:
+        key, _, path = rest.partition(" ")
+        logs[key] = path
+
+
+_TAIL_HEADER = re.compile(r"(?:^|\n)==> (.*) <==\n")
+
+
+def _tails_by_path(text: str) -> dict[str, str]:
+    """``{path: its tail}`` from ``tail -v`` output."""
+    parts = _TAIL_HEADER.split(text)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 
 
 def _load(words: Sequence[str]) -> tuple[float | None, int | None]:

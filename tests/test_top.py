@@ -393,3 +393,60 @@ def test_slurm_sweeps_cost_one_sacct_per_refresh(slurm_cluster: SlurmCluster, tm
         assert "epoch 3/3 x=11" in text
     finally:
         release.touch()
+
+
+# --- the host probe, run by sh here against real processes -------------------------------------
+def test_probe_reads_gpus_from_environment_or_held_locks_and_last_lines(tmp_path: Path) -> None:
+    """What one host command answers, run here with ``sh`` as sshd would: a job whose environment
+    names its GPU, a job holding GPU lock files open, the stand-in on a job's PATH only, and
+    logs ending in a progress bar (``\\r``) or without a final newline."""
+    from launcher_core.machines import parse_probe, poll_answer, probe_script
+    from launcher_core.remote.scripts import poll_script
+    from launcher_core.runtime.procs import process_start_time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _standin(bin_dir, util=[5, 6, 7, 8])
+    locks = tmp_path / "slots"
+    locks.mkdir()
+    for i in range(4):
+        (locks / f"gpu-{i}").touch()
+    path = f"PATH={bin_dir}:/usr/bin:/bin"
+    holder = "exec 3<$0/gpu-1 4<$0/gpu-3; exec sleep 60"
+    procs = {
+        "env": subprocess.Popen(["env", "-i", path, "CUDA_VISIBLE_DEVICES=2", "sleep", "60"]),
+        "locks": subprocess.Popen(["env", "-i", path, "sh", "-c", holder, str(locks)]),
+    }
+    logs = {"env": "step 1\nstep 2\n", "locks": "epoch 1\r 10%|#\r 55%|#####"}
+    jobs = []
+    try:
+        for key, proc in procs.items():
+            d = tmp_path / key / ".launcher"
+            d.mkdir(parents=True)
+            (d / "stdout.log").write_text(logs[key])
+            _wait("started", lambda p=proc: process_start_time(p.pid) is not None and _exec_done(p.pid))
+            (d / "pid").write_text(f"{proc.pid} {process_start_time(proc.pid)}\n")
+            jobs.append((key, str(d)))
+        script = poll_script([(k, d, "/nonexistent") for k, d in jobs], 1) + probe_script(jobs, "pid")
+        answer = subprocess.run(
+            ["env", "-i", "PATH=/usr/bin:/bin", "sh", "-s"], input=script, capture_output=True, text=True, timeout=30
+        )
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    assert poll_answer(answer.stdout).split("\n") == ["env running", "locks running"]
+    host, readings = parse_probe(answer.stdout)
+    assert host.load1 is not None and host.cpus == os.cpu_count()
+    assert [(g.index, g.utilization_pct) for g in host.gpus] == [("0", 5.0), ("1", 6.0), ("2", 7.0), ("3", 8.0)]
+    assert readings["env"].visible_gpus == ("2",) and readings["env"].last_line == "step 2"
+    assert readings["locks"].visible_gpus == ("1", "3") and readings["locks"].last_line == "55%|#####"
+    assert readings["env"].pid == procs["env"].pid
+
+
+def _exec_done(pid: int) -> bool:
+    """The process runs its final program (``sleep``), its environment and files in place."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
+    except OSError:
+        return False

@@ -518,7 +518,7 @@ class RemoteSSHBackend(Backend):
         return seen
 
     def _observe_host(self, label: str, handles: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
-        from launcher_core.machines import parse_probe, probe_script
+        from launcher_core.machines import parse_probe, poll_answer, probe_script
 
         conn = self.hosts.conn(label)
         jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
@@ -527,7 +527,7 @@ class RemoteSSHBackend(Backend):
         )
         output = conn.call(f"look at {len(jobs)} jobs", lambda: conn.run_script(script, what="top"))
         host, readings = parse_probe(output)
-        return _statuses_from(output, handles, label), host, readings
+        return _statuses_from(poll_answer(output), handles, label), host, readings
 
     def _fetch_host(
         self,
