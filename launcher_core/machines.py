@@ -5,9 +5,10 @@ and the GPUs it was given.
 One reading per host costs one command there: :func:`probe_script` is a POSIX sh script a backend
 appends to the poll it already sends (so a refresh stays one remote command per host), and
 :func:`parse_probe` reads its answer. :func:`read_this_machine` and :func:`read_local_job` read
-the same things here, in Python. Which of our jobs holds a GPU comes from the job's own
-``CUDA_VISIBLE_DEVICES`` (its process environment) and from the processes ``nvidia-smi`` lists on
-each GPU (by process group: a job's processes share its leader's).
+the same things here, in Python. Which of our jobs holds a GPU comes from the GPU lock files
+(``gpu-<id>``, :mod:`launcher_core.runtime` locking) its leader holds open, else its
+``CUDA_VISIBLE_DEVICES`` as it started, and from the processes ``nvidia-smi`` lists on each GPU
+(by process group: a job's processes share its leader's).
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ class Observation:
 # --- the shell probe -------------------------------------------------------------------------
 def probe_script(jobs: Iterable[tuple[str, str]], pid_file: str) -> str:
     """Lines to append to a host's poll script: its load, the PID and GPUs of each running job
-    (from ``<launcher dir>/<pid_file>``, "PID START"; its ``CUDA_VISIBLE_DEVICES``, else the GPU lock
-    files it holds open), ``nvidia-smi`` (on the PATH, else on a running job's PATH: set-up lines
+    (from ``<launcher dir>/<pid_file>``, "PID START"; the GPU lock files it holds open, else its
+    ``CUDA_VISIBLE_DEVICES``), ``nvidia-smi`` (on the PATH, else on a running job's PATH: set-up lines
     may bring it) and the tail of each job's stdout. ``jobs``: (key, the job's launcher dir). Needs
     the poll script's ``st`` function (a process's start time). A fixed number of processes
     whatever the number of jobs: the per-job part is shell builtins only."""
@@ -182,7 +183,7 @@ def parse_probe(output: str) -> tuple[HostReading, dict[str, JobReading]]:
     jobs = {}
     for key in {*pids, *logs}:
         pid = pids.get(key)
-        gpus = (visible.get(pid) or tuple(locks.get(pid, ())) or None) if pid else None
+        gpus = (tuple(locks.get(pid, ())) or visible.get(pid)) if pid else None
         jobs[key] = JobReading(last_line(by_path.get(logs.get(key, ""), "")), gpus, pid)
     return host, jobs
 
@@ -305,8 +306,12 @@ def _local_tail(path: Path) -> str | None:
 
 
 def _environ_gpus(pid: int) -> tuple[str, ...] | None:
-    """``CUDA_VISIBLE_DEVICES`` of the process as it started, else the GPU lock files
-    (``gpu-<index>``) it holds open: a job's leader keeps its GPU locks for the job's life."""
+    """The GPU lock files (``gpu-<index>``) the job holds open (its leader keeps them for the job's
+    life), else ``CUDA_VISIBLE_DEVICES`` of the process as it started (a forked job's own setting
+    of it is not visible there: the locks come first)."""
+    held = held_gpu_locks(pid)
+    if held:
+        return held
     try:
         data = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -314,7 +319,7 @@ def _environ_gpus(pid: int) -> tuple[str, ...] | None:
     for item in data.split(b"\0"):
         if item.startswith(b"CUDA_VISIBLE_DEVICES="):
             return _visible(item.split(b"=", 1)[1].decode(errors="replace"))
-    return held_gpu_locks(pid)
+    return None
 
 
 def held_gpu_locks(pid: int) -> tuple[str, ...] | None:
