@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from tests.sshd import SSHServer, SSHTestEnv, ssh_env_fixture  # noqa: F401  (fi
 
 APP = """\
 import os
+import shutil
 import sys
 import time
 
@@ -456,3 +458,80 @@ def _exec_done(pid: int) -> bool:
         return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep")
     except OSError:
         return False
+
+
+@pytest.mark.skipif(
+    shutil.which("nvidia-smi") is None,
+    reason="no nvidia-smi here (no GPU driver): the stand-in tests cover its formats; this one checks a real one",
+)
+def test_a_real_nvidia_smi_answers_what_top_reads() -> None:
+    from launcher_core.machines import parse_probe, probe_script, read_this_machine
+
+    here = read_this_machine()
+    assert here.gpus and all(g.uuid.startswith("GPU-") and g.memory_total_mib for g in here.gpus)
+    answer = subprocess.run(["sh", "-s"], input=probe_script([], "pid"), capture_output=True, text=True, timeout=60)
+    host, _jobs = parse_probe(answer.stdout)
+    assert [(g.index, g.uuid) for g in host.gpus] == [(g.index, g.uuid) for g in here.gpus]
+
+
+@pytest.mark.slurm
+@pytest.mark.ssh
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_slurm_login_host_the_nodes_and_logs_ride_with_the_sacct_session(
+    slurm_cluster: SlurmCluster, ssh_env: SSHTestEnv, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``login_host`` every Slurm command is a session on the login node: a refresh is the
+    sacct session (with sinfo and the log tails in it) on the master kept from the first one."""
+    from tests.slurm_cluster import launch_sweep
+    from tests.sshd import shared_dir
+
+    release = shared_dir("hrl-top-login") / "release"
+    project = tmp_path / "proj"
+    project.mkdir()
+    monkeypatch.chdir(project)
+
+    def task(cfg):
+        import os
+        import time
+
+        for epoch in range(1, 4):
+            print(f"epoch {epoch}/3 x={cfg.x}", flush=True)
+        deadline = time.time() + 120
+        while not os.path.exists(cfg.release) and time.time() < deadline:
+            time.sleep(0.1)
+        return cfg.x
+
+    sweep = project / "multirun" / "top-login"
+    overrides = [
+        f"hydra.sweep.dir={sweep}",
+        f"hydra.launcher.login_host={ssh_env.server.alias()}",
+        f"hydra.launcher.ssh_config={ssh_env.server.ssh_config}",
+        f"hydra.launcher.remote_dir={ssh_env.remote_dir('top-login')}",
+        f"hydra.launcher.python={ssh_env.python}",
+        f"hydra.launcher.login_setup=['export SLURM_CONF={slurm_cluster.conf}']",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.wait=false",
+    ]
+    host = ssh_env.server.alias()
+    try:
+        launch_sweep(task, [[f"+x={i}", f"+release={release}"] for i in range(2)], overrides)
+        sweep_id = _sweep_id(sweep)
+        before = _logins(ssh_env.server)
+        with Overview() as overview:
+            seen: list[Snapshot] = []
+            try:
+                _wait("2 jobs running", lambda: seen.append(overview.refresh()) or _settled(seen[-1], {sweep_id: 2}))
+            except AssertionError:
+                raise AssertionError(render_text(seen[-1])) from None
+            snapshot = overview.refresh()
+        shown = render_text(snapshot)
+        assert snapshot.commands["sacct"] == 1 and snapshot.commands["sinfo"] == 1, shown
+        assert snapshot.commands[f"ssh {host}"] == 1 and snapshot.commands[f"ssh login {host}"] == 0, shown
+        assert _logins(ssh_env.server) == before + 1  # the first refresh's only
+        view = snapshot.sweep(sweep_id)
+        assert sorted(j.last_line or "" for j in view.running) == ["epoch 3/3 x=0", "epoch 3/3 x=1"], shown
+        node = snapshot.host(str(view.running[0].host))
+        assert node.running == 2 and node.cpus, shown
+    finally:
+        release.touch()

@@ -332,13 +332,16 @@ def _record(records: Mapping[str, SlurmRecord], handle: Mapping[str, Any]) -> Sl
     return records.get(str(handle.get("slurm_job_id"))) or SlurmRecord("UNKNOWN")
 
 
-def node_loads(commands: SlurmCommands) -> dict[str, Any]:
-    """Each node's CPU load and CPUs (``sinfo -h -N -o '%N %O %c'``: one call); {} when it fails."""
+NODE_LOAD_ARGS = ("-h", "-N", "-o", "%N %O %c")  # sinfo: each node's name, CPU load and CPUs
+
+
+def parse_node_loads(text: str) -> dict[str, Any]:
+    """``{node: HostReading}`` from ``sinfo -h -N -o '%N %O %c'`` output (a node in several
+    partitions is listed once per partition: the first line counts)."""
     from launcher_core.machines import HostReading
 
-    proc = commands.run(["sinfo", "-h", "-N", "-o", "%N %O %c"])
     loads: dict[str, Any] = {}
-    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+    for line in text.splitlines():
         words = line.split()
         if len(words) == 3:
             load = float(words[1]) if words[1].replace(".", "", 1).isdigit() else None

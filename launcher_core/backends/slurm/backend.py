@@ -19,7 +19,6 @@ from launcher_core.backends.base import Backend, CleanReport, CleanRequest, swee
 from launcher_core.backends.slurm.accounting import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmAccounting,
-    node_loads,
     read_max_array_size,
 )
 from launcher_core.backends.slurm.options import SlurmOptions
@@ -199,14 +198,27 @@ class SlurmBackend(Backend):
         from launcher_core.machines import Observation
 
         before = Counter(self.commands.calls)
-        seen = Observation(statuses=dict(self.poll(handles)))
+        sessions = self._sessions()
+        self.site.before_poll(handles)
+        try:
+            seen = Observation(statuses=dict(self.poll(handles)))
+        except Exception:
+            self.site.nodes_and_tails({})  # what was to ride along with the poll must not ride later
+            raise
         running = {j: handles[j] for j, st in seen.statuses.items() if st.state is JobState.RUNNING}
         nodes = {str(seen.statuses[j].host) for j in running if seen.statuses[j].host}
-        if nodes:
-            seen.hosts = {n: r for n, r in node_loads(self.commands).items() if n in nodes}
-            seen.jobs = self.site.job_tails(running)
+        loads, seen.jobs = self.site.nodes_and_tails(running)
+        seen.hosts = {n: r for n, r in loads.items() if n in nodes}
         seen.commands.update(Counter(self.commands.calls) - before)
+        seen.commands.update(Counter(self._sessions()) - Counter(sessions))
         return seen
+
+    def _sessions(self) -> dict[str, int]:
+        """SSH commands and logins to the login node so far (none on a shared file system)."""
+        if not isinstance(self.site, LoginSite):
+            return {}
+        stats, label = self.site.conn.stats, self.site.conn.label
+        return {f"ssh {label}": stats.commands, f"ssh login {label}": stats.masters_started}
 
     def fetch(
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
