@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from launcher_core.jobs import JobSpec, JobStatus, PullFilter, SweepInfo
 
 if TYPE_CHECKING:
+    from launcher_core.machines import Observation
     from launcher_core.preflight import Check, PreflightRequest
 
 Handle = dict[str, Any]
@@ -126,6 +127,15 @@ class Backend(abc.ABC):
         """Live log bytes from ``offset`` on for ``launcher-core logs`` on jobs not pulled yet
         (``stream`` is "stdout" or "stderr"); None when the backend cannot read them remotely."""
         return None
+
+    def observe(self, handles: Mapping[str, Handle]) -> Observation:
+        """What ``launcher-core top`` shows of running jobs: their states (as :meth:`poll`) and, in
+        the same round trip per host, the machines' load and GPUs and each job's last stdout line
+        (:mod:`launcher_core.machines`). The handles may come from several sweeps whose stored
+        configs share the descriptor's ``watch_group``. Default: :meth:`poll` alone."""
+        from launcher_core.machines import Observation
+
+        return Observation(statuses=dict(self.poll(handles)))
 
     def list_files(self, handles: Mapping[str, Handle]) -> Mapping[str, list[tuple[str, int]]] | None:
         """The backend-side files of finished jobs, ``{job_id: [(path relative to the job's output

@@ -98,6 +98,9 @@ class BackendDescriptor:
     with dependencies), else None. ``dependency_task``: a job's task as such a dependency names it.
     ``job_dir_where_it_ran``: the job's output dir where it ran, from its handle (None: here).
     ``no_remote_copy``: what ``clean`` says when there is nothing to delete ("" when there is).
+    ``watch_group``: a key shared by the stored configs whose jobs one backend, rebuilt from any of
+    them, can observe together (``launcher-core top``: one round trip per host or scheduler for
+    all those sweeps); None: each sweep on its own.
     """
 
     name: str
@@ -113,6 +116,7 @@ class BackendDescriptor:
     dependency_task: Callable[[Mapping[str, Any]], str | None] = field(default=_no_description)
     job_dir_where_it_ran: Callable[[Mapping[str, Any]], str | None] = field(default=_handle_job_dir)
     no_remote_copy: str = ""
+    watch_group: Callable[[Mapping[str, Any]], str | None] = field(default=_no_location)
 
 
 _LOADED: dict[str, BackendDescriptor] | None = None
@@ -184,6 +188,15 @@ def capabilities_of(meta: Mapping[str, Any]) -> Capabilities:
     if not name:
         return Capabilities()
     return descriptor(str(name)).capabilities(meta.get("backend_config") or {})
+
+
+def watch_group(meta: Mapping[str, Any]) -> str | None:
+    """The key under which ``top`` observes a sweep's jobs with other sweeps' (None: alone)."""
+    name = meta.get("backend")
+    if not name or str(name) not in descriptors():
+        return None
+    group = descriptor(str(name)).watch_group(meta.get("backend_config") or {})
+    return None if group is None else f"{name} {group}"
 
 
 def describe_handle(meta: Mapping[str, Any], handle: Mapping[str, Any]) -> str | None:

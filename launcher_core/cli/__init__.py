@@ -13,7 +13,7 @@ from launcher_core.errors import LauncherError
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``launcher-core`` parser, every sub-command registered (what :func:`main` parses)."""
-    from launcher_core.cli import sweep_commands
+    from launcher_core.cli import sweep_commands, top
     from launcher_core.clusters import add_parser as add_cluster_commands
     from launcher_core.collect import pull
     from launcher_core.pipeline.cli import add_commands as add_pipeline_commands
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_command(sub)  # pull: the same arguments as python -m launcher_core.pull
     add_results_commands(sub)  # results, report, link, files
     add_pipeline_commands(sub)  # pipeline run|status|cancel
+    top.add_commands(sub)  # top: every running sweep, its hosts and GPUs
     return parser
 
 

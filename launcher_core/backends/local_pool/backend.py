@@ -17,13 +17,16 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from launcher_core.backends.base import Backend
 from launcher_core.backends.local_pool.gpus import GpuSettings, LocalGpus, gpu_settings
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.runtime.gpus import GpuClaim, visible_env
 from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
+
+if TYPE_CHECKING:
+    from launcher_core.machines import Observation
 
 log = logging.getLogger("launcher_core.local_pool")
 
@@ -163,6 +166,20 @@ class LocalPoolBackend(Backend):
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
     ) -> None:
         """Results are written locally by the job itself: nothing to fetch."""
+
+    def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
+        """States (as :meth:`poll`), and each running job's last stdout line and GPUs, read here
+        (this machine's load and GPUs are ``top``'s own reading of ``localhost``)."""
+        from launcher_core.machines import Observation, read_local_job
+
+        statuses = dict(self.poll(handles))
+        jobs = {}
+        for job_id, status in statuses.items():
+            if status.state is JobState.RUNNING:
+                pid_info = _read_pid_file(handles[job_id])
+                launcher_dir = Path(str(handles[job_id].get("pid_file"))).parent
+                jobs[job_id] = read_local_job(launcher_dir, pid_info[0] if pid_info else None)
+        return Observation(statuses=statuses, jobs=jobs)
 
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
         wanted = set(handles)

@@ -27,5 +27,6 @@ DESCRIPTOR = BackendDescriptor(
     settings=_settings,
     for_preflight=lambda settings: None,  # nothing to check on this machine
     capabilities=lambda config: Capabilities(results_local=True),
+    watch_group=lambda config: "this machine",  # pid files on this machine: one backend reads them all
     no_remote_copy="local sweep: the jobs ran here, the sweep dir is the only copy",
 )

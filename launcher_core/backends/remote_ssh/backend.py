@@ -71,6 +71,7 @@ from launcher_core.remote.workspace import (
 from launcher_core.runtime.runner import ATTACHED, EXIT_STATUS, PID, STARTED
 
 if TYPE_CHECKING:
+    from launcher_core.machines import Observation
     from launcher_core.preflight import Check, PreflightRequest
 
 log = logging.getLogger("launcher_core.remote_ssh")
@@ -497,15 +498,38 @@ class RemoteSSHBackend(Backend):
         jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
         script = poll_script(jobs, self.settings.kill_grace_s)
         output = conn.call(f"status check of {len(jobs)} jobs", lambda: conn.run_script(script, what="status check"))
-        lines = {}
-        for line in output.splitlines():
-            words = line.split()
-            if words and words[0] in handles:
-                lines[words[0]] = words[1:]
-        return {
-            j: status_from_line(lines[j], label) if j in lines else JobStatus(JobState.SUBMITTED, host=label)
-            for j in handles
-        }
+        return _statuses_from(output, handles, label)
+
+    def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
+        """One ssh command per host, on its kept master: the poll script with the host's load,
+        ``nvidia-smi`` and the stdout tail of each job appended (:mod:`launcher_core.machines`)."""
+        from launcher_core.machines import Observation
+
+        by_host = _group_by_host(handles)
+        masters = {label: self.hosts.conn(label).stats.masters_started for label in by_host}
+        results, errors = self.hosts.per_host(by_host, self._observe_host)
+        seen = Observation(errors={label: str(e) for label, e in errors.items()})
+        for label, (statuses, host, jobs) in results.items():
+            seen.statuses.update(statuses)
+            seen.hosts[label] = host
+            seen.jobs.update(jobs)
+        for label in by_host:
+            conn = self.hosts.conn(label)
+            seen.commands[f"ssh {label}"] += 1
+            seen.commands[f"ssh login {label}"] += conn.stats.masters_started - masters[label]
+        return seen
+
+    def _observe_host(self, label: str, handles: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
+        from launcher_core.machines import parse_probe, poll_answer, probe_script
+
+        conn = self.hosts.conn(label)
+        jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
+        script = poll_script(jobs, self.settings.kill_grace_s) + probe_script(
+            [(j, h["launcher_dir"]) for j, h in handles.items()], PID
+        )
+        output = conn.call(f"look at {len(jobs)} jobs", lambda: conn.run_script(script, what="top"))
+        host, readings = parse_probe(output)
+        return _statuses_from(poll_answer(output), handles, label), host, readings
 
     def _fetch_host(
         self,
@@ -524,6 +548,19 @@ class RemoteSSHBackend(Backend):
 
 
 # --- helpers --------------------------------------------------------------------------------
+def _statuses_from(output: str, handles: Mapping[str, Any], label: str) -> dict[str, JobStatus]:
+    """The poll script's answer: one line per job (a job it did not name is still queued)."""
+    lines = {}
+    for line in output.splitlines():
+        words = line.split()
+        if words and words[0] in handles:
+            lines[words[0]] = words[1:]
+    return {
+        j: status_from_line(lines[j], label) if j in lines else JobStatus(JobState.SUBMITTED, host=label)
+        for j in handles
+    }
+
+
 def env_prelude(
     settings: RemoteSSHSettings, *, snapshot: str, pythonpath: Sequence[str], extra_env: Mapping[str, str]
 ) -> str:

@@ -35,6 +35,26 @@ def _remote_location(config: Mapping[str, Any]) -> str | None:
     return "remote_ssh " + json.dumps([hosts, config.get("remote_dir")], sort_keys=True, default=str)
 
 
+# what a poll's connection depends on: sweeps that agree on these share one master per host in `top`
+_CONNECTION_KEYS = (
+    "ssh_config",
+    "connect_timeout_s",
+    "command_timeout_s",
+    "server_alive_interval_s",
+    "server_alive_count_max",
+    "accept_new_host_keys",
+    "batch_mode",
+    "control_persist_s",
+    "retries",
+    "kill_grace_s",
+)
+
+
+def _watch_group(config: Mapping[str, Any]) -> str:
+    """Handles name their host; the connection settings and the poll's grace are all that differ."""
+    return json.dumps({k: config.get(k) for k in _CONNECTION_KEYS}, sort_keys=True, default=str)
+
+
 DESCRIPTOR = BackendDescriptor(
     name="remote_ssh",
     launcher_class="RemoteSSHLauncher",
@@ -44,4 +64,5 @@ DESCRIPTOR = BackendDescriptor(
     capabilities=lambda config: Capabilities(detached=True, remote_copy=True),
     remote_location=_remote_location,
     remote_hint="the same single host and remote_dir",
+    watch_group=_watch_group,
 )

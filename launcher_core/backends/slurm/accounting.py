@@ -330,3 +330,20 @@ def _pending_unsplit_arrays(records: dict[str, SlurmRecord], handles: Any) -> No
 
 def _record(records: Mapping[str, SlurmRecord], handle: Mapping[str, Any]) -> SlurmRecord:
     return records.get(str(handle.get("slurm_job_id"))) or SlurmRecord("UNKNOWN")
+
+
+NODE_LOAD_ARGS = ("-h", "-N", "-o", "%N %O %c")  # sinfo: each node's name, CPU load and CPUs
+
+
+def parse_node_loads(text: str) -> dict[str, Any]:
+    """``{node: HostReading}`` from ``sinfo -h -N -o '%N %O %c'`` output (a node in several
+    partitions is listed once per partition: the first line counts)."""
+    from launcher_core.machines import HostReading
+
+    loads: dict[str, Any] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3:
+            load = float(words[1]) if words[1].replace(".", "", 1).isdigit() else None
+            loads.setdefault(words[0], HostReading(load, int(words[2]) if words[2].isdigit() else None))
+    return loads

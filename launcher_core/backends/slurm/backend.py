@@ -38,9 +38,19 @@ from launcher_core.backends.slurm.sbatch import (
 from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 from launcher_core.container import job_binds
 from launcher_core.errors import BackendError, ConfigError, LauncherError, SubmitError
-from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobStatus, SweepInfo
+from launcher_core.jobs import (
+    LAUNCHER_DIR,
+    RESULT_FILE,
+    STDERR_FILE,
+    STDOUT_FILE,
+    JobSpec,
+    JobState,
+    JobStatus,
+    SweepInfo,
+)
 
 if TYPE_CHECKING:
+    from launcher_core.machines import Observation
     from launcher_core.preflight import Check, PreflightRequest
 
 log = logging.getLogger("launcher_core.slurm")
@@ -180,6 +190,35 @@ class SlurmBackend(Backend):
 
         # a job stopped by a failed module/setup line is named with that line (its setup_failed file)
         return with_setup_reasons(self.accounting.statuses(handles, self.site.exit_info), handles, self.site.read_log)
+
+    def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
+        """The poll (one ``sacct``), the load of the nodes running the jobs (one ``sinfo``) and
+        each running job's last stdout line (read in the shared sweep dir, or one session on the
+        login node). GPUs of the nodes are not read: that needs a step inside each job."""
+        from launcher_core.machines import Observation
+
+        before = Counter(self.commands.calls)
+        sessions = self._sessions()
+        self.site.before_poll(handles)
+        try:
+            seen = Observation(statuses=dict(self.poll(handles)))
+        except Exception:
+            self.site.nodes_and_tails({})  # what was to ride along with the poll must not ride later
+            raise
+        running = {j: handles[j] for j, st in seen.statuses.items() if st.state is JobState.RUNNING}
+        nodes = {str(seen.statuses[j].host) for j in running if seen.statuses[j].host}
+        loads, seen.jobs = self.site.nodes_and_tails(running)
+        seen.hosts = {n: r for n, r in loads.items() if n in nodes}
+        seen.commands.update(Counter(self.commands.calls) - before)
+        seen.commands.update(Counter(self._sessions()) - Counter(sessions))
+        return seen
+
+    def _sessions(self) -> dict[str, int]:
+        """SSH commands and logins to the login node so far (none on a shared file system)."""
+        if not isinstance(self.site, LoginSite):
+            return {}
+        stats, label = self.site.conn.stats, self.site.conn.label
+        return {f"ssh {label}": stats.commands, f"ssh login {label}": stats.masters_started}
 
     def fetch(
         self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,11 @@ def _dependency_task(handle: Mapping[str, Any]) -> str | None:
     return f"{handle['array_job_id']}_{handle['array_index']}"
 
 
+def _watch_group(config: Mapping[str, Any]) -> str:
+    """One cluster (this machine's, or one login node's with its set-up): one sacct for all its sweeps."""
+    return json.dumps([config.get(k) for k in ("login_host", "ssh_config", "login_setup")], default=str)
+
+
 DESCRIPTOR = BackendDescriptor(
     name="slurm",
     launcher_class="SlurmArrayLauncher",
@@ -67,4 +73,5 @@ DESCRIPTOR = BackendDescriptor(
     remote_hint="the same login_host",
     dependency_chain=_dependency_chain,
     dependency_task=_dependency_task,
+    watch_group=_watch_group,
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.base import CleanReport, CleanRequest
-from launcher_core.backends.slurm.accounting import ExitInfo, SlurmCommands
+from launcher_core.backends.slurm.accounting import NODE_LOAD_ARGS, ExitInfo, SlurmCommands, parse_node_loads
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
 from launcher_core.errors import BackendError
@@ -75,6 +75,20 @@ class LocalSite:
     def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         """Nothing to fetch: the cluster wrote the results into the shared sweep dir."""
 
+    def before_poll(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
+        """Nothing to prepare: :meth:`nodes_and_tails` reads here."""
+
+    def nodes_and_tails(self, running: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The nodes' load (one ``sinfo``) and the last stdout line of each running job, read in
+        the shared sweep dir."""
+        from launcher_core.machines import read_local_job
+
+        if not running:
+            return {}, {}
+        proc = self.commands.run(["sinfo", *NODE_LOAD_ARGS])
+        loads = parse_node_loads(proc.stdout if proc.returncode == 0 else "")
+        return loads, {j: read_local_job(Path(str(h.get("launcher_dir", ""))), None) for j, h in running.items()}
+
     def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
         try:
             with open(Path(str(handle.get("launcher_dir", ""))) / name, "rb") as f:
@@ -87,6 +101,10 @@ class LocalSite:
         self.commands.close()
 
 
+_RIDER_END = "__HRL_RIDER_END__"
+NODE_LINE = "HRL-NODE"
+
+
 class RemoteSlurmCommands(SlurmCommands):
     """Slurm's commands on the login node: each one is a session on the one SSH master connection
     (:mod:`launcher_core.remote.ssh`), after the ``login_setup`` lines (PATH, SLURM_CONF, module load)."""
@@ -95,12 +113,18 @@ class RemoteSlurmCommands(SlurmCommands):
         super().__init__(timeout_s)
         self.conn = conn
         self.setup = list(setup)
+        # a script that rides along with the next command, in its session (``top``'s node probe);
+        # its output lands in rider_output
+        self.rider: str | None = None
+        self.rider_output: str | None = None
 
     def run(self, argv: Sequence[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
         self.calls[argv[0]] += 1
+        rider, self.rider = self.rider, None
         script = "\n".join(
             [
                 *self.setup,
+                *([f"(\n{rider}\n) 2>/dev/null", f"echo {_RIDER_END}"] if rider is not None else []),
                 'e="${TMPDIR:-/tmp}/hrl-err.$$"',
                 f'{shlex.join(argv)} 2>"$e"',
                 "rc=$?",
@@ -109,6 +133,8 @@ class RemoteSlurmCommands(SlurmCommands):
             ]
         )
         out = self.script(script, what=argv[0], timeout_s=timeout_s)
+        if rider is not None:
+            self.rider_output, _, out = out.partition(f"{_RIDER_END}\n")
         stdout, sep, rest = out.rpartition("\n__HRL_RC__ ")
         if not sep:
             raise BackendError(f"{argv[0]} on {self.conn.label}: unexpected answer {out[-300:]!r}")
@@ -241,6 +267,34 @@ class LoginSite:
                 code = int(words[1]) if words[1].lstrip("-").isdigit() and words[1] != "-" else None
                 info[words[0]] = ExitInfo(code, words[2] == "1")
         return info
+
+    def before_poll(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
+        """The nodes' load (``sinfo``) and the jobs' log tails ride along with the poll's first
+        command on the login node: one session for all (:meth:`nodes_and_tails` reads them)."""
+        from launcher_core.machines import tail_script
+
+        jobs = [(j, str(h.get("launcher_dir", ""))) for j, h in handles.items()]
+        sinfo = shlex.join(["sinfo", *NODE_LOAD_ARGS])
+        self.commands.rider = f"{sinfo} | sed 's/^/{NODE_LINE} /'\n{tail_script(jobs)}"
+        self.commands.rider_output = None
+
+    def nodes_and_tails(self, running: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What :meth:`before_poll` sent along (in a session of its own if no command took it)."""
+        from launcher_core.machines import parse_probe
+
+        rider, self.commands.rider = self.commands.rider, None
+        out = self.commands.rider_output
+        if out is None and rider is not None and running:
+            out = self.commands.script(rider, what="reading the nodes and job logs")
+        self.commands.rider_output = None
+        if out is None:
+            return {}, {}
+        self.commands.calls["sinfo"] += 1
+        loads = parse_node_loads(
+            "\n".join(line[len(NODE_LINE) + 1 :] for line in out.split("\n") if line.startswith(NODE_LINE))
+        )
+        tails = parse_probe(out)[1]
+        return loads, {j: tails[j] for j in running if j in tails}
 
     def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         from launcher_core.remote.workspace import fetch_job_dirs
