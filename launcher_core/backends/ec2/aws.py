@@ -15,6 +15,7 @@ from launcher_core.errors import BackendError, ConfigError
 TAG_SWEEP = "hydra-launcher:sweep-id"
 TAG_RUN = "hydra-launcher:run"
 TAG_GROUP = "hydra-launcher:group"
+TAG_INTENT = "hydra-launcher:intent"  # the submission intent (launcher_core.intents) that started it
 RETRYABLE_CODES = frozenset(
     {
         "RequestLimitExceeded",
