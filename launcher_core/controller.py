@@ -45,6 +45,7 @@ class LaunchOptions:
     preflight: bool = True  # check the hosts before submitting (launcher_core.preflight)
     auto_pull: bool = False  # wait=false: start (or join) the sweep's pull daemon (launcher_core.autopull)
     auto_pull_interval_s: float = 30.0
+    auto_pull_give_up_h: float = 24.0  # the pull daemon stops after the backend was unreachable this long
     notify: str | None = None  # the pull daemon's --notify command
 
 
@@ -553,7 +554,7 @@ def _launch(
             if options.auto_pull:
                 from launcher_core.collect import autopull
 
-                autopull.start(sweep_dir, options.auto_pull_interval_s, options.notify)
+                autopull.start(sweep_dir, options.auto_pull_interval_s, options.notify, options.auto_pull_give_up_h)
             return returns
         progress = SweepProgress(len(specs), label)
         try:

@@ -114,6 +114,12 @@ class Backend(abc.ABC):
         jobs. Default: none (a backend that records no intents)."""
         return {}
 
+    def unreachable(self) -> list[str]:
+        """The places (hosts) this backend could not reach at its last poll and is still riding
+        out an outage with (its jobs left unchanged); the pull daemon gives up on a sweep
+        unreachable for ``auto_pull_give_up_h``. Default: none (a failure raises instead)."""
+        return []
+
     def reattachable(self, handle: Mapping[str, Any]) -> bool:
         """Whether a job an earlier, dead launch handed over can be re-attached (polled and fetched
         again) rather than started anew. Detached backends always can; others say per job."""
