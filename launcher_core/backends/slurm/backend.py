@@ -439,13 +439,15 @@ class SlurmBackend(Backend):
     def _sbatch(
         self, script: str, after: str | None = None, dependency: str | None = None, name: str | None = None
     ) -> str:
-        argv = ["sbatch", "--parsable", *([f"--job-name={name}"] if name else [])]
+        argv = ["sbatch", "--parsable"]
         conditions = [f"afterany:{after}"] if after else []
         if dependency:  # a job whose dependency can never be met is cancelled, not left pending forever
             conditions.append(dependency)
             argv.append("--kill-on-invalid-dep=yes")
         if conditions:
             argv.append(f"--dependency={','.join(conditions)}")
+        if name:  # the submission intent's tag (overrides the script's own --job-name)
+            argv.append(f"--job-name={name}")
         proc = self.commands.run([*argv, script])
         array_id = proc.stdout.strip().split(";")[0]
         if proc.returncode != 0 or not array_id.isdigit():
