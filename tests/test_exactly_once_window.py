@@ -225,3 +225,17 @@ def test_arrays_are_found_by_job_name_in_sacct_and_squeue_output() -> None:
     squeue = "44|app.hrl-ccc\n"
     names = ["app.hrl-aaa", "app.hrl-bbb", "app.hrl-ccc", "app.hrl-ddd"]
     assert parse_named_arrays(sacct + squeue, names) == {"app.hrl-aaa": "41", "app.hrl-bbb": "42", "app.hrl-ccc": "44"}
+
+
+def test_intents_are_kept_until_closed_and_survive_reopening_the_store(tmp_path: Path) -> None:
+    from launcher_core.intents import SubmitIntent
+
+    with StateStore.for_sweep_dir(tmp_path) as store:
+        store.record_intent(SubmitIntent("k1", "app.hrl-k1", {"j1": {"array_index": 0}}, launch_id="L1"))
+        store.record_intent(SubmitIntent("k2", "app.hrl-k2", {"j2": {"array_index": 0}}, launch_id="L1"))
+        store.close_intents(["k1"])
+    with StateStore.for_sweep_dir(tmp_path) as store:
+        (left,) = store.open_intents()
+    assert (left.key, left.tag, left.launch_id) == ("k2", "app.hrl-k2", "L1")
+    assert dict(left.handles) == {"j2": {"array_index": 0}}
+    assert left.created_at > 0
