@@ -17,7 +17,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from launcher_core.backends.base import Backend
 from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.collect.progress import SweepProgress, print_summary
 from launcher_core.errors import BackendError, ConfigError, SubmitError
-from launcher_core.intents import SubmitIntent
+from launcher_core.intents import SubmitIntent, new_intent_key
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
@@ -126,6 +126,7 @@ class SweepController:
         self.states: dict[str, JobState] = {}
         self.counts: dict[JobState, int] = {}  # kept with states: the progress bar reads it on every change
         self._open_launches: set[str] = set()  # launching processes that did not end (see plan)
+        self._unaccepted: dict[frozenset[str], str] = {}  # jobs of intents the backend does not know -> key
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -195,6 +196,7 @@ class SweepController:
         unrecorded = {r.job_id for r in self.store.jobs(job_ids=job_ids) if r.submitted_at is None}
         live = [i for i in intents if unrecorded & set(i.handles)]
         found = dict(self.backend.accepted(live)) if live else {}
+        self._unaccepted = {frozenset(i.handles): i.key for i in live if not set(i.handles) & set(found)}
         for intent in live:
             handles = {j: found[j] for j in intent.handles if j in found and j in unrecorded}
             if handles:
@@ -232,7 +234,7 @@ class SweepController:
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
         """Submit, and record every job that really started — also when submission fails
         part-way (:class:`SubmitError`), so that a relaunch never starts those twice."""
-        journal = _StoreJournal(self.store, _LAUNCH_CODE_ID)
+        journal = _StoreJournal(self.store, _LAUNCH_CODE_ID, self._unaccepted)
         self.backend.intents = journal
         try:
             handles = dict(self.backend.submit(specs)) if specs else {}
@@ -340,10 +342,14 @@ class SweepController:
 class _StoreJournal:
     """The launch's :class:`~launcher_core.intents.IntentJournal`: intents go to the state store."""
 
-    def __init__(self, store: StateStore, launch_id: str) -> None:
+    def __init__(self, store: StateStore, launch_id: str, unaccepted: Mapping[frozenset[str], str]) -> None:
         self.store = store
         self.launch_id = launch_id
+        self.unaccepted = dict(unaccepted)  # jobs of intents looked up and not found -> their key
         self.keys: list[str] = []
+
+    def key_for(self, job_ids: Collection[str]) -> str:
+        return self.unaccepted.pop(frozenset(job_ids), None) or new_intent_key()
 
     def record(self, intent: SubmitIntent) -> None:
         self.store.record_intent(dataclasses.replace(intent, launch_id=self.launch_id, created_at=time.time()))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,12 @@ class SubmitIntent:
 class IntentJournal(Protocol):
     """Where a backend records its submissions before making them (the controller's state store)."""
 
+    def key_for(self, job_ids: Collection[str]) -> str:
+        """The key of the next submission of exactly these jobs: the key of a submission of them
+        that an interrupted launch recorded and the backend does not know (so an EC2
+        ``ClientToken`` stays the same across the resume), else a new one."""
+        ...
+
     def record(self, intent: SubmitIntent) -> None: ...
 
     def discard(self, keys: Sequence[str]) -> None:
@@ -48,6 +54,9 @@ class IntentJournal(Protocol):
 
 class NoJournal:
     """Records nothing: a backend used outside a launch (the behaviour suite, a dry run)."""
+
+    def key_for(self, job_ids: Collection[str]) -> str:
+        return new_intent_key()
 
     def record(self, intent: SubmitIntent) -> None:
         """Nothing to record."""

@@ -380,11 +380,14 @@ class StateStore:
 
     # --- submission intents (launcher_core.intents) ----------------------------------------------
     def record_intent(self, intent: SubmitIntent) -> None:
-        """Record a submission before it is made (one transaction: there, or not at all)."""
+        """Record a submission before it is made (one transaction: there, or not at all); a key
+        used again (the same jobs submitted again after a resume) opens its intent again."""
         now = time.time()
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO submit_intents(key, tag, launch_id, handles, created_at) VALUES(?, ?, ?, ?, ?)",
+                "INSERT INTO submit_intents(key, tag, launch_id, handles, created_at) VALUES(?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET tag=excluded.tag, launch_id=excluded.launch_id, "
+                "handles=excluded.handles, created_at=excluded.created_at, closed_at=NULL",
                 (intent.key, intent.tag, intent.launch_id, json.dumps(intent.handles), intent.created_at or now),
             )
 

@@ -21,14 +21,19 @@ from typing import Any
 
 import pytest
 
+from launcher_core.errors import BackendError
 from launcher_core.intents import TEST_KILL_AFTER_SUBMIT_ENV
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
 from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
     AwsWorld,
+    FaultProxy,
     aws_fixture,
+    fault_proxy_fixture,
     metadata_server_fixture,
     moto_server_fixture,
+    multirun,
+    rows,
     wait_for,
 )
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
@@ -216,6 +221,39 @@ def test_ec2_instance_started_before_the_store_recorded_it_is_not_started_again(
     assert _open_intents(sweep_dir) == 0
     aws.runner.wait_idle(30)
     wait_for(lambda: not aws.running_instances(), 15, "the instances to terminate themselves")
+
+
+@pytest.mark.slow
+@pytest.mark.ec2
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_ec2_request_that_failed_is_made_again_with_the_same_client_token(
+    aws: AwsWorld, fault_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second RunInstances of a launch fails (as a call cut off after AWS may have accepted
+    it): its intent stays open. The relaunch finds no instance with its tag and asks again for
+    the same jobs with the same ClientToken (moto keeps the token on the instance), so on AWS an
+    instance accepted after all is never doubled."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws.moto_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", fault_proxy.url)
+    launcher = aws.launcher_settings(endpoint_url=None, api_retries=1)
+    sweep_dir = aws.tmp / "sweep"
+    fault_proxy.fail("RunInstances", "InternalError", times=1, after=1, status=500)
+    with pytest.raises(BackendError, match="InternalError"):
+        multirun(sweep_dir, launcher, ["x=1,2"])
+    with StateStore.for_sweep_dir(sweep_dir) as store:
+        (failed,) = store.open_intents()  # the first instance was terminated: its intent discarded
+    assert {row.state for row in rows(sweep_dir).values()} == {JobState.PENDING}
+
+    returns = multirun(sweep_dir, launcher, ["x=1,2"])
+    assert [r.return_value["x"] for r in returns] == [1, 2]
+    tokens = {
+        {t["Key"]: t["Value"] for t in inst["Tags"]}["hydra-launcher:intent"]: inst.get("ClientToken")
+        for inst in aws.instances().values()
+    }
+    assert len(tokens) == 3  # the terminated first one, and the two of the relaunch
+    assert tokens[failed.key] == f"hrl-{failed.key}"  # the failed request's token, made again
+    assert _open_intents(sweep_dir) == 0
+    aws.runner.wait_idle(30)
 
 
 def test_arrays_are_found_by_job_name_in_sacct_and_squeue_output() -> None:

@@ -84,6 +84,11 @@ def api_error_text(operation: str, code: str, message: str, attempts: int) -> st
             f". AWS has no capacity for this instance type here right now: try another "
             f"{setting_key('instance_type')}, another {setting_key('subnet_id')} (availability zone), or spot=false."
         )
+    elif code == "IdempotentParameterMismatch":
+        text += (
+            ". An instance for these jobs was requested by the interrupted launch and AWS does not list it "
+            "yet: run the same command again in a minute, and it is found and re-attached."
+        )
     elif code in ("RequestLimitExceeded", "Throttling", "ThrottlingException"):
         text += f". The API kept throttling: raise {setting_key('api_retries')} or launch fewer instances at once."
     return text

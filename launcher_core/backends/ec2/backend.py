@@ -27,7 +27,7 @@ from launcher_core.backends.ec2.settings import Ec2Settings
 from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file, snapshot_filter
 from launcher_core.backends.ec2.store import S3Store, bare_filter, group_key, log_key, marker_key, markers_prefix
 from launcher_core.errors import BackendError
-from launcher_core.intents import SubmitIntent, after_accepted_submission, new_intent_key
+from launcher_core.intents import SubmitIntent, after_accepted_submission
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobStatus, PullFilter, SweepInfo
 
 if TYPE_CHECKING:
@@ -229,11 +229,14 @@ class Ec2Backend(Backend):
 
     def _record_intent(self, planner: RunPlanner, group: str, instance_type: str) -> SubmitIntent:
         """Record the group's instance before RunInstances (:mod:`launcher_core.intents`): its
-        ``hydra-launcher:intent`` tag and its ClientToken are the intent's key."""
-        key = new_intent_key()
+        ``hydra-launcher:intent`` tag and its ClientToken are the intent's key (the key of an
+        earlier, interrupted request for the same jobs that EC2 does not list: if AWS accepted that
+        one after all, it refuses this one, IdempotentParameterMismatch, instead of starting a
+        second instance)."""
         entries = self._entries[group]
         now = time.time()
         handles = {j: planner.handle(entry, group, "", instance_type, now) for j, entry in entries.items()}
+        key = self.intents.key_for(handles)
         intent = SubmitIntent(key, key, handles)
         self.intents.record(intent)
         return intent

@@ -38,7 +38,7 @@ from launcher_core.backends.slurm.sbatch import (
 from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 from launcher_core.container import job_binds
 from launcher_core.errors import BackendError, ConfigError, LauncherError, SubmitError
-from launcher_core.intents import SubmitIntent, after_accepted_submission, new_intent_key
+from launcher_core.intents import SubmitIntent, after_accepted_submission
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobStatus, SweepInfo
 
 if TYPE_CHECKING:
@@ -163,8 +163,9 @@ class SlurmBackend(Backend):
     def _record_intent(self, chunk: Chunk) -> SubmitIntent:
         """Record the chunk's array before ``sbatch`` (:mod:`launcher_core.intents`); its tag is the
         array's job name, ``<name>.hrl-<key>``, which sacct keeps for as long as it keeps the job."""
-        key = new_intent_key()
-        intent = SubmitIntent(key, f"{self.options.name}.hrl-{key}", self._handles(chunk, ""))
+        handles = self._handles(chunk, "")
+        key = self.intents.key_for(handles)
+        intent = SubmitIntent(key, f"{self.options.name}.hrl-{key}", handles)
         self.intents.record(intent)
         return intent
 
