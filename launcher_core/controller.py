@@ -7,6 +7,7 @@ from their config and call :func:`launch_batch`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import hashlib
@@ -16,7 +17,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from launcher_core.backends.base import Backend
 from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.collect.progress import SweepProgress, print_summary
 from launcher_core.errors import BackendError, ConfigError, SubmitError
+from launcher_core.intents import SubmitIntent, new_intent_key
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
@@ -43,6 +45,7 @@ class LaunchOptions:
     preflight: bool = True  # check the hosts before submitting (launcher_core.preflight)
     auto_pull: bool = False  # wait=false: start (or join) the sweep's pull daemon (launcher_core.autopull)
     auto_pull_interval_s: float = 30.0
+    auto_pull_give_up_h: float = 24.0  # the pull daemon stops after the backend was unreachable this long
     notify: str | None = None  # the pull daemon's --notify command
 
 
@@ -123,6 +126,7 @@ class SweepController:
         self.states: dict[str, JobState] = {}
         self.counts: dict[JobState, int] = {}  # kept with states: the progress bar reads it on every change
         self._open_launches: set[str] = set()  # launching processes that did not end (see plan)
+        self._unaccepted: dict[frozenset[str], str] = {}  # jobs of intents the backend does not know -> key
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -141,6 +145,7 @@ class SweepController:
         cancelled or whose results are lost are (re)started. ``skip_completed`` only decides what
         happens to completed jobs of a launch that had ended. Never a job submitted twice.
         """
+        self._adopt_accepted()
         known = {r.job_id: r for r in self.store.jobs(job_ids=[s.job_id for s in specs])}
         self._open_launches = self.store.interrupted_launches()
         to_submit: list[JobSpec] = []
@@ -179,6 +184,34 @@ class SweepController:
             log.info("%d jobs already completed or running: not launched again", len(specs) - len(to_submit))
         return to_submit, reattach
 
+    def _adopt_accepted(self) -> None:
+        """Submissions a killed launch recorded as intents but not as jobs: the backend is asked
+        once which it accepted; their jobs are recorded as that launch's (so they are re-attached
+        below, never submitted again) and the rest are left pending to be submitted. Intents whose
+        jobs were recorded (or reset since) are settled already and only closed."""
+        intents = self.store.open_intents()
+        if not intents:
+            return
+        job_ids = {j for intent in intents for j in intent.handles}
+        unrecorded = {r.job_id for r in self.store.jobs(job_ids=job_ids) if r.submitted_at is None}
+        live = [i for i in intents if unrecorded & set(i.handles)]
+        found = dict(self.backend.accepted(live)) if live else {}
+        self._unaccepted = {frozenset(i.handles): i.key for i in live if not set(i.handles) & set(found)}
+        for intent in live:
+            handles = {j: found[j] for j in intent.handles if j in found and j in unrecorded}
+            if handles:
+                self.store.mark_submitted(handles, launch_id=intent.launch_id)
+        adopted = sum(1 for j in found if j in unrecorded)
+        if live:
+            log.info(
+                "%d jobs an interrupted launch submitted but had not recorded were found on %s and re-attached; "
+                "%d it had not submitted yet",
+                adopted,
+                self.backend.name,
+                len({j for i in live for j in i.handles} & unrecorded) - adopted,
+            )
+        self.store.close_intents([i.key for i in intents])
+
     def _reusable(self, row: JobRow, spec: JobSpec) -> bool:
         """A finished job whose files are home: kept when its launch was interrupted (it belongs
         to that launch), or with ``skip_completed``."""
@@ -201,12 +234,15 @@ class SweepController:
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
         """Submit, and record every job that really started — also when submission fails
         part-way (:class:`SubmitError`), so that a relaunch never starts those twice."""
+        journal = _StoreJournal(self.store, _LAUNCH_CODE_ID, self._unaccepted)
+        self.backend.intents = journal
         try:
             handles = dict(self.backend.submit(specs)) if specs else {}
         except SubmitError as exc:
             self._record_submitted(exc.started)
             raise
         self._record_submitted(handles)
+        self.store.close_intents(journal.keys)
         missing = [s for s in specs if s.job_id not in handles]
         if missing:
             shown = ", ".join(f"#{s.idx}" for s in missing[:MAX_LOGGED_JOBS])
@@ -301,6 +337,26 @@ class SweepController:
         self.store.mark_pulled(pulled)
         for job_id in pulled:
             self._set_state(job_id, JobState.PULLED)
+
+
+class _StoreJournal:
+    """The launch's :class:`~launcher_core.intents.IntentJournal`: intents go to the state store."""
+
+    def __init__(self, store: StateStore, launch_id: str, unaccepted: Mapping[frozenset[str], str]) -> None:
+        self.store = store
+        self.launch_id = launch_id
+        self.unaccepted = dict(unaccepted)  # jobs of intents looked up and not found -> their key
+        self.keys: list[str] = []
+
+    def key_for(self, job_ids: Collection[str]) -> str:
+        return self.unaccepted.pop(frozenset(job_ids), None) or new_intent_key()
+
+    def record(self, intent: SubmitIntent) -> None:
+        self.store.record_intent(dataclasses.replace(intent, launch_id=self.launch_id, created_at=time.time()))
+        self.keys.append(intent.key)
+
+    def discard(self, keys: Sequence[str]) -> None:
+        self.store.close_intents(keys)
 
 
 def _shown(state: JobState) -> JobState:
@@ -504,7 +560,7 @@ def _launch(
             if options.auto_pull:
                 from launcher_core.collect import autopull
 
-                autopull.start(sweep_dir, options.auto_pull_interval_s, options.notify)
+                autopull.start(sweep_dir, options.auto_pull_interval_s, options.notify, options.auto_pull_give_up_h)
             return returns
         progress = SweepProgress(len(specs), label)
         try:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher_core.intents import SubmitIntent
 from launcher_core.jobs import LAUNCHER_DIR, JobSpec, JobState, legacy_job_id_for
 
 STATE_FILE = "state.sqlite"
@@ -50,6 +51,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+# submissions recorded before they are made (launcher_core.intents): key, the tag the backend
+# finds them by, the handles their jobs will have; closed once recorded as jobs or looked up
+_INTENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS submit_intents (
+    key TEXT PRIMARY KEY,
+    tag TEXT NOT NULL,
+    launch_id TEXT NOT NULL,
+    handles TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    closed_at REAL
+);
 """
 # columns added after the first release, with their types (see StateStore._add_missing_columns)
 _OPTIONAL_COLUMNS = {
@@ -133,6 +146,7 @@ class StateStore:
         self._conn = _connect(path, readonly=readonly)
         if not readonly:
             self._conn.executescript(_SCHEMA)
+            self._conn.executescript(_INTENTS_SCHEMA)
             self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -363,6 +377,33 @@ class StateStore:
     def counts(self) -> dict[JobState, int]:
         rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(s): n for s, n in rows}
+
+    # --- submission intents (launcher_core.intents) ----------------------------------------------
+    def record_intent(self, intent: SubmitIntent) -> None:
+        """Record a submission before it is made (one transaction: there, or not at all); a key
+        used again (the same jobs submitted again after a resume) opens its intent again."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO submit_intents(key, tag, launch_id, handles, created_at) VALUES(?, ?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET tag=excluded.tag, launch_id=excluded.launch_id, "
+                "handles=excluded.handles, created_at=excluded.created_at, closed_at=NULL",
+                (intent.key, intent.tag, intent.launch_id, json.dumps(intent.handles), intent.created_at or now),
+            )
+
+    def open_intents(self) -> list[SubmitIntent]:
+        """Recorded submissions not closed yet, oldest first."""
+        rows = self._conn.execute(
+            "SELECT key, tag, launch_id, handles, created_at FROM submit_intents WHERE closed_at IS NULL "
+            "ORDER BY created_at"
+        ).fetchall()
+        return [SubmitIntent(k, t, json.loads(h), launch_id=lid, created_at=c) for k, t, lid, h, c in rows]
+
+    def close_intents(self, keys: Iterable[str]) -> None:
+        """These submissions are settled: their jobs are recorded, or the backend was asked."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany("UPDATE submit_intents SET closed_at=? WHERE key=?", [(now, k) for k in keys])
 
 
 def _row_to_job(r: dict[str, Any]) -> JobRow:

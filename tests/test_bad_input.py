@@ -129,6 +129,11 @@ CASES = [
         "hydra.launcher.container.runtime must be one of ['singularity', 'apptainer'], got 'docker'",
     ),
     ("slurm-zero-timeout", [*SLURM, "hydra.launcher.timeout_min=0"], "hydra.launcher.timeout_min must be > 0, got 0"),
+    (
+        "slurm-zero-give-up",
+        [*SLURM, "hydra.launcher.wait=false", "hydra.launcher.auto_pull=true", "hydra.launcher.auto_pull_give_up_h=0"],
+        "hydra.launcher.auto_pull_give_up_h must be a number of hours > 0, got 0",
+    ),
     ("slurm-negative-cpus", [*SLURM, "hydra.launcher.cpus_per_task=-1"], "hydra.launcher.cpus_per_task must be > 0"),
     (
         "slurm-empty-partition",

@@ -63,9 +63,10 @@ class BackendLauncher(Launcher):
         settings = self.launch_settings()
         if settings is None:
             return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)))
-        from launcher_core.collect.autopull import check_settings
+        from launcher_core.collect.autopull import check_give_up, check_settings
 
         check_settings(settings.auto_pull, settings.auto_pull_interval_s, settings.notify, settings.wait)
+        check_give_up(settings.auto_pull_give_up_h)
         return LaunchOptions(
             wait=settings.wait,
             skip_completed=settings.skip_completed,
@@ -73,6 +74,7 @@ class BackendLauncher(Launcher):
             preflight=settings.preflight,
             auto_pull=settings.auto_pull,
             auto_pull_interval_s=float(settings.auto_pull_interval_s),
+            auto_pull_give_up_h=float(settings.auto_pull_give_up_h),
             notify=settings.notify,
         )
 

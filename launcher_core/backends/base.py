@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from launcher_core.intents import IntentJournal, NoJournal, SubmitIntent
 from launcher_core.jobs import JobSpec, JobStatus, PullFilter, SweepInfo
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class Backend(abc.ABC):
     runs_local_code: bool = False
     #: how often the launch loop polls (None: the launcher's own ``poll_interval_s``)
     poll_interval_s: float | None = None
+    #: where :meth:`submit` records each submission the jobs outlive before making it (the
+    #: controller sets the launch's state store; :mod:`launcher_core.intents`)
+    intents: IntentJournal = NoJournal()
 
     # --- required -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -104,6 +108,18 @@ class Backend(abc.ABC):
         """Before anything is created or contacted: read each job's own resources from its config
         (``resources_from``, into ``spec.resources``) and refuse (``ConfigError`` naming the job and
         the key) a job whose resources are invalid or cannot be met anywhere. Default: none."""
+
+    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, Handle]:
+        """Which of these recorded submissions (of a launch killed before it recorded their jobs)
+        the backend accepted, asked in one lookup for all of them: ``{job_id: handle}`` of their
+        jobs. Default: none (a backend that records no intents)."""
+        return {}
+
+    def unreachable(self) -> list[str]:
+        """The places (hosts) this backend could not reach at its last poll and is still riding
+        out an outage with (its jobs left unchanged); the pull daemon gives up on a sweep
+        unreachable for ``auto_pull_give_up_h``. Default: none (a failure raises instead)."""
+        return []
 
     def reattachable(self, handle: Mapping[str, Any]) -> bool:
         """Whether a job an earlier, dead launch handed over can be re-attached (polled and fetched

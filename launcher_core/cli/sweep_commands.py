@@ -76,7 +76,7 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: 
     from launcher_core.collect.autopull import status_line
 
     detached = capabilities_of(meta).detached
-    collecting = status_line(sweep_dir, detached, [r.state.value for r in rows])
+    collecting = status_line(sweep_dir, detached, [r.state.value for r in rows], meta)
     if collecting:
         console.print(collecting, markup=False)
     if not show_jobs:

@@ -46,6 +46,7 @@ class PullOptions:
     notify: str | None = None
     max_cycles: int | None = None  # bound for tests and scripts; None = until done
     clean: bool = False  # delete the backend-side files of each job once pulled (launcher_core.clean)
+    give_up_h: float | None = None  # stop collecting a sweep whose backend was unreachable this long
 
 
 @dataclass
@@ -56,6 +57,8 @@ class SweepReport:
     cleaned: int = 0
     would_pull: list[int] = field(default_factory=list)
     finished: bool = False  # every job terminal and pulled
+    error: str | None = None  # the cycle failed (the backend could not be asked, a fetch failed)
+    unreachable: list[str] = field(default_factory=list)  # hosts the backend rode out an outage with
 
 
 # --- one sweep, one cycle --------------------------------------------------------------------
@@ -85,6 +88,7 @@ def pull_sweep_once(sweep_dir: Path, options: PullOptions) -> SweepReport:
             backend = backend_for_meta(meta)
             try:
                 poll_into_store(backend, store)
+                report.unreachable = backend.unreachable()
                 rows = [r for r in store.jobs() if _needs_fetch(r, options.pull_filter)]
                 if options.dry_run:
                     report.would_pull = [r.idx for r in rows]
@@ -144,13 +148,17 @@ def run(targets: Sequence[str], options: PullOptions) -> int:
     explicit = bool(targets)
     cycles = 0
     stop = _StopFlag()
+    outages = _Outages(options.give_up_h)
     while not stop.requested:
         cycles += 1
-        sweeps = resolve_sweeps(targets)
+        sweeps = [d for d in resolve_sweeps(targets) if d not in outages.given_up]
         reports = [_safe_pull(d, options) for d in sweeps]
         for r in reports:
             _log_report(r, options)
-        all_done = all(r.finished for r in reports)
+            outages.note(r)
+        all_done = all(r.finished or r.sweep_dir in outages.given_up for r in reports)
+        if explicit and outages.given_up and all_done:
+            return 1  # the sweeps it could reach are home; the others wait for a resumed collection
         if options.once or options.dry_run or (explicit and all_done):
             return 0 if all(r.skipped is None or r.finished for r in reports) else 1
         if options.max_cycles is not None and cycles >= options.max_cycles:
@@ -164,7 +172,35 @@ def _safe_pull(sweep_dir: Path, options: PullOptions) -> SweepReport:
         return pull_sweep_once(sweep_dir, options)
     except LauncherError as exc:
         log.error("%s: %s (will retry)", sweep_dir, exc)
-        return SweepReport(sweep_dir, skipped=str(exc))
+        return SweepReport(sweep_dir, skipped=str(exc), error=str(exc))
+
+
+class _Outages:
+    """Since when each sweep's backend could not be reached (a cycle that failed, or hosts riding
+    out an outage); a sweep unreachable for ``give_up_h`` is given up: why is recorded in its meta
+    (:func:`~launcher_core.collect.autopull.record_gave_up`) and it is no longer collected."""
+
+    def __init__(self, give_up_h: float | None) -> None:
+        self.give_up_h = give_up_h
+        self.since: dict[Path, float] = {}
+        self.given_up: set[Path] = set()
+
+    def note(self, report: SweepReport) -> None:
+        if report.error is None and not report.unreachable:
+            self.since.pop(report.sweep_dir, None)
+            return
+        since = self.since.setdefault(report.sweep_dir, time.time())
+        if self.give_up_h is None or time.time() - since < self.give_up_h * 3600:
+            return
+        hosts = ", ".join(report.unreachable)
+        what = f"{hosts} unreachable" if hosts else f"the backend could not be asked ({_first_line(report.error)})"
+        text = autopull.record_gave_up(report.sweep_dir, since, f"{what} for longer than {self.give_up_h:g} h")
+        log.error("%s: %s", report.sweep_dir, text)
+        self.given_up.add(report.sweep_dir)
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "no answer"
 
 
 def _log_report(report: SweepReport, options: PullOptions) -> None:
@@ -251,6 +287,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500k, 20M, 1G)") from None
 
 
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 hours, got {text!r}")
+    return value
+
+
 PROG = "python -m launcher_core.pull"
 DESCRIPTION = "Collect results of sweeps launched with wait=false (all known sweeps by default)."
 
@@ -300,6 +346,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="be the one pull daemon of the given sweep until it is collected (what auto_pull starts)",
     )
     parser.add_argument(
+        "--give-up-h",
+        type=_hours,
+        default=None,
+        metavar="HOURS",
+        help="stop collecting a sweep whose backend stayed unreachable this many hours (recorded; see `status`)",
+    )
+    parser.add_argument(
+        "--resume-auto-pull",
+        action="store_true",
+        help="start the given sweep's pull daemon again in the background, with the settings it had (after it gave up)",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="delete each job's files on the backend once it is pulled (full pulls only; see `launcher-core clean`)",
@@ -318,6 +376,7 @@ def options_from_args(args: argparse.Namespace) -> PullOptions:
         dry_run=args.dry_run,
         notify=args.notify,
         clean=args.clean,
+        give_up_h=args.give_up_h,
     )
 
 
@@ -337,6 +396,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.resume_auto_pull:
+        return _resume_auto_pull(args.sweeps)
     if args.sweep_daemon:
         return _sweep_daemon(args.sweeps, options)
     if args.daemon:
@@ -365,10 +426,30 @@ def _sweep_daemon(targets: Sequence[str], options: PullOptions) -> int:
         if not locked:
             log.info("%s is already collected by another pull daemon; exiting", sweeps[0])
             return 0
+        autopull.clear_gave_up(sweeps[0])
         log.info("pull daemon %d collects %s every %g s", os.getpid(), sweeps[0], options.interval_s)
         code = run([str(sweeps[0])], options)
-        log.info("pull daemon %d: %s is collected; exiting", os.getpid(), sweeps[0])
+        if code == 0:
+            log.info("pull daemon %d: %s is collected; exiting", os.getpid(), sweeps[0])
+        else:
+            log.info("pull daemon %d: stopped collecting %s; exiting", os.getpid(), sweeps[0])
         return code
+
+
+def _resume_auto_pull(targets: Sequence[str]) -> int:
+    """``--resume-auto-pull SWEEP``: start the sweep's own pull daemon again (see
+    :func:`launcher_core.collect.autopull.resume`)."""
+    sweeps = resolve_sweeps(targets)
+    if len(sweeps) != 1:
+        print("error: --resume-auto-pull takes exactly one sweep", file=sys.stderr)
+        return 2
+    found = autopull.resume(sweeps[0])
+    if found is None:
+        log_path = sweeps[0] / LAUNCHER_DIR / autopull.DAEMON_LOG
+        print(f"error: the pull daemon of {sweeps[0]} did not start; see {log_path}", file=sys.stderr)
+        return 1
+    print(f"{sweeps[0]} is collected by {found}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from launcher_core.errors import BackendError, ConfigError
 TAG_SWEEP = "hydra-launcher:sweep-id"
 TAG_RUN = "hydra-launcher:run"
 TAG_GROUP = "hydra-launcher:group"
+TAG_INTENT = "hydra-launcher:intent"  # the submission intent (launcher_core.intents) that started it
 RETRYABLE_CODES = frozenset(
     {
         "RequestLimitExceeded",
@@ -82,6 +83,11 @@ def api_error_text(operation: str, code: str, message: str, attempts: int) -> st
         text += (
             f". AWS has no capacity for this instance type here right now: try another "
             f"{setting_key('instance_type')}, another {setting_key('subnet_id')} (availability zone), or spot=false."
+        )
+    elif code == "IdempotentParameterMismatch":
+        text += (
+            ". An instance for these jobs was requested by the interrupted launch and AWS does not list it "
+            "yet: run the same command again in a minute, and it is found and re-attached."
         )
     elif code in ("RequestLimitExceeded", "Throttling", "ThrottlingException"):
         text += f". The API kept throttling: raise {setting_key('api_retries')} or launch fewer instances at once."

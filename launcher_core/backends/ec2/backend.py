@@ -27,6 +27,7 @@ from launcher_core.backends.ec2.settings import Ec2Settings
 from launcher_core.backends.ec2.snapshot import build_snapshot, sha256_file, snapshot_filter
 from launcher_core.backends.ec2.store import S3Store, bare_filter, group_key, log_key, marker_key, markers_prefix
 from launcher_core.errors import BackendError
+from launcher_core.intents import SubmitIntent, after_accepted_submission
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobStatus, PullFilter, SweepInfo
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Ec2Backend(Backend):
         self._block_devices: list[dict[str, Any]] = []
         self._reasons: dict[str, str] = {}
         self._types_in_use: list[str] | None = None  # instance types the jobs of this launch need
+        self._entries: dict[str, dict[str, dict[str, Any]]] = {}  # group -> its jobs' entries (this submit)
 
     def stored_config(self) -> dict[str, Any]:
         """The settings :func:`from_config` rebuilds this backend from (kept in the state store):
@@ -174,6 +176,7 @@ class Ec2Backend(Backend):
         payload_key = self._upload_sweep_payload(self.store.base(sweep.sweep_id))
         planner = RunPlanner(s, self.store, sweep, new_run_id(), self._snapshot_key, payload_key)
         entries = planner.job_entries(groups)
+        self._entries = {name: {spec.job_id: entries[spec.job_id] for spec in group} for name, group in groups.items()}
         plans = {name: planner.plan(name, group, entries) for name, group in groups.items()}
         for name, body in plans.items():  # every plan checked before the first upload
             self.check_no_secrets(body, f"the plan of instance group {name} (job overrides)")
@@ -202,20 +205,55 @@ class Ec2Backend(Backend):
         """Start one instance per group (group -> instance id); on any failure terminate the
         ones already started and re-raise."""
         launched: dict[str, str] = {}
+        keys: list[str] = []
         try:
             for name, plan_key in plan_keys.items():
+                user_data = planner.user_data(name, plan_key)
+                intent = self._record_intent(planner, name, types[name])
+                keys.append(intent.key)
                 launched[name] = self.fleet.launch(
                     sweep_id=planner.sweep.sweep_id,
                     run=planner.run,
                     group=name,
-                    user_data=planner.user_data(name, plan_key),
+                    user_data=user_data,
                     instance_type=types[name],
                     block_devices=self._block_devices,
+                    intent=intent.tag,
                 )
+                after_accepted_submission()  # test hook (a kill before the state store records the instance)
         except BaseException:
-            self.fleet.undo_launch(list(launched.values()))
+            if self.fleet.undo_launch(list(launched.values())):
+                self.intents.discard(keys[: len(launched)])  # terminated: nothing of theirs to find again
             raise
         return launched
+
+    def _record_intent(self, planner: RunPlanner, group: str, instance_type: str) -> SubmitIntent:
+        """Record the group's instance before RunInstances (:mod:`launcher_core.intents`): its
+        ``hydra-launcher:intent`` tag and its ClientToken are the intent's key (the key of an
+        earlier, interrupted request for the same jobs that EC2 does not list: if AWS accepted that
+        one after all, it refuses this one, IdempotentParameterMismatch, instead of starting a
+        second instance)."""
+        entries = self._entries[group]
+        now = time.time()
+        handles = {j: planner.handle(entry, group, "", instance_type, now) for j, entry in entries.items()}
+        key = self.intents.key_for(handles)
+        intent = SubmitIntent(key, key, handles)
+        self.intents.record(intent)
+        return intent
+
+    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, dict[str, Any]]:
+        """The instances of these intents EC2 started (in any state: one that already ran its jobs
+        and terminated tells so through their markers), found by their intent tag in one
+        DescribeInstances: the handles of their jobs."""
+        if not intents:
+            return {}
+        by_tag = self.fleet.instances_by_intent([i.tag for i in intents])
+        found: dict[str, dict[str, Any]] = {}
+        for intent in intents:
+            iid = by_tag.get(intent.tag)
+            if iid is not None:
+                found.update({j: {**h, "instance_id": iid, "host": iid} for j, h in intent.handles.items()})
+        return found
 
     # --- contract: poll ---------------------------------------------------------------------
     def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:

@@ -13,6 +13,7 @@ from typing import Any
 from launcher_core.backends.ec2.aws import (
     ENDED_INSTANCE_STATES,
     TAG_GROUP,
+    TAG_INTENT,
     TAG_RUN,
     TAG_SWEEP,
     AwsApiError,
@@ -66,6 +67,7 @@ class Fleet:
         user_data: str,
         instance_type: str,
         block_devices: Sequence[Mapping[str, Any]],
+        intent: str | None = None,
     ) -> str:
         """Start the instance of one group (:func:`run_instances_args`); its id."""
         args = run_instances_args(
@@ -76,6 +78,7 @@ class Fleet:
             user_data=user_data,
             instance_type=instance_type,
             block_devices=block_devices,
+            intent=intent,
         )
         instance_id = str(self.aws.call("run_instances", **args)["Instances"][0]["InstanceId"])
         log.info("instance %s (%s) started for group %s of run %s", instance_id, instance_type, group, run)
@@ -85,6 +88,22 @@ class Fleet:
         """Instances tagged with ``sweep_id`` (any sweep if None): id -> description."""
         filters = [{"Name": f"tag:{TAG_SWEEP}", "Values": [sweep_id]}] if sweep_id else []
         filters.append({"Name": "tag-key", "Values": [TAG_SWEEP]})
+        return self._describe(filters)
+
+    def instances_by_intent(self, intents: Sequence[str]) -> dict[str, str]:
+        """``{intent tag: instance id}`` of the instances tagged with these intents, in any state:
+        one DescribeInstances (paginated; AWS takes up to 200 values per filter)."""
+        wanted = sorted(set(intents))
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), 200):
+            described = self._describe([{"Name": f"tag:{TAG_INTENT}", "Values": wanted[start : start + 200]}])
+            for iid, inst in described.items():
+                tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags", [])}
+                found.setdefault(str(tags.get(TAG_INTENT)), iid)
+        return found
+
+    def _describe(self, filters: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """DescribeInstances with ``filters``, every page: id -> description."""
         found: dict[str, dict[str, Any]] = {}
         token: str | None = None
         while True:
@@ -114,10 +133,11 @@ class Fleet:
             return
         log.info("terminated instances %s", ", ".join(instance_ids))
 
-    def undo_launch(self, instance_ids: Sequence[str]) -> None:
-        """A launch failed half way: terminate what it started, without hiding the original error."""
+    def undo_launch(self, instance_ids: Sequence[str]) -> bool:
+        """A launch failed half way: terminate what it started, without hiding the original error.
+        Whether they were terminated."""
         if not instance_ids:
-            return
+            return True
         log.error("launch failed: terminating the %d instances this launch started", len(instance_ids))
         try:
             self.terminate(instance_ids)
@@ -128,6 +148,8 @@ class Fleet:
                 ", ".join(instance_ids),
                 exc,
             )
+            return False
+        return True
 
 
 def run_instances_args(
@@ -139,15 +161,18 @@ def run_instances_args(
     user_data: str,
     instance_type: str,
     block_devices: Sequence[Mapping[str, Any]],
+    intent: str | None = None,
 ) -> dict[str, Any]:
-    """RunInstances arguments of one instance: tagged with its sweep, run and group (how it is
-    found again), self-terminating, IMDSv2 only, spot when asked for, idempotent by ClientToken."""
+    """RunInstances arguments of one instance: tagged with its sweep, run, group and intent (how
+    it is found again), self-terminating, IMDSv2 only, spot when asked for, idempotent by
+    ClientToken (the intent's key, recorded before the call: the same in every retry)."""
     tags = {
         "Name": f"hydra-{sweep_id}-{group}"[:255],
         **{k: str(v) for k, v in s.tags.items()},
         TAG_SWEEP: sweep_id,
         TAG_RUN: run,
         TAG_GROUP: group,
+        **({TAG_INTENT: intent} if intent else {}),
     }
     tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
     args: dict[str, Any] = {
@@ -163,7 +188,7 @@ def run_instances_args(
             {"ResourceType": "volume", "Tags": tag_list},
         ],
         # idempotency: a retried call never starts a second instance for the same group
-        "ClientToken": f"hrl-{run}-{group}",
+        "ClientToken": f"hrl-{intent}" if intent else f"hrl-{run}-{group}",
     }
     if s.key_name:
         args["KeyName"] = s.key_name

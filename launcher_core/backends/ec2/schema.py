@@ -73,6 +73,8 @@ class Ec2LauncherConf:
     # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
+    # the pull daemon stops (and `status` says how to resume) once the backend was unreachable this long
+    auto_pull_give_up_h: float = 24.0
     notify: Optional[str] = None
     # per-job resources read from each job's composed config: {instance_type: a.config.path};
     # jobs are grouped by instance type, each group on instances of its own type

@@ -224,6 +224,10 @@ class RemoteSSHBackend(Backend):
             statuses.update(part)
         return statuses
 
+    def unreachable(self) -> list[str]:
+        """Hosts riding out an outage (``reconnect_grace_s``): their jobs were left unchanged."""
+        return self.hosts.down()
+
     def fetch(
         self,
         jobs: Mapping[str, dict[str, Any]],

@@ -147,6 +147,10 @@ class HostPool:
                 )
         return expired
 
+    def down(self) -> list[str]:
+        """Hosts in an outage now (could not be polled lately, contact not back yet)."""
+        return sorted(self._outages)
+
     def stats(self) -> ConnectionStats:
         """Connections started, commands, rsyncs and retries so far."""
         return self.pool.stats()

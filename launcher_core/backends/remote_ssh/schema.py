@@ -102,4 +102,6 @@ class RemoteSSHLauncherConf:
     # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
+    # the pull daemon stops (and `status` says how to resume) once the backend was unreachable this long
+    auto_pull_give_up_h: float = 24.0
     notify: Optional[str] = None

@@ -66,6 +66,7 @@ class RemoteSSHSettings:
     preflight: bool = True
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
+    auto_pull_give_up_h: float = 24.0
     notify: str | None = None
     resources_from: tuple[tuple[str, str], ...] = ()
     # the keys the user gave these under (messages name them): the old spellings still work
@@ -133,6 +134,7 @@ class RemoteSSHSettings:
             preflight=v.boolean("preflight", d.preflight),
             auto_pull=v.boolean("auto_pull", d.auto_pull),
             auto_pull_interval_s=v.number("auto_pull_interval_s", d.auto_pull_interval_s),
+            auto_pull_give_up_h=v.number("auto_pull_give_up_h", d.auto_pull_give_up_h),
             notify=v.optional_str("notify"),
             resources_from=tuple(check_resources_from(cfg.get("resources_from"), RESOURCES, prefix).items()),
             env_vars_key=given_vars.key,

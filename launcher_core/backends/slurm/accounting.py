@@ -24,6 +24,7 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long after submission is lost
 SACCT_LAG_S = 30.0  # how far accounting may lag behind slurmctld before squeue is asked
 REQUEUE_HOLD_S = 60.0  # Eligible this long after Submit: held by a requeue's BeginTime
+NAME_LOOKUP_MARGIN_S = 86400  # arrays looked up by name: this much earlier too (clock skew, time zones)
 
 _PENDING = frozenset(
     {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
@@ -144,6 +145,19 @@ def parse_squeue(text: str) -> dict[str, SlurmRecord]:
     return out
 
 
+def parse_named_arrays(text: str, names: Sequence[str]) -> dict[str, str]:
+    """``JobID|JobName`` lines (sacct ``12_3``/``12_[4-7]``, squeue ``%F``) -> ``{name: array id}``;
+    a name seen on two arrays (never, as names carry a random key) keeps the first."""
+    wanted = set(names)
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        job_id, sep, name = line.strip().partition("|")
+        match = re.match(r"(\d+)", job_id)
+        if sep and match and name in wanted:
+            found.setdefault(name, match.group(1))
+    return found
+
+
 def read_max_array_size(commands: SlurmCommands) -> int:
     """``MaxArraySize`` from ``scontrol show config`` (array indices must stay below it)."""
     proc = commands.run(["scontrol", "show", "config"])
@@ -226,6 +240,29 @@ class SlurmAccounting:
             log.warning("squeue failed: %s", proc.stderr.strip()[:300])
             return False, {}
         return True, parse_squeue(proc.stdout)
+
+    def arrays_named(self, names: Sequence[str], since: float) -> dict[str, str]:
+        """``{job name: array id}`` of this user's arrays with these names: one ``squeue`` (what
+        slurmctld holds: accounting may lag behind it) and one ``sacct`` (what it no longer holds),
+        since ``since`` (a timestamp here; a margin covers a login node's clock and time zone).
+        Raises when neither answers: what was accepted must not be guessed."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        queued = self.commands.run(["squeue", "--me", "-h", "-t", "all", "-o", "%F|%j", f"--name={','.join(wanted)}"])
+        back_s = int(max(0.0, time.time() - since)) + NAME_LOOKUP_MARGIN_S
+        accounted = self.commands.run(
+            ["sacct", "-X", "-n", "-P", "-S", f"now-{back_s}", "-o", "JobID,JobName", f"--name={','.join(wanted)}"]
+        )
+        if queued.returncode != 0 and accounted.returncode != 0:
+            raise BackendError(
+                "neither squeue nor sacct could say which arrays an interrupted launch submitted: "
+                f"{queued.stderr.strip()[:300]} / {accounted.stderr.strip()[:300]}"
+            )
+        if accounted.returncode != 0:
+            log.warning("sacct failed (%s): only squeue tells what was submitted", accounted.stderr.strip()[:300])
+        answers = [p.stdout for p in (queued, accounted) if p.returncode == 0]
+        return parse_named_arrays("\n".join(answers), wanted)
 
     def _note_health(self, ok: bool) -> None:
         """Raise if Slurm could not be asked for a long time: waiting on would hang forever."""

@@ -38,6 +38,7 @@ from launcher_core.backends.slurm.sbatch import (
 from launcher_core.backends.slurm.sites import LocalSite, LoginSite
 from launcher_core.container import job_binds
 from launcher_core.errors import BackendError, ConfigError, LauncherError, SubmitError
+from launcher_core.intents import SubmitIntent, after_accepted_submission
 from launcher_core.jobs import (
     LAUNCHER_DIR,
     RESULT_FILE,
@@ -153,16 +154,42 @@ class SlurmBackend(Backend):
                     files = [self._sweep_payload, table, script] if chunk.number == 0 else [script]
                     dirs = [self._cluster_dirs(s)[1] for s in chunk.specs]
                     self.site.upload([f for f in files if f is not None], dirs)
+                intent = self._record_intent(chunk)
                 array_id = self._sbatch(
-                    self._on_cluster(script), after=previous if throttle else None, dependency=self._waits_for(chunk)
+                    self._on_cluster(script),
+                    after=previous if throttle else None,
+                    dependency=self._waits_for(chunk),
+                    name=intent.tag,
                 )
             except LauncherError as exc:
                 if not handles:
                     raise
                 raise SubmitError(f"{exc}; {len(handles)} of {len(jobs)} jobs were submitted before", handles) from exc
+            after_accepted_submission()  # test hook (a kill before the state store records the array)
             previous = array_id
-            handles.update(self._handles(chunk, array_id))
+            handles.update(_with_array_id(intent.handles, array_id))
         return handles
+
+    def _record_intent(self, chunk: Chunk) -> SubmitIntent:
+        """Record the chunk's array before ``sbatch`` (:mod:`launcher_core.intents`); its tag is the
+        array's job name, ``<name>.hrl-<key>``, which sacct keeps for as long as it keeps the job."""
+        handles = self._handles(chunk, "")
+        key = self.intents.key_for(handles)
+        intent = SubmitIntent(key, f"{self.options.name}.hrl-{key}", handles)
+        self.intents.record(intent)
+        return intent
+
+    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, dict[str, Any]]:
+        """The arrays of these intents Slurm accepted, found by job name in one ``sacct`` (one
+        ``squeue`` where accounting does not answer): the handles of their jobs."""
+        if not intents:
+            return {}
+        arrays = self.accounting.arrays_named([i.tag for i in intents], min(i.created_at for i in intents))
+        found: dict[str, dict[str, Any]] = {}
+        for intent in intents:
+            if intent.tag in arrays:
+                found.update(_with_array_id(intent.handles, arrays[intent.tag]))
+        return found
 
     def _write_all_and_test(self, chunks: Sequence[Chunk], table: Path) -> dict[int, Path]:
         """Write (and upload) every chunk's script, then ``sbatch --test-only`` the first array of
@@ -449,7 +476,9 @@ class SlurmBackend(Backend):
 
         return chunk_dependency(self.options, chunk)
 
-    def _sbatch(self, script: str, after: str | None = None, dependency: str | None = None) -> str:
+    def _sbatch(
+        self, script: str, after: str | None = None, dependency: str | None = None, name: str | None = None
+    ) -> str:
         argv = ["sbatch", "--parsable"]
         conditions = [f"afterany:{after}"] if after else []
         if dependency:  # a job whose dependency can never be met is cancelled, not left pending forever
@@ -457,6 +486,8 @@ class SlurmBackend(Backend):
             argv.append("--kill-on-invalid-dep=yes")
         if conditions:
             argv.append(f"--dependency={','.join(conditions)}")
+        if name:  # the submission intent's tag (overrides the script's own --job-name)
+            argv.append(f"--job-name={name}")
         proc = self.commands.run([*argv, script])
         array_id = proc.stdout.strip().split(";")[0]
         if proc.returncode != 0 or not array_id.isdigit():
@@ -492,6 +523,14 @@ class SlurmBackend(Backend):
                 )
             out[spec.job_id] = handle
         return out
+
+
+def _with_array_id(handles: Mapping[str, Mapping[str, Any]], array_id: str) -> dict[str, dict[str, Any]]:
+    """The handles of a chunk's jobs (made before ``sbatch``) with the array's id filled in."""
+    return {
+        job_id: {**h, "slurm_job_id": f"{array_id}_{h['array_index']}", "array_job_id": array_id}
+        for job_id, h in handles.items()
+    }
 
 
 def _private_dir(path: Path) -> None:

@@ -105,6 +105,8 @@ class SlurmArrayLauncherConf:
     # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command
     auto_pull: bool = False
     auto_pull_interval_s: float = 30.0
+    # the pull daemon stops (and `status` says how to resume) once the backend was unreachable this long
+    auto_pull_give_up_h: float = 24.0
     notify: Optional[str] = None
     # per-job resources read from each job's composed config, e.g. {gpus_per_node: trainer.gpus,
     # mem_gb: trainer.mem_gb, timeout_min: trainer.minutes}; one array per distinct resource set
