@@ -6,26 +6,173 @@ controller, the pull daemon, ``status``, ``logs``, ``cancel`` and ``clean`` call
 and never probe with ``getattr``. ``tests/test_backend_contract.py`` runs the same behavioural
 tests against every backend.
 
-``handle`` values are whatever a backend needs to find a job again later (a PID and host, a
-Slurm job id, an instance id); they are JSON-serialisable because they are stored in the state
-store and used by another process (the pull daemon) after a restart.
+A handle is whatever a backend needs to find a job again later (a PID file and host, a Slurm job
+id, an instance id): one :class:`JobHandle` class per backend, a frozen dataclass whose fields are
+the keys of the JSON the state store keeps, so that another process (the pull daemon, ``status``)
+rebuilds it after a restart. Code outside a backend never reads a handle's keys: it asks the handle
+(:meth:`JobHandle.describe`, :meth:`JobHandle.remote_paths`, ...) or the backend's descriptor. A
+backend may still return plain JSON dicts from ``submit``: the state store keeps them as they are
+and readers see them through :class:`PlainHandle`.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from launcher_core.jobs import JobSpec, JobStatus, PullFilter, SweepInfo
 
 if TYPE_CHECKING:
     from launcher_core.preflight import Check, PreflightRequest
 
-Handle = dict[str, Any]
+HandleT = TypeVar("HandleT", bound="JobHandle")
+ONLY_WITH = "hrl_only_with"  # field metadata: the key is written only while this field is not None
+
+
+def written_with(gate: str) -> Any:
+    """A field (default None) whose key the JSON has only while the field ``gate`` is set (itself,
+    or the field that says the group applies: slurm's ``login_host``)."""
+    return field(default=None, metadata={ONLY_WITH: gate})
+
+
+@dataclass(frozen=True)
+class RemoteJobPaths:
+    """Where a job ran on another machine and where its files go here: what fetching its dir and
+    :func:`launcher_core.remote.workspace.localize_result` need. Paths there are ``remote_*``."""
+
+    remote_sweep_dir: str | None = None
+    remote_job_dir: str | None = None
+    rel: str | None = None  # the job's subdir of the sweep dir (the same there and here)
+    remote_dir: str | None = None  # the workspace there (snapshots and sweep dirs), when it has one
+    remote_cwd: str | None = None  # the jobs' working dir there (the code snapshot)
+    local_cwd: str | None = None  # what a JobReturn naming remote_cwd is pointed at here
+    local_sweep_dir: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RemoteJobPaths:
+        """From a plain JSON handle that uses these keys (as the built-in backends' handles do)."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobHandle:
+    """What finds one job again: a frozen dataclass per backend whose fields, in order, are the keys
+    of its JSON in the state store. Keys of a stored handle the class does not know are kept in
+    ``extra`` and written after the fields; fields with defaults that a stored handle lacks are
+    remembered in ``absent`` and left out again, so a stored handle round-trips unchanged."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The handle as the state store keeps it (JSON types only)."""
+        out: dict[str, Any] = {}
+        for f in _json_fields(type(self)):
+            gate = f.metadata.get(ONLY_WITH)
+            if f.name in self.absent or (gate is not None and getattr(self, gate) is None):
+                continue
+            out[f.name] = getattr(self, f.name)
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls: type[HandleT], data: Mapping[str, Any]) -> HandleT:
+        """The handle from its stored JSON; a ``BackendError`` names the keys it lacks."""
+        from dataclasses import MISSING
+
+        from launcher_core.errors import BackendError
+
+        names = {f.name: f for f in _json_fields(cls)}
+        required = {n for n, f in names.items() if f.default is MISSING and f.default_factory is MISSING}
+        missing = required - data.keys()
+        if missing:
+            raise BackendError(f"a {cls.__name__} needs the keys {sorted(missing)}; this one has {sorted(data)}")
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra, absent=frozenset(names.keys() - data.keys()))
+
+    @classmethod
+    def of(cls: type[HandleT], value: Handle) -> HandleT:
+        """``value`` as this class: itself, or parsed from its JSON (another process's handle)."""
+        if isinstance(value, cls):
+            return value
+        return cls.from_json(value.to_json() if isinstance(value, JobHandle) else value)
+
+    @classmethod
+    def typed(cls: type[HandleT], handles: Mapping[str, Handle]) -> dict[str, HandleT]:
+        """Every handle of ``handles`` as this class; an empty one (a job with no handle) is left out."""
+        return {job_id: cls.of(h) for job_id, h in handles.items() if h}
+
+    # --- what readers outside the backend ask ---------------------------------------------------------
+    def host_label(self) -> str | None:
+        """The host the state store records for the job when it is submitted (None: none yet)."""
+        return None
+
+    def describe(self) -> str | None:
+        """What ``status`` shows as "where" (a Slurm job id, an instance id; None: the job's host)."""
+        return None
+
+    def remote_paths(self) -> RemoteJobPaths | None:
+        """The job's paths on the machine it ran on (None: it ran in the local sweep dir)."""
+        return None
+
+    def job_dir(self) -> str | None:
+        """The job's output dir where it ran (None: here)."""
+        paths = self.remote_paths()
+        return paths.remote_job_dir if paths is not None and paths.remote_job_dir else None
+
+    def dependency_task(self) -> str | None:
+        """The job's task as a scheduler's dependency names it (None: no such scheduler)."""
+        return None
+
+
+@functools.cache
+def _json_fields(cls: type[JobHandle]) -> tuple[Field[Any], ...]:
+    return tuple(f for f in fields(cls) if f.name not in ("extra", "absent"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlainHandle(JobHandle):
+    """The handle of a backend that returns plain JSON dicts (no handle class of its own), read
+    with the keys the built-in backends use for the same things (``host``, ``remote_job_dir``, ...)."""
+
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlainHandle:
+        return cls(data=dict(data))
+
+    def host_label(self) -> str | None:
+        return self.data.get("host")
+
+    def remote_paths(self) -> RemoteJobPaths | None:
+        return RemoteJobPaths.from_json(self.data)
+
+
+Handle = JobHandle | Mapping[str, Any]  # a backend's handle, or its JSON as the state store keeps it
+
+
+def as_job_handle(value: Handle) -> JobHandle:
+    """A handle a reader can ask: a backend's own, or a plain JSON one wrapped."""
+    return value if isinstance(value, JobHandle) else PlainHandle.from_json(value)
+
+
+def handle_json(value: Handle) -> dict[str, Any]:
+    """A handle as the state store keeps it."""
+    return value.to_json() if isinstance(value, JobHandle) else dict(value)
+
+
+def remote_paths_of(value: Handle) -> RemoteJobPaths:
+    """The remote paths of a job's handle (all None when it has none)."""
+    return as_job_handle(value).remote_paths() or RemoteJobPaths()
 
 
 @dataclass
@@ -104,7 +251,7 @@ class Backend(abc.ABC):
         (``resources_from``, into ``spec.resources``) and refuse (``ConfigError`` naming the job and
         the key) a job whose resources are invalid or cannot be met anywhere. Default: none."""
 
-    def reattachable(self, handle: Mapping[str, Any]) -> bool:
+    def reattachable(self, handle: Handle) -> bool:
         """Whether a job an earlier, dead launch handed over can be re-attached (polled and fetched
         again) rather than started anew. Detached backends always can; others say per job."""
         return self.detached
@@ -122,7 +269,7 @@ class Backend(abc.ABC):
         backend in another process (the pull daemon, ``status``, ``cancel``)."""
         return {}
 
-    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes | None:
+    def read_log(self, handle: Handle, stream: str, offset: int = 0) -> bytes | None:
         """Live log bytes from ``offset`` on for ``launcher-core logs`` on jobs not pulled yet
         (``stream`` is "stdout" or "stderr"); None when the backend cannot read them remotely."""
         return None

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.base import CleanReport, CleanRequest
+from launcher_core.backends.base import CleanReport, CleanRequest, Handle, remote_paths_of
 from launcher_core.backends.slurm.accounting import ExitInfo, SlurmCommands
+from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
 from launcher_core.errors import BackendError
@@ -61,10 +62,10 @@ class LocalSite:
     def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
         """Nothing to upload: the files already are where the cluster reads them."""
 
-    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+    def exit_info(self, handles: Mapping[str, SlurmHandle]) -> dict[str, ExitInfo]:
         out = {}
         for job_id, handle in handles.items():
-            ldir = Path(str(handle.get("launcher_dir", "")))
+            ldir = Path(handle.launcher_dir)
             try:
                 code: int | None = int((ldir / EXIT_FILE).read_text().strip())
             except (OSError, ValueError):
@@ -72,12 +73,12 @@ class LocalSite:
             out[job_id] = ExitInfo(code, (ldir / RESULT_FILE).exists())
         return out
 
-    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+    def fetch(self, jobs: Mapping[str, SlurmHandle], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         """Nothing to fetch: the cluster wrote the results into the shared sweep dir."""
 
-    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+    def read_log(self, handle: SlurmHandle, name: str, offset: int) -> bytes:
         try:
-            with open(Path(str(handle.get("launcher_dir", ""))) / name, "rb") as f:
+            with open(Path(handle.launcher_dir) / name, "rb") as f:
                 f.seek(offset)
                 return f.read()
         except OSError:
@@ -224,11 +225,11 @@ class LoginSite:
         self.commands.script(f"mkdir -p {logs}\nrm -rf {stale}", what="preparing the job dirs")
         upload_files(self.conn, local_root, self.sweep_dir, files, what="upload of job files")
 
-    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+    def exit_info(self, handles: Mapping[str, SlurmHandle]) -> dict[str, ExitInfo]:
         """One ssh session: ``JOB_ID CODE|- 0|1`` per job."""
         lines = []
         for job_id, handle in handles.items():
-            ldir = shlex.quote(str(handle.get("launcher_dir", "")))
+            ldir = shlex.quote(handle.launcher_dir)
             lines.append(
                 f"c=-; [ -s {ldir}/{EXIT_FILE} ] && read -r c < {ldir}/{EXIT_FILE}; "
                 f'r=0; [ -f {ldir}/{RESULT_FILE} ] && r=1; echo {shlex.quote(job_id)} "$c" "$r"'
@@ -242,7 +243,7 @@ class LoginSite:
                 info[words[0]] = ExitInfo(code, words[2] == "1")
         return info
 
-    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+    def fetch(self, jobs: Mapping[str, SlurmHandle], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         from launcher_core.remote.workspace import fetch_job_dirs
 
         fetch_job_dirs(self.conn, jobs, local_dirs, pull_filter)
@@ -260,21 +261,21 @@ class LoginSite:
             run=lambda plans: ({host: clean_host(self.conn, request.sweep_id, p) for host, p in plans.items()}, {}),
         )
 
-    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+    def read_log(self, handle: SlurmHandle, name: str, offset: int) -> bytes:
         from launcher_core.remote.workspace import read_remote_log
 
-        return read_remote_log(self.conn, f"{handle.get('launcher_dir', '')}/{name}", offset)
+        return read_remote_log(self.conn, f"{handle.launcher_dir}/{name}", offset)
 
     def close(self) -> None:
         self.pool.close()
 
 
-def login_remote_dir(handle: Mapping[str, Any], sweep_id: str) -> str:
+def login_remote_dir(handle: Handle, sweep_id: str) -> str:
     """The ``remote_dir`` of a login_host job, from its snapshot path
     ``<remote_dir>/snapshots/<sweep_id>/<tag>`` (handles do not store it); checked for cleaning."""
     from launcher_core.remote.paths import CleanRefused, check_root
 
-    snapshot = handle.get("remote_cwd")
+    snapshot = remote_paths_of(handle).remote_cwd
     parts = str(snapshot or "").rstrip("/").split("/")
     if len(parts) < 4 or parts[-3] != "snapshots" or parts[-2] != sweep_id or not parts[-1]:
         raise CleanRefused(
