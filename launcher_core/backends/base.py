@@ -21,7 +21,7 @@ import abc
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -71,30 +71,29 @@ class JobHandle:
 
     def to_json(self) -> dict[str, Any]:
         """The handle as the state store keeps it (JSON types only)."""
-        out: dict[str, Any] = {}
-        for f in _json_fields(type(self)):
-            gate = f.metadata.get(ONLY_WITH)
-            if f.name in self.absent or (gate is not None and getattr(self, gate) is None):
-                continue
-            out[f.name] = getattr(self, f.name)
-        out.update(self.extra)
+        values = self.__dict__
+        absent = self.absent
+        out = {
+            name: values[name]
+            for name, gate in _json_plan(type(self))
+            if (gate is None or values[gate] is not None) and name not in absent
+        }
+        if self.extra:
+            out.update(self.extra)
         return out
 
     @classmethod
     def from_json(cls: type[HandleT], data: Mapping[str, Any]) -> HandleT:
         """The handle from its stored JSON; a ``BackendError`` names the keys it lacks."""
-        from dataclasses import MISSING
-
-        from launcher_core.errors import BackendError
-
-        names = {f.name: f for f in _json_fields(cls)}
-        required = {n for n, f in names.items() if f.default is MISSING and f.default_factory is MISSING}
+        names, required = _json_keys(cls)
         missing = required - data.keys()
         if missing:
+            from launcher_core.errors import BackendError
+
             raise BackendError(f"a {cls.__name__} needs the keys {sorted(missing)}; this one has {sorted(data)}")
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
-        return cls(**known, extra=extra, absent=frozenset(names.keys() - data.keys()))
+        return cls(**known, extra=extra, absent=names - data.keys())
 
     @classmethod
     def of(cls: type[HandleT], value: Handle) -> HandleT:
@@ -134,6 +133,20 @@ class JobHandle:
 @functools.cache
 def _json_fields(cls: type[JobHandle]) -> tuple[Field[Any], ...]:
     return tuple(f for f in fields(cls) if f.name not in ("extra", "absent"))
+
+
+@functools.cache
+def _json_plan(cls: type[JobHandle]) -> tuple[tuple[str, str | None], ...]:
+    """(key, the field that must be set for it to be written, if any) per field, in order."""
+    return tuple((f.name, f.metadata.get(ONLY_WITH)) for f in _json_fields(cls))
+
+
+@functools.cache
+def _json_keys(cls: type[JobHandle]) -> tuple[frozenset[str], frozenset[str]]:
+    """(every key of the class's JSON, the keys a stored handle must have)."""
+    found = _json_fields(cls)
+    required = {f.name for f in found if f.default is MISSING and f.default_factory is MISSING}
+    return frozenset(f.name for f in found), frozenset(required)
 
 
 @dataclass(frozen=True, kw_only=True)
