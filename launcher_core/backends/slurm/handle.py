@@ -20,8 +20,8 @@ _LOGIN = "login_host"
 class SlurmHandle(JobHandle):
     slurm_job_id: str  # <array job id>_<task>, as sacct and scancel name the task
     array_job_id: str
-    array_index: int
-    chunk_offset: int
+    array_index: int | None = None  # (kw_only: fields keep the JSON's key order, defaults or not)
+    chunk_offset: int | None = None  # where its array's chunk starts in the sweep's job list
     launcher_dir: str
     submitted_at: float = 0.0
     timeout_min: int | None = None
@@ -44,7 +44,7 @@ class SlurmHandle(JobHandle):
 
     def dependency_task(self) -> str | None:
         """``<array job id>_<index>``, as ``--dependency=aftercorr:...`` names an array task."""
-        return f"{self.array_job_id}_{self.array_index}"
+        return None if self.array_index is None else f"{self.array_job_id}_{self.array_index}"
 
     def remote_paths(self) -> RemoteJobPaths | None:
         if self.login_host is None:  # the jobs wrote into the local sweep dir
