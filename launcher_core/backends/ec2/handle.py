@@ -3,7 +3,9 @@ bucket and prefixes its markers, logs and output dir go to, and where its result
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from launcher_core.backends.base import JobHandle, RemoteJobPaths
 
@@ -25,6 +27,13 @@ class Ec2Handle(JobHandle):
     remote_cwd: str | None = None
     local_cwd: str | None = None
     local_sweep_dir: str | None = None
+
+    @staticmethod
+    def instance_of(stored: Mapping[str, Any]) -> str | None:
+        """The instance a stored handle names, read from its JSON even when the rest is missing:
+        finding stray instances must never take one that runs a job for a stray."""
+        value = stored.get("instance_id")
+        return str(value) if value else None
 
     def host_label(self) -> str | None:
         return self.host

@@ -74,7 +74,7 @@ def _instances_with_active_jobs(sweep_dir: Path | None) -> set[str] | None:
         return None
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
         job_rows = store.jobs(states=[JobState.PENDING, JobState.SUBMITTED, JobState.RUNNING])
-    return {h.instance_id for h in Ec2Handle.typed({r.job_id: r.handle or {} for r in job_rows}).values()}
+    return {iid for r in job_rows if r.handle and (iid := Ec2Handle.instance_of(r.handle))}
 
 
 def cleanup(backend: Ec2Backend, *, terminate: bool = False, home: Path | None = None) -> list[StrayInstance]:
