@@ -81,6 +81,7 @@ from hydra.core.utils import JobStatus as HydraJobStatus
 from omegaconf import DictConfig
 
 from launcher_core.backends import Backend
+from launcher_core.backends.base import JobHandle, handle_json
 from launcher_core.jobs import (
     LAUNCHER_DIR,
     RESULT_FILE,
@@ -304,12 +305,17 @@ class Sweep:
         )
 
     def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
+        """Submit; the handles as the state store gives them back (JSON), which is how every
+        other process sees them."""
         with self.job_stdio():
             submitted = self.backend.submit(specs)
-        handles = {job_id: dict(h) for job_id, h in submitted.items()}
+        handles = {job_id: json.loads(json.dumps(handle_json(h))) for job_id, h in submitted.items()}
+        for job_id, h in submitted.items():
+            if isinstance(h, JobHandle):  # a handle class reads its own JSON back unchanged
+                again = type(h).from_json(handles[job_id])
+                assert again == h and again.to_json() == handles[job_id], f"{self.label}: {h} does not round-trip"
         self.handles.update(handles)
         assert set(handles) == {s.job_id for s in specs}, f"{self.label}: submit returned handles of {set(handles)}"
-        json.dumps(handles)  # handles must survive the state store (JSON)
         return handles
 
     def poll_until_terminal(self, handles: Mapping[str, dict[str, Any]]) -> dict[str, JobStatus]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core import snapshots
-from launcher_core.backends.base import Backend
+from launcher_core.backends.base import Backend, Handle
 from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.collect.progress import SweepProgress, print_summary
 from launcher_core.errors import BackendError, ConfigError, SubmitError
@@ -231,7 +231,7 @@ class SweepController:
             return True
         return self._resumed(row) and row.state in (JobState.COMPLETED, JobState.FAILED)
 
-    def submit(self, specs: Sequence[JobSpec]) -> dict[str, dict[str, Any]]:
+    def submit(self, specs: Sequence[JobSpec]) -> dict[str, Handle]:
         """Submit, and record every job that really started — also when submission fails
         part-way (:class:`SubmitError`), so that a relaunch never starts those twice."""
         journal = _StoreJournal(self.store, _LAUNCH_CODE_ID, self._unaccepted)
@@ -253,7 +253,7 @@ class SweepController:
             )
         return handles
 
-    def _record_submitted(self, handles: Mapping[str, dict[str, Any]]) -> None:
+    def _record_submitted(self, handles: Mapping[str, Handle]) -> None:
         self.store.mark_submitted(handles, launch_id=_LAUNCH_CODE_ID)
         for job_id in handles:
             self._set_state(job_id, JobState.SUBMITTED)

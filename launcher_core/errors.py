@@ -7,6 +7,9 @@ its own config errors, with the full traceback only under ``HYDRA_FULL_ERROR=1``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from hydra.errors import CompactHydraException
 
 
@@ -27,12 +30,13 @@ class BackendError(LauncherError, RuntimeError):
 
 
 class SubmitError(BackendError):
-    """Submission failed part-way: ``started`` holds the handles of the jobs that did start.
+    """Submission failed part-way: ``started`` holds the handles of the jobs that did start
+    (a backend's handle class, or plain JSON dicts).
 
     Backends raise it so the controller can record those jobs as submitted before reporting
     the error; a relaunch then re-attaches to them instead of starting them twice.
     """
 
-    def __init__(self, message: str, started: dict[str, dict] | None = None) -> None:
+    def __init__(self, message: str, started: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.started = dict(started or {})

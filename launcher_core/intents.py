@@ -32,7 +32,7 @@ class SubmitIntent:
 
     key: str
     tag: str
-    handles: Mapping[str, Mapping[str, Any]]
+    handles: Mapping[str, Any]  # job id -> handle: a backend's handle class, or its JSON read back
     launch_id: str = ""
     created_at: float = 0.0
 

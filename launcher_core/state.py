@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.base import Handle, as_job_handle, handle_json
 from launcher_core.intents import SubmitIntent
 from launcher_core.jobs import LAUNCHER_DIR, JobSpec, JobState, legacy_job_id_for
 
@@ -267,13 +268,19 @@ class StateStore:
                 "UPDATE jobs SET collected_at=?, updated_at=? WHERE job_id=?", [(now, now, j) for j in job_ids]
             )
 
-    def mark_submitted(self, handles: Mapping[str, Mapping[str, Any]], launch_id: str | None = None) -> None:
+    def mark_submitted(self, handles: Mapping[str, Handle], launch_id: str | None = None) -> None:
+        """Record the jobs as submitted with their handles (a backend's handle class, or plain
+        JSON dicts as a backend without one returns them), as the JSON the store keeps."""
         now = time.time()
+        rows = []
+        for job_id, h in handles.items():
+            handle = as_job_handle(h)
+            rows.append((json.dumps(handle.to_json()), handle.host_label(), now, launch_id, now, job_id))
         with self._tx() as cur:
             cur.executemany(
                 "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, launch_id=?, updated_at=? "
                 "WHERE job_id=?",
-                [(json.dumps(h), h.get("host"), now, launch_id, now, j) for j, h in handles.items()],
+                rows,
             )
 
     def interrupted_launches(self) -> set[str]:
@@ -388,7 +395,7 @@ class StateStore:
                 "INSERT INTO submit_intents(key, tag, launch_id, handles, created_at) VALUES(?, ?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET tag=excluded.tag, launch_id=excluded.launch_id, "
                 "handles=excluded.handles, created_at=excluded.created_at, closed_at=NULL",
-                (intent.key, intent.tag, intent.launch_id, json.dumps(intent.handles), intent.created_at or now),
+                (intent.key, intent.tag, intent.launch_id, _handles_json(intent.handles), intent.created_at or now),
             )
 
     def open_intents(self) -> list[SubmitIntent]:
@@ -469,3 +476,8 @@ class SweepIndex:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _handles_json(handles: Mapping[str, Handle]) -> str:
+    """Handles (a backend's classes or plain JSON dicts) as the JSON text the store keeps."""
+    return json.dumps({job_id: handle_json(h) for job_id, h in handles.items()})

@@ -165,7 +165,15 @@ def test_a_stage_with_jobs_queued_or_running_is_not_launched_again(tmp_path: Pat
 
 def test_chained_stages_are_submitted_at_once_with_dependencies_on_the_upstream_tasks(tmp_path: Path) -> None:
     pipeline = _three_stages(tmp_path)
-    task = {"array_job_id": "41", "array_index": 0}
+    task = {  # a slurm handle as the state store keeps it
+        "slurm_job_id": "41_0",
+        "array_job_id": "41",
+        "array_index": 0,
+        "chunk_offset": 0,
+        "launcher_dir": "/sweep/pretrain/0/.launcher",
+        "submitted_at": 0.0,
+        "timeout_min": 60,
+    }
     queued = (JobState.SUBMITTED, {"handle": task})
     views = _views(pipeline, pretrain={0: queued, 1: (JobState.RUNNING, {"handle": {**task, "array_index": 1}})})
     places = _places(pipeline, CLUSTER)

@@ -5,7 +5,12 @@
 * no module imports another module's ``_private`` name;
 * no import cycle between modules, also not one hidden in a function-level import (imports under
   ``if TYPE_CHECKING:`` are for annotations and never run: they do not count);
-* nothing in ``launcher_core`` imports ``hydra_plugins`` (the Hydra face imports the core, not back).
+* nothing in ``launcher_core`` imports ``hydra_plugins`` (the Hydra face imports the core, not back);
+* no module outside a backend's own folder (``launcher_core/backends/<name>/``) reads a job handle's
+  keys: no ``handle["key"]``, ``handle.get("key")`` or ``"key" in handle`` on anything named a handle
+  (``handle``, ``h``, ``row.handle``, ``handles[job_id]``, ``(row.handle or {})``). Readers ask the
+  handle class or the descriptor. The one exception is the contract, ``backends/base.py``, whose
+  ``PlainHandle`` reads the plain JSON dicts a backend without a handle class returns.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from launcher_core.backends.registry import descriptors
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "launcher_core"
+HYDRA_FACE = ROOT / "hydra_plugins"
+# where handle keys may be read: each backend's own folder, and the contract's plain-dict reader
+HANDLE_KEYS_READ_IN = ("backends/base.py",)
 # the instance agent names the AWS service "ec2" when it makes its boto3 client: not a backend name
 SERVICE_NAMES = {("runtime/ec2_agent.py", "ec2")}
 
@@ -132,6 +140,79 @@ def test_the_core_imports_nothing_of_the_hydra_face() -> None:
         if imported == "hydra_plugins" or imported.startswith("hydra_plugins.")
     ]
     assert offenders == [], "\n".join(map(str, offenders))
+
+
+def _names_a_handle(node: ast.AST) -> bool:
+    """``handle``, ``h``, ``old_handle``, ``row.handle``, ``handles[job_id]``, ``(row.handle or {})``."""
+    if isinstance(node, ast.Name):
+        return node.id == "h" or "handle" in node.id.lower()
+    if isinstance(node, ast.Attribute):
+        return "handle" in node.attr.lower()
+    if isinstance(node, ast.BoolOp):
+        return any(_names_a_handle(v) for v in node.values)
+    if isinstance(node, ast.Subscript):
+        return _names_a_handle(node.value) and not _string(node.slice)
+    return False
+
+
+def _string(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def handle_key_reads(tree: ast.AST) -> list[tuple[int, str]]:
+    """``(line, code)`` of every read of a handle's key by a string (see the module docstring)."""
+    found = []
+    for node in ast.walk(tree):
+        read = (
+            (isinstance(node, ast.Subscript) and _string(node.slice) and _names_a_handle(node.value))
+            or (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get", "pop", "setdefault", "__getitem__")
+                and bool(node.args)
+                and _string(node.args[0])
+                and _names_a_handle(node.func.value)
+            )
+            or (
+                isinstance(node, ast.Compare)
+                and _string(node.left)
+                and isinstance(node.ops[0], (ast.In, ast.NotIn))
+                and _names_a_handle(node.comparators[0])
+            )
+        )
+        if read:
+            found.append((getattr(node, "lineno", 0), ast.unparse(node)))
+    return found
+
+
+def test_handle_key_reads_are_found() -> None:
+    """The rule below sees the reads this project had before handles were typed."""
+    old = """
+where = describe_handle(meta, handle) or row.host or handle.get("host") or "-"
+host = job.host or (job.handle or {}).get("host")
+remote_job = str(handle.get("remote_job_dir") or "")
+groups.setdefault(str(h["remote_sweep_dir"]), {})
+ids = {str(r.handle["instance_id"]) for r in rows}
+packed = "packed" in handles[job_id]
+"""
+    assert len(handle_key_reads(ast.parse(old))) == 6
+    fine = """
+config.get("login_host"); job["launcher_dir"]; handles[job_id]; handle.to_json(); row.handle or {}
+"""
+    assert handle_key_reads(ast.parse(fine)) == []
+
+
+def test_no_module_outside_a_backend_reads_handle_keys() -> None:
+    offenders = []
+    paths = [*MODULES.values(), *sorted(HYDRA_FACE.rglob("*.py"))]
+    for path in paths:
+        base = PACKAGE if path.is_relative_to(PACKAGE) else ROOT
+        rel = path.relative_to(base).as_posix()
+        in_a_backend = rel.startswith("backends/") and rel.count("/") >= 2
+        if in_a_backend or rel in HANDLE_KEYS_READ_IN:
+            continue
+        offenders += [f"{rel}:{line}: {code}" for line, code in handle_key_reads(_tree(path))]
+    assert offenders == [], "\n".join(offenders)
 
 
 def _strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:

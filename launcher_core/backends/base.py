@@ -6,19 +6,24 @@ controller, the pull daemon, ``status``, ``logs``, ``cancel`` and ``clean`` call
 and never probe with ``getattr``. ``tests/test_backend_contract.py`` runs the same behavioural
 tests against every backend.
 
-``handle`` values are whatever a backend needs to find a job again later (a PID and host, a
-Slurm job id, an instance id); they are JSON-serialisable because they are stored in the state
-store and used by another process (the pull daemon) after a restart.
+A handle is whatever a backend needs to find a job again later (a PID file and host, a Slurm job
+id, an instance id): one :class:`JobHandle` class per backend, a frozen dataclass whose fields are
+the keys of the JSON the state store keeps, so that another process (the pull daemon, ``status``)
+rebuilds it after a restart. Code outside a backend never reads a handle's keys: it asks the handle
+(:meth:`JobHandle.describe`, :meth:`JobHandle.remote_paths`, ...) or the backend's descriptor. A
+backend may still return plain JSON dicts from ``submit``: the state store keeps them as they are
+and readers see them through :class:`PlainHandle`.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from launcher_core.intents import IntentJournal, NoJournal, SubmitIntent
 from launcher_core.jobs import JobSpec, JobStatus, PullFilter, SweepInfo
@@ -27,7 +32,162 @@ if TYPE_CHECKING:
     from launcher_core.machines import Observation
     from launcher_core.preflight import Check, PreflightRequest
 
-Handle = dict[str, Any]
+HandleT = TypeVar("HandleT", bound="JobHandle")
+ONLY_WITH = "hrl_only_with"  # field metadata: the key is written only while this field is not None
+
+
+def written_with(gate: str) -> Any:
+    """A field (default None) whose key the JSON has only while the field ``gate`` is set (itself,
+    or the field that says the group applies: slurm's ``login_host``)."""
+    return field(default=None, metadata={ONLY_WITH: gate})
+
+
+@dataclass(frozen=True)
+class RemoteJobPaths:
+    """Where a job ran on another machine and where its files go here: what fetching its dir and
+    :func:`launcher_core.remote.workspace.localize_result` need. Paths there are ``remote_*``."""
+
+    remote_sweep_dir: str | None = None
+    remote_job_dir: str | None = None
+    rel: str | None = None  # the job's subdir of the sweep dir (the same there and here)
+    remote_dir: str | None = None  # the workspace there (snapshots and sweep dirs), when it has one
+    remote_cwd: str | None = None  # the jobs' working dir there (the code snapshot)
+    local_cwd: str | None = None  # what a JobReturn naming remote_cwd is pointed at here
+    local_sweep_dir: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RemoteJobPaths:
+        """From a plain JSON handle that uses these keys (as the built-in backends' handles do)."""
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobHandle:
+    """What finds one job again: a frozen dataclass per backend whose fields, in order, are the keys
+    of its JSON in the state store. Keys of a stored handle the class does not know are kept in
+    ``extra`` and written after the fields; fields with defaults that a stored handle lacks are
+    remembered in ``absent`` and left out again, so a stored handle round-trips unchanged."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    absent: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The handle as the state store keeps it (JSON types only)."""
+        values = self.__dict__
+        absent = self.absent
+        out = {
+            name: values[name]
+            for name, gate in _json_plan(type(self))
+            if (gate is None or values[gate] is not None) and name not in absent
+        }
+        if self.extra:
+            out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls: type[HandleT], data: Mapping[str, Any]) -> HandleT:
+        """The handle from its stored JSON; a ``BackendError`` names the keys it lacks."""
+        names, required = _json_keys(cls)
+        missing = required - data.keys()
+        if missing:
+            from launcher_core.errors import BackendError
+
+            raise BackendError(f"a {cls.__name__} needs the keys {sorted(missing)}; this one has {sorted(data)}")
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra, absent=names - data.keys())
+
+    @classmethod
+    def of(cls: type[HandleT], value: Handle) -> HandleT:
+        """``value`` as this class: itself, or parsed from its JSON (another process's handle)."""
+        if isinstance(value, cls):
+            return value
+        return cls.from_json(value.to_json() if isinstance(value, JobHandle) else value)
+
+    @classmethod
+    def typed(cls: type[HandleT], handles: Mapping[str, Handle]) -> dict[str, HandleT]:
+        """Every handle of ``handles`` as this class; an empty one (a job with no handle) is left out."""
+        return {job_id: cls.of(h) for job_id, h in handles.items() if h}
+
+    # --- what readers outside the backend ask ---------------------------------------------------------
+    def host_label(self) -> str | None:
+        """The host the state store records for the job when it is submitted (None: none yet)."""
+        return None
+
+    def describe(self) -> str | None:
+        """What ``status`` shows as "where" (a Slurm job id, an instance id; None: the job's host)."""
+        return None
+
+    def remote_paths(self) -> RemoteJobPaths | None:
+        """The job's paths on the machine it ran on (None: it ran in the local sweep dir)."""
+        return None
+
+    def job_dir(self) -> str | None:
+        """The job's output dir where it ran (None: here)."""
+        paths = self.remote_paths()
+        return paths.remote_job_dir if paths is not None and paths.remote_job_dir else None
+
+    def dependency_task(self) -> str | None:
+        """The job's task as a scheduler's dependency names it (None: no such scheduler)."""
+        return None
+
+
+@functools.cache
+def _json_fields(cls: type[JobHandle]) -> tuple[Field[Any], ...]:
+    return tuple(f for f in fields(cls) if f.name not in ("extra", "absent"))
+
+
+@functools.cache
+def _json_plan(cls: type[JobHandle]) -> tuple[tuple[str, str | None], ...]:
+    """(key, the field that must be set for it to be written, if any) per field, in order."""
+    return tuple((f.name, f.metadata.get(ONLY_WITH)) for f in _json_fields(cls))
+
+
+@functools.cache
+def _json_keys(cls: type[JobHandle]) -> tuple[frozenset[str], frozenset[str]]:
+    """(every key of the class's JSON, the keys a stored handle must have)."""
+    found = _json_fields(cls)
+    required = {f.name for f in found if f.default is MISSING and f.default_factory is MISSING}
+    return frozenset(f.name for f in found), frozenset(required)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlainHandle(JobHandle):
+    """The handle of a backend that returns plain JSON dicts (no handle class of its own), read
+    with the keys the built-in backends use for the same things (``host``, ``remote_job_dir``, ...)."""
+
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlainHandle:
+        return cls(data=dict(data))
+
+    def host_label(self) -> str | None:
+        return self.data.get("host")
+
+    def remote_paths(self) -> RemoteJobPaths | None:
+        return RemoteJobPaths.from_json(self.data)
+
+
+Handle = JobHandle | Mapping[str, Any]  # a backend's handle, or its JSON as the state store keeps it
+
+
+def as_job_handle(value: Handle) -> JobHandle:
+    """A handle a reader can ask: a backend's own, or a plain JSON one wrapped."""
+    return value if isinstance(value, JobHandle) else PlainHandle.from_json(value)
+
+
+def handle_json(value: Handle) -> dict[str, Any]:
+    """A handle as the state store keeps it."""
+    return value.to_json() if isinstance(value, JobHandle) else dict(value)
+
+
+def remote_paths_of(value: Handle) -> RemoteJobPaths:
+    """The remote paths of a job's handle (all None when it has none)."""
+    return as_job_handle(value).remote_paths() or RemoteJobPaths()
 
 
 @dataclass
@@ -121,7 +281,7 @@ class Backend(abc.ABC):
         unreachable for ``auto_pull_give_up_h``. Default: none (a failure raises instead)."""
         return []
 
-    def reattachable(self, handle: Mapping[str, Any]) -> bool:
+    def reattachable(self, handle: Handle) -> bool:
         """Whether a job an earlier, dead launch handed over can be re-attached (polled and fetched
         again) rather than started anew. Detached backends always can; others say per job."""
         return self.detached
@@ -139,7 +299,7 @@ class Backend(abc.ABC):
         backend in another process (the pull daemon, ``status``, ``cancel``)."""
         return {}
 
-    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes | None:
+    def read_log(self, handle: Handle, stream: str, offset: int = 0) -> bytes | None:
         """Live log bytes from ``offset`` on for ``launcher-core logs`` on jobs not pulled yet
         (``stream`` is "stdout" or "stderr"); None when the backend cannot read them remotely."""
         return None

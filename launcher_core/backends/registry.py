@@ -16,13 +16,15 @@ implements is :class:`launcher_core.backends.base.Backend`; docs/backends.md des
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from launcher_core.errors import ConfigError
+from launcher_core.backends.base import Handle, JobHandle, PlainHandle, as_job_handle, handle_json
+from launcher_core.errors import BackendError, ConfigError
 
 if TYPE_CHECKING:
     from launcher_core.backends.base import Backend
@@ -61,18 +63,36 @@ class Capabilities:
         return cls(**{k: bool(data[k]) for k in ("detached", "results_local", "remote_copy") if k in data})
 
 
-def _no_description(handle: Mapping[str, Any]) -> str | None:
-    return None
-
-
 def _no_location(config: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _handle_job_dir(handle: Mapping[str, Any]) -> str | None:
-    """The built-in remote backends keep it under this key of their handles."""
-    value = handle.get("remote_job_dir")
-    return str(value) if value else None
+def _ask_handle(handle: Handle) -> str | None:
+    """The default of the descriptor's questions about a handle: its handle class answers
+    (replaced by :meth:`BackendDescriptor.__post_init__`)."""
+    raise AssertionError("BackendDescriptor.__post_init__ did not run")
+
+
+# descriptor field -> the JobHandle method that answers it by default
+_HANDLE_QUESTIONS = {
+    "describe_handle": "describe",
+    "dependency_task": "dependency_task",
+    "job_dir_where_it_ran": "job_dir",
+}
+
+
+def _asked(handle_type: type[JobHandle], question: str, handle: Handle) -> str | None:
+    answer: str | None = getattr(_parsed(handle_type, handle), question)()
+    return answer
+
+
+def _parsed(handle_type: type[JobHandle], data: Handle) -> JobHandle:
+    """``data`` as ``handle_type``; a plain handle when it does not parse (none yet, or a handle of
+    another layout): readers such as ``status`` still show what they can."""
+    try:
+        return handle_type.of(data)
+    except BackendError:
+        return PlainHandle.from_json(handle_json(data))
 
 
 @dataclass(frozen=True)
@@ -87,7 +107,11 @@ class BackendDescriptor:
     (submits nothing), or None when there is nothing to check.
     ``capabilities``: :class:`Capabilities` for a launcher/stored config (they may depend on it:
     slurm's results are local without ``login_host``).
-    ``describe_handle``: what ``status`` shows as "where" for a job's handle (None: its host).
+    ``handle_type``: the backend's :class:`~launcher_core.backends.base.JobHandle` class (its handles
+    are read back from the state store with it); :class:`PlainHandle` for a backend whose ``submit``
+    returns plain JSON dicts.
+    ``describe_handle``: what ``status`` shows as "where" for a job's handle (None: its host);
+    by default the handle's :meth:`~JobHandle.describe`.
     ``remote_location``: a key naming the file system where the jobs' dirs live when it is not
     this machine's and one place holds every job (one SSH host and remote dir, one login node),
     else None: two stages of a pipeline with the same key can read each other's job dirs there.
@@ -95,8 +119,10 @@ class BackendDescriptor:
     that says they do not).
     ``dependency_chain``: a key naming the scheduler the jobs go to when it can hold a stage's jobs
     until their upstream jobs end (two pipeline stages with the same key are submitted at once,
-    with dependencies), else None. ``dependency_task``: a job's task as such a dependency names it.
-    ``job_dir_where_it_ran``: the job's output dir where it ran, from its handle (None: here).
+    with dependencies), else None. ``dependency_task``: a job's task as such a dependency names it
+    (by default the handle's :meth:`~JobHandle.dependency_task`).
+    ``job_dir_where_it_ran``: the job's output dir where it ran, from its handle (None: here; by
+    default the handle's :meth:`~JobHandle.job_dir`).
     ``no_remote_copy``: what ``clean`` says when there is nothing to delete ("" when there is).
     ``watch_group``: a key shared by the stored configs whose jobs one backend, rebuilt from any of
     them, can observe together (``launcher-core top``: one round trip per host or scheduler for
@@ -109,14 +135,25 @@ class BackendDescriptor:
     settings: Callable[[Mapping[str, Any]], Any]
     for_preflight: Callable[[Any], Backend | None]
     capabilities: Callable[[Mapping[str, Any]], Capabilities]
-    describe_handle: Callable[[Mapping[str, Any]], str | None] = field(default=_no_description)
+    handle_type: type[JobHandle] = PlainHandle
+    describe_handle: Callable[[Handle], str | None] = field(default=_ask_handle)
     remote_location: Callable[[Mapping[str, Any]], str | None] = field(default=_no_location)
     remote_hint: str = "a backend that sees them"
     dependency_chain: Callable[[Mapping[str, Any]], str | None] = field(default=_no_location)
-    dependency_task: Callable[[Mapping[str, Any]], str | None] = field(default=_no_description)
-    job_dir_where_it_ran: Callable[[Mapping[str, Any]], str | None] = field(default=_handle_job_dir)
+    dependency_task: Callable[[Handle], str | None] = field(default=_ask_handle)
+    job_dir_where_it_ran: Callable[[Handle], str | None] = field(default=_ask_handle)
     no_remote_copy: str = ""
     watch_group: Callable[[Mapping[str, Any]], str | None] = field(default=_no_location)
+
+    def __post_init__(self) -> None:
+        for name, question in _HANDLE_QUESTIONS.items():
+            if getattr(self, name) is _ask_handle:
+                object.__setattr__(self, name, functools.partial(_asked, self.handle_type, question))
+
+    def handle(self, data: Handle) -> JobHandle:
+        """A stored handle of this backend as its class (a plain one when it does not parse: a
+        handle of an older or newer layout still shows in ``status``)."""
+        return _parsed(self.handle_type, data)
 
 
 _LOADED: dict[str, BackendDescriptor] | None = None
@@ -199,9 +236,17 @@ def watch_group(meta: Mapping[str, Any]) -> str | None:
     return None if group is None else f"{name} {group}"
 
 
-def describe_handle(meta: Mapping[str, Any], handle: Mapping[str, Any]) -> str | None:
+def describe_handle(meta: Mapping[str, Any], handle: Handle) -> str | None:
     """Where a job runs, as ``status`` shows it (None: the job's host)."""
     name = meta.get("backend")
     if not name or str(name) not in descriptors():
         return None
     return descriptor(str(name)).describe_handle(handle)
+
+
+def handle_of(meta: Mapping[str, Any], data: Handle) -> JobHandle:
+    """A stored handle of a sweep's job as its backend's class (plain when the backend is unknown)."""
+    name = meta.get("backend")
+    if not name or str(name) not in descriptors():
+        return as_job_handle(data)
+    return descriptor(str(name)).handle(data)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.registry import capabilities_of, describe_handle
+from launcher_core.backends.registry import capabilities_of, describe_handle, handle_of
 from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
 from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
 from launcher_core.sweeps import LOCK_WAIT_S, cancel_jobs, find_job, one_sweep, refresh_states, sweep_lock_waiting
@@ -150,7 +150,7 @@ def _state_label(row: JobRow) -> str:
 def _where(row: JobRow, meta: Mapping[str, Any]) -> str:
     """What the backend calls the job (a Slurm job id, an instance id), else its host."""
     handle = row.handle or {}
-    return describe_handle(meta, handle) or row.host or handle.get("host") or "-"
+    return describe_handle(meta, handle) or row.host or handle_of(meta, handle).host_label() or "-"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

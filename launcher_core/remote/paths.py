@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from launcher_core.backends.base import Handle, remote_paths_of
 from launcher_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -118,17 +119,17 @@ class RemotePlan:
     sweeps: list[RemoteSweep] = field(default_factory=list)
 
 
-def remote_sweep_dir(handle: Mapping[str, Any], remote_dir: str) -> str:
-    return confined(handle.get("remote_sweep_dir"), f"{remote_dir}/runs", "the remote sweep dir")
+def remote_sweep_dir(handle: Handle, remote_dir: str) -> str:
+    return confined(remote_paths_of(handle).remote_sweep_dir, f"{remote_dir}/runs", "the remote sweep dir")
 
 
 def plan_remote(
-    handles: Mapping[str, Mapping[str, Any]],
+    handles: Mapping[str, Handle],
     *,
     sweep_id: str,
-    sweep_handles: Mapping[str, Mapping[str, Any]] | None,
-    host_of: Callable[[Mapping[str, Any]], str],
-    remote_dir_of: Callable[[Mapping[str, Any]], str],
+    sweep_handles: Mapping[str, Handle] | None,
+    host_of: Callable[[Handle], str],
+    remote_dir_of: Callable[[Handle], str],
 ) -> dict[str, RemotePlan]:
     """Per host, the job dirs of ``handles`` and (with ``sweep_handles``: every job of the sweep)
     the sweep dirs and snapshot dirs; every path checked before anything is contacted."""
@@ -138,7 +139,7 @@ def plan_remote(
     for job_id, handle in handles.items():
         root = remote_dir_of(handle)
         sweep_dir = remote_sweep_dir(handle, root)
-        job_dir = confined(handle.get("remote_job_dir"), sweep_dir, f"the remote dir of job {job_id}")
+        job_dir = confined(remote_paths_of(handle).remote_job_dir, sweep_dir, f"the remote dir of job {job_id}")
         plans.setdefault(host_of(handle), RemotePlan()).jobs.append(RemoteJob(job_id, sweep_dir, job_dir))
     seen: set[tuple[str, str]] = set()
     for handle in (sweep_handles or {}).values():

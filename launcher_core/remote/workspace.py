@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from launcher_core.backends.base import Handle, remote_paths_of
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
 from launcher_core.remote.paths import RemotePlan, check_root
@@ -39,8 +40,10 @@ def runtime_cwd(config: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def localize_result(path: Path, handle: Mapping[str, Any], local_dir: Path) -> None:
-    """Rewrite a pulled JobReturn's paths from the host's to the local ones.
+def localize_result(path: Path, handle: Handle, local_dir: Path) -> None:
+    """Rewrite a pulled JobReturn's paths from the host's to the local ones (the handle's
+    :meth:`~launcher_core.backends.base.JobHandle.remote_paths`; a plain JSON handle with the
+    same keys will do).
 
     The job ran in the remote sweep dir; locally its files are in ``local_dir``, and Hydra code
     reading ``JobReturn.working_dir`` / ``hydra.runtime.output_dir`` must find them there.
@@ -58,20 +61,21 @@ def localize_result(path: Path, handle: Mapping[str, Any], local_dir: Path) -> N
     except Exception as exc:  # noqa: BLE001 - reported when the controller loads it
         log.debug("cannot localise %s: %s", path, exc)
         return
-    remote_job = str(handle.get("remote_job_dir") or "")
+    paths = remote_paths_of(handle)
+    remote_job = str(paths.remote_job_dir or "")
     if ret.working_dir and remote_job and str(ret.working_dir).startswith(remote_job):
         ret.working_dir = str(local_dir) + str(ret.working_dir)[len(remote_job) :]
-    elif ret.working_dir and ret.working_dir == handle.get("remote_cwd") and handle.get("local_cwd"):
-        ret.working_dir = handle["local_cwd"]
+    elif ret.working_dir and ret.working_dir == paths.remote_cwd and paths.local_cwd:
+        ret.working_dir = paths.local_cwd
     hydra_cfg = getattr(ret, "hydra_cfg", None)
     if hydra_cfg is not None and "hydra" in hydra_cfg:
         node = hydra_cfg.hydra
         with read_write(node.runtime), open_dict(node.runtime):
             node.runtime.output_dir = str(local_dir)
-        if handle.get("local_sweep_dir"):
+        if paths.local_sweep_dir:
             with read_write(node.sweep), open_dict(node.sweep):
-                node.sweep.dir = handle["local_sweep_dir"]
-                node.sweep.subdir = handle["rel"]
+                node.sweep.dir = paths.local_sweep_dir
+                node.sweep.subdir = paths.rel
     atomic_write_bytes(path, cloudpickle.dumps(ret))
 
 
@@ -90,8 +94,8 @@ def fetch_filter_args(pull_filter: PullFilter | None) -> list[str]:
 CLEAN_CHUNK = 500  # job dirs per clean script (one ssh command each)
 
 
-def clean_root(handle: Mapping[str, Any]) -> str:
-    return check_root(handle.get("remote_dir"), "the remote_dir of a job handle")
+def clean_root(handle: Handle) -> str:
+    return check_root(remote_paths_of(handle).remote_dir, "the remote_dir of a job handle")
 
 
 def clean_host(conn: SSHConnection, sweep_id: str, plan: Any) -> tuple[set[str], list[str], bool]:
@@ -132,12 +136,12 @@ def local_sweep_root(local_dir: Path, rel: str) -> Path:
 
 def fetch_job_dirs(
     conn: SSHConnection,
-    handles: Mapping[str, Mapping[str, Any]],
+    handles: Mapping[str, Handle],
     local_dirs: Mapping[str, Path],
     pull_filter: PullFilter | None,
 ) -> None:
     """Bring job dirs home: one rsync per (remote sweep dir, local sweep dir) pair, then the
-    results get local paths. Handles need ``remote_sweep_dir`` and ``rel``.
+    results get local paths. Handles' remote paths need ``remote_sweep_dir`` and ``rel``.
 
     A bare pull (``pull_filter``) skips large or excluded files in a first rsync, then brings
     every job's ``.launcher`` dir whole in a second one: launcher files are never skipped.
@@ -146,8 +150,9 @@ def fetch_job_dirs(
 
     groups: dict[tuple[str, str], list[str]] = {}
     for job_id, h in handles.items():
-        local_root = local_sweep_root(Path(local_dirs[job_id]), str(h["rel"]))
-        groups.setdefault((str(h["remote_sweep_dir"]), str(local_root)), []).append(str(h["rel"]))
+        sweep_dir, rel = _sweep_and_rel(h)
+        local_root = local_sweep_root(Path(local_dirs[job_id]), rel)
+        groups.setdefault((sweep_dir, str(local_root)), []).append(rel)
     for (remote_sweep, local_root), rels in groups.items():
         Path(local_root).mkdir(parents=True, exist_ok=True)
         unique = sorted(set(rels))
@@ -170,14 +175,23 @@ def fetch_job_dirs(
 _LISTING_LINE = re.compile(rb"^(\S{10})\s+([\d,.]+)\s+\S+\s+\S+\s(.*)$")
 
 
-def list_job_files(conn: SSHConnection, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+def _sweep_and_rel(handle: Handle) -> tuple[str, str]:
+    """The remote sweep dir of a job's handle and the job's subdir of it (a BackendError without)."""
+    paths = remote_paths_of(handle)
+    if paths.remote_sweep_dir is None or paths.rel is None:
+        raise BackendError(f"a job handle without a remote sweep dir and subdir: {paths}")
+    return str(paths.remote_sweep_dir), str(paths.rel)
+
+
+def list_job_files(conn: SSHConnection, handles: Mapping[str, Handle]) -> dict[str, list[tuple[str, int]]]:
     """The files of job dirs on the host as a full fetch would bring them: ``{job_id: [(path in the
     job dir, size)]}``. One ``rsync --list-only`` per remote sweep dir (rsync is all a host needs)."""
     import tempfile
 
     groups: dict[str, dict[str, str]] = {}
     for job_id, h in handles.items():
-        groups.setdefault(str(h["remote_sweep_dir"]), {})[str(h["rel"]).strip("/")] = job_id
+        sweep_dir, rel = _sweep_and_rel(h)
+        groups.setdefault(sweep_dir, {})[rel.strip("/")] = job_id
     out: dict[str, list[tuple[str, int]]] = {job_id: [] for job_id in handles}
     for remote_sweep, by_rel in groups.items():
         # rsync wants a destination with --files-from; --list-only writes nothing into it
@@ -405,8 +419,8 @@ def read_remote_log(conn: SSHConnection, path: str, offset: int) -> bytes:
 def clean_workspaces(
     request: CleanRequest,
     *,
-    host_of: Callable[[Mapping[str, Any]], str],
-    remote_dir_of: Callable[[Mapping[str, Any]], str],
+    host_of: Callable[[Handle], str],
+    remote_dir_of: Callable[[Handle], str],
     run: Callable[[Mapping[str, RemotePlan]], tuple[Mapping[str, Any], Mapping[str, Any]]],
 ) -> CleanReport:
     """``Backend.clean`` on SSH hosts: every path is planned and checked

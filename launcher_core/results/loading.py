@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.registry import capabilities_of
+from launcher_core.backends.registry import capabilities_of, handle_of
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE
 from launcher_core.overrides import parse_overrides
@@ -41,7 +41,7 @@ def load(sweep_dir: str | Path, metrics_file: str | None = None, *, values: bool
         job_rows = store.jobs()
     local_backend = results_are_local(meta)
     warnings: list[str] = []
-    rows = [_row(j, local_backend, metrics_file if values else None, values, warnings) for j in job_rows]
+    rows = [_row(j, meta, local_backend, metrics_file if values else None, values, warnings) for j in job_rows]
     return Results(sweep_dir, rows, meta=meta, warnings=_summarise_warnings(warnings))
 
 
@@ -73,7 +73,14 @@ def results_are_local(meta: Mapping[str, Any]) -> bool:
     return capabilities_of(meta).results_local
 
 
-def _row(job: JobRow, local_backend: bool, metrics_file: str | None, values: bool, warnings: list[str]) -> ResultRow:
+def _row(
+    job: JobRow,
+    meta: Mapping[str, Any],
+    local_backend: bool,
+    metrics_file: str | None,
+    values: bool,
+    warnings: list[str],
+) -> ResultRow:
     shown = job.outcome if job.state is JobState.PULLED and job.outcome else job.state
     local = job.state is JobState.PULLED or local_backend
     state = shown.value
@@ -85,7 +92,7 @@ def _row(job: JobRow, local_backend: bool, metrics_file: str | None, values: boo
         params=parse_overrides(job.overrides),
         state=state,
         duration_s=_duration(job),
-        host=job.host or (job.handle or {}).get("host"),
+        host=job.host or (handle_of(meta, job.handle).host_label() if job.handle else None),
         values={},
         reason=job.exit_reason,
         output_dir=job.output_dir,

@@ -8,6 +8,7 @@ instance runs) and :mod:`.cleaning`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,10 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher_core.backends.base import Backend, CleanReport, CleanRequest
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest, Handle
 from launcher_core.backends.ec2.aws import AwsClient, root_volume_mapping
 from launcher_core.backends.ec2.cleaning import clean_sweep_files
 from launcher_core.backends.ec2.fleet import Fleet, job_status
+from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.ec2.placement import instance_groups, instance_type_of, new_run_id
 from launcher_core.backends.ec2.plans import RunPlanner
 from launcher_core.backends.ec2.settings import Ec2Settings
@@ -161,7 +163,7 @@ class Ec2Backend(Backend):
         return self._types_in_use or [self.settings.instance_type]
 
     # --- contract: submit -------------------------------------------------------------------
-    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, Ec2Handle]:
         """Upload the sweep payload and one plan per instance (its job table), start the
         instances; all of them or none."""
         sweep = self._sweep
@@ -241,31 +243,32 @@ class Ec2Backend(Backend):
         self.intents.record(intent)
         return intent
 
-    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, dict[str, Any]]:
+    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, Ec2Handle]:
         """The instances of these intents EC2 started (in any state: one that already ran its jobs
         and terminated tells so through their markers), found by their intent tag in one
         DescribeInstances: the handles of their jobs."""
         if not intents:
             return {}
         by_tag = self.fleet.instances_by_intent([i.tag for i in intents])
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, Ec2Handle] = {}
         for intent in intents:
             iid = by_tag.get(intent.tag)
             if iid is not None:
-                found.update({j: {**h, "instance_id": iid, "host": iid} for j, h in intent.handles.items()})
+                for job_id, h in intent.handles.items():
+                    found[job_id] = dataclasses.replace(Ec2Handle.of(h), instance_id=iid, host=iid)
         return found
 
     # --- contract: poll ---------------------------------------------------------------------
-    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+    def poll(self, handles: Mapping[str, Handle]) -> Mapping[str, JobStatus]:
         """Per sweep: one DescribeInstances (by tag), then one listing of its marker objects.
 
         Instances are described *before* markers are listed: an instance seen ended without a
         marker really ended without one, since markers are written before it terminates.
         """
         self.aws.connect()
-        by_sweep: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-        for job_id, handle in handles.items():
-            key = (handle["bucket"], handle["base"], handle["sweep_id"])
+        by_sweep: dict[tuple[str, str, str], dict[str, Ec2Handle]] = {}
+        for job_id, handle in Ec2Handle.typed(handles).items():
+            key = (handle.bucket, handle.base, handle.sweep_id)
             by_sweep.setdefault(key, {})[job_id] = handle
         statuses: dict[str, JobStatus] = {}
         for (bucket, base, sweep_id), group in by_sweep.items():
@@ -291,7 +294,7 @@ class Ec2Backend(Backend):
     # --- contract: fetch / cancel / close ---------------------------------------------------
     def fetch(
         self,
-        jobs: Mapping[str, dict[str, Any]],
+        jobs: Mapping[str, Handle],
         local_dirs: Mapping[str, Path],
         pull_filter: PullFilter | None = None,
     ) -> None:
@@ -300,36 +303,37 @@ class Ec2Backend(Backend):
         from launcher_core.remote.workspace import localize_result
 
         self.aws.connect()
-        for job_id, handle in jobs.items():
-            if handle.get("out_prefix"):
+        for job_id, handle in Ec2Handle.typed(jobs).items():
+            if handle.out_prefix:
                 local_dir = Path(local_dirs[job_id])
-                skip = bare_filter(pull_filter, str(handle.get("rel") or ""))
-                self.store.download(handle["bucket"], handle["out_prefix"], local_dir, skip)
+                skip = bare_filter(pull_filter, str(handle.rel or ""))
+                self.store.download(handle.bucket, handle.out_prefix, local_dir, skip)
                 localize_result(local_dir / LAUNCHER_DIR / RESULT_FILE, handle, local_dir)
 
-    def list_files(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, list[tuple[str, int]]]:
+    def list_files(self, handles: Mapping[str, Handle]) -> Mapping[str, list[tuple[str, int]]]:
         """The objects each job synced to S3 (one paginated listing per job), as ``fetch`` would
         download them."""
         self.aws.connect()
         out: dict[str, list[tuple[str, int]]] = {}
-        for job_id, handle in handles.items():
-            if handle.get("out_prefix"):
-                out.setdefault(job_id, []).extend(self.store.list_files(handle["bucket"], handle["out_prefix"]))
+        for job_id, handle in Ec2Handle.typed(handles).items():
+            if handle.out_prefix:
+                out.setdefault(job_id, []).extend(self.store.list_files(handle.bucket, handle.out_prefix))
         return out
 
-    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
+    def read_log(self, handle: Handle, stream: str, offset: int = 0) -> bytes:
         """Live log of a job not pulled yet, as of the instance's last sync (``sync_interval_s``)."""
-        if not handle.get("out_prefix"):
+        job = Ec2Handle.of(handle) if handle else None
+        if job is None or not job.out_prefix:
             return b""
-        return self.store.read_from(handle["bucket"], log_key(handle["out_prefix"], stream), offset)
+        return self.store.read_from(job.bucket, log_key(job.out_prefix, stream), offset)
 
-    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
+    def cancel(self, handles: Mapping[str, Handle]) -> None:
         """Stop these jobs: terminate an instance when every unfinished job on it is cancelled,
         else leave a ``.cancel`` request the instance's agent acts on at its next sync."""
-        by_instance: dict[str, dict[str, Mapping[str, Any]]] = {}
-        for job_id, handle in handles.items():
-            if handle.get("instance_id"):
-                by_instance.setdefault(str(handle["instance_id"]), {})[job_id] = handle
+        by_instance: dict[str, dict[str, Ec2Handle]] = {}
+        for job_id, handle in Ec2Handle.typed(handles).items():
+            if handle.instance_id:
+                by_instance.setdefault(handle.instance_id, {})[job_id] = handle
         if not by_instance:
             return
         self.aws.connect()
@@ -340,17 +344,17 @@ class Ec2Backend(Backend):
                 to_terminate.append(iid)
                 continue
             for job_id, handle in jobs.items():
-                self.store.put_marker(handle["bucket"], marker_key(handle["base"], handle["run"], job_id, "cancel"))
+                self.store.put_marker(handle.bucket, marker_key(handle.base, handle.run, job_id, "cancel"))
             log.info("asked instance %s to cancel %d of its jobs (%d others keep running)", iid, len(jobs), len(others))
         self.terminate_instances(to_terminate)
 
-    def _unfinished_jobs_on(self, handle: Mapping[str, Any]) -> set[str]:
+    def _unfinished_jobs_on(self, handle: Ec2Handle) -> set[str]:
         """Jobs of the instance running ``handle``'s job that have no done/failed marker yet."""
         from botocore.exceptions import ClientError
 
-        bucket, base, run = handle["bucket"], handle["base"], handle["run"]
+        bucket, base, run = handle.bucket, handle.base, handle.run
         try:
-            plan = self.store.get_json(bucket, group_key(base, run, handle["group"], "plan.json"))
+            plan = self.store.get_json(bucket, group_key(base, run, handle.group, "plan.json"))
         except ClientError:
             return set()
         markers = self.store.list_markers(bucket, markers_prefix(base, run), run)

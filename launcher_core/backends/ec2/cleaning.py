@@ -4,11 +4,10 @@ the sweep's own prefix before any call."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from launcher_core.backends.base import CleanReport, CleanRequest
+from launcher_core.backends.base import CleanReport, CleanRequest, Handle
+from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.ec2.store import S3Store, job_prefix
+from launcher_core.errors import BackendError
 from launcher_core.remote.paths import CleanRefused
 
 
@@ -51,19 +50,28 @@ def _clean_base(store: S3Store, sweep_id: str) -> str:
     return store.base(sweep_id)
 
 
-def _check_handle_base(store: S3Store, handle: Mapping[str, Any], base: str) -> None:
-    if handle.get("bucket") != store.bucket or handle.get("base") != base:
+def _typed(handle: Handle) -> Ec2Handle:
+    try:
+        return Ec2Handle.of(handle)
+    except BackendError as exc:
+        raise CleanRefused(f"refusing to clean: {exc}") from None
+
+
+def _check_handle_base(store: S3Store, stored: Handle, base: str) -> None:
+    handle = _typed(stored)
+    if handle.bucket != store.bucket or handle.base != base:
         raise CleanRefused(
-            f"refusing to clean: a job handle names bucket {handle.get('bucket')!r} and prefix "
-            f"{handle.get('base')!r}, not this sweep's s3://{store.bucket}/{base}"
+            f"refusing to clean: a job handle names bucket {handle.bucket!r} and prefix "
+            f"{handle.base!r}, not this sweep's s3://{store.bucket}/{base}"
         )
 
 
-def _clean_job_prefix(store: S3Store, job_id: str, handle: Mapping[str, Any], base: str) -> str:
+def _clean_job_prefix(store: S3Store, job_id: str, stored: Handle, base: str) -> str:
     """``BASE/runs/<run>/jobs/<job_id>/`` of a handle, or CleanRefused naming the value."""
+    handle = _typed(stored)
     _check_handle_base(store, handle, base)
-    run = str(handle.get("run") or "")
-    out = handle.get("out_prefix")
+    run = str(handle.run or "")
+    out = handle.out_prefix
     bad = not run or "/" in run or run in (".", "..") or not job_id or "/" in job_id or job_id in (".", "..")
     prefix = job_prefix(base, run, job_id)
     if bad or out != f"{prefix}out/":

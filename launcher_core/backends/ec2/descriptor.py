@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.registry import BackendDescriptor, Capabilities
 
 
@@ -26,10 +27,6 @@ def _for_preflight(settings: Any) -> Any:
     return Ec2Backend(settings)
 
 
-def _describe_handle(handle: Mapping[str, Any]) -> str | None:
-    return str(handle["instance_id"]) if handle.get("instance_id") else None
-
-
 DESCRIPTOR = BackendDescriptor(
     name="ec2",
     launcher_class="Ec2Launcher",
@@ -37,5 +34,5 @@ DESCRIPTOR = BackendDescriptor(
     settings=_settings,
     for_preflight=_for_preflight,
     capabilities=lambda config: Capabilities(detached=True, remote_copy=True),
-    describe_handle=_describe_handle,
+    handle_type=Ec2Handle,
 )

@@ -19,6 +19,7 @@ from launcher_core.backends.ec2.aws import (
     AwsApiError,
     AwsClient,
 )
+from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState, JobStatus
@@ -215,7 +216,7 @@ def _spot_options(max_price: float | None) -> dict[str, Any]:
 
 def job_status(
     job_id: str,
-    handle: Mapping[str, Any],
+    handle: Ec2Handle,
     markers: Mapping[tuple[str, str], Mapping[str, str]],
     instances: Mapping[str, Mapping[str, Any]],
     failed_reason: Callable[[str, str], str],
@@ -223,15 +224,15 @@ def job_status(
     """A job's state from its markers (``{(run, job_id): {state: key}}``) and its instance's
     description, listed *after* the instances were described: an instance seen ended without a
     marker really ended without one. ``failed_reason(bucket, key)`` reads a ``.failed`` marker."""
-    found = markers.get((handle["run"], job_id), {})
-    iid = handle["instance_id"]
+    found = markers.get((handle.run, job_id), {})
+    iid = handle.instance_id
     if "done" in found:
         return JobStatus(JobState.COMPLETED, host=iid)
     if "failed" in found:
-        return JobStatus(JobState.FAILED, failed_reason(handle["bucket"], found["failed"]), host=iid)
+        return JobStatus(JobState.FAILED, failed_reason(handle.bucket, found["failed"]), host=iid)
     inst = instances.get(iid)
     if inst is None:
-        if time.time() - float(handle.get("launched_at", 0)) > NOT_FOUND_GRACE_S:
+        if time.time() - float(handle.launched_at or 0) > NOT_FOUND_GRACE_S:
             return JobStatus(JobState.FAILED, f"instance {iid} no longer exists and the job left no result")
         return JobStatus(JobState.SUBMITTED, host=iid)
     state = inst.get("State", {}).get("Name", "unknown")

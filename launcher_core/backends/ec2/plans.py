@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.backends.ec2.store import S3Store, group_key, job_prefix, markers_prefix
 from launcher_core.backends.ec2.userdata import USER_DATA_LIMIT, render_fetch_stub, render_user_data
@@ -157,22 +158,22 @@ class RunPlanner:
 
     def handle(
         self, entry: Mapping[str, Any], group: str, instance_id: str, instance_type: str, now: float
-    ) -> dict[str, Any]:
+    ) -> Ec2Handle:
         """The handle of a job started on ``instance_id`` (kept in the state store)."""
-        return {
-            "instance_id": instance_id,
-            "instance_type": instance_type,
-            "host": instance_id,
-            "sweep_id": self.sweep.sweep_id,
-            "run": self.run,
-            "group": group,
-            "bucket": self.store.bucket,
-            "base": self.base,
-            "out_prefix": entry["out_prefix"],
-            "launched_at": now,
-            "remote_job_dir": entry["output_dir"],
-            "rel": entry["rel"],
-            "remote_cwd": entry["remote_cwd"],
-            "local_cwd": entry["local_cwd"],
-            "local_sweep_dir": str(self.sweep.sweep_dir),
-        }
+        return Ec2Handle(
+            instance_id=instance_id,
+            instance_type=instance_type,
+            host=instance_id,
+            sweep_id=self.sweep.sweep_id,
+            run=self.run,
+            group=group,
+            bucket=self.store.bucket,
+            base=self.base,
+            out_prefix=entry["out_prefix"],
+            launched_at=now,
+            remote_job_dir=entry["output_dir"],
+            rel=entry["rel"],
+            remote_cwd=entry["remote_cwd"],
+            local_cwd=entry["local_cwd"],
+            local_sweep_dir=str(self.sweep.sweep_dir),
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from launcher_core.backends.ec2.aws import ACTIVE_INSTANCE_STATES, TAG_SWEEP
 from launcher_core.backends.ec2.backend import Ec2Backend
+from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.ec2.settings import Ec2Settings
 from launcher_core.jobs import JobState
 
@@ -73,7 +74,7 @@ def _instances_with_active_jobs(sweep_dir: Path | None) -> set[str] | None:
         return None
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
         job_rows = store.jobs(states=[JobState.PENDING, JobState.SUBMITTED, JobState.RUNNING])
-    return {str(r.handle["instance_id"]) for r in job_rows if r.handle and r.handle.get("instance_id")}
+    return {iid for r in job_rows if r.handle and (iid := Ec2Handle.instance_of(r.handle))}
 
 
 def cleanup(backend: Ec2Backend, *, terminate: bool = False, home: Path | None = None) -> list[StrayInstance]:

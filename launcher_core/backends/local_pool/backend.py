@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher_core.backends.base import Backend
+from launcher_core.backends.base import Backend, Handle
 from launcher_core.backends.local_pool.gpus import GpuSettings, LocalGpus, gpu_settings
+from launcher_core.backends.local_pool.handle import LocalPoolHandle
 from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
 from launcher_core.runtime.gpus import GpuClaim, visible_env
 from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
@@ -120,7 +121,7 @@ class LocalPoolBackend(Backend):
         self._code = (sweep.code_dir, sweep.code_snapshot) if sweep.code_snapshot else None
         self._code_record = sweep.code_record
 
-    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, LocalPoolHandle]:
         """Queue the jobs; they start at the next :meth:`poll`, after the controller recorded them
         as submitted (a launcher killed in between never leaves a running job unrecorded)."""
         self._queue.extend(jobs)
@@ -128,9 +129,9 @@ class LocalPoolBackend(Backend):
         if self._gpus is not None and jobs:
             fewest = min(self._gpus.wanted(j) for j in jobs)
             self._fewest_gpus = fewest if len(self._queue) == len(jobs) else min(self._fewest_gpus, fewest)
-        return {j.job_id: {"host": "localhost", "pid_file": str(j.launcher_dir / PID_FILE)} for j in jobs}
+        return {j.job_id: LocalPoolHandle(host="localhost", pid_file=str(j.launcher_dir / PID_FILE)) for j in jobs}
 
-    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+    def poll(self, handles: Mapping[str, Handle]) -> Mapping[str, JobStatus]:
         """States of the given jobs; jobs still queued here are left out (they are as submitted),
         so a poll costs O(running + finished), not O(sweep)."""
         self._reap_finished()
@@ -140,7 +141,7 @@ class LocalPoolBackend(Backend):
         asked = handles.keys() - self._queued  # a set operation: no Python loop over the sweep
         return {job_id: self._status(job_id, handles[job_id]) for job_id in asked}
 
-    def reattachable(self, handle: Mapping[str, Any]) -> bool:
+    def reattachable(self, handle: Handle) -> bool:
         """A job of a killed launcher that started (it wrote its pid file) runs on as an orphan
         and writes its own result: wait for it rather than start it again."""
         return _read_pid_file(handle) is not None
@@ -167,7 +168,7 @@ class LocalPoolBackend(Backend):
     ) -> None:
         """Results are written locally by the job itself: nothing to fetch."""
 
-    def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
+    def observe(self, handles: Mapping[str, Handle]) -> Observation:
         """States (as :meth:`poll`), and each running job's last stdout line and GPUs, read here
         (this machine's load and GPUs are ``top``'s own reading of ``localhost``)."""
         from launcher_core.machines import Observation, read_local_job
@@ -177,11 +178,11 @@ class LocalPoolBackend(Backend):
         for job_id, status in statuses.items():
             if status.state is JobState.RUNNING:
                 pid_info = _read_pid_file(handles[job_id])
-                launcher_dir = Path(str(handles[job_id].get("pid_file"))).parent
+                launcher_dir = Path(LocalPoolHandle.of(handles[job_id]).pid_file).parent
                 jobs[job_id] = read_local_job(launcher_dir, pid_info[0] if pid_info else None)
         return Observation(statuses=statuses, jobs=jobs)
 
-    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
+    def cancel(self, handles: Mapping[str, Handle]) -> None:
         wanted = set(handles)
         ours = wanted & (self._queued | self._running.keys() | self._done.keys())
         self._queue = deque(j for j in self._queue if j.job_id not in wanted)
@@ -215,7 +216,7 @@ class LocalPoolBackend(Backend):
         """What ``status``/``cancel`` in another process need (see :func:`from_config`)."""
         return {"kill_grace_s": self.kill_grace_s}
 
-    def _status(self, job_id: str, handle: Mapping[str, Any]) -> JobStatus:
+    def _status(self, job_id: str, handle: Handle) -> JobStatus:
         if job_id in self._done:
             return self._done[job_id]
         if job_id in self._running:
@@ -344,15 +345,18 @@ def from_config(config: Mapping[str, Any]) -> LocalPoolBackend:
     )
 
 
-def _read_pid_file(handle: Mapping[str, Any]) -> tuple[int, int] | None:
+def _read_pid_file(handle: Handle) -> tuple[int, int] | None:
+    """(PID, start time) the job wrote; None before it started (or for an empty handle)."""
+    if not handle:
+        return None
     try:
-        pid_text, start_text = Path(str(handle.get("pid_file"))).read_text().split()
+        pid_text, start_text = Path(LocalPoolHandle.of(handle).pid_file).read_text().split()
         return int(pid_text), int(start_text)
     except (OSError, ValueError):
         return None
 
 
-def _stale_status(handle: Mapping[str, Any]) -> JobStatus:
+def _stale_status(handle: Handle) -> JobStatus:
     """State of a job started by another (possibly dead) controller, from its files."""
     pid_info = _read_pid_file(handle)
     if pid_info is None:
@@ -360,7 +364,7 @@ def _stale_status(handle: Mapping[str, Any]) -> JobStatus:
     pid, start = pid_info
     if process_start_time(pid) == start:
         return JobStatus(JobState.RUNNING, host="localhost")
-    result_path = Path(str(handle["pid_file"])).with_name(RESULT_FILE)
+    result_path = Path(LocalPoolHandle.of(handle).pid_file).with_name(RESULT_FILE)
     if not result_path.exists():
         return JobStatus(JobState.FAILED, "process gone without writing a result")
     from hydra.core.utils import JobStatus as HydraJobStatus
@@ -372,7 +376,7 @@ def _stale_status(handle: Mapping[str, Any]) -> JobStatus:
     return JobStatus(JobState.FAILED, "task raised an exception")
 
 
-def kill_stale_handle(handle: Mapping[str, Any], grace_s: float) -> None:
+def kill_stale_handle(handle: Handle, grace_s: float) -> None:
     """Kill a job left running by a controller that died, if its PID still is that job.
 
     The job wrote "PID START_TIME" to its pid file; comparing the start time guards against

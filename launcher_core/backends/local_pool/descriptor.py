@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from launcher_core.backends.local_pool.handle import LocalPoolHandle
 from launcher_core.backends.registry import BackendDescriptor, Capabilities
 
 
@@ -28,5 +29,6 @@ DESCRIPTOR = BackendDescriptor(
     for_preflight=lambda settings: None,  # nothing to check on this machine
     capabilities=lambda config: Capabilities(results_local=True),
     watch_group=lambda config: "this machine",  # pid files on this machine: one backend reads them all
+    handle_type=LocalPoolHandle,
     no_remote_copy="local sweep: the jobs ran here, the sweep dir is the only copy",
 )

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher_core.backends.base import Backend, CleanReport, CleanRequest
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest, Handle
+from launcher_core.backends.remote_ssh.handle import RemoteSSHHandle
 from launcher_core.backends.remote_ssh.hosts import HostPool, assign_to_hosts
 from launcher_core.backends.remote_ssh.preflight import preflight as check_hosts
 from launcher_core.backends.remote_ssh.preflight import snapshot_check
@@ -180,7 +181,7 @@ class RemoteSSHBackend(Backend):
         """GPUs the job needs: its own (``resources_from``) or ``gpus_per_job``."""
         return int(spec.resources.get("gpus_per_job", self.settings.gpus_per_job))
 
-    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, RemoteSSHHandle]:
         if self._sweep is None:
             raise BackendError("remote_ssh: submit() before prepare()")
         hosts = self.settings.hosts
@@ -196,14 +197,14 @@ class RemoteSSHBackend(Backend):
         ready = {label: specs for label, specs in work.items() if label not in unprepared}
         results, errors = self.hosts.per_host(ready, self._submit_host)
         errors = {**unprepared, **errors}
-        started: dict[str, dict[str, Any]] = {}
+        started: dict[str, RemoteSSHHandle] = {}
         for handles in results.values():
             started.update(handles)
         if errors:
             raise _partial_error(errors, started, len(jobs))
         return started
 
-    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+    def poll(self, handles: Mapping[str, Handle]) -> Mapping[str, JobStatus]:
         """One ssh command per host for all its jobs, at most once per ``poll_interval_s``.
 
         The launch loop polls again at once after a change; with many jobs finishing one by
@@ -230,7 +231,7 @@ class RemoteSSHBackend(Backend):
 
     def fetch(
         self,
-        jobs: Mapping[str, dict[str, Any]],
+        jobs: Mapping[str, Handle],
         local_dirs: Mapping[str, Path],
         pull_filter: PullFilter | None = None,
     ) -> None:
@@ -242,8 +243,8 @@ class RemoteSSHBackend(Backend):
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
 
-    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
-        by_host = _group_by_host({j: h for j, h in handles.items() if h and h.get("launcher_dir")})
+    def cancel(self, handles: Mapping[str, Handle]) -> None:
+        by_host = _group_by_host(handles)
         _results, errors = self.hosts.per_host(by_host, self._cancel_host)
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
@@ -263,26 +264,26 @@ class RemoteSSHBackend(Backend):
 
         return clean_workspaces(
             request,
-            host_of=lambda h: str(h.get("host")),
+            host_of=lambda h: RemoteSSHHandle.of(h).host,
             remote_dir_of=clean_root,
             run=run,
         )
 
-    def list_files(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, list[tuple[str, int]]]:
+    def list_files(self, handles: Mapping[str, Handle]) -> Mapping[str, list[tuple[str, int]]]:
         """One ``rsync --list-only`` per host and remote sweep dir."""
         from launcher_core.remote.workspace import list_job_files
 
-        by_host = _group_by_host({j: h for j, h in handles.items() if h and h.get("remote_sweep_dir")})
+        by_host = _group_by_host(handles)
         results, errors = self.hosts.per_host(by_host, lambda label, hs: list_job_files(self.hosts.conn(label), hs))
         if errors:
             raise BackendError("; ".join(str(e) for e in errors.values()))
         return {job_id: files for part in results.values() for job_id, files in part.items()}
 
-    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
+    def read_log(self, handle: Handle, stream: str, offset: int = 0) -> bytes:
         """Bytes of a job's live stdout/stderr log on the host, from ``offset`` on."""
         name = STDERR_FILE if stream == "stderr" else STDOUT_FILE
-        path = f"{handle['launcher_dir']}/{name}"
-        return read_remote_log(self.hosts.conn(str(handle["host"])), path, offset)
+        job = RemoteSSHHandle.of(handle)
+        return read_remote_log(self.hosts.conn(job.host), f"{job.launcher_dir}/{name}", offset)
 
     def close(self) -> None:
         stats = self.hosts.stats()
@@ -388,7 +389,7 @@ class RemoteSSHBackend(Backend):
         assert self._sweep is not None
         return self._sweep.sweep_dir / LAUNCHER_DIR / "remote_ssh" / self.tag
 
-    def _submit_host(self, label: str, specs: list[JobSpec]) -> dict[str, dict[str, Any]]:
+    def _submit_host(self, label: str, specs: list[JobSpec]) -> dict[str, RemoteSSHHandle]:
         state = self._host(label)
         conn = state.conn
         batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -411,7 +412,7 @@ class RemoteSSHBackend(Backend):
 
     def _write_batch(
         self, state: _HostState, specs: list[JobSpec], batch_id: str
-    ) -> tuple[list[str], dict[str, dict[str, Any]], str]:
+    ) -> tuple[list[str], dict[str, RemoteSSHHandle], str]:
         """Write payloads and the batch file locally; return (files to upload, handles, remote batch file)."""
         from launcher_core.backends.base import sweep_payload_for
         from launcher_core.runtime.worker import atomic_write_bytes, job_entry
@@ -434,7 +435,8 @@ class RemoteSSHBackend(Backend):
             files += [str(tag_rel / "code" / n) for n in ("git.json", "git_diff.patch")]
         batch_rel = tag_rel / "batches" / f"{batch_id}.json"
         batch_file = f"{state.sweep_dir}/{batch_rel}"
-        jobs, handles = [], {}
+        jobs: list[dict[str, Any]] = []
+        handles: dict[str, RemoteSSHHandle] = {}
         for index, spec in enumerate(specs):
             rel = _job_rel(spec, sweep_dir)
             remote_job = f"{state.sweep_dir}/{rel}"
@@ -446,21 +448,21 @@ class RemoteSSHBackend(Backend):
             if self.settings.container is not None:
                 job["argv"] = self._container_argv(state, sweep_payload, batch_file, index, self._gpus_of(spec))
             jobs.append(job)
-            handles[spec.job_id] = {
-                "host": state.settings.address.label,
-                "remote_dir": state.remote_dir,
-                "remote_sweep_dir": state.sweep_dir,
-                "remote_job_dir": remote_job,
-                "rel": rel,
-                "launcher_dir": launcher_dir,
-                "pid_file": f"{launcher_dir}/{PID}",
-                "exit_file": f"{launcher_dir}/{EXIT_STATUS}",
-                "runner_pid_file": f"{remote_tag}/batches/{batch_id}.runner.pid",
-                "batch": batch_id,
-                "remote_cwd": state.snapshot,
-                "local_cwd": self._local_cwd(spec),
-                "local_sweep_dir": str(sweep_dir),
-            }
+            handles[spec.job_id] = RemoteSSHHandle(
+                host=state.settings.address.label,
+                remote_dir=state.remote_dir,
+                remote_sweep_dir=state.sweep_dir,
+                remote_job_dir=remote_job,
+                rel=rel,
+                launcher_dir=launcher_dir,
+                pid_file=f"{launcher_dir}/{PID}",
+                exit_file=f"{launcher_dir}/{EXIT_STATUS}",
+                runner_pid_file=f"{remote_tag}/batches/{batch_id}.runner.pid",
+                batch=batch_id,
+                remote_cwd=state.snapshot,
+                local_cwd=self._local_cwd(spec),
+                local_sweep_dir=str(sweep_dir),
+            )
         batch = {
             "batch_id": batch_id,
             "batch_dir": f"{remote_tag}/batches",
@@ -497,9 +499,9 @@ class RemoteSSHBackend(Backend):
         binds = job_binds([state.snapshot, state.sweep_dir, *self._pythonpath(state)])
         return wrap_command([*argv, sweep_payload, table, str(index)], on_host, binds, gpus_requested=gpus > 0)
 
-    def _poll_host(self, label: str, handles: dict[str, dict[str, Any]]) -> dict[str, JobStatus]:
+    def _poll_host(self, label: str, handles: dict[str, RemoteSSHHandle]) -> dict[str, JobStatus]:
         conn = self.hosts.conn(label)
-        jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
+        jobs = [(j, h.launcher_dir, h.runner_pid_file) for j, h in handles.items()]
         script = poll_script(jobs, self.settings.kill_grace_s)
         output = conn.call(f"status check of {len(jobs)} jobs", lambda: conn.run_script(script, what="status check"))
         return _statuses_from(output, handles, label)
@@ -538,15 +540,15 @@ class RemoteSSHBackend(Backend):
     def _fetch_host(
         self,
         label: str,
-        handles: dict[str, dict[str, Any]],
+        handles: dict[str, RemoteSSHHandle],
         local_dirs: Mapping[str, Path],
         pull_filter: PullFilter | None,
     ) -> None:
         fetch_job_dirs(self.hosts.conn(label), handles, local_dirs, pull_filter)
 
-    def _cancel_host(self, label: str, handles: dict[str, dict[str, Any]]) -> None:
+    def _cancel_host(self, label: str, handles: dict[str, RemoteSSHHandle]) -> None:
         conn = self.hosts.conn(label)
-        script = cancel_script([h["launcher_dir"] for h in handles.values()], self.settings.kill_grace_s)
+        script = cancel_script([h.launcher_dir for h in handles.values()], self.settings.kill_grace_s)
         timeout = self.settings.ssh.command_timeout_s + self.settings.kill_grace_s
         conn.call(f"cancel of {len(handles)} jobs", lambda: conn.run_script(script, what="cancel", timeout_s=timeout))
 
@@ -590,10 +592,11 @@ def _host_key(label: str) -> str:
     return _SAFE_LABEL.sub("_", label).strip("_") or "host"
 
 
-def _group_by_host(handles: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for job_id, handle in handles.items():
-        out.setdefault(str(handle["host"]), {})[job_id] = handle
+def _group_by_host(handles: Mapping[str, Handle]) -> dict[str, dict[str, RemoteSSHHandle]]:
+    """The jobs of each host (a job without a handle has none)."""
+    out: dict[str, dict[str, RemoteSSHHandle]] = {}
+    for job_id, handle in RemoteSSHHandle.typed(handles).items():
+        out.setdefault(handle.host, {})[job_id] = handle
     return out
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from launcher_core.backends.registry import BackendDescriptor, Capabilities
+from launcher_core.backends.remote_ssh.handle import RemoteSSHHandle
 
 
 def _from_config(config: Mapping[str, Any]) -> Any:
@@ -62,6 +63,7 @@ DESCRIPTOR = BackendDescriptor(
     settings=_settings,
     for_preflight=_for_preflight,
     capabilities=lambda config: Capabilities(detached=True, remote_copy=True),
+    handle_type=RemoteSSHHandle,
     remote_location=_remote_location,
     remote_hint="the same single host and remote_dir",
     watch_group=_watch_group,

@@ -9,11 +9,13 @@ import re
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from launcher_core.backends.base import Handle
+from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.errors import BackendError
 from launcher_core.jobs import JobState, JobStatus
@@ -187,10 +189,11 @@ class SlurmAccounting:
 
     def statuses(
         self,
-        handles: Mapping[str, dict[str, Any]],
-        exit_info: Callable[[Mapping[str, dict[str, Any]]], Mapping[str, ExitInfo]],
+        stored: Mapping[str, Handle],
+        exit_info: Callable[[Mapping[str, SlurmHandle]], Mapping[str, ExitInfo]],
     ) -> dict[str, JobStatus]:
         """The state of every handled job; ``exit_info`` reads the exit files (on the site)."""
+        handles = SlurmHandle.typed(stored)
         records = self._query(handles)
         self._release_requeued(handles, records)
         need_files = {
@@ -198,15 +201,15 @@ class SlurmAccounting:
         }  # exit codes and results tell why, or whether a job unknown to Slurm finished
         files = exit_info(need_files) if need_files else {}
         return {
-            j: (self._packed_status if h.get("packed") else self._status)(h, _record(records, h), files.get(j))
+            j: (self._packed_status if h.is_packed else self._status)(h, _record(records, h), files.get(j))
             for j, h in handles.items()
         }
 
-    def _query(self, handles: Mapping[str, dict[str, Any]]) -> dict[str, SlurmRecord]:
+    def _query(self, handles: Mapping[str, SlurmHandle]) -> dict[str, SlurmRecord]:
         """Records of the handled array tasks: one sacct; squeue only when sacct fails or has
         lacked a job for longer than accounting lags behind (``SACCT_LAG_S``)."""
         now = time.time()
-        arrays = sorted({str(h.get("array_job_id")) for h in handles.values() if h.get("array_job_id")})
+        arrays = sorted({h.array_job_id for h in handles.values() if h.array_job_id})
         records: dict[str, SlurmRecord] = {}
         ok = False
         if arrays and now >= self._sacct_down_until:
@@ -215,7 +218,7 @@ class SlurmAccounting:
         lagging = [
             h
             for h in handles.values()
-            if str(h.get("slurm_job_id")) not in records and now - float(h.get("submitted_at") or 0) > SACCT_LAG_S
+            if h.slurm_job_id not in records and now - float(h.submitted_at or 0) > SACCT_LAG_S
         ]
         if not ok or lagging:
             squeue_ok, queued = self._squeue()
@@ -279,17 +282,17 @@ class SlurmAccounting:
                 "`python -m launcher_core status`"
             )
 
-    def _release_requeued(self, handles: Mapping[str, dict[str, Any]], records: Mapping[str, SlurmRecord]) -> None:
+    def _release_requeued(self, handles: Mapping[str, SlurmHandle], records: Mapping[str, SlurmRecord]) -> None:
         """Start requeued tasks now instead of after Slurm's ~120 s requeue hold."""
         if "begin" in self.options.additional_parameters:
             return  # the user asked for a begin time: do not override it
-        held = sorted({str(h["slurm_job_id"]) for h in handles.values() if _record(records, h).held_by_requeue})
+        held = sorted({h.slurm_job_id for h in handles.values() if _record(records, h).held_by_requeue})
         if held:
             proc = self.commands.run(["scontrol", "update", f"JobId={','.join(held)}", "StartTime=now"])
             if proc.returncode != 0:
                 log.debug("releasing requeued jobs %s: %s", held, proc.stderr.strip())
 
-    def _status(self, handle: Mapping[str, Any], record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
+    def _status(self, handle: SlurmHandle, record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
         state = record.state
         if state == "UNKNOWN":
             return _status_from_files(handle, files)
@@ -302,13 +305,13 @@ class SlurmAccounting:
         if state == "CANCELLED":
             return JobStatus(JobState.CANCELLED, "cancelled in Slurm (scancel)", host=record.nodes)
         if state == "TIMEOUT":
-            minutes = handle.get("timeout_min", self.options.timeout_min)
+            minutes = self.options.timeout_min if "timeout_min" in handle.absent else handle.timeout_min
             return JobStatus(JobState.FAILED, f"timeout: Slurm time limit ({minutes} min) reached", record.nodes)
         if state == "FAILED":
             return JobStatus(JobState.FAILED, _failure_reason(record, files), record.nodes)
         return JobStatus(JobState.FAILED, _FAILED_REASONS.get(state, state.lower()), record.nodes)
 
-    def _packed_status(self, handle: Mapping[str, Any], record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
+    def _packed_status(self, handle: SlurmHandle, record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
         """A job of a packed task (``jobs_per_task``): its own exit file says how it ended; until
         then it is as pending or running as its task, and lost if the task ended without it."""
         if files is not None and files.code is not None:
@@ -324,8 +327,8 @@ class SlurmAccounting:
         return JobStatus(JobState.FAILED, f"its packed task ended before the job did ({reason})", record.nodes)
 
 
-def _needs_exit_file(handle: Mapping[str, Any], record: SlurmRecord) -> bool:
-    if handle.get("packed"):  # jobs of a running task finish one by one: only their files tell
+def _needs_exit_file(handle: SlurmHandle, record: SlurmRecord) -> bool:
+    if handle.is_packed:  # jobs of a running task finish one by one: only their files tell
         return record.state not in _PENDING
     return record.state in ("UNKNOWN", "FAILED")
 
@@ -340,14 +343,14 @@ def _failure_reason(record: SlurmRecord, files: ExitInfo | None) -> str:
     return f"exited with code {code}" + ("" if has_result else " without writing a result")
 
 
-def _status_from_files(handle: Mapping[str, Any], files: ExitInfo | None) -> JobStatus:
+def _status_from_files(handle: SlurmHandle, files: ExitInfo | None) -> JobStatus:
     """Neither sacct nor squeue knows the job: its exit file tells, or it is lost after a while."""
     code = files.code if files else None
     if code == 0:
         return JobStatus(JobState.COMPLETED)
     if code is not None:
         return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=code), files))
-    if time.time() - float(handle.get("submitted_at") or 0) > LOST_AFTER_S:
+    if time.time() - float(handle.submitted_at or 0) > LOST_AFTER_S:
         return JobStatus(
             JobState.FAILED,
             "left Slurm without an exit code (cancelled, timed out or killed; sacct unavailable to tell)",
@@ -355,18 +358,18 @@ def _status_from_files(handle: Mapping[str, Any], files: ExitInfo | None) -> Job
     return JobStatus(JobState.SUBMITTED)
 
 
-def _pending_unsplit_arrays(records: dict[str, SlurmRecord], handles: Any) -> None:
+def _pending_unsplit_arrays(records: dict[str, SlurmRecord], handles: Iterable[SlurmHandle]) -> None:
     """sacct lists an array none of whose tasks started yet as the bare array id ("12|PENDING"):
     its tasks are pending."""
     for handle in handles:
-        task_id, array_id = str(handle.get("slurm_job_id")), str(handle.get("array_job_id"))
+        task_id, array_id = handle.slurm_job_id, handle.array_job_id
         bare = records.get(array_id)
         if task_id not in records and bare is not None and bare.state in _PENDING:
             records[task_id] = SlurmRecord("PENDING")
 
 
-def _record(records: Mapping[str, SlurmRecord], handle: Mapping[str, Any]) -> SlurmRecord:
-    return records.get(str(handle.get("slurm_job_id"))) or SlurmRecord("UNKNOWN")
+def _record(records: Mapping[str, SlurmRecord], handle: SlurmHandle) -> SlurmRecord:
+    return records.get(handle.slurm_job_id) or SlurmRecord("UNKNOWN")
 
 
 NODE_LOAD_ARGS = ("-h", "-N", "-o", "%N %O %c")  # sinfo: each node's name, CPU load and CPUs

@@ -3,6 +3,7 @@ cancels and cleans through the site (:mod:`.sites`); design: docs/slurm.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -15,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher_core.backends.base import Backend, CleanReport, CleanRequest, sweep_payload_for
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest, Handle, sweep_payload_for
 from launcher_core.backends.slurm.accounting import (
     DEFAULT_MAX_ARRAY_SIZE,
     SlurmAccounting,
     read_max_array_size,
 )
+from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.preflight import preflight as check_site
 from launcher_core.backends.slurm.sbatch import (
@@ -126,7 +128,7 @@ class SlurmBackend(Backend):
 
         read_job_resources(specs, self.options.resources_from, RESOURCES)
 
-    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, dict[str, Any]]:
+    def submit(self, jobs: Sequence[JobSpec]) -> Mapping[str, SlurmHandle]:
         """One ``sbatch`` per chunk of at most MaxArraySize tasks, each submitted as soon as its
         job table and script are written (the first jobs start while later chunks are prepared);
         handles of every job submitted. With ``resources_from`` (one array per resource group)
@@ -144,7 +146,7 @@ class SlurmBackend(Backend):
         table = self._write_job_table(jobs, [s for c in chunks for s in c.specs])
         throttle = len(chunks) > 1 and sum(c.tasks for c in chunks) > self.options.array_parallelism
         written = self._write_all_and_test(chunks, table) if self.options.resources_from else {}
-        handles: dict[str, dict[str, Any]] = {}
+        handles: dict[str, SlurmHandle] = {}
         previous: str | None = None
         for chunk in chunks:
             try:
@@ -179,13 +181,13 @@ class SlurmBackend(Backend):
         self.intents.record(intent)
         return intent
 
-    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, dict[str, Any]]:
+    def accepted(self, intents: Sequence[SubmitIntent]) -> Mapping[str, SlurmHandle]:
         """The arrays of these intents Slurm accepted, found by job name in one ``sacct`` (one
         ``squeue`` where accounting does not answer): the handles of their jobs."""
         if not intents:
             return {}
         arrays = self.accounting.arrays_named([i.tag for i in intents], min(i.created_at for i in intents))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, SlurmHandle] = {}
         for intent in intents:
             if intent.tag in arrays:
                 found.update(_with_array_id(intent.handles, arrays[intent.tag]))
@@ -209,14 +211,15 @@ class SlurmBackend(Backend):
                 raise ConfigError(_refused_group(chunk, jobs, proc.stderr.strip() or proc.stdout.strip(), len(chunks)))
         return written
 
-    def poll(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, JobStatus]:
+    def poll(self, handles: Mapping[str, Handle]) -> Mapping[str, JobStatus]:
         """One ``sacct`` for all jobs (``squeue`` + exit files for what it does not know)."""
         if not handles:
             return {}
         from launcher_core.backends.slurm.sbatch import with_setup_reasons
 
+        typed = SlurmHandle.typed(handles)
         # a job stopped by a failed module/setup line is named with that line (its setup_failed file)
-        return with_setup_reasons(self.accounting.statuses(handles, self.site.exit_info), handles, self.site.read_log)
+        return with_setup_reasons(self.accounting.statuses(typed, self.site.exit_info), typed, self.site.read_log)
 
     def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
         """The poll (one ``sacct``), the load of the nodes running the jobs (one ``sinfo``) and
@@ -248,14 +251,14 @@ class SlurmBackend(Backend):
         return {f"ssh {label}": stats.commands, f"ssh login {label}": stats.masters_started}
 
     def fetch(
-        self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any = None
+        self, jobs: Mapping[str, Handle], local_dirs: Mapping[str, Path], pull_filter: Any = None
     ) -> None:
         """Nothing on a shared file system; with ``login_host`` one rsync back (incremental)."""
         if jobs:
-            self.site.fetch(jobs, local_dirs, pull_filter)
+            self.site.fetch(SlurmHandle.typed(jobs), local_dirs, pull_filter)
 
-    def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
-        ids = sorted({str(h["slurm_job_id"]) for h in handles.values() if h and h.get("slurm_job_id")})
+    def cancel(self, handles: Mapping[str, Handle]) -> None:
+        ids = sorted({h.slurm_job_id for h in SlurmHandle.typed(handles).values() if h.slurm_job_id})
         if not ids:
             return
         proc = self.commands.run(["scancel", *ids])
@@ -279,18 +282,20 @@ class SlurmBackend(Backend):
             return self.site.clean(request)
         return CleanReport(nothing_to_clean="slurm on a shared file system: the sweep dir is the only copy")
 
-    def list_files(self, handles: Mapping[str, dict[str, Any]]) -> Mapping[str, list[tuple[str, int]]] | None:
+    def list_files(self, handles: Mapping[str, Handle]) -> Mapping[str, list[tuple[str, int]]] | None:
         """With ``login_host``: the mirrored job dirs on the login node (one ``rsync --list-only``).
         On a shared file system the sweep dir is the only copy: nothing to list elsewhere."""
         if not isinstance(self.site, LoginSite):
             return None
         from launcher_core.remote.workspace import list_job_files
 
-        return list_job_files(self.site.conn, handles)
+        return list_job_files(self.site.conn, SlurmHandle.typed(handles))
 
-    def read_log(self, handle: Mapping[str, Any], stream: str, offset: int = 0) -> bytes:
-        """Live bytes of a job's stdout/stderr from ``offset`` on."""
-        return self.site.read_log(handle, STDOUT_FILE if stream == "stdout" else STDERR_FILE, offset)
+    def read_log(self, handle: Handle, stream: str, offset: int = 0) -> bytes:
+        """Live bytes of a job's stdout/stderr from ``offset`` on (none for a job with no handle)."""
+        if not handle:
+            return b""
+        return self.site.read_log(SlurmHandle.of(handle), STDOUT_FILE if stream == "stdout" else STDERR_FILE, offset)
 
     # --- scripts --------------------------------------------------------------------------------------
     @property
@@ -494,25 +499,15 @@ class SlurmBackend(Backend):
             raise BackendError(f"sbatch {script} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
         return array_id
 
-    def _handles(self, chunk: Chunk, array_id: str) -> dict[str, dict[str, Any]]:
+    def _handles(self, chunk: Chunk, array_id: str) -> dict[str, SlurmHandle]:
         now = time.time()
         out = {}
         for i, spec in enumerate(chunk.specs):
             job_dir, rel = self.site.cluster_job_dir(spec)
             task = chunk.task_of(i)
-            handle: dict[str, Any] = {
-                "slurm_job_id": f"{array_id}_{task}",
-                "array_job_id": array_id,
-                "array_index": task,
-                "chunk_offset": chunk.offset,
-                "launcher_dir": f"{job_dir}/{LAUNCHER_DIR}",
-                "submitted_at": now,
-                "timeout_min": self.options.for_resources(chunk.resources).timeout_min,
-            }
-            if chunk.jobs_per_task > 1:  # its state comes from its own exit file, the task's from sacct
-                handle["packed"] = chunk.jobs_per_task
+            mirror: dict[str, Any] = {}
             if self.options.login_host:  # what fetch and localize_result need
-                handle.update(
+                mirror = dict(
                     login_host=self.options.login_host,
                     rel=rel,
                     remote_sweep_dir=self.site.sweep_dir,
@@ -521,16 +516,31 @@ class SlurmBackend(Backend):
                     local_cwd=str(self._sweep.code_dir) if self._sweep else None,
                     local_sweep_dir=str(self._sweep.sweep_dir) if self._sweep else None,
                 )
-            out[spec.job_id] = handle
+            out[spec.job_id] = SlurmHandle(
+                slurm_job_id=f"{array_id}_{task}",
+                array_job_id=array_id,
+                array_index=task,
+                chunk_offset=chunk.offset,
+                launcher_dir=f"{job_dir}/{LAUNCHER_DIR}",
+                submitted_at=now,
+                timeout_min=self.options.for_resources(chunk.resources).timeout_min,
+                # its state comes from its own exit file, the task's from sacct
+                packed=chunk.jobs_per_task if chunk.jobs_per_task > 1 else None,
+                **mirror,
+            )
         return out
 
 
-def _with_array_id(handles: Mapping[str, Mapping[str, Any]], array_id: str) -> dict[str, dict[str, Any]]:
-    """The handles of a chunk's jobs (made before ``sbatch``) with the array's id filled in."""
-    return {
-        job_id: {**h, "slurm_job_id": f"{array_id}_{h['array_index']}", "array_job_id": array_id}
-        for job_id, h in handles.items()
-    }
+def _with_array_id(handles: Mapping[str, Handle], array_id: str) -> dict[str, SlurmHandle]:
+    """The handles of a chunk's jobs (made before ``sbatch``, or read back from their intent) with
+    the array's id filled in."""
+    out = {}
+    for job_id, h in handles.items():
+        handle = SlurmHandle.of(h)
+        out[job_id] = dataclasses.replace(
+            handle, slurm_job_id=f"{array_id}_{handle.array_index}", array_job_id=array_id
+        )
+    return out
 
 
 def _private_dir(path: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from launcher_core.backends.registry import BackendDescriptor, Capabilities
+from launcher_core.backends.slurm.handle import SlurmHandle
 
 
 def _from_config(config: Mapping[str, Any]) -> Any:
@@ -34,10 +35,6 @@ def _capabilities(config: Mapping[str, Any]) -> Capabilities:
     return Capabilities(detached=True, results_local=not remote, remote_copy=remote)
 
 
-def _describe_handle(handle: Mapping[str, Any]) -> str | None:
-    return str(handle["slurm_job_id"]) if handle.get("slurm_job_id") else None
-
-
 def _remote_location(config: Mapping[str, Any]) -> str | None:
     """Every job's dir of a ``login_host`` sweep is on that cluster's file system."""
     login_host = config.get("login_host")
@@ -47,13 +44,6 @@ def _remote_location(config: Mapping[str, Any]) -> str | None:
 def _dependency_chain(config: Mapping[str, Any]) -> str | None:
     """Stages on one cluster (this machine's, or one login node's) are chained with dependencies."""
     return f"slurm {config.get('login_host') or ''}"
-
-
-def _dependency_task(handle: Mapping[str, Any]) -> str | None:
-    """``<array job id>_<index>``, as ``--dependency=aftercorr:...`` names an array task."""
-    if handle.get("array_job_id") is None or handle.get("array_index") is None:
-        return None
-    return f"{handle['array_job_id']}_{handle['array_index']}"
 
 
 def _watch_group(config: Mapping[str, Any]) -> str:
@@ -68,10 +58,9 @@ DESCRIPTOR = BackendDescriptor(
     settings=_settings,
     for_preflight=_for_preflight,
     capabilities=_capabilities,
-    describe_handle=_describe_handle,
+    handle_type=SlurmHandle,
     remote_location=_remote_location,
     remote_hint="the same login_host",
     dependency_chain=_dependency_chain,
-    dependency_task=_dependency_task,
     watch_group=_watch_group,
 )

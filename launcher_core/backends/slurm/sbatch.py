@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.settings import SlurmSettings
 from launcher_core.backends.slurm.syntax import BLOCKS as BLOCKS
 from launcher_core.backends.slurm.template import render_template
@@ -444,8 +445,8 @@ def setup_lines(options: SlurmSettings) -> list[str]:
 
 def with_setup_reasons(
     statuses: Mapping[str, Any],
-    handles: Mapping[str, Mapping[str, Any]],
-    read: Callable[[Mapping[str, Any], str, int], bytes],
+    handles: Mapping[str, SlurmHandle],
+    read: Callable[[SlurmHandle, str, int], bytes],
 ) -> dict[str, Any]:
     """Statuses where a job that failed with :data:`SETUP_FAILED_RC` says which set-up line
     stopped it and why (its ``setup_failed`` file, read with ``read(handle, name, offset)``)."""
@@ -458,8 +459,8 @@ def with_setup_reasons(
         reason = status.exit_reason or ""
         if status.state is not JobState.FAILED or f"code {SETUP_FAILED_RC} " not in reason + " ":
             continue
-        handle = handles.get(job_id) or {}
-        if handle.get("packed"):  # the file is the packed task's: its jobs keep the task's reason
+        handle = handles.get(job_id)
+        if handle is None or handle.is_packed:  # a packed task's file: its jobs keep the task's reason
             continue
         try:
             text = read(handle, SETUP_FAILED_FILE, 0).decode(errors="replace").strip()

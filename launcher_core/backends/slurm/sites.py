@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.base import CleanReport, CleanRequest
+from launcher_core.backends.base import CleanReport, CleanRequest, Handle, remote_paths_of
 from launcher_core.backends.slurm.accounting import NODE_LOAD_ARGS, ExitInfo, SlurmCommands, parse_node_loads
+from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
 from launcher_core.errors import BackendError
@@ -61,10 +62,10 @@ class LocalSite:
     def upload(self, paths: Sequence[Path], cluster_dirs: Sequence[str]) -> None:
         """Nothing to upload: the files already are where the cluster reads them."""
 
-    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+    def exit_info(self, handles: Mapping[str, SlurmHandle]) -> dict[str, ExitInfo]:
         out = {}
         for job_id, handle in handles.items():
-            ldir = Path(str(handle.get("launcher_dir", "")))
+            ldir = Path(handle.launcher_dir)
             try:
                 code: int | None = int((ldir / EXIT_FILE).read_text().strip())
             except (OSError, ValueError):
@@ -72,13 +73,13 @@ class LocalSite:
             out[job_id] = ExitInfo(code, (ldir / RESULT_FILE).exists())
         return out
 
-    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+    def fetch(self, jobs: Mapping[str, SlurmHandle], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         """Nothing to fetch: the cluster wrote the results into the shared sweep dir."""
 
-    def before_poll(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
+    def before_poll(self, handles: Mapping[str, Handle]) -> None:
         """Nothing to prepare: :meth:`nodes_and_tails` reads here."""
 
-    def nodes_and_tails(self, running: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def nodes_and_tails(self, running: Mapping[str, Handle]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The nodes' load (one ``sinfo``) and the last stdout line of each running job, read in
         the shared sweep dir."""
         from launcher_core.machines import read_local_job
@@ -87,11 +88,11 @@ class LocalSite:
             return {}, {}
         proc = self.commands.run(["sinfo", *NODE_LOAD_ARGS])
         loads = parse_node_loads(proc.stdout if proc.returncode == 0 else "")
-        return loads, {j: read_local_job(Path(str(h.get("launcher_dir", ""))), None) for j, h in running.items()}
+        return loads, {j: read_local_job(Path(SlurmHandle.of(h).launcher_dir), None) for j, h in running.items()}
 
-    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+    def read_log(self, handle: SlurmHandle, name: str, offset: int) -> bytes:
         try:
-            with open(Path(str(handle.get("launcher_dir", ""))) / name, "rb") as f:
+            with open(Path(handle.launcher_dir) / name, "rb") as f:
                 f.seek(offset)
                 return f.read()
         except OSError:
@@ -250,11 +251,11 @@ class LoginSite:
         self.commands.script(f"mkdir -p {logs}\nrm -rf {stale}", what="preparing the job dirs")
         upload_files(self.conn, local_root, self.sweep_dir, files, what="upload of job files")
 
-    def exit_info(self, handles: Mapping[str, Mapping[str, Any]]) -> dict[str, ExitInfo]:
+    def exit_info(self, handles: Mapping[str, SlurmHandle]) -> dict[str, ExitInfo]:
         """One ssh session: ``JOB_ID CODE|- 0|1`` per job."""
         lines = []
         for job_id, handle in handles.items():
-            ldir = shlex.quote(str(handle.get("launcher_dir", "")))
+            ldir = shlex.quote(handle.launcher_dir)
             lines.append(
                 f"c=-; [ -s {ldir}/{EXIT_FILE} ] && read -r c < {ldir}/{EXIT_FILE}; "
                 f'r=0; [ -f {ldir}/{RESULT_FILE} ] && r=1; echo {shlex.quote(job_id)} "$c" "$r"'
@@ -268,17 +269,17 @@ class LoginSite:
                 info[words[0]] = ExitInfo(code, words[2] == "1")
         return info
 
-    def before_poll(self, handles: Mapping[str, Mapping[str, Any]]) -> None:
+    def before_poll(self, handles: Mapping[str, Handle]) -> None:
         """The nodes' load (``sinfo``) and the jobs' log tails ride along with the poll's first
         command on the login node: one session for all (:meth:`nodes_and_tails` reads them)."""
         from launcher_core.machines import tail_script
 
-        jobs = [(j, str(h.get("launcher_dir", ""))) for j, h in handles.items()]
+        jobs = [(j, SlurmHandle.of(h).launcher_dir) for j, h in handles.items()]
         sinfo = shlex.join(["sinfo", *NODE_LOAD_ARGS])
         self.commands.rider = f"{sinfo} | sed 's/^/{NODE_LINE} /'\n{tail_script(jobs)}"
         self.commands.rider_output = None
 
-    def nodes_and_tails(self, running: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def nodes_and_tails(self, running: Mapping[str, Handle]) -> tuple[dict[str, Any], dict[str, Any]]:
         """What :meth:`before_poll` sent along (in a session of its own if no command took it)."""
         from launcher_core.machines import parse_probe
 
@@ -296,7 +297,7 @@ class LoginSite:
         tails = parse_probe(out)[1]
         return loads, {j: tails[j] for j in running if j in tails}
 
-    def fetch(self, jobs: Mapping[str, dict[str, Any]], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
+    def fetch(self, jobs: Mapping[str, SlurmHandle], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         from launcher_core.remote.workspace import fetch_job_dirs
 
         fetch_job_dirs(self.conn, jobs, local_dirs, pull_filter)
@@ -314,21 +315,21 @@ class LoginSite:
             run=lambda plans: ({host: clean_host(self.conn, request.sweep_id, p) for host, p in plans.items()}, {}),
         )
 
-    def read_log(self, handle: Mapping[str, Any], name: str, offset: int) -> bytes:
+    def read_log(self, handle: SlurmHandle, name: str, offset: int) -> bytes:
         from launcher_core.remote.workspace import read_remote_log
 
-        return read_remote_log(self.conn, f"{handle.get('launcher_dir', '')}/{name}", offset)
+        return read_remote_log(self.conn, f"{handle.launcher_dir}/{name}", offset)
 
     def close(self) -> None:
         self.pool.close()
 
 
-def login_remote_dir(handle: Mapping[str, Any], sweep_id: str) -> str:
+def login_remote_dir(handle: Handle, sweep_id: str) -> str:
     """The ``remote_dir`` of a login_host job, from its snapshot path
     ``<remote_dir>/snapshots/<sweep_id>/<tag>`` (handles do not store it); checked for cleaning."""
     from launcher_core.remote.paths import CleanRefused, check_root
 
-    snapshot = handle.get("remote_cwd")
+    snapshot = remote_paths_of(handle).remote_cwd
     parts = str(snapshot or "").rstrip("/").split("/")
     if len(parts) < 4 or parts[-3] != "snapshots" or parts[-2] != sweep_id or not parts[-1]:
         raise CleanRefused(

@@ -1,0 +1,17 @@
+"""A local_pool job's handle: the host it runs on and its pid file ("PID START_TIME", written by
+the job: a process of a dead launcher is found again, and a reused PID is not taken for it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher_core.backends.base import JobHandle
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalPoolHandle(JobHandle):
+    host: str
+    pid_file: str
+
+    def host_label(self) -> str | None:
+        return self.host
