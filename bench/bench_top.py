@@ -131,7 +131,7 @@ def logins(servers: list[object]) -> int:
 
 
 def bench_top(servers: list[object], refreshes: int) -> dict[str, object]:
-    from launcher_core.overview import Overview
+    from launcher_core.collect.overview import Overview
 
     times, commands, logins_seen = [], [], []
     with Overview() as overview:

@@ -1,7 +1,7 @@
 """``launcher-core top`` against real sweeps: local_pool here, remote_ssh on the loopback sshd,
 slurm on the test cluster. Each job prints a few lines, then waits for a release file, so the
 snapshot sees it running with its last line; ``top --once`` is run as a user would, and the
-snapshot model (``launcher_core.overview``) is checked directly.
+snapshot model (``launcher_core.collect.overview``) is checked directly.
 
 The one stand-in is ``nvidia-smi`` (no GPU here): a script answering the query formats the real
 one answers (``tests/gpu_standin.py``), put on this machine's PATH or on the PATH the remote
@@ -24,8 +24,8 @@ import pytest
 from rich.console import Console
 
 from launcher_core.cli.top import Selection, handle_key, render_live, render_text
+from launcher_core.collect.overview import Overview, Snapshot
 from launcher_core.jobs import JobState
-from launcher_core.overview import Overview, Snapshot
 from launcher_core.state import StateStore
 from tests.conftest import REPO_ROOT
 from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixtures)

@@ -1,6 +1,6 @@
 """``launcher-core top``: every sweep with unfinished jobs, the hosts running them and each
 running job, refreshed every ``--interval`` seconds in a full-screen view (rich), or printed
-once as plain text (``--once``). The data is :mod:`launcher_core.overview`'s; this module lays
+once as plain text (``--once``). The data is :mod:`launcher_core.collect.overview`'s; this module lays
 it out and handles the keys.
 
 Keys: ``n``/``p`` (or Tab) the next/previous sweep, ``j``/``k`` (or the arrows) the next/previous
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from launcher_core.overview import STATES, GpuView, HostView, JobView, Overview, Snapshot, SweepView
+from launcher_core.collect.overview import STATES, GpuView, HostView, JobView, Overview, Snapshot, SweepView
 
 KEY_WAIT_S = 60.0  # how long a confirmation waits for its answer
 LAST_LINE_WIDTH = 70

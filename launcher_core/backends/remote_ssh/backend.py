@@ -506,7 +506,7 @@ class RemoteSSHBackend(Backend):
         output = conn.call(f"status check of {len(jobs)} jobs", lambda: conn.run_script(script, what="status check"))
         return _statuses_from(output, handles, label)
 
-    def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
+    def observe(self, handles: Mapping[str, Handle]) -> Observation:
         """One ssh command per host, on its kept master: the poll script with the host's load,
         ``nvidia-smi`` and the stdout tail of each job appended (:mod:`launcher_core.machines`)."""
         from launcher_core.machines import Observation
@@ -525,13 +525,13 @@ class RemoteSSHBackend(Backend):
             seen.commands[f"ssh login {label}"] += conn.stats.masters_started - masters[label]
         return seen
 
-    def _observe_host(self, label: str, handles: dict[str, dict[str, Any]]) -> tuple[Any, Any, Any]:
+    def _observe_host(self, label: str, handles: dict[str, RemoteSSHHandle]) -> tuple[Any, Any, Any]:
         from launcher_core.machines import parse_probe, poll_answer, probe_script
 
         conn = self.hosts.conn(label)
-        jobs = [(j, h["launcher_dir"], h["runner_pid_file"]) for j, h in handles.items()]
+        jobs = [(j, h.launcher_dir, h.runner_pid_file) for j, h in handles.items()]
         script = poll_script(jobs, self.settings.kill_grace_s) + probe_script(
-            [(j, h["launcher_dir"]) for j, h in handles.items()], PID
+            [(j, h.launcher_dir) for j, h in handles.items()], PID
         )
         output = conn.call(f"look at {len(jobs)} jobs", lambda: conn.run_script(script, what="top"))
         host, readings = parse_probe(output)
