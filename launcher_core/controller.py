@@ -26,7 +26,8 @@ from launcher_core.backends.base import Backend
 from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.collect.progress import SweepProgress, print_summary
 from launcher_core.errors import BackendError, ConfigError, SubmitError
-from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, SweepInfo, job_id_for
+from launcher_core.pollfetch import FetchPolicy, PollFetch, fetch_give_up
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
 log = logging.getLogger("launcher_core")
@@ -227,32 +228,45 @@ class SweepController:
     ) -> None:
         """Poll until every active job is terminal (and fetched), updating store and progress.
 
-        Between polls the backend's optional ``wait(timeout_s)`` blocks until something may have
-        changed (``local_pool`` wakes when a job exits); without it the loop sleeps. A detached
-        backend is polled at most once per interval.
+        Each round is one cycle of the shared :class:`~launcher_core.pollfetch.PollFetch` (what the
+        pull daemon runs too) with the launch loop's own fetch retries. Between polls the
+        backend's optional ``wait(timeout_s)`` blocks until something may have changed
+        (``local_pool`` wakes when a job exits); without it the loop sleeps. A detached backend is
+        polled at most once per interval.
         """
         own_interval = self.backend.poll_interval_s
         interval = max(self.options.poll_interval_s if own_interval is None else own_interval, 0.001)
         wait = self.backend.wait
+        collector = self.poll_fetch()
+        dirs = {j: spec.output_dir for j, spec in specs_by_id.items()}
         progress.update(self.counts)
         try:
             while active:
-                statuses = self.backend.poll(active)
-                changed = self._record(statuses)
-                finished = {j: active[j] for j, st in statuses.items() if st.state.is_terminal and j in active}
-                if finished:
-                    self._fetch(finished, specs_by_id)
-                    for job_id in finished:
-                        del active[job_id]
-                if changed or finished:
+                result, pulled = collector.cycle(active, self.states, dirs)
+                for job_id, (state, _reason) in result.changed.items():
+                    self._set_state(job_id, state)
+                for job_id in pulled:
+                    self._set_state(job_id, JobState.PULLED)
+                for job_id in result.finished:
+                    del active[job_id]
+                if result.changed or result.finished:
                     progress.update(self.counts)
                 # a detached backend's poll asks another machine (sacct, ssh, S3): never back to back,
                 # also while jobs finish one after another; local_pool's wait returns when a job exits
-                if self.backend.detached or not (changed or finished):
+                if self.backend.detached or not (result.changed or result.finished):
                     wait(interval)
         except KeyboardInterrupt:
             self._interrupted(active)
             raise
+
+    def poll_fetch(self) -> PollFetch:
+        """The shared poll-and-fetch with the launch loop's settings: ``fetch_retries`` attempts,
+        then an error naming the pull command; failure lines are read at the summary."""
+        policy = FetchPolicy(
+            retries=max(self.options.fetch_retries, 1),
+            give_up=fetch_give_up(self.backend.name, self.sweep.sweep_dir),
+        )
+        return PollFetch(self.backend, self.store, policy=policy, record_failures=False, log_level=logging.DEBUG)
 
     def _interrupted(self, active: dict[str, dict[str, Any]]) -> None:
         if self.backend.detached:
@@ -268,39 +282,6 @@ class SweepController:
         log.warning("interrupted: cancelling %d running jobs", len(active))
         self.backend.cancel(active)
         self.store.update_states({j: (JobState.CANCELLED, "interrupted (Ctrl-C)") for j in active})
-
-    def _record(self, statuses: Mapping[str, JobStatus]) -> bool:
-        updates: dict[str, tuple[JobState, str | None]] = {}
-        hosts: dict[str, str] = {}
-        for job_id, st in statuses.items():
-            if self.states.get(job_id) is not st.state:
-                self._set_state(job_id, st.state)
-                updates[job_id] = (st.state, st.exit_reason)
-                if st.host:
-                    hosts[job_id] = st.host
-        if updates:
-            self.store.update_states(updates, hosts)
-        return bool(updates)
-
-    def _fetch(self, finished: Mapping[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec]) -> None:
-        dirs = {j: specs_by_id[j].output_dir for j in finished}
-        for attempt in range(1, self.options.fetch_retries + 1):
-            try:
-                self.backend.fetch(finished, dirs)
-                break
-            except Exception as exc:  # noqa: BLE001 - retried, then reported with the fix
-                if attempt == self.options.fetch_retries:
-                    raise BackendError(
-                        f"could not fetch results of {len(finished)} finished jobs from "
-                        f"{self.backend.name} after {attempt} attempts ({exc}). They are safe on "
-                        f"the backend: run `python -m launcher_core.pull {self.sweep.sweep_dir}`."
-                    ) from exc
-                log.warning("fetch failed (attempt %d): %s; retrying", attempt, exc)
-                time.sleep(min(2.0**attempt, 10.0))
-        pulled = [j for j in finished if self.states[j] is not JobState.CANCELLED]
-        self.store.mark_pulled(pulled)
-        for job_id in pulled:
-            self._set_state(job_id, JobState.PULLED)
 
 
 def _shown(state: JobState) -> JobState:
