@@ -41,11 +41,18 @@ class FinishedJob:
 
 @dataclass
 class PollResult:
-    """What one poll found: the jobs whose state changed, and those now terminal."""
+    """What one poll found: the jobs whose state changed, those now terminal, and those whose
+    attempt ended and that were submitted again (new handles; they are active, not finished)."""
 
     statuses: Mapping[str, JobStatus]
     changed: dict[str, tuple[JobState, str | None]] = field(default_factory=dict)
     finished: list[str] = field(default_factory=list)
+    retried: dict[str, Handle] = field(default_factory=dict)
+
+
+# given the jobs whose attempt just ended, submit again those to retry; returns their new
+# handles, already recorded in the store (StateStore.record_retries)
+Resubmit = Callable[[Mapping[str, JobStatus]], Mapping[str, Handle]]
 
 
 @dataclass
@@ -70,6 +77,7 @@ class PollFetch:
         policy: FetchPolicy | None = None,
         record_failures: bool = True,
         log_level: int = logging.INFO,
+        resubmit: Resubmit | None = None,
     ) -> None:
         self.backend = backend
         self.store = store
@@ -77,26 +85,36 @@ class PollFetch:
         self.policy = policy or FetchPolicy()
         self.record_failures = record_failures  # store each failed job's exception line once home
         self.log_level = log_level  # of the "pulled N jobs" line (the launch loop shows a progress bar)
+        self.resubmit = resubmit  # the launch loop's retry of lost jobs (the pull daemon only records them)
 
     # --- polling ------------------------------------------------------------------------------
     def poll(self, active: Mapping[str, Handle], known: Mapping[str, JobState]) -> PollResult:
-        """One batched poll of ``active``; state changes (against ``known``) go to the store."""
+        """One batched poll of ``active``; state changes (against ``known``) go to the store with
+        how each ended job ended. Ended jobs the ``resubmit`` hook runs again are left active."""
         if not active:
             return PollResult({})
-        statuses = self.backend.poll(active)
-        result = PollResult(statuses)
+        statuses = {j: st for j, st in self.backend.poll(active).items() if j in active}
+        ended = {j: st for j, st in statuses.items() if st.state.is_terminal and st.state is not JobState.PULLED}
+        retried = dict(self.resubmit(ended)) if self.resubmit is not None and ended else {}
+        result = PollResult(statuses, retried=retried)
         hosts: dict[str, str] = {}
+        endings: dict[str, str] = {}
         for job_id, st in statuses.items():
-            if job_id not in active:
+            if job_id in retried:
+                result.changed[job_id] = (JobState.SUBMITTED, None)  # the store has it (record_retries)
                 continue
             if known.get(job_id) is not st.state:
                 result.changed[job_id] = (st.state, st.exit_reason)
                 if st.host:
                     hosts[job_id] = st.host
+                label = st.label()
+                if label:
+                    endings[job_id] = label
             if st.state.is_terminal:
                 result.finished.append(job_id)
-        if result.changed:
-            self.store.update_states(result.changed, hosts)
+        updates = {j: c for j, c in result.changed.items() if j not in retried}
+        if updates:
+            self.store.update_states(updates, hosts, endings)
         return result
 
     # --- fetching -----------------------------------------------------------------------------
@@ -138,7 +156,7 @@ class PollFetch:
     ) -> tuple[PollResult, list[str]]:
         """Poll once, then fetch what finished. Returns the poll's result and the ids pulled."""
         result = self.poll(active, known)
-        states = {**known, **{j: s for j, (s, _r) in result.changed.items()}}
+        states = {**known, **{j: state for j, (state, _r) in result.changed.items()}}
         finished = [FinishedJob(j, active[j], dirs[j], states[j]) for j in result.finished]
         return result, self.fetch(finished) if finished else []
 

@@ -89,6 +89,7 @@ def _row(job: JobRow, local_backend: bool, metrics_file: str | None, values: boo
         values={},
         reason=job.exit_reason,
         output_dir=job.output_dir,
+        attempts=job.attempt,
         created_at=job.created_at,
         submitted_at=job.submitted_at,
         started_at=job.started_at,

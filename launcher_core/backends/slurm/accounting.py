@@ -16,7 +16,7 @@ from typing import Any
 
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.errors import BackendError
-from launcher_core.jobs import JobState, JobStatus
+from launcher_core.jobs import Ending, JobState, JobStatus, LossCause
 
 log = logging.getLogger("launcher_core.slurm")
 
@@ -24,19 +24,28 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long after submission is lost
 SACCT_LAG_S = 30.0  # how far accounting may lag behind slurmctld before squeue is asked
 REQUEUE_HOLD_S = 60.0  # Eligible this long after Submit: held by a requeue's BeginTime
+MAX_LAUNCH_RELEASES = 3  # a requeued task whose launch failed is released this many times at most
+_LAUNCH_FAILED_HELD = "launch failed requeued held"  # squeue's reason for such a task
 
 _PENDING = frozenset(
     {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
 )
 _RUNNING = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
 _FAILED_REASONS = {
-    "OUT_OF_MEMORY": "out of memory (raise hydra.launcher.mem_gb)",
+    "OUT_OF_MEMORY": "out of memory (raise hydra.launcher.mem_gb, or retry_on=[out_of_memory])",
     "NODE_FAIL": "node failure",
     "PREEMPTED": "preempted and not requeued",
     "BOOT_FAIL": "node boot failure",
     "DEADLINE": "deadline reached",
     "REVOKED": "revoked",
     "SPECIAL_EXIT": "special exit",
+}
+
+# end states of a task lost to the machine (not its own doing): retried (launcher_core.retry)
+_LOST = {
+    "NODE_FAIL": LossCause.NODE_FAILURE,
+    "BOOT_FAIL": LossCause.BOOT_FAILURE,
+    "PREEMPTED": LossCause.PREEMPTED,
 }
 
 
@@ -77,6 +86,7 @@ class SlurmRecord:
     signal: int | None = None
     nodes: str | None = None
     held_by_requeue: bool = False
+    held_after_failed_launch: bool = False  # squeue: "launch failed requeued held"
 
 
 def expand_job_ids(text: str) -> list[str]:
@@ -138,6 +148,7 @@ def parse_squeue(text: str) -> dict[str, SlurmRecord]:
             state=state.strip() or "UNKNOWN",
             nodes=nodes or None,
             held_by_requeue=state == "PENDING" and reason.strip() == "BeginTime",
+            held_after_failed_launch=state == "PENDING" and reason.strip() == _LAUNCH_FAILED_HELD,
         )
         for task_id in expand_job_ids(job_id.strip()):
             out[task_id] = record
@@ -170,6 +181,7 @@ class SlurmAccounting:
         self.options = options
         self._sacct_down_until = 0.0
         self._failing_since: float | None = None
+        self._released: dict[str, int] = {}  # requeued task id -> times released after a failed launch
 
     def statuses(
         self,
@@ -178,7 +190,9 @@ class SlurmAccounting:
     ) -> dict[str, JobStatus]:
         """The state of every handled job; ``exit_info`` reads the exit files (on the site)."""
         records = self._query(handles)
+        self._confirm_lost(handles, records)
         self._release_requeued(handles, records)
+        self._release_failed_launches(handles, records)
         need_files = {
             j: h for j, h in handles.items() if _needs_exit_file(h, _record(records, h))
         }  # exit codes and results tell why, or whether a job unknown to Slurm finished
@@ -210,6 +224,42 @@ class SlurmAccounting:
             ok = ok or squeue_ok
         self._note_health(ok)
         return records
+
+    def _confirm_lost(self, handles: Mapping[str, dict[str, Any]], records: dict[str, SlurmRecord]) -> None:
+        """A task sacct reports NODE_FAIL, BOOT_FAIL or PREEMPTED may already be requeued (our
+        scripts carry ``--requeue``; accounting records the failed run before the requeue): the
+        controller's own view (squeue) decides. Only a task it does not show queued or running
+        again is lost (and run again by us): never both Slurm's requeue and our retry."""
+        ids = {str(h.get("slurm_job_id")) for h in handles.values() if _record(records, h).state in _LOST}
+        if not ids:
+            return
+        ok, live = self._squeue()
+        if not ok:  # cannot tell yet: as pending until squeue answers
+            records.update({i: SlurmRecord("PENDING") for i in ids})
+            return
+        for task_id in ids:
+            now = live.get(task_id)
+            if now is not None and (now.state in _PENDING or now.state in _RUNNING):
+                records[task_id] = now
+
+    def _release_failed_launches(
+        self, handles: Mapping[str, dict[str, Any]], records: Mapping[str, SlurmRecord]
+    ) -> None:
+        """A requeued task released at once may be launched on a node still cleaning up after
+        its failure; Slurm then holds it ("launch failed requeued held") for good. Such tasks
+        (only those we released, still pending: squeue tells the reason) are released again, at
+        most :data:`MAX_LAUNCH_RELEASES` times each."""
+        ids = {str(h["slurm_job_id"]) for h in handles.values() if str(h.get("slurm_job_id")) in self._released}
+        ids = {i for i in ids if records.get(i, SlurmRecord("UNKNOWN")).state in _PENDING}
+        if not ids:
+            return
+        ok, live = self._squeue()
+        held = sorted(i for i in ids if ok and i in live and live[i].held_after_failed_launch)
+        held = [i for i in held if self._released[i] < MAX_LAUNCH_RELEASES]
+        if held:
+            for task_id in held:
+                self._released[task_id] += 1
+            self.commands.run(["scontrol", "release", ",".join(held)])
 
     def _sacct(self, arrays: Sequence[str]) -> tuple[bool, dict[str, SlurmRecord]]:
         proc = self.commands.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FORMAT, "-j", ",".join(arrays)])
@@ -247,6 +297,8 @@ class SlurmAccounting:
         if "begin" in self.options.additional_parameters:
             return  # the user asked for a begin time: do not override it
         held = sorted({str(h["slurm_job_id"]) for h in handles.values() if _record(records, h).held_by_requeue})
+        for task_id in held:
+            self._released.setdefault(task_id, 0)
         if held:
             proc = self.commands.run(["scontrol", "update", f"JobId={','.join(held)}", "StartTime=now"])
             if proc.returncode != 0:
@@ -269,7 +321,10 @@ class SlurmAccounting:
             return JobStatus(JobState.FAILED, f"timeout: Slurm time limit ({minutes} min) reached", record.nodes)
         if state == "FAILED":
             return JobStatus(JobState.FAILED, _failure_reason(record, files), record.nodes)
-        return JobStatus(JobState.FAILED, _FAILED_REASONS.get(state, state.lower()), record.nodes)
+        reason = _FAILED_REASONS.get(state, state.lower())
+        if state in _LOST:  # Slurm did not requeue it (a requeued task is PENDING again)
+            return JobStatus.lost(_LOST[state], reason, record.nodes)
+        return JobStatus(JobState.FAILED, reason, record.nodes)
 
     def _packed_status(self, handle: Mapping[str, Any], record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
         """A job of a packed task (``jobs_per_task``): its own exit file says how it ended; until
@@ -283,8 +338,10 @@ class SlurmAccounting:
             return task
         if task.state is JobState.CANCELLED:
             return JobStatus(JobState.CANCELLED, "cancelled in Slurm (scancel of its packed task)", host=record.nodes)
-        reason = task.exit_reason or record.state.lower()
-        return JobStatus(JobState.FAILED, f"its packed task ended before the job did ({reason})", record.nodes)
+        reason = f"its packed task ended before the job did ({task.exit_reason or record.state.lower()})"
+        if task.ending is Ending.LOST and task.cause is not None:
+            return JobStatus.lost(task.cause, reason, record.nodes)
+        return JobStatus(JobState.FAILED, reason, record.nodes)
 
 
 def _needs_exit_file(handle: Mapping[str, Any], record: SlurmRecord) -> bool:

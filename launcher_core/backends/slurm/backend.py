@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sys
@@ -188,6 +189,14 @@ class SlurmBackend(Backend):
         if jobs:
             self.site.fetch(jobs, local_dirs, pull_filter)
 
+    def retry_resources(self, spec: JobSpec, mem_factor: float) -> dict[str, Any]:
+        """The next attempt of a job out of memory asks for ``mem_factor`` times its memory
+        (``mem_gb``; the node's default memory is left alone when none was asked for)."""
+        mem = spec.resources.get("mem_gb", self.options.mem_gb)
+        if mem is None:
+            return dict(spec.resources)
+        return {**spec.resources, "mem_gb": math.ceil(float(mem) * mem_factor)}
+
     def cancel(self, handles: Mapping[str, dict[str, Any]]) -> None:
         ids = sorted({str(h["slurm_job_id"]) for h in handles.values() if h and h.get("slurm_job_id")})
         if not ids:
@@ -353,8 +362,8 @@ class SlurmBackend(Backend):
         job_dir, rel = self.site.cluster_job_dir(spec)
         result = f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}"
         if isinstance(self.site, LoginSite):  # the config is relocated to the mirrored sweep dir
-            return job_entry(spec.idx, spec.overrides, result, self.site.sweep_dir, rel)
-        return job_entry(spec.idx, spec.overrides, result)
+            return job_entry(spec.idx, spec.overrides, result, self.site.sweep_dir, rel, attempt=spec.attempt)
+        return job_entry(spec.idx, spec.overrides, result, attempt=spec.attempt)
 
     def dry_run(self, specs: Sequence[JobSpec]) -> dict[str, Any]:
         """``dry_run=true``: write the job tables and sbatch scripts into the sweep dir, submit
