@@ -2,7 +2,8 @@
 asked (then with more memory), bad retry settings are refused naming the key, and an old state
 store (no attempts table) stays readable.
 
-A real out-of-memory end cannot be produced here (the test Slurm cluster enforces no memory
+Slurm's answers at a node failure are replayed (:class:`_CannedSlurm`, see its note). A real
+out-of-memory end cannot be produced here (the test Slurm cluster enforces no memory
 limit), so :class:`_OomBackend` stands in for a backend whose poll reported one: it records what
 it is asked to submit, nothing else is simulated. The controller, the retry settings and the
 state store are the real ones.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from typing import Any
 import pytest
 
 from launcher_core.backends.base import Backend
+from launcher_core.backends.slurm.accounting import SlurmAccounting, SlurmCommands
+from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.controller import LaunchOptions, SweepController
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import Ending, JobSpec, JobState, JobStatus, LossCause, SweepInfo
@@ -138,3 +143,53 @@ def test_a_store_without_attempts_is_read_and_upgraded(tmp_path: Path) -> None:
         upgraded.begin_new_attempts(["a"])
         assert upgraded.jobs()[0].attempt == 2
         assert [a.attempt for a in upgraded.attempts()["a"]] == [1]
+
+
+# --- slurm: lost only when Slurm did not requeue -------------------------------------------------
+class _CannedSlurm(SlurmCommands):
+    """Answers sacct and squeue with what they printed on the test cluster after ``scontrol update
+    NodeName=... State=DOWN`` (accounting says NODE_FAIL while slurmctld has already requeued the
+    task, or has not): that moment cannot be produced on purpose on the single test node, which
+    returns to service at once, so its output is replayed. Nothing else is simulated."""
+
+    def __init__(self, sacct: str, squeue: str) -> None:
+        super().__init__()
+        self.answers = {"sacct": sacct, "squeue": squeue}
+
+    def run(self, argv: Sequence[str], timeout_s: float | None = None) -> subprocess.CompletedProcess[str]:
+        self.calls[argv[0]] += 1
+        return subprocess.CompletedProcess(list(argv), 0, self.answers.get(argv[0], ""), "")
+
+
+def _slurm_status(sacct: str, squeue: str) -> tuple[JobStatus, _CannedSlurm]:
+    commands = _CannedSlurm(sacct, squeue)
+    options = SlurmOptions.from_params({"partition": "debug"})
+    handle = {"slurm_job_id": "7_0", "array_job_id": "7", "submitted_at": time.time()}
+    statuses = SlurmAccounting(commands, options).statuses({"j": handle}, lambda _h: {})
+    return statuses["j"], commands
+
+
+def test_slurm_node_failure_slurm_requeued_is_followed_not_retried() -> None:
+    status, commands = _slurm_status(
+        "7_0|NODE_FAIL|0:0|vm|2026-12-07T07:09:51|2026-12-07T07:09:53\n", "7_0|PENDING||BeginTime\n"
+    )
+    assert status.state is JobState.SUBMITTED and status.classified() is None  # Slurm's requeue runs it
+    assert commands.calls["squeue"] == 1
+
+
+@pytest.mark.parametrize(
+    "state, cause",
+    [("NODE_FAIL", LossCause.NODE_FAILURE), ("BOOT_FAIL", LossCause.BOOT_FAILURE), ("PREEMPTED", LossCause.PREEMPTED)],
+)
+def test_slurm_task_not_requeued_is_lost(state: str, cause: LossCause) -> None:
+    status, _commands = _slurm_status(
+        f"7_0|{state}|0:0|vm|2026-12-07T07:09:51|2026-12-07T07:09:53\n", f"7_0|{state}|vm|NodeDown\n"
+    )
+    assert (status.state, status.classified(), status.cause) == (JobState.FAILED, Ending.LOST, cause)
+
+
+def test_slurm_out_of_memory_and_timeout_are_not_lost() -> None:
+    oom, _c = _slurm_status("7_0|OUT_OF_MEMORY|0:125|vm|2026-12-07T07:09:51|2026-12-07T07:09:53\n", "")
+    assert oom.classified() is Ending.OUT_OF_MEMORY and "retry_on=[out_of_memory]" in (oom.exit_reason or "")
+    timeout, _c = _slurm_status("7_0|TIMEOUT|0:0|vm|2026-12-07T07:09:51|2026-12-07T07:09:53\n", "")
+    assert timeout.classified() is Ending.TIMED_OUT

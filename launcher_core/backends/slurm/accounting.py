@@ -24,8 +24,6 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 LOST_AFTER_S = 120.0  # a job unknown to sacct and squeue this long after submission is lost
 SACCT_LAG_S = 30.0  # how far accounting may lag behind slurmctld before squeue is asked
 REQUEUE_HOLD_S = 60.0  # Eligible this long after Submit: held by a requeue's BeginTime
-MAX_LAUNCH_RELEASES = 3  # a requeued task whose launch failed is released this many times at most
-_LAUNCH_FAILED_HELD = "launch failed requeued held"  # squeue's reason for such a task
 
 _PENDING = frozenset(
     {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "RESIZING", "SUSPENDED"}
@@ -86,7 +84,6 @@ class SlurmRecord:
     signal: int | None = None
     nodes: str | None = None
     held_by_requeue: bool = False
-    held_after_failed_launch: bool = False  # squeue: "launch failed requeued held"
 
 
 def expand_job_ids(text: str) -> list[str]:
@@ -148,7 +145,6 @@ def parse_squeue(text: str) -> dict[str, SlurmRecord]:
             state=state.strip() or "UNKNOWN",
             nodes=nodes or None,
             held_by_requeue=state == "PENDING" and reason.strip() == "BeginTime",
-            held_after_failed_launch=state == "PENDING" and reason.strip() == _LAUNCH_FAILED_HELD,
         )
         for task_id in expand_job_ids(job_id.strip()):
             out[task_id] = record
@@ -181,7 +177,6 @@ class SlurmAccounting:
         self.options = options
         self._sacct_down_until = 0.0
         self._failing_since: float | None = None
-        self._released: dict[str, int] = {}  # requeued task id -> times released after a failed launch
 
     def statuses(
         self,
@@ -192,7 +187,6 @@ class SlurmAccounting:
         records = self._query(handles)
         self._confirm_lost(handles, records)
         self._release_requeued(handles, records)
-        self._release_failed_launches(handles, records)
         need_files = {
             j: h for j, h in handles.items() if _needs_exit_file(h, _record(records, h))
         }  # exit codes and results tell why, or whether a job unknown to Slurm finished
@@ -242,25 +236,6 @@ class SlurmAccounting:
             if now is not None and (now.state in _PENDING or now.state in _RUNNING):
                 records[task_id] = now
 
-    def _release_failed_launches(
-        self, handles: Mapping[str, dict[str, Any]], records: Mapping[str, SlurmRecord]
-    ) -> None:
-        """A requeued task released at once may be launched on a node still cleaning up after
-        its failure; Slurm then holds it ("launch failed requeued held") for good. Such tasks
-        (only those we released, still pending: squeue tells the reason) are released again, at
-        most :data:`MAX_LAUNCH_RELEASES` times each."""
-        ids = {str(h["slurm_job_id"]) for h in handles.values() if str(h.get("slurm_job_id")) in self._released}
-        ids = {i for i in ids if records.get(i, SlurmRecord("UNKNOWN")).state in _PENDING}
-        if not ids:
-            return
-        ok, live = self._squeue()
-        held = sorted(i for i in ids if ok and i in live and live[i].held_after_failed_launch)
-        held = [i for i in held if self._released[i] < MAX_LAUNCH_RELEASES]
-        if held:
-            for task_id in held:
-                self._released[task_id] += 1
-            self.commands.run(["scontrol", "release", ",".join(held)])
-
     def _sacct(self, arrays: Sequence[str]) -> tuple[bool, dict[str, SlurmRecord]]:
         proc = self.commands.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FORMAT, "-j", ",".join(arrays)])
         if proc.returncode == 0:
@@ -297,8 +272,6 @@ class SlurmAccounting:
         if "begin" in self.options.additional_parameters:
             return  # the user asked for a begin time: do not override it
         held = sorted({str(h["slurm_job_id"]) for h in handles.values() if _record(records, h).held_by_requeue})
-        for task_id in held:
-            self._released.setdefault(task_id, 0)
         if held:
             proc = self.commands.run(["scontrol", "update", f"JobId={','.join(held)}", "StartTime=now"])
             if proc.returncode != 0:
