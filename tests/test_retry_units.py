@@ -193,3 +193,31 @@ def test_slurm_out_of_memory_and_timeout_are_not_lost() -> None:
     assert oom.classified() is Ending.OUT_OF_MEMORY and "retry_on=[out_of_memory]" in (oom.exit_reason or "")
     timeout, _c = _slurm_status("7_0|TIMEOUT|0:0|vm|2026-12-07T07:09:51|2026-12-07T07:09:53\n", "")
     assert timeout.classified() is Ending.TIMED_OUT
+
+
+def test_a_slurm_retry_gets_its_own_job_table(tmp_path: Path) -> None:
+    """Tasks of the first submission that Slurm requeues read their job table when they start
+    again: a retry of some of its jobs must not overwrite it. The attempt reaches the job's entry
+    (``HYDRA_LAUNCHER_ATTEMPT``). A dry run with an unreachable login_host writes the files only."""
+    import json
+
+    from launcher_core.backends.slurm import SlurmBackend
+    from tests.test_slurm_units import _specs
+
+    code, sweep_dir = tmp_path / "proj", tmp_path / "proj" / "multirun" / "x"
+    options = SlurmOptions.from_params({"login_host": "no-such-host.invalid", "dry_run": True})
+    backend = SlurmBackend(options, task_function=len, hydra_context=None)
+    specs = _specs(3, sweep_dir)
+    backend.prepare(SweepInfo("s1", sweep_dir, code, "app"))
+    try:
+        backend.write_scripts(specs)
+        for spec in specs:
+            spec.attempt = 2
+        backend.write_scripts([specs[0], specs[2]])
+    finally:
+        backend.close()
+    tables = sweep_dir / ".launcher" / "slurm"
+    first = json.loads((tables / "jobs0-2.json").read_text())["jobs"]
+    retry = json.loads((tables / "jobs0-2.attempt2.json").read_text())["jobs"]
+    assert [e["idx"] for e in first] == [0, 1, 2] and all("attempt" not in e for e in first)
+    assert [(e["idx"], e["attempt"]) for e in retry] == [(0, 2), (2, 2)]

@@ -309,7 +309,10 @@ class SlurmBackend(Backend):
         its entry where it runs, so nothing is written into the job dirs before submission."""
         from launcher_core.runtime.worker import atomic_write_bytes, job_table_bytes
 
-        table = self.slurm_dir / f"jobs{jobs[0].idx}-{jobs[-1].idx}.json"
+        # a retry gets its own table: requeued tasks of the first submission read theirs at start
+        attempt = max(j.attempt for j in jobs)
+        suffix = f".attempt{attempt}" if attempt > 1 else ""
+        table = self.slurm_dir / f"jobs{jobs[0].idx}-{jobs[-1].idx}{suffix}.json"
         atomic_write_bytes(table, job_table_bytes([self._job_entry(s) for s in order]))
         return table
 
