@@ -18,7 +18,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,9 @@ from launcher_core.backends.registry import CAPABILITIES_META, descriptor
 from launcher_core.collect.progress import SweepProgress, print_summary
 from launcher_core.errors import BackendError, ConfigError, SubmitError
 from launcher_core.intents import SubmitIntent, new_intent_key
-from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
+from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, Ending, JobSpec, JobState, JobStatus, SweepInfo, job_id_for
+from launcher_core.pollfetch import FetchPolicy, PollFetch, fetch_give_up
+from launcher_core.retry import RetrySettings
 from launcher_core.state import JobRow, StateStore, SweepIndex
 
 log = logging.getLogger("launcher_core")
@@ -47,6 +49,7 @@ class LaunchOptions:
     auto_pull_interval_s: float = 30.0
     auto_pull_give_up_h: float = 24.0  # the pull daemon stops after the backend was unreachable this long
     notify: str | None = None  # the pull daemon's --notify command
+    retry: RetrySettings = field(default_factory=RetrySettings)  # lost jobs run again (launcher_core.retry)
 
 
 def sweep_id_for(sweep_dir: Path) -> str:
@@ -127,6 +130,8 @@ class SweepController:
         self.counts: dict[JobState, int] = {}  # kept with states: the progress bar reads it on every change
         self._open_launches: set[str] = set()  # launching processes that did not end (see plan)
         self._unaccepted: dict[frozenset[str], str] = {}  # jobs of intents the backend does not know -> key
+        self.specs: dict[str, JobSpec] = {}  # what a lost job is submitted again from
+        self.retried: dict[str, list[str]] = {}  # job id -> how its earlier attempts of this launch ended
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -148,6 +153,10 @@ class SweepController:
         self._adopt_accepted()
         known = {r.job_id: r for r in self.store.jobs(job_ids=[s.job_id for s in specs])}
         self._open_launches = self.store.interrupted_launches()
+        self.specs = {s.job_id: s for s in specs}
+        for spec in specs:
+            row = known.get(spec.job_id)
+            spec.attempt = row.attempt if row is not None else 1
         to_submit: list[JobSpec] = []
         reattach: dict[str, dict[str, Any]] = {}
         stale: dict[str, dict[str, Any]] = {}
@@ -171,6 +180,7 @@ class SweepController:
             log.warning("%d jobs of an earlier launch were left running; stopping them", len(stale))
             self.backend.cancel(stale)
         self.store.add_jobs(specs)
+        self._next_attempts(to_submit, known)
         self.store.reset_to_pending([s.job_id for s in to_submit])
         if any(self._resumed(r) for r in known.values()):
             log.info(
@@ -211,6 +221,14 @@ class SweepController:
                 len({j for i in live for j in i.handles} & unrecorded) - adopted,
             )
         self.store.close_intents([i.key for i in intents])
+
+    def _next_attempts(self, to_submit: Sequence[JobSpec], known: Mapping[str, JobRow]) -> None:
+        """A job whose last attempt was lost and that a relaunch starts again: its next attempt."""
+        lost = [s for s in to_submit if (row := known.get(s.job_id)) is not None and _was_lost(row)]
+        if lost:
+            self.store.begin_new_attempts([s.job_id for s in lost])
+            for spec in lost:
+                spec.attempt += 1
 
     def _reusable(self, row: JobRow, spec: JobSpec) -> bool:
         """A finished job whose files are home: kept when its launch was interrupted (it belongs
@@ -263,32 +281,100 @@ class SweepController:
     ) -> None:
         """Poll until every active job is terminal (and fetched), updating store and progress.
 
-        Between polls the backend's optional ``wait(timeout_s)`` blocks until something may have
-        changed (``local_pool`` wakes when a job exits); without it the loop sleeps. A detached
-        backend is polled at most once per interval.
+        Each round is one cycle of the shared :class:`~launcher_core.pollfetch.PollFetch` (what the
+        pull daemon runs too) with the launch loop's own fetch retries. Between polls the
+        backend's optional ``wait(timeout_s)`` blocks until something may have changed
+        (``local_pool`` wakes when a job exits); without it the loop sleeps. A detached backend is
+        polled at most once per interval.
         """
         own_interval = self.backend.poll_interval_s
         interval = max(self.options.poll_interval_s if own_interval is None else own_interval, 0.001)
         wait = self.backend.wait
+        collector = self.poll_fetch()
+        dirs = {j: spec.output_dir for j, spec in specs_by_id.items()}
         progress.update(self.counts)
         try:
             while active:
-                statuses = self.backend.poll(active)
-                changed = self._record(statuses)
-                finished = {j: active[j] for j, st in statuses.items() if st.state.is_terminal and j in active}
-                if finished:
-                    self._fetch(finished, specs_by_id)
-                    for job_id in finished:
-                        del active[job_id]
-                if changed or finished:
+                result, pulled = collector.cycle(active, self.states, dirs)
+                for job_id, (state, _reason) in result.changed.items():
+                    self._set_state(job_id, state)
+                for job_id in pulled:
+                    self._set_state(job_id, JobState.PULLED)
+                for job_id in result.finished:
+                    del active[job_id]
+                active.update(result.retried)  # their next attempt's handles
+                if result.changed or result.finished:
                     progress.update(self.counts)
                 # a detached backend's poll asks another machine (sacct, ssh, S3): never back to back,
                 # also while jobs finish one after another; local_pool's wait returns when a job exits
-                if self.backend.detached or not (changed or finished):
+                if self.backend.detached or not (result.changed or result.finished):
                     wait(interval)
         except KeyboardInterrupt:
             self._interrupted(active)
             raise
+
+    def poll_fetch(self) -> PollFetch:
+        """The shared poll-and-fetch with the launch loop's settings: ``fetch_retries`` attempts,
+        then an error naming the pull command; failure lines are read at the summary."""
+        policy = FetchPolicy(
+            retries=max(self.options.fetch_retries, 1),
+            give_up=fetch_give_up(self.backend.name, self.sweep.sweep_dir),
+        )
+        return PollFetch(
+            self.backend,
+            self.store,
+            policy=policy,
+            record_failures=False,
+            log_level=logging.DEBUG,
+            resubmit=self.resubmit if self.options.retry.max_retries > 0 else None,
+        )
+
+    def resubmit(self, ended: Mapping[str, JobStatus]) -> dict[str, Handle]:
+        """Submit again, as their next attempt, the ended jobs the retry settings retry (lost
+        ones; out of memory on request, with more memory); record them in one transaction once
+        the backend took them. Jobs it does not retry end as they are."""
+        retry = self.options.retry
+        again: list[JobSpec] = []
+        for job_id, st in ended.items():
+            spec = self.specs.get(job_id)
+            ending = st.classified()
+            if spec is None or not retry.retries(ending, spec.attempt):
+                note = retry.not_retried_note(ending)
+                if note and spec is not None:
+                    log.warning("job #%d ran out of memory: %s", spec.idx, note)
+                continue
+            if ending is Ending.OUT_OF_MEMORY:
+                spec.resources = self.backend.retry_resources(spec, retry.retry_mem_factor)
+            label = st.label() or "ended"
+            log.warning(
+                "job #%d: attempt %d %s (%s); running it again as attempt %d of at most %d",
+                spec.idx,
+                spec.attempt,
+                label,
+                st.exit_reason or "no reason given",
+                spec.attempt + 1,
+                retry.max_retries + 1,
+            )
+            self.retried.setdefault(job_id, []).append(f"attempt {spec.attempt} {label}")
+            spec.attempt += 1
+            again.append(spec)
+        if not again:
+            return {}
+        journal = _StoreJournal(self.store, _LAUNCH_CODE_ID, {})
+        self.backend.intents = journal  # the new attempts' submissions are recorded first too
+        try:
+            handles = dict(self.backend.submit(again))
+        except SubmitError as exc:
+            handles = dict(exc.started)
+            log.error("running lost jobs again failed part-way: %s", exc)
+        for spec in again:
+            if spec.job_id not in handles:  # not started: it ends as its last attempt did
+                spec.attempt -= 1
+                self.retried[spec.job_id].pop()
+        how = {j: (ended[j].label(), ended[j].exit_reason, ended[j].host) for j in handles}
+        self.store.record_retries(handles, how, launch_id=_LAUNCH_CODE_ID)
+        self.store.close_intents(journal.keys)
+        return handles
 
     def _interrupted(self, active: dict[str, dict[str, Any]]) -> None:
         if self.backend.detached:
@@ -305,38 +391,9 @@ class SweepController:
         self.backend.cancel(active)
         self.store.update_states({j: (JobState.CANCELLED, "interrupted (Ctrl-C)") for j in active})
 
-    def _record(self, statuses: Mapping[str, JobStatus]) -> bool:
-        updates: dict[str, tuple[JobState, str | None]] = {}
-        hosts: dict[str, str] = {}
-        for job_id, st in statuses.items():
-            if self.states.get(job_id) is not st.state:
-                self._set_state(job_id, st.state)
-                updates[job_id] = (st.state, st.exit_reason)
-                if st.host:
-                    hosts[job_id] = st.host
-        if updates:
-            self.store.update_states(updates, hosts)
-        return bool(updates)
 
-    def _fetch(self, finished: Mapping[str, dict[str, Any]], specs_by_id: Mapping[str, JobSpec]) -> None:
-        dirs = {j: specs_by_id[j].output_dir for j in finished}
-        for attempt in range(1, self.options.fetch_retries + 1):
-            try:
-                self.backend.fetch(finished, dirs)
-                break
-            except Exception as exc:  # noqa: BLE001 - retried, then reported with the fix
-                if attempt == self.options.fetch_retries:
-                    raise BackendError(
-                        f"could not fetch results of {len(finished)} finished jobs from "
-                        f"{self.backend.name} after {attempt} attempts ({exc}). They are safe on "
-                        f"the backend: run `python -m launcher_core.pull {self.sweep.sweep_dir}`."
-                    ) from exc
-                log.warning("fetch failed (attempt %d): %s; retrying", attempt, exc)
-                time.sleep(min(2.0**attempt, 10.0))
-        pulled = [j for j in finished if self.states[j] is not JobState.CANCELLED]
-        self.store.mark_pulled(pulled)
-        for job_id in pulled:
-            self._set_state(job_id, JobState.PULLED)
+def _was_lost(row: JobRow) -> bool:
+    return (row.ending or "").startswith(Ending.LOST.value)
 
 
 class _StoreJournal:
@@ -427,6 +484,7 @@ def _summarise(
     from launcher_core.results import print_best_rows
 
     print_best_rows(sweep_dir, [(s.idx, s.overrides, ret) for s, ret in zip(specs, returns)])
+    _log_retried(store, specs, rows)
     failed = [r for r in table_rows if r[2] in ("failed", "cancelled")]
     if failed:
         log.error(
@@ -435,6 +493,21 @@ def _summarise(
             len(table_rows),
             "; ".join(f"#{num} ({ov}): {reason}" for num, ov, _s, _d, reason in failed[:20]),
         )
+
+
+def _log_retried(store: StateStore, specs: Sequence[JobSpec], rows: Mapping[str, JobRow]) -> None:
+    """The end-of-sweep list of jobs that were run again (an attempt of them was lost)."""
+    retried = [spec for spec in specs if rows[spec.job_id].attempt > 1]
+    if not retried:
+        return
+    earlier = store.attempts(job_ids=[s.job_id for s in retried])
+    lines = []
+    for spec in retried[:MAX_LOGGED_JOBS]:
+        row = rows[spec.job_id]
+        history = "; ".join(a.describe() for a in earlier.get(spec.job_id, []))
+        lines.append(f"#{spec.idx}: {(row.outcome or row.state).value} at attempt {row.attempt} ({history})")
+    more = f"; and {len(retried) - MAX_LOGGED_JOBS} more" if len(retried) > MAX_LOGGED_JOBS else ""
+    log.warning("%d jobs were run again after losing an attempt: %s%s", len(retried), "; ".join(lines), more)
 
 
 def _error_line(err: Any) -> str:

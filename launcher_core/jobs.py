@@ -90,6 +90,8 @@ class JobSpec:
     _config: Any = field(default=None, init=False, repr=False, compare=False)
     # per-job resources read from its config at launch (``resources_from``; launcher_core.resources)
     resources: dict[str, Any] = field(default_factory=dict, compare=False)
+    # which run of the job this is: 1, then 2, ... when an attempt was lost (launcher_core.retry)
+    attempt: int = field(default=1, compare=False)
 
     @property
     def config(self) -> Any:
@@ -116,13 +118,80 @@ class JobSpec:
         return self.launcher_dir / RESULT_FILE
 
 
+class Ending(str, enum.Enum):
+    """How an attempt of a job ended: the one vocabulary of the controller, the pull daemon,
+    ``status`` and ``results`` (docs/guarantees.md, "Jobs lost to the machine run again")."""
+
+    COMPLETED = "completed"
+    TASK_FAILED = "task failed"  # the task raised, or exited non-zero on its own
+    TIMED_OUT = "timed out"
+    CANCELLED = "cancelled"
+    OUT_OF_MEMORY = "out of memory"
+    LOST = "lost"  # gone for a reason outside the task (its LossCause says which)
+    UNKNOWN = "unknown"  # cannot be told now (an unreachable host): may still be running
+
+
+class LossCause(str, enum.Enum):
+    """Why a lost job's process is gone."""
+
+    NODE_FAILURE = "node failure"
+    BOOT_FAILURE = "boot failure"
+    PREEMPTED = "preempted"
+    INSTANCE_TERMINATED = "instance terminated by AWS"
+    HOST_REBOOTED = "host rebooted"
+    RUNNER_DIED = "runner died"
+
+
 @dataclass
 class JobStatus:
-    """What a backend reports about one job in :meth:`Backend.poll`."""
+    """What a backend reports about one job in :meth:`Backend.poll`.
+
+    ``ending`` says how a terminal job ended when the backend knows better than its state
+    (lost, out of memory); left None it follows from the state (:meth:`classified`)."""
 
     state: JobState
     exit_reason: str | None = None
     host: str | None = None
+    ending: Ending | None = None
+    cause: LossCause | None = None  # with Ending.LOST
+
+    def classified(self) -> Ending | None:
+        """How the job ended (None while it has not)."""
+        if self.ending is not None:
+            return self.ending
+        return ending_of(self.state, self.exit_reason)
+
+    def label(self) -> str | None:
+        """The stored form of :meth:`classified`: ``lost: node failure``, ``out of memory``, ..."""
+        return ending_label(self.classified(), self.cause)
+
+    @classmethod
+    def lost(cls, cause: LossCause, reason: str, host: str | None = None) -> JobStatus:
+        """A job whose process is known to be gone for ``cause``: a FAILED state with the
+        backend's own reason, so a launch that does not retry reports it exactly as before."""
+        return cls(JobState.FAILED, reason, host, Ending.LOST, cause)
+
+
+def ending_of(state: JobState, exit_reason: str | None) -> Ending | None:
+    """The ending a state implies when the backend said nothing more."""
+    if state is JobState.COMPLETED:
+        return Ending.COMPLETED
+    if state is JobState.CANCELLED:
+        return Ending.CANCELLED
+    if state is not JobState.FAILED:
+        return None
+    reason = exit_reason or ""
+    if reason.startswith("timeout"):
+        return Ending.TIMED_OUT
+    if reason.startswith("out of memory"):
+        return Ending.OUT_OF_MEMORY
+    return Ending.TASK_FAILED
+
+
+def ending_label(ending: Ending | None, cause: LossCause | None = None) -> str | None:
+    if ending is None:
+        return None
+    return f"{ending.value}: {cause.value}" if ending is Ending.LOST and cause is not None else ending.value
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,20 @@ CREATE TABLE IF NOT EXISTS submit_intents (
     closed_at REAL
 );
 """
+# earlier attempts of retried jobs (the current attempt is the job's own row): see record_retries
+_ATTEMPTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    submitted_at REAL,
+    started_at REAL,
+    ended_at REAL,
+    ending TEXT,
+    exit_reason TEXT,
+    host TEXT,
+    PRIMARY KEY (job_id, attempt)
+);
+"""
 # columns added after the first release, with their types (see StateStore._add_missing_columns)
 _OPTIONAL_COLUMNS = {
     "outcome": "TEXT",
@@ -72,6 +86,8 @@ _OPTIONAL_COLUMNS = {
     "cleaned_at": "REAL",
     "collected_at": "REAL",
     "launch_id": "TEXT",
+    "attempt": "INTEGER",  # the current attempt's number (NULL: 1)
+    "ending": "TEXT",  # how the current attempt ended (jobs.ending_label)
 }
 
 
@@ -97,6 +113,8 @@ class JobRow:
     # wait=false, handed it to the pull daemon); None while a launch still owns the job
     collected_at: float | None = None
     launch_id: str | None = None  # the launching process that handed it to the backend
+    attempt: int = 1  # the current attempt (earlier ones: StateStore.attempts)
+    ending: str | None = None  # how it ended: "lost: node failure", "out of memory", ...
 
     @property
     def interrupted(self) -> bool:
@@ -110,6 +128,24 @@ class JobRow:
             return None
         end = self.finished_at or (None if not self.state.is_terminal else self.pulled_at)
         return (end or time.time()) - start
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """An earlier attempt of a job that was run again (the job's row is its latest attempt)."""
+
+    job_id: str
+    attempt: int
+    submitted_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    ending: str | None  # "lost: node failure", "out of memory", ...
+    exit_reason: str | None
+    host: str | None  # where it ran
+
+    def describe(self) -> str:
+        """``attempt 1 lost: node failure``."""
+        return f"attempt {self.attempt} {self.ending or 'ended'}"
 
 
 def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -149,6 +185,7 @@ class StateStore:
             self._conn.executescript(_SCHEMA)
             self._conn.executescript(_INTENTS_SCHEMA)
             self._add_missing_columns()
+            self._conn.executescript(_ATTEMPTS_SCHEMA)
 
     def _add_missing_columns(self) -> None:
         """Upgrade a store written by an older version: add columns it does not have yet."""
@@ -254,7 +291,7 @@ class StateStore:
         with self._tx() as cur:
             cur.executemany(
                 "UPDATE jobs SET state='pending', handle=NULL, host=NULL, exit_reason=NULL, "
-                "outcome=NULL, pull_mode=NULL, cleaned_at=NULL, collected_at=NULL, launch_id=NULL, "
+                "outcome=NULL, ending=NULL, pull_mode=NULL, cleaned_at=NULL, collected_at=NULL, launch_id=NULL, "
                 "submitted_at=NULL, started_at=NULL, finished_at=NULL, pulled_at=NULL, "
                 "updated_at=? WHERE job_id=?",
                 [(now, j) for j in job_ids],
@@ -293,9 +330,13 @@ class StateStore:
         return {r[0] for r in rows}
 
     def update_states(
-        self, updates: Mapping[str, tuple[JobState, str | None]], host: Mapping[str, str] | None = None
+        self,
+        updates: Mapping[str, tuple[JobState, str | None]],
+        host: Mapping[str, str] | None = None,
+        endings: Mapping[str, str] | None = None,
     ) -> None:
-        """Record new states; sets started/finished timestamps on the transitions."""
+        """Record new states (and how terminal ones ended, :func:`~launcher_core.jobs.ending_label`);
+        sets started/finished timestamps on the transitions."""
         now = time.time()
         rows = []
         for job_id, (state, reason) in updates.items():
@@ -303,6 +344,7 @@ class StateStore:
                 (
                     state.value,
                     reason,
+                    (endings or {}).get(job_id),
                     state.value if state.is_terminal and state is not JobState.PULLED else None,
                     now if state is JobState.RUNNING else None,
                     now if state.is_terminal else None,
@@ -314,7 +356,7 @@ class StateStore:
             )
         with self._tx() as cur:
             cur.executemany(
-                "UPDATE jobs SET state=?, exit_reason=COALESCE(?, exit_reason), "
+                "UPDATE jobs SET state=?, exit_reason=COALESCE(?, exit_reason), ending=COALESCE(?, ending), "
                 "outcome=COALESCE(?, outcome), "
                 "started_at=COALESCE(started_at, ?), finished_at=COALESCE(finished_at, ?), "
                 "pulled_at=COALESCE(?, pulled_at), host=COALESCE(?, host), updated_at=? "
@@ -381,6 +423,67 @@ class StateStore:
         with self._tx() as cur:
             cur.executemany("UPDATE jobs SET exit_reason=? WHERE job_id=?", [(r, j) for j, r in reasons.items()])
 
+    # --- attempts (jobs lost to the machine run again) ----------------------------------------
+    def record_retries(
+        self,
+        handles: Mapping[str, Handle],
+        ended: Mapping[str, tuple[str | None, str | None, str | None]],
+        launch_id: str | None = None,
+    ) -> None:
+        """Jobs whose attempt ended (``ended``: how, why, where) were submitted again: in one
+        transaction, each ended attempt becomes a row of ``attempts`` and the job's own row the
+        new attempt, submitted with ``handles``. A kill before this leaves the job as it was."""
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE jobs SET ending=?, exit_reason=COALESCE(?, exit_reason), host=COALESCE(?, host), "
+                "finished_at=? WHERE job_id=?",
+                [(*ended.get(j, (None, None, None)), now, j) for j in handles],
+            )
+            self._archive_attempts(cur, list(handles))
+            cur.executemany(
+                "UPDATE jobs SET state='submitted', handle=?, host=?, submitted_at=?, started_at=NULL, "
+                "finished_at=NULL, exit_reason=NULL, outcome=NULL, ending=NULL, launch_id=?, updated_at=? "
+                "WHERE job_id=?",
+                [
+                    (json.dumps(handle_json(h)), as_job_handle(h).host_label(), now, launch_id, now, j)
+                    for j, h in handles.items()
+                ],
+            )
+
+    def begin_new_attempts(self, job_ids: Iterable[str]) -> None:
+        """A relaunch starts jobs whose last attempt was lost again: that attempt is kept as a
+        row of ``attempts`` and the job's next start counts as the next attempt."""
+        with self._tx() as cur:
+            self._archive_attempts(cur, list(job_ids))
+
+    @staticmethod
+    def _archive_attempts(cur: sqlite3.Cursor, job_ids: list[str]) -> None:
+        cur.executemany(
+            "INSERT OR REPLACE INTO attempts(job_id, attempt, submitted_at, started_at, ended_at, ending, "
+            "exit_reason, host) SELECT job_id, COALESCE(attempt, 1), submitted_at, started_at, "
+            "COALESCE(finished_at, updated_at), ending, exit_reason, host FROM jobs WHERE job_id=?",
+            [(j,) for j in job_ids],
+        )
+        cur.executemany("UPDATE jobs SET attempt=COALESCE(attempt, 1) + 1 WHERE job_id=?", [(j,) for j in job_ids])
+
+    def attempts(self, job_ids: Iterable[str] | None = None) -> dict[str, list[AttemptRow]]:
+        """The earlier attempts of retried jobs, by job, oldest first (a store written before
+        attempts were kept has none)."""
+        try:
+            rows = self._conn.execute(
+                "SELECT job_id, attempt, submitted_at, started_at, ended_at, ending, exit_reason, host "
+                "FROM attempts ORDER BY job_id, attempt"
+            ).fetchall()
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return {}
+        wanted = None if job_ids is None else set(job_ids)
+        out: dict[str, list[AttemptRow]] = {}
+        for row in rows:
+            if wanted is None or row[0] in wanted:
+                out.setdefault(row[0], []).append(AttemptRow(*row))
+        return out
+
     def counts(self) -> dict[JobState, int]:
         rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(s): n for s, n in rows}
@@ -433,6 +536,8 @@ def _row_to_job(r: dict[str, Any]) -> JobRow:
         cleaned_at=r.get("cleaned_at"),  # absent in a store of an older version opened read-only
         collected_at=r.get("collected_at", r["updated_at"]),  # older versions: every launch ended
         launch_id=r.get("launch_id"),
+        attempt=r.get("attempt") or 1,
+        ending=r.get("ending"),
     )
 
 

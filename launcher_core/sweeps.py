@@ -6,8 +6,9 @@ share, so none of them reaches into another's internals:
 * :func:`resolve_sweeps` / :func:`one_sweep`: sweep dirs from paths, sweep ids or id prefixes;
 * :func:`try_lock` / :func:`sweep_lock` / :func:`sweep_lock_waiting`: the sweep's pull lock (one
   process fetches into a sweep at a time);
-* :func:`fetch_rows`: fetch finished jobs from the backend and mark them pulled (the caller
-  holds the lock).
+* :func:`poll_into_store` / :func:`fetch_rows`: the pull daemon's and the commands' use of
+  :class:`launcher_core.pollfetch.PollFetch`, the one "poll into the store and fetch" the launch
+  loop uses too (the caller holds the lock).
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher_core.errors import ConfigError
-from launcher_core.jobs import LAUNCHER_DIR, RESULT_FILE, PullFilter
+from launcher_core.jobs import LAUNCHER_DIR, PullFilter
+from launcher_core.pollfetch import FETCH_BATCH as FETCH_BATCH  # jobs per backend fetch (kept here too)
+from launcher_core.pollfetch import FinishedJob, PollFetch
 from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
+
+if TYPE_CHECKING:
+    from launcher_core.backends.base import Backend
 
 log = logging.getLogger("launcher_core.pull")  # fetching is the pull command's work: its log name
 
-FETCH_BATCH = 50  # jobs per backend fetch
 LOCK_WAIT_S = 60.0  # how long a command waits for a pull process to let go of a sweep
 
 
@@ -109,47 +115,19 @@ def sweep_lock_waiting(sweep_dir: Path) -> Iterator[bool]:
 
 
 # --- fetching jobs ---------------------------------------------------------------------------
-def fetch_rows(backend: object, store: StateStore, rows: list[JobRow], pull_filter: PullFilter) -> int:
+def fetch_rows(backend: Backend, store: StateStore, rows: list[JobRow], pull_filter: PullFilter) -> int:
     """Fetch the jobs' files in batches and mark each batch pulled once its fetch returned (so a
     kill leaves every job pulled with complete files or still to pull). The caller holds the
     sweep's lock. Returns the number of jobs pulled."""
-    mode = "bare" if pull_filter.is_bare else "full"
-    pulled = 0
-    for start in range(0, len(rows), FETCH_BATCH):
-        batch = rows[start : start + FETCH_BATCH]
-        handles = {r.job_id: r.handle or {} for r in batch}
-        dirs = {r.job_id: r.output_dir for r in batch}
-        backend.fetch(handles, dirs, pull_filter if pull_filter.is_bare else None)  # type: ignore[attr-defined]
-        store.set_exit_reasons(_failure_reasons(batch))
-        store.mark_pulled(handles, mode)
-        pulled += len(batch)
-        log.info("pulled %d jobs into %s", pulled, store.path.parent.parent)
-    return pulled
-
-
-def _failure_reasons(rows: list[JobRow]) -> dict[str, str]:
-    """The exception line of each failed job whose result came home (for ``status``)."""
-    from launcher_core.runtime.worker import failure_summary
-
-    reasons = {}
-    for row in rows:
-        if row.state is JobState.FAILED:
-            summary = failure_summary(row.output_dir / LAUNCHER_DIR / RESULT_FILE)
-            if summary:
-                reasons[row.job_id] = summary
-    return reasons
+    jobs = [FinishedJob(r.job_id, r.handle or {}, r.output_dir, r.state) for r in rows]
+    return len(PollFetch(backend, store, pull_filter=pull_filter).fetch(jobs))
 
 
 # --- what commands do to a sweep ------------------------------------------------------------
-def poll_into_store(backend: object, store: StateStore) -> None:
+def poll_into_store(backend: Backend, store: StateStore) -> None:
+    """One batched poll of the sweep's active jobs; their state changes go to the store."""
     rows = {r.job_id: r for r in store.jobs(states=[JobState.SUBMITTED, JobState.RUNNING]) if r.handle}
-    if not rows:
-        return
-    statuses = backend.poll({j: r.handle for j, r in rows.items()})  # type: ignore[attr-defined]
-    updates = {j: (st.state, st.exit_reason) for j, st in statuses.items() if st.state is not rows[j].state}
-    hosts = {j: st.host for j, st in statuses.items() if st.host}
-    if updates:
-        store.update_states(updates, hosts)
+    PollFetch(backend, store).poll({j: r.handle or {} for j, r in rows.items()}, {j: r.state for j, r in rows.items()})
 
 
 def refresh_states(sweep_dir: Path) -> None:

@@ -215,7 +215,8 @@ def test_the_table_reader_catches_a_missing_key_and_a_wrong_default(tmp_path: Pa
     rows = {r.key: r for r in table.rows}
     expected = expected_keys(config.LocalPoolLauncherConf, "", set())
     gpu_keys = {"gpus", "gpus_per_job", "resources_from", "jobs_per_gpu", "gpu_lock_dir"}
-    assert set(expected) - set(rows) == {"skip_completed", "env_vars", *gpu_keys}
+    retry_keys = {"max_retries", "retry_on", "retry_mem_factor"}
+    assert set(expected) - set(rows) == {"skip_completed", "env_vars", *gpu_keys, *retry_keys}
     assert not same_value(documented_default(rows["timeout_s"].default), expected["timeout_s"])
     assert same_value(documented_default(rows["kill_grace_s"].default), expected["kill_grace_s"])
     assert documented_default("`launcher_core.remote.codesync.DEFAULT_EXCLUDES` (…)") == tuple(

@@ -128,7 +128,7 @@ def test_settings_take_keys_and_defaults_from_the_hydra_config() -> None:
     # (not issubclass: Hydra's plugin scan may import the config module a second time)
     assert [c.__name__ for c in Ec2Settings.__mro__[:2]] == ["Ec2Settings", "Ec2LauncherConf"]
     names = setting_names(Ec2LauncherConf)
-    assert setting_names(Ec2Settings) == names and len(names) == 38
+    assert setting_names(Ec2Settings) == names and len(names) == 41
     values = {"ami": "ami-0123456789abcdef0", "s3_bucket": "my-sweeps"}
     built = Ec2Settings.from_mapping({**values, "_target_": "ignored"})
     defaults = Ec2LauncherConf()

@@ -205,7 +205,10 @@ def test_job_sigkilled_from_outside_is_failed_with_reason_and_logs(
 
     killer = threading.Thread(target=kill_job_0, daemon=True)
     killer.start()
-    proc, sweep = launch(ssh_env, proj, f"sigkill-{target}", "x=1,2", f"wait_for={go}", max_parallel=2)
+    # killing the whole group kills the job's monitor with it: the job is lost and would run again
+    # (tests/test_retry_lost.py); here its failure is what is looked at
+    no_retry = "hydra.launcher.max_retries=0"
+    proc, sweep = launch(ssh_env, proj, f"sigkill-{target}", "x=1,2", f"wait_for={go}", no_retry, max_parallel=2)
     killer.join(5)
     assert killed
     got = outcomes(sweep)

@@ -35,6 +35,9 @@ class BackendLauncher(Launcher):
         self.task_function = task_function
         self.hydra_context = hydra_context
         self.validate()
+        from launcher_core.retry import retry_settings
+
+        retry_settings(self.params)  # max_retries, retry_on, retry_mem_factor: checked for every launcher
         # Hydra's sweeper composes every job again to validate it (~100 ms each); the sweeper and
         # this launcher share the context, so both now use the fast composer (same configs).
         from launcher_core.runtime.compose import use_fast_sweep_composition
@@ -59,10 +62,12 @@ class BackendLauncher(Launcher):
 
     def launch_options(self) -> Any:
         from launcher_core.controller import LaunchOptions
+        from launcher_core.retry import retry_settings
 
         settings = self.launch_settings()
+        retry = retry_settings(self.params)
         if settings is None:
-            return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)))
+            return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)), retry=retry)
         from launcher_core.collect.autopull import check_give_up, check_settings
 
         check_settings(settings.auto_pull, settings.auto_pull_interval_s, settings.notify, settings.wait)
@@ -76,6 +81,7 @@ class BackendLauncher(Launcher):
             auto_pull_interval_s=float(settings.auto_pull_interval_s),
             auto_pull_give_up_h=float(settings.auto_pull_give_up_h),
             notify=settings.notify,
+            retry=retry,
         )
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

@@ -286,6 +286,12 @@ class Backend(abc.ABC):
         again) rather than started anew. Detached backends always can; others say per job."""
         return self.detached
 
+    def retry_resources(self, spec: JobSpec, mem_factor: float) -> dict[str, Any]:
+        """The resources of the next attempt of a job that ran out of memory
+        (``retry_on: [out_of_memory]``): ``mem_factor`` times its memory where the backend has a
+        memory setting. Default: the same resources."""
+        return dict(spec.resources)
+
     def close(self) -> None:  # noqa: B027 - optional, nothing to release by default
         """Release connections and local resources."""
 

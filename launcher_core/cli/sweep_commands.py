@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.registry import capabilities_of, describe_handle, handle_of
-from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE
-from launcher_core.state import JobRow, JobState, StateStore, SweepIndex
+from launcher_core.jobs import LAUNCHER_DIR, STDERR_FILE, STDOUT_FILE, Ending
+from launcher_core.state import AttemptRow, JobRow, JobState, StateStore, SweepIndex
 from launcher_core.sweeps import LOCK_WAIT_S, cancel_jobs, find_job, one_sweep, refresh_states, sweep_lock_waiting
 
 STATE_STYLE = {
@@ -59,6 +59,7 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: 
     with StateStore.for_sweep_dir(sweep_dir, readonly=True) as store:
         meta = store.meta()
         rows = store.jobs()
+        earlier = store.attempts()
     counts: dict[str, int] = {}
     for r in rows:
         key = (r.outcome or r.state).value if r.state is JobState.PULLED else r.state.value
@@ -82,7 +83,7 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: 
     if not show_jobs:
         return
     shown = _rows_to_show(rows, limit)
-    cells = [_job_cells(r, meta) for r in shown]
+    cells = [_job_cells(r, meta, earlier.get(r.job_id, ())) for r in shown]
     columns = ("#", "job id", "state", "where", "duration", "exit reason", "overrides")
     if len(cells) > RICH_MAX_ROWS:  # rich lays out every cell: ~0.5 ms a row
         _print_plain_table(console, columns, [[text for text, _style in row] for row in cells])
@@ -119,13 +120,13 @@ def _rows_to_show(rows: Sequence[JobRow], limit: int | None) -> list[JobRow]:
     return sorted([*attention, *done], key=lambda r: r.idx)
 
 
-def _job_cells(r: JobRow, meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _job_cells(r: JobRow, meta: Mapping[str, Any], earlier: Sequence[AttemptRow] = ()) -> list[tuple[str, str]]:
     """(text, rich style) of each column of a job's row."""
     style = STATE_STYLE.get((r.outcome or r.state).value, "")
     return [
         (str(r.idx), ""),
         (r.job_id[:10], ""),
-        (_state_label(r), style),
+        (_state_label(r, earlier), style),
         (_where(r, meta), ""),
         (_fmt_duration(r.duration_s), ""),
         (r.exit_reason or "", ""),
@@ -140,11 +141,17 @@ def _print_plain_table(console: Any, columns: Sequence[str], rows: Sequence[Sequ
     console.file.write("\n".join(lines) + "\n")
 
 
-def _state_label(row: JobRow) -> str:
-    """``running``, ``completed (pulled)``, ``completed (pulled, cleaned)``, ..."""
-    if row.state is not JobState.PULLED:
-        return row.state.value
-    return f"{(row.outcome or row.state).value} (pulled{', cleaned' if row.cleaned_at is not None else ''})"
+def _state_label(row: JobRow, earlier: Sequence[AttemptRow] = ()) -> str:
+    """``running``, ``completed (pulled)``, ``completed (pulled, cleaned)``,
+    ``completed (attempt 2; attempt 1 lost: node failure; pulled)``, ``failed (lost: runner died)``."""
+    notes = [f"attempt {row.attempt}"] if row.attempt > 1 or earlier else []
+    notes += [a.describe() for a in earlier]
+    if row.ending and row.ending.startswith((Ending.LOST.value, Ending.OUT_OF_MEMORY.value)):
+        notes.append(row.ending)
+    if row.state is JobState.PULLED:
+        notes.append(f"pulled{', cleaned' if row.cleaned_at is not None else ''}")
+    state = (row.outcome or row.state).value if row.state is JobState.PULLED else row.state.value
+    return f"{state} ({'; '.join(notes)})" if notes else state
 
 
 def _where(row: JobRow, meta: Mapping[str, Any]) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable, Sequence
 
-from launcher_core.jobs import RESULT_FILE, JobState, JobStatus
-from launcher_core.runtime.runner import CANCELLED, CLEANUP, EXIT_STATUS, PID
+from launcher_core.jobs import RESULT_FILE, JobState, JobStatus, LossCause
+from launcher_core.runtime.runner import BOOT_ID, CANCELLED, CLEANUP, EXIT_STATUS, PID
 
 q = shlex.quote
 
@@ -208,7 +208,8 @@ exec {python} -m launcher_core.runtime.runner {q(batch_file)}
 
 
 def poll_script(jobs: Iterable[tuple[str, str, str]], grace_s: float) -> str:
-    """One line per job: ``ID running|queued|cleanup|cancelled|lost|orphaned|done CODE HAS_RESULT``.
+    """One line per job: ``ID running|queued|cleanup|cancelled|lost|rebooted|orphaned|done CODE HAS_RESULT``
+    (``rebooted``: lost, and the host's boot id is not the one the job started under).
 
     A finished job whose process group still has members (orphans it left behind) gets
     SIGTERM now and SIGKILL once ``grace_s`` passed since; it is reported as ``cleanup``
@@ -217,6 +218,7 @@ def poll_script(jobs: Iterable[tuple[str, str, str]], grace_s: float) -> str:
     calls = "\n".join(f"chk {q(j)} {q(d)} {q(r)}" for j, d, r in jobs)
     return f"""{_SH_PROC}
 now=$(date +%s)
+boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || true)
 grace={max(0, round(grace_s))}
 same() {{
   [ -s "$1" ] || return 1
@@ -250,6 +252,9 @@ chk() {{
     # the leader died (e.g. kill -9 of the pid in the pid file; its pid is free, not reused)
     # but the job's process group lives on: the task is still running
     if [ -z "$S" ] && grp "$p"; then echo "$j running"; return; fi
+    if [ -s "$d/{BOOT_ID}" ] && [ -n "$boot" ] && [ "$(cat "$d/{BOOT_ID}")" != "$boot" ]; then
+      echo "$j rebooted"; return
+    fi
     echo "$j lost"; return
   fi
   if [ -f "$d/{CANCELLED}" ]; then echo "$j cancelled"; return; fi
@@ -308,8 +313,8 @@ def status_from_line(words: Sequence[str], host: str) -> JobStatus:
         return JobStatus(JobState.SUBMITTED, host=host)
     if kind == "cancelled":
         return JobStatus(JobState.CANCELLED, "cancelled", host=host)
-    if kind == "orphaned":
-        return JobStatus(JobState.FAILED, f"the job runner on {host} died before starting the job", host=host)
+    if kind == "orphaned":  # never started: safe to start again
+        return JobStatus.lost(LossCause.RUNNER_DIED, f"the job runner on {host} died before starting the job", host)
     if kind == "done" and len(words) >= 3:
         code, has_result = int(words[1]), words[2] == "1"
         if code == 0 and has_result:
@@ -319,10 +324,12 @@ def status_from_line(words: Sequence[str], host: str) -> JobStatus:
         if code < 0:
             return JobStatus(JobState.FAILED, f"killed by signal {-code} on {host}", host=host)
         return JobStatus(JobState.FAILED, f"exited with code {code} without writing a result", host=host)
-    return JobStatus(
-        JobState.FAILED,
+    # no exit status: the runner that would have written it died with the job (a reboot, a kill
+    # of the whole group); a job killed while its runner lives has one ("killed by signal 9")
+    return JobStatus.lost(
+        LossCause.HOST_REBOOTED if kind == "rebooted" else LossCause.RUNNER_DIED,
         f"the job's process on {host} is gone without an exit status (killed, out of memory or host restarted)",
-        host=host,
+        host,
     )
 
 

@@ -96,6 +96,7 @@ def _row(
         values={},
         reason=job.exit_reason,
         output_dir=job.output_dir,
+        attempts=job.attempt,
         created_at=job.created_at,
         submitted_at=job.submitted_at,
         started_at=job.started_at,

@@ -22,8 +22,9 @@ from launcher_core.errors import ConfigError
 from launcher_core.overrides import format_value
 
 NUM, STATE, DURATION, HOST, REASON = "#", "state", "duration", "host", "reason"
+ATTEMPTS = "attempts"  # how many times the job was started (more than 1: an attempt was lost)
 RETURN = "return"  # the column of a return value that is not a dict
-BUILTIN_COLUMNS = (NUM, STATE, DURATION, HOST, REASON)
+BUILTIN_COLUMNS = (NUM, STATE, DURATION, HOST, REASON, ATTEMPTS)
 # metric names for which lower is better when picking "the best rows"
 _LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|rmse|perplexity|ppl|time|latency|regret|cost", re.IGNORECASE)
 
@@ -48,6 +49,7 @@ class ResultRow:
     local: bool = True  # its files are in the local sweep dir (pulled, or a local backend)
     pull_mode: str | None = None  # "bare" when big files were left on the backend
     overrides: list[str] = field(default_factory=list)
+    attempts: int = 1  # launcher_core.retry: a lost attempt was run again
 
     @property
     def failed(self) -> bool:
@@ -97,9 +99,12 @@ class Results(Sequence[ResultRow]):
     # --- columns ----------------------------------------------------------------------------
     @property
     def columns(self) -> list[str]:
-        """``#``, the swept keys, state, duration, host, the metric columns, and ``reason`` when a
-        job failed. A metric named like another column is shown as ``return.<name>``."""
+        """``#``, the swept keys, state, duration, host, ``attempts`` when a job was run again, the
+        metric columns, and ``reason`` when a job failed. A metric named like another column is
+        shown as ``return.<name>``."""
         cols = [NUM, *self.swept_keys, STATE, DURATION, HOST]
+        if any(r.attempts > 1 for r in self.rows):
+            cols.append(ATTEMPTS)
         cols += [self._metric_column(k) for k in self.metric_keys]
         if any(r.failed or r.reason for r in self.rows):
             cols.append(REASON)
@@ -111,7 +116,7 @@ class Results(Sequence[ResultRow]):
 
     def _column_source(self, column: str) -> tuple[str, str]:
         """(kind, key) of a column name: kind is builtin, param or metric."""
-        if column in (NUM, STATE, DURATION, HOST, REASON):
+        if column in BUILTIN_COLUMNS:
             return "builtin", column
         if column in self.swept_keys:
             return "param", column
@@ -214,6 +219,7 @@ def _cell(row: ResultRow, kind: str, key: str) -> Any:
         DURATION: None if row.duration_s is None else round(row.duration_s, 3),
         HOST: row.host,
         REASON: row.reason,
+        ATTEMPTS: row.attempts,
     }[key]
 
 

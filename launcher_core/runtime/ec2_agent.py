@@ -29,6 +29,8 @@ log = logging.getLogger("hrl-agent")
 IMDS_DEFAULT_ENDPOINT = "http://169.254.169.254/"
 DONE, FAILED, RUNNING = "done", "failed", "running"
 TICK_S = 0.2
+# how a job stopped by a spot interruption notice is marked (the launcher takes it as lost)
+SPOT_INTERRUPTION = "spot interruption"
 # Temporary files of atomic writes (``.name.tmpPID``): never uploaded half written.
 _TMP_FILE = re.compile(r"^\..+\.tmp\d+$")
 _QUIET_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
@@ -338,7 +340,7 @@ class Agent:
                 log.warning("spot notice check failed: %s", exc)
                 notice = None
             if notice:
-                return f"spot interruption: the instance is being reclaimed ({notice.strip()})"
+                return f"{SPOT_INTERRUPTION}: the instance is being reclaimed ({notice.strip()})"
         return None
 
     def run_jobs(self) -> None:

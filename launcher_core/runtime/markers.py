@@ -15,6 +15,7 @@ EXIT_STATUS_FILE = "exit_status"
 CANCELLED_FILE = "cancelled"
 CLEANUP_FILE = "cleanup"
 BATCH_FILE = "batch"  # id of the batch that owns the job now (a relaunch may take it over)
+BOOT_ID_FILE = "boot_id"  # the host's boot id when the job started: another one now means a reboot
 
 # lines the runner prints to say it took a job
 STARTED_LINE = "HRL-STARTED"

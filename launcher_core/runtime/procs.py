@@ -140,3 +140,19 @@ def _ps_start_time(pid: int) -> int | None:
         return calendar.timegm(time.strptime(" ".join(fields[1:]), "%a %b %d %H:%M:%S %Y"))
     except ValueError:
         return None
+
+
+# test hook: a file read instead of the kernel's boot id, so a test can stand in for a reboot
+# (a changed id) without rebooting; never set outside tests
+BOOT_ID_FILE_ENV = "HYDRA_LAUNCHER_BOOT_ID_FILE"
+_KERNEL_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str | None:
+    """This machine's boot id (a new one at each boot; Linux), None where there is none."""
+    path = os.environ.get(BOOT_ID_FILE_ENV) or _KERNEL_BOOT_ID
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

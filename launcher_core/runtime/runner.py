@@ -22,6 +22,7 @@ from typing import Any
 from launcher_core.runtime import gpus as gpu_locks
 from launcher_core.runtime.markers import ATTACHED_LINE as ATTACHED
 from launcher_core.runtime.markers import BATCH_FILE as BATCH
+from launcher_core.runtime.markers import BOOT_ID_FILE as BOOT_ID
 from launcher_core.runtime.markers import CANCELLED_FILE as CANCELLED
 from launcher_core.runtime.markers import CLEANUP_FILE as CLEANUP
 from launcher_core.runtime.markers import EXIT_STATUS_FILE as EXIT_STATUS
@@ -30,9 +31,9 @@ from launcher_core.runtime.markers import RUNNER_PID_FILE as PID
 from launcher_core.runtime.markers import STARTED_LINE as STARTED
 from launcher_core.runtime.markers import STDERR_FILE as STDERR
 from launcher_core.runtime.markers import STDOUT_FILE as STDOUT
-from launcher_core.runtime.procs import become_subreaper, process_start_time
+from launcher_core.runtime.procs import become_subreaper, boot_id, process_start_time
 
-STALE_MARKERS = (EXIT_STATUS, PID, CANCELLED, CLEANUP, RESULT)
+STALE_MARKERS = (EXIT_STATUS, PID, CANCELLED, CLEANUP, RESULT, BOOT_ID)
 READY_TIMEOUT_S = 30.0
 _JOB_UMASK = 0o022  # the umask the runner was started with (set in main)
 LOCK_WAIT_S = 20.0
@@ -334,6 +335,7 @@ def _monitor_main(batch: dict[str, Any], job: dict[str, Any], slot: int, gpu_ids
     """Leader of the job's process group: run the worker, record how it ended."""
     d = Path(job["launcher_dir"])
     os.setsid()
+    _atomic_write(d / BOOT_ID, f"{boot_id() or ''}\n")  # before the pid file: a poll that sees one sees both
     _write_pid_file(d / PID)
     # A handler (not SIG_IGN): the worker gets default signal dispositions back (after exec, or
     # explicitly after fork), while the monitor survives a SIGTERM to the group long enough

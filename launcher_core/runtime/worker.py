@@ -231,11 +231,15 @@ def job_entry(
     sweep_dir: str | None = None,
     subdir: str | None = None,
     runtime_cwd: str | None = None,
+    attempt: int = 1,
 ) -> dict[str, Any]:
     """One job in a job table: its number, overrides and result file; ``sweep_dir``/``subdir``
     when it runs somewhere else than its local output dir (``hydra.sweep.dir``/``subdir`` there),
-    and ``runtime_cwd`` when Hydra must report another original cwd (``hydra.runtime.cwd``)."""
+    ``runtime_cwd`` when Hydra must report another original cwd (``hydra.runtime.cwd``), and
+    ``attempt`` from the second run of a lost job on (``HYDRA_LAUNCHER_ATTEMPT``)."""
     entry: dict[str, Any] = {"idx": idx, "overrides": overrides, "result": result_path}
+    if attempt != 1:
+        entry["attempt"] = attempt
     if sweep_dir is not None:
         entry["sweep_dir"], entry["subdir"] = sweep_dir, subdir or ""
     if runtime_cwd is not None:
@@ -315,6 +319,7 @@ class SweepPayload:
         """Compose, run and save one job; the process exit code to use."""
         result_path = Path(entry["result"])
         idx = int(entry["idx"])
+        set_attempt(int(entry.get("attempt", 1)))
         self.write_code_record(result_path)
         try:
             config = self.config(entry)
@@ -329,6 +334,15 @@ class SweepPayload:
         if ranks_dir:
             return run_ranked(*args, Path(ranks_dir), _task_rank())
         return run_and_save(*args)
+
+
+ATTEMPT_ENV = "HYDRA_LAUNCHER_ATTEMPT"  # launcher_core.retry: which run of the job this is
+
+
+def set_attempt(attempt: int) -> None:
+    """Tell the task which attempt of its job this is (1 unless an earlier one was lost; a
+    Slurm requeue within an attempt keeps it and counts in ``SLURM_RESTART_COUNT``)."""
+    os.environ[ATTEMPT_ENV] = str(attempt)
 
 
 def load_job_table(path: str) -> list[dict[str, Any]]:

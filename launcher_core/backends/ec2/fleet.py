@@ -22,7 +22,8 @@ from launcher_core.backends.ec2.aws import (
 from launcher_core.backends.ec2.handle import Ec2Handle
 from launcher_core.backends.ec2.settings import Ec2Settings, setting_key
 from launcher_core.errors import ConfigError
-from launcher_core.jobs import JobState, JobStatus
+from launcher_core.jobs import JobState, JobStatus, LossCause
+from launcher_core.runtime.ec2_agent import SPOT_INTERRUPTION
 
 log = logging.getLogger("launcher_core.ec2")
 
@@ -229,16 +230,31 @@ def job_status(
     if "done" in found:
         return JobStatus(JobState.COMPLETED, host=iid)
     if "failed" in found:
-        return JobStatus(JobState.FAILED, failed_reason(handle.bucket, found["failed"]), host=iid)
+        reason = failed_reason(handle.bucket, found["failed"])
+        if SPOT_INTERRUPTION in reason:  # its agent stopped it (or never started it) on a spot notice
+            return JobStatus.lost(LossCause.INSTANCE_TERMINATED, reason, iid)
+        return JobStatus(JobState.FAILED, reason, host=iid)
     inst = instances.get(iid)
     if inst is None:
         if time.time() - float(handle.launched_at or 0) > NOT_FOUND_GRACE_S:
-            return JobStatus(JobState.FAILED, f"instance {iid} no longer exists and the job left no result")
+            reason = f"instance {iid} no longer exists and the job left no result"
+            return JobStatus.lost(LossCause.INSTANCE_TERMINATED, reason)
         return JobStatus(JobState.SUBMITTED, host=iid)
     state = inst.get("State", {}).get("Name", "unknown")
     if state in ENDED_INSTANCE_STATES:
         why = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or "no reason given"
-        return JobStatus(JobState.FAILED, f"instance {iid} is {state} ({why}) and the job left no result", iid)
+        reason = f"instance {iid} is {state} ({why}) and the job left no result"
+        if _ended_by_aws(inst):
+            return JobStatus.lost(LossCause.INSTANCE_TERMINATED, reason, iid)
+        return JobStatus(JobState.FAILED, reason, iid)
     if "running" in found:
         return JobStatus(JobState.RUNNING, host=iid)
     return JobStatus(JobState.SUBMITTED, host=iid)
+
+
+def _ended_by_aws(instance: Mapping[str, Any]) -> bool:
+    """Whether AWS ended the instance (a spot interruption, a hardware retirement, an internal
+    error: state reason codes ``Server.*``), not someone's terminate call or its own shutdown
+    (``Client.*``): only then is a job it ran lost to the machine (retried)."""
+    code = str(instance.get("StateReason", {}).get("Code") or "")
+    return code.startswith("Server.")

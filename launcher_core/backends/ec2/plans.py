@@ -75,7 +75,9 @@ class RunPlanner:
         rel = PurePosixPath(*Path(subdir).parts)
         remote_out = f"{remote_sweep}/{rel}"
         code = f"{workspace}/code"
-        entry = job_entry(spec.idx, spec.overrides, f"{remote_out}/.launcher/result.pkl", remote_sweep, subdir, code)
+        entry = job_entry(
+            spec.idx, spec.overrides, f"{remote_out}/.launcher/result.pkl", remote_sweep, subdir, code, spec.attempt
+        )
         return {
             **entry,
             "job_id": spec.job_id,

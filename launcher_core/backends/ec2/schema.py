@@ -68,6 +68,12 @@ class Ec2LauncherConf:
     api_retries: int = 6
     api_retry_base_s: float = 1.0
     skip_completed: bool = False
+    # run a job again (same id, dir, config and code) when an attempt of it is lost to the machine
+    # (node failure, reboot, spot interruption, runner killed); 0 = never. retry_on: [out_of_memory]
+    # also retries a job out of memory, with retry_mem_factor times its memory where there is mem_gb
+    max_retries: int = 2
+    retry_on: List[str] = field(default_factory=list)
+    retry_mem_factor: float = 1.5
     # check credentials, AMI, bucket, instance profile and instance type before launching
     preflight: bool = True
     # with wait=false: start (or join) this sweep's pull daemon at launch; notify: its --notify command

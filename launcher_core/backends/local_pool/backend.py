@@ -22,9 +22,19 @@ from typing import TYPE_CHECKING, Any
 from launcher_core.backends.base import Backend, Handle
 from launcher_core.backends.local_pool.gpus import GpuSettings, LocalGpus, gpu_settings
 from launcher_core.backends.local_pool.handle import LocalPoolHandle
-from launcher_core.jobs import PID_FILE, RESULT_FILE, STDERR_FILE, STDOUT_FILE, JobSpec, JobState, JobStatus, SweepInfo
+from launcher_core.jobs import (
+    PID_FILE,
+    RESULT_FILE,
+    STDERR_FILE,
+    STDOUT_FILE,
+    JobSpec,
+    JobState,
+    JobStatus,
+    LossCause,
+    SweepInfo,
+)
 from launcher_core.runtime.gpus import GpuClaim, visible_env
-from launcher_core.runtime.procs import GroupKill, become_subreaper, kill_group_blocking, process_start_time
+from launcher_core.runtime.procs import GroupKill, become_subreaper, boot_id, kill_group_blocking, process_start_time
 
 if TYPE_CHECKING:
     from launcher_core.machines import Observation
@@ -129,7 +139,13 @@ class LocalPoolBackend(Backend):
         if self._gpus is not None and jobs:
             fewest = min(self._gpus.wanted(j) for j in jobs)
             self._fewest_gpus = fewest if len(self._queue) == len(jobs) else min(self._fewest_gpus, fewest)
-        return {j.job_id: LocalPoolHandle(host="localhost", pid_file=str(j.launcher_dir / PID_FILE)) for j in jobs}
+        for job in jobs:  # a new attempt of a job whose last one ended here
+            self._done.pop(job.job_id, None)
+        booted = boot_id()  # a changed boot id tells a reboot
+        return {
+            j.job_id: LocalPoolHandle(host="localhost", pid_file=str(j.launcher_dir / PID_FILE), boot_id=booted)
+            for j in jobs
+        }
 
     def poll(self, handles: Mapping[str, Handle]) -> Mapping[str, JobStatus]:
         """States of the given jobs; jobs still queued here are left out (they are as submitted),
@@ -366,7 +382,7 @@ def _stale_status(handle: Handle) -> JobStatus:
         return JobStatus(JobState.RUNNING, host="localhost")
     result_path = Path(LocalPoolHandle.of(handle).pid_file).with_name(RESULT_FILE)
     if not result_path.exists():
-        return JobStatus(JobState.FAILED, "process gone without writing a result")
+        return _gone_status(handle)
     from hydra.core.utils import JobStatus as HydraJobStatus
 
     from launcher_core.runtime.worker import load_job_return
@@ -374,6 +390,17 @@ def _stale_status(handle: Handle) -> JobStatus:
     if load_job_return(result_path).status == HydraJobStatus.COMPLETED:
         return JobStatus(JobState.COMPLETED)
     return JobStatus(JobState.FAILED, "task raised an exception")
+
+
+def _gone_status(handle: Handle) -> JobStatus:
+    """A job of a launcher that died (the runner that watched it), whose process is gone with no
+    result: lost, since no exit status says the task ended on its own; the machine rebooted if
+    its boot id changed since the job was submitted."""
+    reason = "process gone without writing a result"
+    then = LocalPoolHandle.of(handle).boot_id
+    if then is not None and boot_id() not in (None, then):
+        return JobStatus.lost(LossCause.HOST_REBOOTED, reason, "localhost")
+    return JobStatus.lost(LossCause.RUNNER_DIED, reason, "localhost")
 
 
 def kill_stale_handle(handle: Handle, grace_s: float) -> None:
@@ -407,7 +434,9 @@ def _child_main(
             signal.signal(sig, signal.SIG_DFL)
         _redirect(1, spec.launcher_dir / STDOUT_FILE)
         _redirect(2, spec.launcher_dir / STDERR_FILE)
-        from launcher_core.runtime.worker import run_and_save
+        from launcher_core.runtime.worker import run_and_save, set_attempt
+
+        set_attempt(spec.attempt)
 
         code = run_and_save(task_function, spec.config, hydra_context, spec.idx, spec.result_path)
     except BaseException:  # noqa: BLE001 - report anything, then leave without cleanup

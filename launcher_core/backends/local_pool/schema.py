@@ -3,7 +3,7 @@ registers this dataclass in Hydra's ConfigStore; :func:`~.backend.local_pool_set
 Written with ``Optional`` and without postponed annotations: OmegaConf reads these types."""
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 _PKG = "hydra_plugins.remote_launcher"  # where the Hydra face's launcher classes live
 
@@ -32,3 +32,9 @@ class LocalPoolLauncherConf:
     jobs_per_gpu: int = 1
     # with gpus: the machine-wide GPU lock dir; null = /tmp/hydra-launcher-gpus
     gpu_lock_dir: Optional[str] = None
+    # run a job again (same id, dir, config and code) when an attempt of it is lost to the machine
+    # (node failure, reboot, spot interruption, runner killed); 0 = never. retry_on: [out_of_memory]
+    # also retries a job out of memory, with retry_mem_factor times its memory where there is mem_gb
+    max_retries: int = 2
+    retry_on: List[str] = field(default_factory=list)
+    retry_mem_factor: float = 1.5

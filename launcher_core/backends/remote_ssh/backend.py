@@ -443,7 +443,9 @@ class RemoteSSHBackend(Backend):
             launcher_dir = f"{remote_job}/{LAUNCHER_DIR}"
             (spec.launcher_dir / RESULT_FILE).unlink(missing_ok=True)  # a stale result must not be collected
             # the batch file is also the job table: the job composes its config from its entry there
-            job = job_entry(spec.idx, spec.overrides, f"{launcher_dir}/{RESULT_FILE}", state.sweep_dir, rel)
+            job = job_entry(
+                spec.idx, spec.overrides, f"{launcher_dir}/{RESULT_FILE}", state.sweep_dir, rel, attempt=spec.attempt
+            )
             job.update(job_id=spec.job_id, launcher_dir=launcher_dir, index=index, gpus=self._gpus_of(spec))
             if self.settings.container is not None:
                 job["argv"] = self._container_argv(state, sweep_payload, batch_file, index, self._gpus_of(spec))

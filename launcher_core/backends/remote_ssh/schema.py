@@ -78,6 +78,12 @@ class RemoteSSHLauncherConf:
     # true: block until every job is done and pulled; false: return once all jobs started
     wait: bool = True
     skip_completed: bool = False
+    # run a job again (same id, dir, config and code) when an attempt of it is lost to the machine
+    # (node failure, reboot, spot interruption, runner killed); 0 = never. retry_on: [out_of_memory]
+    # also retries a job out of memory, with retry_mem_factor times its memory where there is mem_gb
+    max_retries: int = 2
+    retry_on: List[str] = field(default_factory=list)
+    retry_mem_factor: float = 1.5
     poll_interval_s: float = 2.0
     kill_grace_s: float = 5.0
     connect_timeout_s: float = 15.0

@@ -18,7 +18,7 @@ from launcher_core.backends.base import Handle
 from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.errors import BackendError
-from launcher_core.jobs import JobState, JobStatus
+from launcher_core.jobs import Ending, JobState, JobStatus, LossCause
 
 log = logging.getLogger("launcher_core.slurm")
 
@@ -33,13 +33,20 @@ _PENDING = frozenset(
 )
 _RUNNING = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"})
 _FAILED_REASONS = {
-    "OUT_OF_MEMORY": "out of memory (raise hydra.launcher.mem_gb)",
+    "OUT_OF_MEMORY": "out of memory (raise hydra.launcher.mem_gb, or retry_on=[out_of_memory])",
     "NODE_FAIL": "node failure",
     "PREEMPTED": "preempted and not requeued",
     "BOOT_FAIL": "node boot failure",
     "DEADLINE": "deadline reached",
     "REVOKED": "revoked",
     "SPECIAL_EXIT": "special exit",
+}
+
+# end states of a task lost to the machine (not its own doing): retried (launcher_core.retry)
+_LOST = {
+    "NODE_FAIL": LossCause.NODE_FAILURE,
+    "BOOT_FAIL": LossCause.BOOT_FAILURE,
+    "PREEMPTED": LossCause.PREEMPTED,
 }
 
 
@@ -195,6 +202,7 @@ class SlurmAccounting:
         """The state of every handled job; ``exit_info`` reads the exit files (on the site)."""
         handles = SlurmHandle.typed(stored)
         records = self._query(handles)
+        self._confirm_lost(handles, records)
         self._release_requeued(handles, records)
         need_files = {
             j: h for j, h in handles.items() if _needs_exit_file(h, _record(records, h))
@@ -227,6 +235,23 @@ class SlurmAccounting:
             ok = ok or squeue_ok
         self._note_health(ok)
         return records
+
+    def _confirm_lost(self, handles: Mapping[str, SlurmHandle], records: dict[str, SlurmRecord]) -> None:
+        """A task sacct reports NODE_FAIL, BOOT_FAIL or PREEMPTED may already be requeued (our
+        scripts carry ``--requeue``; accounting records the failed run before the requeue): the
+        controller's own view (squeue) decides. Only a task it does not show queued or running
+        again is lost (and run again by us): never both Slurm's requeue and our retry."""
+        ids = {h.slurm_job_id for h in handles.values() if _record(records, h).state in _LOST}
+        if not ids:
+            return
+        ok, live = self._squeue()
+        if not ok:  # cannot tell yet: as pending until squeue answers
+            records.update({i: SlurmRecord("PENDING") for i in ids})
+            return
+        for task_id in ids:
+            now = live.get(task_id)
+            if now is not None and (now.state in _PENDING or now.state in _RUNNING):
+                records[task_id] = now
 
     def _sacct(self, arrays: Sequence[str]) -> tuple[bool, dict[str, SlurmRecord]]:
         proc = self.commands.run(["sacct", "-X", "-n", "-P", "-o", SACCT_FORMAT, "-j", ",".join(arrays)])
@@ -309,7 +334,10 @@ class SlurmAccounting:
             return JobStatus(JobState.FAILED, f"timeout: Slurm time limit ({minutes} min) reached", record.nodes)
         if state == "FAILED":
             return JobStatus(JobState.FAILED, _failure_reason(record, files), record.nodes)
-        return JobStatus(JobState.FAILED, _FAILED_REASONS.get(state, state.lower()), record.nodes)
+        reason = _FAILED_REASONS.get(state, state.lower())
+        if state in _LOST:  # Slurm did not requeue it (a requeued task is PENDING again)
+            return JobStatus.lost(_LOST[state], reason, record.nodes)
+        return JobStatus(JobState.FAILED, reason, record.nodes)
 
     def _packed_status(self, handle: SlurmHandle, record: SlurmRecord, files: ExitInfo | None) -> JobStatus:
         """A job of a packed task (``jobs_per_task``): its own exit file says how it ended; until
@@ -323,8 +351,10 @@ class SlurmAccounting:
             return task
         if task.state is JobState.CANCELLED:
             return JobStatus(JobState.CANCELLED, "cancelled in Slurm (scancel of its packed task)", host=record.nodes)
-        reason = task.exit_reason or record.state.lower()
-        return JobStatus(JobState.FAILED, f"its packed task ended before the job did ({reason})", record.nodes)
+        reason = f"its packed task ended before the job did ({task.exit_reason or record.state.lower()})"
+        if task.ending is Ending.LOST and task.cause is not None:
+            return JobStatus.lost(task.cause, reason, record.nodes)
+        return JobStatus(JobState.FAILED, reason, record.nodes)
 
 
 def _needs_exit_file(handle: SlurmHandle, record: SlurmRecord) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sys
@@ -257,6 +258,14 @@ class SlurmBackend(Backend):
         if jobs:
             self.site.fetch(SlurmHandle.typed(jobs), local_dirs, pull_filter)
 
+    def retry_resources(self, spec: JobSpec, mem_factor: float) -> dict[str, Any]:
+        """The next attempt of a job out of memory asks for ``mem_factor`` times its memory
+        (``mem_gb``; the node's default memory is left alone when none was asked for)."""
+        mem = spec.resources.get("mem_gb", self.options.mem_gb)
+        if mem is None:
+            return dict(spec.resources)
+        return {**spec.resources, "mem_gb": math.ceil(float(mem) * mem_factor)}
+
     def cancel(self, handles: Mapping[str, Handle]) -> None:
         ids = sorted({h.slurm_job_id for h in SlurmHandle.typed(handles).values() if h.slurm_job_id})
         if not ids:
@@ -371,7 +380,10 @@ class SlurmBackend(Backend):
         its entry where it runs, so nothing is written into the job dirs before submission."""
         from launcher_core.runtime.worker import atomic_write_bytes, job_table_bytes
 
-        table = self.slurm_dir / f"jobs{jobs[0].idx}-{jobs[-1].idx}.json"
+        # a retry gets its own table: requeued tasks of the first submission read theirs at start
+        attempt = max(j.attempt for j in jobs)
+        suffix = f".attempt{attempt}" if attempt > 1 else ""
+        table = self.slurm_dir / f"jobs{jobs[0].idx}-{jobs[-1].idx}{suffix}.json"
         atomic_write_bytes(table, job_table_bytes([self._job_entry(s) for s in order]))
         return table
 
@@ -424,8 +436,8 @@ class SlurmBackend(Backend):
         job_dir, rel = self.site.cluster_job_dir(spec)
         result = f"{job_dir}/{LAUNCHER_DIR}/{RESULT_FILE}"
         if isinstance(self.site, LoginSite):  # the config is relocated to the mirrored sweep dir
-            return job_entry(spec.idx, spec.overrides, result, self.site.sweep_dir, rel)
-        return job_entry(spec.idx, spec.overrides, result)
+            return job_entry(spec.idx, spec.overrides, result, self.site.sweep_dir, rel, attempt=spec.attempt)
+        return job_entry(spec.idx, spec.overrides, result, attempt=spec.attempt)
 
     def dry_run(self, specs: Sequence[JobSpec]) -> dict[str, Any]:
         """``dry_run=true``: write the job tables and sbatch scripts into the sweep dir, submit
