@@ -4,6 +4,7 @@ its own output dir, result, logs and state, against the real single-node cluster
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -77,10 +78,16 @@ def test_packed_jobs_keep_their_own_result_logs_and_state(
         f"{rows[0][3]['array_job_id']}_{t}" for t in range(math.ceil(n / per_task))
     }
     # sacct has one array task per pack, and the failed job fails its task
-    out = slurm_cluster.run("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", rows[0][3]["array_job_id"]).stdout
     array = rows[0][3]["array_job_id"]
-    tasks = dict(line.split("|") for line in out.splitlines())
-    assert tasks == {f"{array}_0": "COMPLETED", f"{array}_1": "FAILED", f"{array}_2": "COMPLETED"}
+    wanted = {f"{array}_0": "COMPLETED", f"{array}_1": "FAILED", f"{array}_2": "COMPLETED"}
+    deadline = time.monotonic() + 30  # slurmdbd may hold the array as one record for a moment
+    while True:
+        out = slurm_cluster.run("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array).stdout
+        tasks = dict(line.split("|") for line in out.splitlines())
+        if tasks == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert tasks == wanted
     for i in range(n):  # each job's own logs, exit file and code record
         launcher_dir = sweep / str(i) / ".launcher"
         assert f"job x={i} says hello" in (launcher_dir / "stdout.log").read_text()

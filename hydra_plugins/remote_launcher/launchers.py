@@ -56,8 +56,10 @@ class BackendLauncher(Launcher):
         """The ``launcher_core`` backend this launcher drives."""
 
     def launch_settings(self) -> Any:
-        """Validated settings carrying ``wait``, ``skip_completed`` and ``poll_interval_s``;
-        None for launchers that only have ``skip_completed`` in their params."""
+        """Validated settings carrying ``wait``, ``skip_completed``, ``poll_interval_s``,
+        ``preflight``, ``auto_pull``, ``auto_pull_interval_s`` and ``notify`` (and optionally
+        ``auto_pull_give_up_h``); None for launchers that only have ``skip_completed`` in their
+        params."""
         return None
 
     def launch_options(self) -> Any:
@@ -68,10 +70,12 @@ class BackendLauncher(Launcher):
         retry = retry_settings(self.params)
         if settings is None:
             return LaunchOptions(skip_completed=bool(self.params.get("skip_completed", False)), retry=retry)
-        from launcher_core.collect.autopull import check_give_up, check_settings
+        from launcher_core.collect.autopull import DEFAULT_GIVE_UP_H, check_give_up, check_settings
 
         check_settings(settings.auto_pull, settings.auto_pull_interval_s, settings.notify, settings.wait)
-        check_give_up(settings.auto_pull_give_up_h)
+        # optional: settings of a backend written before the setting existed do not carry it
+        give_up_h = getattr(settings, "auto_pull_give_up_h", DEFAULT_GIVE_UP_H)
+        check_give_up(give_up_h)
         return LaunchOptions(
             wait=settings.wait,
             skip_completed=settings.skip_completed,
@@ -79,7 +83,7 @@ class BackendLauncher(Launcher):
             preflight=settings.preflight,
             auto_pull=settings.auto_pull,
             auto_pull_interval_s=float(settings.auto_pull_interval_s),
-            auto_pull_give_up_h=float(settings.auto_pull_give_up_h),
+            auto_pull_give_up_h=float(give_up_h),
             notify=settings.notify,
             retry=retry,
         )
