@@ -222,3 +222,26 @@ def test_a_slurm_retry_gets_its_own_job_table(tmp_path: Path) -> None:
     retry = json.loads((tables / "jobs0-2.attempt2.json").read_text())["jobs"]
     assert [e["idx"] for e in first] == [0, 1, 2] and all("attempt" not in e for e in first)
     assert [(e["idx"], e["attempt"]) for e in retry] == [(0, 2), (2, 2)]
+
+
+@pytest.mark.parametrize(
+    "code, tags, cause",
+    [
+        ("Server.SpotInstanceTermination", [], LossCause.INSTANCE_TERMINATED),
+        ("Server.ScheduledStop", [], LossCause.INSTANCE_TERMINATED),
+        ("Client.UserInitiatedShutdown", [], LossCause.TERMINATED_OUTSIDE),
+        ("Client.UserInitiatedShutdown", [{"Key": "hydra-launcher:terminated-by", "Value": "launcher"}], None),
+        ("Client.InstanceInitiatedShutdown", [], None),
+        ("", [], None),
+    ],
+)
+def test_which_ec2_instance_endings_lose_their_jobs(code: str, tags: list[dict[str, str]], cause: Any) -> None:
+    """EC2's state reason codes (as DescribeInstances gives them; moto makes only the
+    UserInitiatedShutdown one, tested end to end in test_retry_lost_ec2.py): AWS's own endings and
+    terminate calls the launcher did not make lose the jobs; the launcher's own terminations
+    (tagged first) and the instance's own shutdown do not."""
+    pytest.importorskip("boto3")
+    from launcher_core.backends.ec2.fleet import loss_cause
+
+    instance = {"State": {"Name": "terminated"}, "StateReason": {"Code": code, "Message": code}, "Tags": tags}
+    assert loss_cause(instance) is cause
