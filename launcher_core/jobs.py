@@ -138,6 +138,7 @@ class LossCause(str, enum.Enum):
     BOOT_FAILURE = "boot failure"
     PREEMPTED = "preempted"
     INSTANCE_TERMINATED = "instance terminated by AWS"
+    TERMINATED_OUTSIDE = "instance terminated outside the launcher"
     HOST_REBOOTED = "host rebooted"
     RUNNER_DIED = "runner died"
 

@@ -253,13 +253,18 @@ class FaultProxy:
 
 
 # --- the instance agent runner -------------------------------------------------------------
+# The stand-in for `shutdown -h now`: it records the call, and the runner, seeing the record, has
+# EC2 (moto, in this process) terminate the instance as a powered-off one with
+# InstanceInitiatedShutdownBehavior=terminate is: state reason Client.InstanceInitiatedShutdown
+# (a TerminateInstances call would read Client.UserInitiatedShutdown: someone's terminate call).
 _FAKE_SHUTDOWN = """\
-import pathlib, sys, boto3
-iid, marker = sys.argv[1], pathlib.Path(sys.argv[2])
-marker.write_text("shutdown called\\n")
-# a powered-off instance with InstanceInitiatedShutdownBehavior=terminate is terminated by EC2
-boto3.client("ec2").terminate_instances(InstanceIds=[iid])
+import pathlib, sys
+pathlib.Path(sys.argv[2]).write_text("shutdown called\\n")
 """
+INSTANCE_SHUTDOWN = (
+    "Client.InstanceInitiatedShutdown: Instance initiated shutdown",
+    "Client.InstanceInitiatedShutdown",
+)
 
 
 @dataclass
@@ -272,6 +277,7 @@ class AgentRun:
     proc: subprocess.Popen[bytes]
     terminated_seen: float | None = None
     powered_off: bool = False  # killed by us because the instance was terminated
+    reaped: bool = False  # every process of the instance is gone
 
     @property
     def shutdown_called(self) -> bool:
@@ -323,6 +329,8 @@ class InstanceAgentRunner:
                     self.boot(inst)
                 elif run is not None and state in ("shutting-down", "terminated"):
                     self._power_off(run)
+                elif run is not None and run.shutdown_called:
+                    _terminate_as_shut_down(inst["InstanceId"])
 
     def boot(self, inst: dict[str, Any]) -> None:
         iid = inst["InstanceId"]
@@ -369,7 +377,7 @@ class InstanceAgentRunner:
         self.runs[iid] = AgentRun(iid, directory, user_data, proc)
 
     def _power_off(self, run: AgentRun) -> None:
-        if run.proc.poll() is not None and run.powered_off:
+        if run.proc.poll() is not None and (run.powered_off or run.reaped):
             return
         now = time.monotonic()
         if run.terminated_seen is None:
@@ -377,6 +385,10 @@ class InstanceAgentRunner:
         if now - run.terminated_seen >= self.power_off_grace_s:
             run.powered_off = run.powered_off or run.proc.poll() is None
             _kill_group(run.proc)
+            # the jobs run in sessions of their own (the agent's process groups): a powered-off
+            # machine loses them too
+            _kill_environ(f"AWS_EC2_METADATA_SERVICE_ENDPOINT={self.metadata.endpoint_for(run.instance_id)}")
+            run.reaped = True
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         """Until every booted instance's processes are gone (finished or powered off)."""
@@ -395,6 +407,51 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
+
+
+def _pids_with_environ(entry: str) -> list[int]:
+    """The processes whose environment holds ``entry`` (``NAME=value``), read from /proc."""
+    wanted = entry.encode()
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            environ = (proc_dir / "environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0"):
+            pids.append(int(proc_dir.name))
+    return pids
+
+
+def _kill_environ(entry: str, rounds: int = 50) -> None:
+    """SIGKILL every process started with ``entry`` in its environment (an instance's processes
+    carry its metadata endpoint), again while new ones show up (a bounded number of rounds)."""
+    for _ in range(rounds):
+        pids = _pids_with_environ(entry)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _terminate_as_shut_down(instance_id: str) -> None:
+    """Terminate an instance in moto (this process) as EC2 does one that shut itself down: the
+    state reason is set before the state, so no DescribeInstances sees it ended for another reason."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ec2.models.instances import StateReason
+
+    instance = ec2_backends[DEFAULT_ACCOUNT_ID][REGION].get_instance(instance_id)
+    if instance.state in ("shutting-down", "terminated"):
+        return
+    instance.state_reason = StateReason(*INSTANCE_SHUTDOWN)
+    instance._reason = "Client.InstanceInitiatedShutdown"
+    instance._state.name, instance._state.code = "terminated", 48
+    instance.teardown_defaults()
 
 
 # --- the AWS world of one test -------------------------------------------------------------
@@ -598,6 +655,8 @@ def task(cfg: Any) -> Any:
     ok: a dict; raise (or x in fail_on): ValueError; x in exit_on: exit 3 without a result;
     sleep: `seconds * x` seconds, then ok; env: the values of the variables `env_names`;
     echo: x exactly as the job received it, with its output dir and cwd (injection tests).
+    With a `counter` path (a side-effect counter outside the job dirs), a sleeping job appends
+    `start x=.. attempt=..` when it starts and `end x=..` when its sleep is over.
     """
     import os
     import time as _time
@@ -613,7 +672,10 @@ def task(cfg: Any) -> Any:
     if cfg.x in cfg.exit_on:
         os._exit(3)
     if cfg.mode == "sleep":
+        counter = _Path(cfg.counter) if "counter" in cfg else None
+        _count(counter, f"start x={cfg.x} attempt={os.environ.get('HYDRA_LAUNCHER_ATTEMPT')}")
         _time.sleep(cfg.seconds * cfg.x)
+        _count(counter, f"end x={cfg.x}")
     if cfg.mode == "env":
         return {name: os.environ.get(name) for name in cfg.env_names}
     if cfg.mode == "echo":
@@ -623,6 +685,16 @@ def task(cfg: Any) -> Any:
 
     cwd = os.getcwd()
     return {"x": cfg.x, "square": cfg.x * cfg.x, "helper": helper.VALUE, "cwd": cwd, "original": get_original_cwd()}
+
+
+def _count(counter: Path | None, line: str) -> None:
+    """One line appended to a side-effect counter (a single O_APPEND write)."""
+    if counter is not None:
+        fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, f"{line}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def _store_config(name: str, launcher: dict[str, Any], app: dict[str, Any]) -> None:

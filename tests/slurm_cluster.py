@@ -20,6 +20,9 @@ Facts this relies on (Debian 12, Slurm 22.05):
 * GPUs (``gpus``): ``GresTypes=gpu``, ``Gres=gpu:N`` on the node and a ``gres.conf`` with
   ``AutoDetect=off`` whose ``File=`` entries are empty files (slurmd only needs them to exist);
   ``AccountingStorageTRES=gres/gpu`` puts them in sacct's ``ReqTRES``/``AllocTRES``.
+* ``PreemptType=preempt/partition_prio`` with ``PreemptMode=CANCEL``: a job of a partition with a
+  higher ``PriorityTier`` (``scontrol create partition``) cancels the jobs it needs the resources
+  of, which end ``PREEMPTED`` and are not requeued, whatever their ``--requeue``.
 * PID 1 here reaps slowly: a killed daemon can linger as a zombie, so "gone" means "no such
   PID or state Z in /proc/PID/status".
 
@@ -342,6 +345,10 @@ class SlurmCluster:
             f"MaxJobCount={max(self.max_job_count, 2 * self.max_array_size)}",
             f"KillWait={self.kill_wait_s}",
             "ReturnToService=2",
+            # a partition of a higher PriorityTier (created by a test) preempts this one's jobs by
+            # cancelling them (state PREEMPTED, never requeued); with one partition, nothing is
+            "PreemptType=preempt/partition_prio",
+            "PreemptMode=CANCEL",
             "MpiDefault=none",
             "InactiveLimit=0",
             "JobAcctGatherType=jobacct_gather/none",

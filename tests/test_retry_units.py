@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from launcher_core.backends.base import Backend
-from launcher_core.backends.slurm.accounting import SlurmAccounting, SlurmCommands
+from launcher_core.backends.slurm.accounting import ExitInfo, SlurmAccounting, SlurmCommands
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.controller import LaunchOptions, SweepController
 from launcher_core.errors import ConfigError
@@ -161,13 +161,39 @@ class _CannedSlurm(SlurmCommands):
         return subprocess.CompletedProcess(list(argv), 0, self.answers.get(argv[0], ""), "")
 
 
-def _slurm_status(sacct: str, squeue: str) -> tuple[JobStatus, _CannedSlurm]:
+def _slurm_status(
+    sacct: str, squeue: str, exit_file: ExitInfo | None = None, age_s: float = 0.0
+) -> tuple[JobStatus, _CannedSlurm]:
     commands = _CannedSlurm(sacct, squeue)
     options = SlurmOptions.from_params({"partition": "debug"})
     handle = {"slurm_job_id": "7_0", "array_job_id": "7", "launcher_dir": "/nowhere/.launcher"}
-    handle["submitted_at"] = time.time()
-    statuses = SlurmAccounting(commands, options).statuses({"j": handle}, lambda _h: {})
+    handle["submitted_at"] = time.time() - age_s
+    files = (lambda handles: {j: exit_file for j in handles}) if exit_file is not None else (lambda _h: {})
+    statuses = SlurmAccounting(commands, options).statuses({"j": handle}, files)
     return statuses["j"], commands
+
+
+def test_slurm_exit_file_of_a_run_lost_with_its_node_is_not_a_completion() -> None:
+    """Right after a node failure accounting lists only the array ("7|NODE_FAIL", the task not split
+    off yet), and the batch script has recorded exit code 0 (srun returns 0 after "Node failure on
+    vm"), without a result: slurmctld (squeue) is asked, and the task is lost, not completed. Both
+    outputs as the test cluster printed them."""
+    status, commands = _slurm_status(
+        "7|NODE_FAIL|0:0|vm|2026-12-07T08:35:46|Unknown\n",
+        "7_0|NODE_FAIL|vm|NodeDown\n",
+        ExitInfo(0, has_result=False),
+    )
+    assert (status.state, status.classified(), status.cause) == (JobState.FAILED, Ending.LOST, LossCause.NODE_FAILURE)
+    assert commands.calls["squeue"] >= 1
+
+
+@pytest.mark.parametrize("age_s, state", [(0.0, JobState.SUBMITTED), (600.0, JobState.FAILED)])
+def test_slurm_exit_code_0_without_a_result_is_no_completion(age_s: float, state: JobState) -> None:
+    """Neither sacct nor squeue knows the task: exit code 0 counts only with the job's result."""
+    status, _commands = _slurm_status("", "", ExitInfo(0, has_result=False), age_s)
+    assert status.state is state
+    done, _commands = _slurm_status("", "", ExitInfo(0, has_result=True))
+    assert done.state is JobState.COMPLETED
 
 
 def test_slurm_node_failure_slurm_requeued_is_followed_not_retried() -> None:
@@ -222,3 +248,26 @@ def test_a_slurm_retry_gets_its_own_job_table(tmp_path: Path) -> None:
     retry = json.loads((tables / "jobs0-2.attempt2.json").read_text())["jobs"]
     assert [e["idx"] for e in first] == [0, 1, 2] and all("attempt" not in e for e in first)
     assert [(e["idx"], e["attempt"]) for e in retry] == [(0, 2), (2, 2)]
+
+
+@pytest.mark.parametrize(
+    "code, tags, cause",
+    [
+        ("Server.SpotInstanceTermination", [], LossCause.INSTANCE_TERMINATED),
+        ("Server.ScheduledStop", [], LossCause.INSTANCE_TERMINATED),
+        ("Client.UserInitiatedShutdown", [], LossCause.TERMINATED_OUTSIDE),
+        ("Client.UserInitiatedShutdown", [{"Key": "hydra-launcher:terminated-by", "Value": "launcher"}], None),
+        ("Client.InstanceInitiatedShutdown", [], None),
+        ("", [], None),
+    ],
+)
+def test_which_ec2_instance_endings_lose_their_jobs(code: str, tags: list[dict[str, str]], cause: Any) -> None:
+    """EC2's state reason codes (as DescribeInstances gives them; moto makes only the
+    UserInitiatedShutdown one, tested end to end in test_retry_lost_ec2.py): AWS's own endings and
+    terminate calls the launcher did not make lose the jobs; the launcher's own terminations
+    (tagged first) and the instance's own shutdown do not."""
+    pytest.importorskip("boto3")
+    from launcher_core.backends.ec2.fleet import loss_cause
+
+    instance = {"State": {"Name": "terminated"}, "StateReason": {"Code": code, "Message": code}, "Tags": tags}
+    assert loss_cause(instance) is cause

@@ -474,7 +474,17 @@ class Agent:
             if self.s3 is not None and self.plan:
                 self.fail_unfinished(f"instance agent error: {type(exc).__name__}: {exc}")
         self.upload_logs()
+        if not self.all_marked():
+            # a terminate call on an instance whose jobs have no final marker reads as a termination
+            # from outside (the jobs lost, run again): power off instead (the user-data does it on a
+            # non-zero exit), which EC2 reports as the instance's own shutdown: the jobs failed
+            log.error("not every job could be marked finished: powering the instance off")
+            return 3
         return 0 if self.terminate() else 3
+
+    def all_marked(self) -> bool:
+        """Whether the plan was read and every job of it has its final marker."""
+        return bool(self.plan) and all(job.finished for job in self.jobs)
 
 
 def _setup_command(check: dict[str, Any] | None, index: int | None) -> str:

@@ -16,6 +16,10 @@ TAG_SWEEP = "hydra-launcher:sweep-id"
 TAG_RUN = "hydra-launcher:run"
 TAG_GROUP = "hydra-launcher:group"
 TAG_INTENT = "hydra-launcher:intent"  # the submission intent (launcher_core.intents) that started it
+# put on an instance just before the launcher itself terminates it (cancel, a failed launch, stray
+# cleanup): its unfinished jobs are then never taken as lost to a termination from outside
+TAG_TERMINATED_BY = "hydra-launcher:terminated-by"
+TERMINATED_BY_LAUNCHER = "launcher"
 RETRYABLE_CODES = frozenset(
     {
         "RequestLimitExceeded",

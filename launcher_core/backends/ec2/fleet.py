@@ -16,6 +16,8 @@ from launcher_core.backends.ec2.aws import (
     TAG_INTENT,
     TAG_RUN,
     TAG_SWEEP,
+    TAG_TERMINATED_BY,
+    TERMINATED_BY_LAUNCHER,
     AwsApiError,
     AwsClient,
 )
@@ -29,6 +31,13 @@ log = logging.getLogger("launcher_core.ec2")
 
 # An instance may be missing from DescribeInstances right after RunInstances (eventual consistency).
 NOT_FOUND_GRACE_S = 300.0
+# Why EC2 ended an instance (its StateReason code): a terminate call (from anyone: the console,
+# another tool, a script of the user; the launcher tags the ones it terminates itself) ...
+USER_TERMINATED = "Client.UserInitiatedShutdown"
+# ... and AWS's own reasons (spot interruption, hardware retirement, internal errors). The
+# instance's own shutdown (Client.InstanceInitiatedShutdown: the user-data's budget guard, the
+# agent powering off when it could not mark its jobs) is neither: its jobs failed.
+AWS_REASON_PREFIX = "Server."
 
 
 class Fleet:
@@ -121,9 +130,11 @@ class Fleet:
                 return found
 
     def terminate(self, instance_ids: Sequence[str]) -> None:
-        """Terminate instances; ids already gone are ignored."""
+        """Terminate instances, each tagged first as terminated by the launcher (so no poll, of
+        this process or another, takes its unfinished jobs as lost); ids already gone are ignored."""
         if not instance_ids:
             return
+        self._tag_terminated_by_launcher(instance_ids)
         try:
             self.aws.call("terminate_instances", InstanceIds=list(instance_ids))
         except AwsApiError as exc:
@@ -134,6 +145,19 @@ class Fleet:
                     self.terminate([iid])
             return
         log.info("terminated instances %s", ", ".join(instance_ids))
+
+    def _tag_terminated_by_launcher(self, instance_ids: Sequence[str]) -> None:
+        """The ``hydra-launcher:terminated-by`` tag on instances about to be terminated; ids
+        already gone are skipped. Any other error is raised: nothing is terminated untagged."""
+        tags = [{"Key": TAG_TERMINATED_BY, "Value": TERMINATED_BY_LAUNCHER}]
+        try:
+            self.aws.call("create_tags", Resources=list(instance_ids), Tags=tags)
+        except AwsApiError as exc:
+            if exc.code != "InvalidInstanceID.NotFound":
+                raise
+            if len(instance_ids) > 1:  # one of them is gone already: tag the others one by one
+                for iid in instance_ids:
+                    self._tag_terminated_by_launcher([iid])
 
     def undo_launch(self, instance_ids: Sequence[str]) -> bool:
         """A launch failed half way: terminate what it started, without hiding the original error.
@@ -244,17 +268,26 @@ def job_status(
     if state in ENDED_INSTANCE_STATES:
         why = inst.get("StateReason", {}).get("Message") or inst.get("StateTransitionReason") or "no reason given"
         reason = f"instance {iid} is {state} ({why}) and the job left no result"
-        if _ended_by_aws(inst):
-            return JobStatus.lost(LossCause.INSTANCE_TERMINATED, reason, iid)
+        cause = loss_cause(inst)
+        if cause is not None:
+            return JobStatus.lost(cause, reason, iid)
         return JobStatus(JobState.FAILED, reason, iid)
     if "running" in found:
         return JobStatus(JobState.RUNNING, host=iid)
     return JobStatus(JobState.SUBMITTED, host=iid)
 
 
-def _ended_by_aws(instance: Mapping[str, Any]) -> bool:
-    """Whether AWS ended the instance (a spot interruption, a hardware retirement, an internal
-    error: state reason codes ``Server.*``), not someone's terminate call or its own shutdown
-    (``Client.*``): only then is a job it ran lost to the machine (retried)."""
+def loss_cause(instance: Mapping[str, Any]) -> LossCause | None:
+    """Why an ended instance's unfinished jobs are lost to the machine (run again), or None when
+    they failed: AWS ended it (state reason ``Server.*``: a spot interruption, a hardware
+    retirement), or a terminate call the launcher did not make did (``Client.UserInitiatedShutdown``
+    on an instance without the launcher's ``hydra-launcher:terminated-by`` tag: the console,
+    another tool). Not the instance's own shutdown (``Client.InstanceInitiatedShutdown``), nor
+    the launcher's own terminations (cancel, a failed launch, stray cleanup)."""
     code = str(instance.get("StateReason", {}).get("Code") or "")
-    return code.startswith("Server.")
+    if code.startswith(AWS_REASON_PREFIX):
+        return LossCause.INSTANCE_TERMINATED
+    tags = {t.get("Key"): t.get("Value") for t in instance.get("Tags", [])}
+    if code == USER_TERMINATED and TAG_TERMINATED_BY not in tags:
+        return LossCause.TERMINATED_OUTSIDE
+    return None

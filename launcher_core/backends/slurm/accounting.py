@@ -226,8 +226,9 @@ class SlurmAccounting:
         lagging = [
             h
             for h in handles.values()
-            if h.slurm_job_id not in records and now - float(h.submitted_at or 0) > SACCT_LAG_S
-        ]
+            if h.slurm_job_id not in records
+            and (now - float(h.submitted_at or 0) > SACCT_LAG_S or h.array_job_id in records)
+        ]  # a task missing while its array is listed: accounting has not split it off yet (lag)
         if not ok or lagging:
             squeue_ok, queued = self._squeue()
             for task_id, record in queued.items():
@@ -374,16 +375,19 @@ def _failure_reason(record: SlurmRecord, files: ExitInfo | None) -> str:
 
 
 def _status_from_files(handle: SlurmHandle, files: ExitInfo | None) -> JobStatus:
-    """Neither sacct nor squeue knows the job: its exit file tells, or it is lost after a while."""
+    """Neither sacct nor squeue knows the job: its exit file tells, or it is lost after a while.
+    Exit code 0 counts only with the job's result: the worker writes it before it exits 0, and a
+    batch script whose ``srun`` lost its node (a node failure) records 0 without one."""
     code = files.code if files else None
-    if code == 0:
+    if code == 0 and files is not None and files.has_result:
         return JobStatus(JobState.COMPLETED)
-    if code is not None:
+    if code is not None and code != 0:
         return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=code), files))
     if time.time() - float(handle.submitted_at or 0) > LOST_AFTER_S:
+        what = "an exit code" if code is None else "a result (exit code 0)"
         return JobStatus(
             JobState.FAILED,
-            "left Slurm without an exit code (cancelled, timed out or killed; sacct unavailable to tell)",
+            f"left Slurm without {what} (cancelled, timed out or killed; sacct unavailable to tell)",
         )
     return JobStatus(JobState.SUBMITTED)
 
