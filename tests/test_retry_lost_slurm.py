@@ -59,6 +59,20 @@ def _task_state(cluster: SlurmCluster, sweep_dir: Path) -> str:
     return next((words[1] for words in (line.split() for line in out.splitlines()) if words[0] == task), "")
 
 
+def _raw_job_id(cluster: SlurmCluster, sweep_dir: Path) -> str:
+    """Slurm's own job id of the task of the sweep's job 0 (``squeue %A``)."""
+    task = SlurmHandle.of(_row(sweep_dir, 0)[0].handle).slurm_job_id
+    out = cluster.run("squeue", "-h", "-r", "-t", "all", "-o", "%i %A", check=False).stdout
+    (raw,) = [words[1] for words in (line.split() for line in out.splitlines()) if words[0] == task]
+    return raw
+
+
+def _steps_on_node(cluster: SlurmCluster, raw_job_id: str) -> list[Path]:
+    """The step sockets slurmd keeps for the job (``<node>_<job>.<step>`` in its spool dir):
+    there while a slurmstepd of the job lives."""
+    return sorted((cluster.root / "spool").glob(f"*_{raw_job_id}.*"))
+
+
 def _active_in(cluster: SlurmCluster, partition: str) -> list[str]:
     """The states of the jobs of ``partition`` still pending or running."""
     return cluster.run("squeue", "-h", f"--partition={partition}", "-o", "%T", check=False).stdout.split()
@@ -75,17 +89,39 @@ def _fail_the_node_while_job_0_runs(
     try:
         _wait("job 0 to start", lambda: _started(record, 0) or launch.poll() is not None)
         assert launch.poll() is None, launch.communicate()[1][-3000:]
+        raw = _raw_job_id(cluster, sweep_dir)
         cluster.run("scontrol", "update", node, "State=DOWN", "Reason=hrl-test node failure")
+        # the node stays out of service until nothing of the failed run is left on it, as a failed
+        # node is until it is rebooted: slurmd answers at once here (ReturnToService=2 takes it
+        # back), and a requeued task started there before the run's slurmstepd ended is refused
+        # ("Duplicate jobid": the node drained, the task held)
+        cluster.run("scontrol", "update", node, "State=DRAIN", "Reason=hrl-test node failure")
         _wait(f"slurmctld to show the task {' or '.join(acted)}", lambda: _task_state(cluster, sweep_dir) in acted, 60)
+        _wait("the failed run's steps to end on the node", lambda: not _steps_on_node(cluster, raw), 60)
         cluster.run("scontrol", "update", node, "State=RESUME", check=False)
         _wait("the node back in service", lambda: cluster.node_state() in ("idle", "mixed", "allocated"), 60)
-        _out, err = launch.communicate(timeout=240)
+        try:
+            _out, err = launch.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            launch.kill()
+            err = launch.communicate()[1][-3000:]
+            raise AssertionError(f"the launch did not end:\n{_slurm_view(cluster)}\n{err}") from None
     finally:
         if launch.poll() is None:
             launch.kill()
             launch.wait()
         cluster.run("scontrol", "update", node, "State=RESUME", check=False)
     return err
+
+
+def _slurm_view(cluster: SlurmCluster) -> str:
+    """What Slurm says now (for a failure message): the node, the queue, accounting."""
+    commands = [
+        ("sinfo", "-N", "-o", "%N %T %E"),
+        ("squeue", "-r", "-t", "all", "-o", "%i %T %r %S %V"),
+        ("sacct", "-D", "-n", "-P", "-o", "JobID,State,ExitCode,Submit,Eligible,Start,End"),
+    ]
+    return "\n".join(f"$ {' '.join(c)}\n{cluster.run(*c, check=False).stdout}" for c in commands)
 
 
 def test_slurm_node_failure_is_survived_by_slurms_requeue(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:

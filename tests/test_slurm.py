@@ -18,7 +18,7 @@ from launcher_core.backends import backend_for_meta
 from launcher_core.backends.slurm import EXIT_FILE, TIMEOUTS_FILE
 from launcher_core.controller import DetachedResult
 from launcher_core.errors import ConfigError
-from launcher_core.jobs import JobState
+from launcher_core.jobs import RESULT_FILE, JobState
 from launcher_core.runtime.worker import JobLostError, JobTimeoutError
 from launcher_core.state import StateStore
 from tests.slurm_cluster import (  # noqa: F401  (fixtures)
@@ -437,6 +437,9 @@ def test_without_sacct_squeue_and_exit_files_decide(
         lost = backend.poll({"g": {**ghost, "submitted_at": time.time() - 3600}})["g"]
         assert lost.state is JobState.FAILED and "without an exit code" in (lost.exit_reason or "")
         (tmp_path / "ghost" / EXIT_FILE).write_text("0\n")
+        no_result = backend.poll({"g": ghost})["g"]  # exit 0 without the job's result: no completion
+        assert no_result.state is JobState.FAILED and "without a result" in (no_result.exit_reason or "")
+        (tmp_path / "ghost" / RESULT_FILE).write_bytes(b"")
         assert backend.poll({"g": ghost})["g"].state is JobState.COMPLETED
     finally:
         slurm_cluster.restart_slurmdbd()
