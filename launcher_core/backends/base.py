@@ -292,6 +292,40 @@ class Backend(abc.ABC):
         memory setting. Default: the same resources."""
         return dict(spec.resources)
 
+    def room(self) -> int | None:
+        """How many more jobs :meth:`submit` may take now; the launch loop holds the rest back
+        and offers them as room frees up (the spill backend: free slots of its targets). None:
+        any number (the backend queues them itself). Default: None."""
+        return None
+
+    def no_room_reason(self) -> str:
+        """Why :meth:`room` is 0 with nothing running (the held-back jobs end with this reason)."""
+        return f"the {self.name} backend has no room for more jobs"
+
+    def overdue(self, statuses: Mapping[str, JobStatus], handles: Mapping[str, Handle]) -> list[str]:
+        """Of the jobs just polled, those waiting in a queue that should be taken back
+        (:meth:`withdraw`) and run elsewhere (the spill backend: ``max_queue_wait_min`` passed and
+        another target has room). Default: none."""
+        return []
+
+    def withdraw(self, handles: Mapping[str, Handle]) -> set[str]:
+        """Take back jobs that have not started: cancel each only while it is still queued, and
+        return the ids confirmed gone without ever having started (a job that started meanwhile
+        is left running and not returned). Safe to repeat (a relaunch finishes a withdrawal a
+        killed launch began). Default: nothing can be taken back."""
+        return set()
+
+    def billed_hours(self, handles: Mapping[str, Handle]) -> float | None:
+        """The machine-hours these jobs' machines were billed so far (ended ones included;
+        EC2: each instance from launch to termination, at least a minute). None: this backend
+        does not bill per machine. Default: None."""
+        return None
+
+    def hourly_price_usd(self) -> float | None:
+        """The price of one of its machines per hour as the provider tells it (EC2 spot: the
+        latest spot price history entry), or None when it does not. Default: None."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional, nothing to release by default
         """Release connections and local resources."""
 
