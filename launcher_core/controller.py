@@ -6,6 +6,7 @@ from their config and call :func:`launch_batch`.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +134,8 @@ class SweepController:
         self._unaccepted: dict[frozenset[str], str] = {}  # jobs of intents the backend does not know -> key
         self.specs: dict[str, JobSpec] = {}  # what a lost job is submitted again from
         self.retried: dict[str, list[str]] = {}  # job id -> how its earlier attempts of this launch ended
+        self.held: collections.deque[JobSpec] = collections.deque()  # waiting for the backend's room()
+        self._spent: float | None = None  # the backend's cost so far, as last written to the store
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -150,6 +154,7 @@ class SweepController:
         cancelled or whose results are lost are (re)started. ``skip_completed`` only decides what
         happens to completed jobs of a launch that had ended. Never a job submitted twice.
         """
+        self._finish_moves()
         self._adopt_accepted()
         known = {r.job_id: r for r in self.store.jobs(job_ids=[s.job_id for s in specs])}
         self._open_launches = self.store.interrupted_launches()
@@ -193,6 +198,26 @@ class SweepController:
         elif len(to_submit) < len(specs):
             log.info("%d jobs already completed or running: not launched again", len(specs) - len(to_submit))
         return to_submit, reattach
+
+    def _finish_moves(self) -> None:
+        """Withdrawals a killed launch began (:meth:`move_overdue`): the backend takes those jobs
+        back again (idempotent); the ones gone without having started are pending again and the
+        others (they started meanwhile) are re-attached where they are."""
+        moving = self.store.open_moves()
+        if not moving:
+            return
+        try:
+            back = self.backend.withdraw(moving)
+        except (BackendError, OSError) as exc:
+            log.warning("could not finish moving %d jobs an interrupted launch began moving: %s", len(moving), exc)
+            return
+        self.store.finish_moves(moving, withdrawn=back)
+        log.info(
+            "finished moving %d jobs an interrupted launch began moving: %d taken back, %d stay where they are",
+            len(moving),
+            len(back),
+            len(moving) - len(back),
+        )
 
     def _adopt_accepted(self) -> None:
         """Submissions a killed launch recorded as intents but not as jobs: the backend is asked
@@ -249,7 +274,72 @@ class SweepController:
             return True
         return self._resumed(row) and row.state in (JobState.COMPLETED, JobState.FAILED)
 
-    def submit(self, specs: Sequence[JobSpec]) -> dict[str, Handle]:
+    def start(self, specs: Sequence[JobSpec]) -> dict[str, Handle]:
+        """Submit the jobs, or, with a backend that takes only so many at a time
+        (:meth:`~launcher_core.backends.base.Backend.room`), as many as it has room for: the rest
+        are held and offered as room frees up (:meth:`fill`)."""
+        if self.backend.room() is None:
+            return self.submit(specs)
+        self.held.extend(specs)
+        for spec in specs:
+            self._set_state(spec.job_id, JobState.PENDING)  # counted as queued until placed
+        return self.fill()
+
+    def fill(self) -> dict[str, Handle]:
+        """Offer held jobs to the backend while it has room; what it did not take stays held."""
+        started: dict[str, Handle] = {}
+        for _round in range(len(self.held) + 1):  # each round takes at least one job, or stops
+            room = self.backend.room() or 0
+            if not self.held or room <= 0:
+                break
+            batch = [self.held.popleft() for _ in range(min(room, len(self.held)))]
+            handles = self.submit(batch, partial_ok=True)
+            started.update(handles)
+            left = [s for s in batch if s.job_id not in handles]
+            self.held.extendleft(reversed(left))
+            if not handles:
+                break
+        return started
+
+    def end_unplaceable(self, active: Mapping[str, Any]) -> None:
+        """Held jobs with nothing running and no room left: they end failed, with the backend's reason."""
+        if not self.held or active or (self.backend.room() or 0) > 0:
+            return
+        reason = f"not run: {self.backend.no_room_reason()}"
+        log.error("%d jobs were not run: %s", len(self.held), self.backend.no_room_reason())
+        updates = {s.job_id: (JobState.FAILED, reason) for s in self.held}
+        self.store.update_states(updates)
+        for job_id in updates:
+            self._set_state(job_id, JobState.FAILED)
+        self.held.clear()
+
+    def move_overdue(self, statuses: Mapping[str, JobStatus], active: dict[str, Any]) -> None:
+        """Jobs the backend says waited too long in a queue (:meth:`~Backend.overdue`) are taken
+        back and held to be placed elsewhere. The move is recorded before the backend is asked,
+        and each job taken back is pending again (no handle) in one transaction after it confirmed
+        the job is gone without having started: a kill at any point never runs a job twice."""
+        ids = [j for j in self.backend.overdue(statuses, active) if j in active]
+        if not ids:
+            return
+        handles = {j: active[j] for j in ids}
+        self.store.record_moves(handles)
+        back = self.backend.withdraw(handles)
+        self.store.finish_moves(handles, withdrawn=back)
+        for job_id in [j for j in ids if j in back]:
+            del active[job_id]
+            self._set_state(job_id, JobState.PENDING)
+            self.held.appendleft(self.specs[job_id])
+        if back:
+            log.info("%d jobs that waited too long in a queue were taken back to run elsewhere", len(back))
+
+    def record_spent(self) -> None:
+        """The backend's cost so far into the store's meta (``status`` and ``results`` show it)."""
+        spent = self.backend.spent_usd()
+        if spent is not None and (self._spent is None or round(spent, 2) != round(self._spent, 2)):
+            self.store.set_meta({"cost_usd": round(spent, 4)})
+            self._spent = spent
+
+    def submit(self, specs: Sequence[JobSpec], partial_ok: bool = False) -> dict[str, Handle]:
         """Submit, and record every job that really started — also when submission fails
         part-way (:class:`SubmitError`), so that a relaunch never starts those twice."""
         journal = _StoreJournal(self.store, _LAUNCH_CODE_ID, self._unaccepted)
@@ -262,7 +352,7 @@ class SweepController:
         self._record_submitted(handles)
         self.store.close_intents(journal.keys)
         missing = [s for s in specs if s.job_id not in handles]
-        if missing:
+        if missing and not partial_ok:
             shown = ", ".join(f"#{s.idx}" for s in missing[:MAX_LOGGED_JOBS])
             more = f" and {len(missing) - MAX_LOGGED_JOBS} more" if len(missing) > MAX_LOGGED_JOBS else ""
             raise BackendError(
@@ -294,7 +384,7 @@ class SweepController:
         dirs = {j: spec.output_dir for j, spec in specs_by_id.items()}
         progress.update(self.counts)
         try:
-            while active:
+            while active or self.held:
                 result, pulled = collector.cycle(active, self.states, dirs)
                 for job_id, (state, _reason) in result.changed.items():
                     self._set_state(job_id, state)
@@ -303,8 +393,16 @@ class SweepController:
                 for job_id in result.finished:
                     del active[job_id]
                 active.update(result.retried)  # their next attempt's handles
+                if self.held or result.statuses:
+                    self.move_overdue(result.statuses, active)
+                    placed = self.fill()
+                    active.update(placed)
+                    self.end_unplaceable(active)
+                    self.record_spent()
+                    if placed:
+                        result.changed.update({j: (JobState.SUBMITTED, None) for j in placed})
                 if result.changed or result.finished:
-                    progress.update(self.counts)
+                    progress.update(self.counts, self.backend.progress_lines())
                 # a detached backend's poll asks another machine (sacct, ssh, S3): never back to back,
                 # also while jobs finish one after another; local_pool's wait returns when a job exits
                 if self.backend.detached or not (result.changed or result.finished):
@@ -495,6 +593,24 @@ def _summarise(
         )
 
 
+def _summarise_backend(backend: Backend) -> None:
+    """The backend's own lines (the spill launcher's table per target) and its cost so far."""
+    lines = backend.progress_lines()
+    spent = backend.spent_usd()
+    if not lines and spent is None:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{backend.name}: per target", show_header=False, box=None)
+    for line in lines:
+        name, _, rest = line.partition(": ")
+        table.add_row(name, rest)
+    if spent is not None:
+        table.add_row("cost so far", f"${spent:.2f}")
+    Console(file=sys.stderr, width=120).print(table)
+
+
 def _log_retried(store: StateStore, specs: Sequence[JobSpec], rows: Mapping[str, JobRow]) -> None:
     """The end-of-sweep list of jobs that were run again (an attempt of them was lost)."""
     retried = [spec for spec in specs if rows[spec.job_id].attempt > 1]
@@ -626,7 +742,9 @@ def _launch(
             run_preflight(backend, sweep, len(to_submit))
         sweep.code_record = snapshots.code_record(git, code_id)
         backend.prepare(sweep)
-        active = {**reattached, **controller.submit(to_submit)}
+        if not options.wait and backend.room() is not None:
+            raise ConfigError(f"hydra.launcher.wait=false: the {backend.name} launcher places jobs while it runs")
+        active = {**reattached, **controller.start(to_submit)}
         if not options.wait:
             store.mark_collected(s.job_id for s in specs)  # the pull daemon takes them from here
             returns = _detached_returns(specs, sweep, backend.name)
@@ -643,6 +761,7 @@ def _launch(
         returns = collect_returns(specs, store)
         store.mark_collected(s.job_id for s in specs)
         _summarise(label, sweep_dir, specs, returns, store, time.monotonic() - started)
+        _summarise_backend(backend)
         return returns
     except sqlite3.OperationalError as exc:
         raise BackendError(_store_failure(sweep_dir, exc, backend)) from exc

@@ -79,6 +79,19 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (job_id, attempt)
 );
 """
+# jobs taken back from a queue to run elsewhere (the spill launcher's moves): recorded before the
+# backend is asked to take the job back, closed with its outcome (see record_moves, finish_moves)
+_MOVES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS moves (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    handle TEXT NOT NULL,
+    place TEXT,
+    created_at REAL NOT NULL,
+    closed_at REAL,
+    withdrawn INTEGER
+);
+"""
 # columns added after the first release, with their types (see StateStore._add_missing_columns)
 _OPTIONAL_COLUMNS = {
     "outcome": "TEXT",
@@ -186,6 +199,7 @@ class StateStore:
             self._conn.executescript(_INTENTS_SCHEMA)
             self._add_missing_columns()
             self._conn.executescript(_ATTEMPTS_SCHEMA)
+            self._conn.executescript(_MOVES_SCHEMA)
 
     def _add_missing_columns(self) -> None:
         """Upgrade a store written by an older version: add columns it does not have yet."""
@@ -487,6 +501,56 @@ class StateStore:
     def counts(self) -> dict[JobState, int]:
         rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {JobState(s): n for s, n in rows}
+
+    # --- moves (jobs taken back from a queue to run elsewhere) -------------------------------------
+    def record_moves(self, handles: Mapping[str, Handle]) -> None:
+        """Before a backend is asked to take these queued jobs back: a relaunch after a kill at any
+        later point finishes the withdrawal (:meth:`open_moves`) before it submits anything."""
+        now = time.time()
+        rows = []
+        for job_id, h in handles.items():
+            handle = as_job_handle(h)
+            rows.append((job_id, json.dumps(handle.to_json()), handle.describe() or handle.host_label(), now))
+        with self._tx() as cur:
+            cur.executemany("INSERT INTO moves(job_id, handle, place, created_at) VALUES(?, ?, ?, ?)", rows)
+
+    def open_moves(self) -> dict[str, dict[str, Any]]:
+        """Withdrawals begun and not finished: job id -> the handle it had."""
+        try:
+            rows = self._conn.execute("SELECT job_id, handle FROM moves WHERE closed_at IS NULL ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return {}
+        return {job_id: json.loads(handle) for job_id, handle in rows}
+
+    def finish_moves(self, job_ids: Iterable[str], withdrawn: Iterable[str]) -> None:
+        """In one transaction: the open moves of ``job_ids`` are closed; the ``withdrawn`` jobs (gone
+        from their queue without having started) are pending again with no handle, so the next
+        submission of them goes through the intents as a first one; the others keep running where
+        they are."""
+        back = set(withdrawn)
+        ids = list(job_ids)
+        now = time.time()
+        with self._tx() as cur:
+            cur.executemany(
+                "UPDATE moves SET closed_at=?, withdrawn=? WHERE job_id=? AND closed_at IS NULL",
+                [(now, int(j in back), j) for j in ids],
+            )
+            cur.executemany(
+                "UPDATE jobs SET state='pending', handle=NULL, host=NULL, submitted_at=NULL, started_at=NULL, "
+                "launch_id=NULL, updated_at=? WHERE job_id=?",
+                [(now, j) for j in ids if j in back],
+            )
+
+    def moves(self) -> dict[str, list[str]]:
+        """Where each moved job was taken back from, oldest first."""
+        try:
+            rows = self._conn.execute("SELECT job_id, place FROM moves WHERE withdrawn=1 ORDER BY id").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+        out: dict[str, list[str]] = {}
+        for job_id, place in rows:
+            out.setdefault(job_id, []).append(place or "?")
+        return out
 
     # --- submission intents (launcher_core.intents) ----------------------------------------------
     def record_intent(self, intent: SubmitIntent) -> None:

@@ -14,6 +14,7 @@ from launcher_core.backends.ec2.schema import Ec2LauncherConf
 from launcher_core.backends.local_pool.schema import LocalPoolLauncherConf
 from launcher_core.backends.remote_ssh.schema import RemoteSSHEnvConf, RemoteSSHLauncherConf
 from launcher_core.backends.slurm.schema import SlurmArrayLauncherConf
+from launcher_core.backends.spill.schema import SpillLauncherConf
 from launcher_core.container_schema import ContainerConf
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RemoteSSHEnvConf",
     "RemoteSSHLauncherConf",
     "SlurmArrayLauncherConf",
+    "SpillLauncherConf",
     "register_configs",
 ]
 
@@ -69,6 +71,7 @@ def register_configs() -> None:
         "ec2": Ec2LauncherConf,
         "slurm": SlurmArrayLauncherConf,
         "remote_ssh": RemoteSSHLauncherConf,
+        "spill": SpillLauncherConf,
     }
     for name, schema in launchers.items():
         store.store(group="hydra/launcher", name=name, node=launcher_node(schema), provider="hydra-remote-launcher")

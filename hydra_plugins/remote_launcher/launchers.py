@@ -250,3 +250,87 @@ class RemoteSSHLauncher(BackendLauncher):
             return
         filters = filter_args(settings.rsync_include, settings.rsync_exclude)
         check_filters_keep(Path(code_dir), [Path(sys.argv[0])], filters, "hydra.launcher.rsync_exclude")
+
+
+class SpillLauncher(BackendLauncher):
+    """``hydra/launcher=spill``: one sweep over several targets, each a cluster preset whose own
+    launcher builds its backend (see ``launcher_core.backends.spill``)."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._children: list[tuple[Any, Launcher]] = []  # (target settings, the target's launcher)
+
+    def validate(self) -> None:
+        """Every target's preset found, its launcher's settings checked the way a launch of that
+        preset checks them, and its launcher set up: all before anything starts."""
+        from launcher_core.backends.spill import spill_settings
+
+        self.settings = spill_settings(self.params)
+        self._children = [(t, self._target_launcher(t)) for t in self.settings.targets]
+
+    def _target_launcher(self, target: Any) -> Launcher:
+        import copy
+
+        from hydra.core.config_store import ConfigStore
+        from hydra.core.plugins import Plugins
+        from omegaconf import OmegaConf, open_dict
+
+        from launcher_core.clusters import checked_preset
+        from launcher_core.errors import ConfigError
+
+        assert self.config is not None and self.hydra_context is not None
+        label = f"{target.key} (cluster {target.cluster})"
+        cfg, name, _checked = checked_preset(target.cluster, target.overrides, _app_conf_dir(self.config), label)
+        if name == "spill":
+            raise ConfigError(f"{label}: a target cannot itself be a spill launcher")
+        try:
+            schema = ConfigStore.instance().load(f"hydra/launcher/{name}.yaml").node
+            node = OmegaConf.merge(schema, OmegaConf.select(cfg, "hydra.launcher") or {})
+        except Exception as exc:  # noqa: BLE001 - an unknown key or a bad value of the preset: name it
+            raise ConfigError(f"{label}: {exc}") from exc
+        child_config = copy.deepcopy(self.config)
+        with open_dict(child_config):
+            child_config.hydra.launcher = node
+        try:
+            return Plugins.instance().instantiate_launcher(
+                hydra_context=self.hydra_context, task_function=self.task_function, config=child_config
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from exc
+
+    def launch_settings(self) -> Any:
+        return self.settings
+
+    def make_backend(self) -> Any:
+        from launcher_core.backends.spill import SpillBackend, Target
+        from launcher_core.backends.spill.backend import check_target
+
+        targets = []
+        for settings, launcher in self._children:
+            backend = launcher.make_backend()  # type: ignore[attr-defined]
+            options = launcher.launch_options()  # type: ignore[attr-defined]
+            interval = backend.poll_interval_s if backend.poll_interval_s is not None else options.poll_interval_s
+            if not backend.detached:
+                interval = min(interval, self.settings.poll_interval_s)
+            target = Target(settings=settings, backend=backend, interval_s=float(interval))
+            check_target(target)
+            targets.append(target)
+        return SpillBackend(
+            targets, retry_elsewhere=self.settings.retry_elsewhere, require_all=self.settings.require_all
+        )
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from pathlib import Path
+
+        assert self.config is not None
+        return self._launch_batch(job_overrides, initial_job_idx, code_dir=Path(str(self.config.hydra.runtime.cwd)))
+
+
+def _app_conf_dir(config: DictConfig) -> Any:
+    """The app's own config dir (its ``cluster/`` presets come first), when it is a directory."""
+    from pathlib import Path
+
+    for source in config.hydra.runtime.get("config_sources") or []:
+        if source.get("provider") == "main" and source.get("schema") == "file":
+            return Path(str(source.get("path")))
+    return None

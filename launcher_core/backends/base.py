@@ -131,6 +131,11 @@ class JobHandle:
         """The job's task as a scheduler's dependency names it (None: no such scheduler)."""
         return None
 
+    def placement(self) -> str | None:
+        """The part of a sweep over several places the job was placed on (a spill target; the
+        ``where`` column of ``results``). None: the sweep has one place."""
+        return None
+
 
 @functools.cache
 def _json_fields(cls: type[JobHandle]) -> tuple[Field[Any], ...]:
@@ -325,6 +330,16 @@ class Backend(abc.ABC):
         """The price of one of its machines per hour as the provider tells it (EC2 spot: the
         latest spot price history entry), or None when it does not. Default: None."""
         return None
+
+    def spent_usd(self) -> float | None:
+        """What the sweep's machines cost so far as this launch counts it (``status`` and
+        ``results`` show it). None: not counted. Default: None."""
+        return None
+
+    def progress_lines(self) -> list[str]:
+        """Lines the launch shows under its progress and in its summary (the spill backend: one
+        per target). Default: none."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional, nothing to release by default
         """Release connections and local resources."""

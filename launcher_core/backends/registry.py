@@ -35,6 +35,7 @@ BUILTIN = (
     "launcher_core.backends.remote_ssh.descriptor:DESCRIPTOR",
     "launcher_core.backends.slurm.descriptor:DESCRIPTOR",
     "launcher_core.backends.ec2.descriptor:DESCRIPTOR",
+    "launcher_core.backends.spill.descriptor:DESCRIPTOR",
 )
 CAPABILITIES_META = "capabilities"  # the state store's meta key holding them (see capabilities_of)
 

@@ -63,8 +63,11 @@ class SweepProgress:
         self._bar.start()
         self._task = self._bar.add_task(self.label, total=self.total, detail="")
 
-    def update(self, counts: Mapping[JobState, int]) -> None:
+    def update(self, counts: Mapping[JobState, int], details: Sequence[str] = ()) -> None:
+        """Show the counts; ``details`` (one line per spill target) go with them."""
         line = _counts_line(counts, self.total)
+        if details:
+            line += " | " + " | ".join(details)
         finished = sum(counts.get(s, 0) for s in (*_DONE, JobState.FAILED, JobState.CANCELLED))
         now = time.monotonic()
         if self._bar is not None:

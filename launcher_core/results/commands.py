@@ -68,14 +68,15 @@ def _print_files(keys: Sequence[str], entries: Iterable[FileEntry], fmt: str) ->
             state="",
             duration_s=None,
             host=None,
-            values={"path": str(e.local_path), "size": e.size, "where": e.where},
+            values={"path": str(e.local_path), "size": e.size},
             reason=None,
             output_dir=e.local_path,
+            where=e.where,  # here, or on the backend
         )
         for e in entries
     ]
     table = Results(Path("."), rows, swept_keys=list(keys))
-    table.metric_keys = ["path", "size", "where"]  # also when nothing matched: the header stays
+    table.metric_keys = ["path", "size"]  # also when nothing matched: the header stays
     if fmt == "table":
         for row in rows:
             row.values["size"] = _human_size(row.values["size"])

@@ -86,13 +86,15 @@ def _row(
     state = shown.value
     if shown in (JobState.COMPLETED, JobState.FAILED) and not local:
         state += " (not pulled)"
+    handle = handle_of(meta, job.handle) if job.handle else None
     row = ResultRow(
         num=job.idx,
         job_id=job.job_id,
         params=parse_overrides(job.overrides),
         state=state,
         duration_s=_duration(job),
-        host=job.host or (handle_of(meta, job.handle).host_label() if job.handle else None),
+        host=job.host or (handle.host_label() if handle is not None else None),
+        where=handle.placement() if handle is not None else None,
         values={},
         reason=job.exit_reason,
         output_dir=job.output_dir,

@@ -22,9 +22,10 @@ from launcher_core.errors import ConfigError
 from launcher_core.overrides import format_value
 
 NUM, STATE, DURATION, HOST, REASON = "#", "state", "duration", "host", "reason"
+WHERE = "where"  # the spill target a job was placed on (sweeps over several targets only)
 ATTEMPTS = "attempts"  # how many times the job was started (more than 1: an attempt was lost)
 RETURN = "return"  # the column of a return value that is not a dict
-BUILTIN_COLUMNS = (NUM, STATE, DURATION, HOST, REASON, ATTEMPTS)
+BUILTIN_COLUMNS = (NUM, STATE, DURATION, WHERE, HOST, REASON, ATTEMPTS)
 # metric names for which lower is better when picking "the best rows"
 _LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|rmse|perplexity|ppl|time|latency|regret|cost", re.IGNORECASE)
 
@@ -50,6 +51,7 @@ class ResultRow:
     pull_mode: str | None = None  # "bare" when big files were left on the backend
     overrides: list[str] = field(default_factory=list)
     attempts: int = 1  # launcher_core.retry: a lost attempt was run again
+    where: str | None = None  # the spill target it was placed on (None: a single-backend sweep)
 
     @property
     def failed(self) -> bool:
@@ -102,7 +104,10 @@ class Results(Sequence[ResultRow]):
         """``#``, the swept keys, state, duration, host, ``attempts`` when a job was run again, the
         metric columns, and ``reason`` when a job failed. A metric named like another column is
         shown as ``return.<name>``."""
-        cols = [NUM, *self.swept_keys, STATE, DURATION, HOST]
+        cols = [NUM, *self.swept_keys, STATE, DURATION]
+        if any(r.where for r in self.rows):
+            cols.append(WHERE)
+        cols.append(HOST)
         if any(r.attempts > 1 for r in self.rows):
             cols.append(ATTEMPTS)
         cols += [self._metric_column(k) for k in self.metric_keys]
@@ -218,6 +223,7 @@ def _cell(row: ResultRow, kind: str, key: str) -> Any:
         STATE: row.state,
         DURATION: None if row.duration_s is None else round(row.duration_s, 3),
         HOST: row.host,
+        WHERE: row.where,
         REASON: row.reason,
         ATTEMPTS: row.attempts,
     }[key]

@@ -1,0 +1,47 @@
+"""spill as the registry knows it (:mod:`launcher_core.backends.registry`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from launcher_core.backends.registry import BackendDescriptor, Capabilities
+from launcher_core.backends.spill.handle import SpillHandle
+
+
+def _from_config(config: Mapping[str, Any]) -> Any:
+    from launcher_core.backends.spill.backend import from_config
+
+    return from_config(config)
+
+
+def _settings(params: Mapping[str, Any]) -> Any:
+    from launcher_core.backends.spill.settings import spill_settings
+
+    return spill_settings(params)
+
+
+def _capabilities(config: Mapping[str, Any]) -> Capabilities:
+    """Detached when some target's jobs outlive the launch (a relaunch re-attaches them and
+    ``pull`` collects them); results are local only when every target writes them here."""
+    from launcher_core.backends.registry import descriptor
+
+    found = [descriptor(str(t["backend"])).capabilities(t.get("config") or {}) for t in config.get("targets") or []]
+    return Capabilities(
+        detached=any(c.detached for c in found),
+        results_local=bool(found) and all(c.results_local for c in found),
+        remote_copy=any(c.remote_copy for c in found),
+    )
+
+
+DESCRIPTOR = BackendDescriptor(
+    name="spill",
+    launcher_class="SpillLauncher",
+    from_config=_from_config,
+    settings=_settings,
+    for_preflight=lambda settings: None,  # each target is checked with its own preset
+    capabilities=_capabilities,
+    handle_type=SpillHandle,
+    remote_hint="one target (a spill stage's jobs run on several file systems)",
+    no_remote_copy="",
+)
