@@ -120,7 +120,8 @@ def placement_facts(launcher: Mapping[str, Any]) -> Placement:
     return Placement(
         backend=backend.name,
         launcher=dict(launcher),
-        detached=capabilities.detached,  # its launcher has hydra.launcher.wait
+        # its launch can return once the jobs are submitted (hydra.launcher.wait=false)
+        detached=capabilities.detached and "wait" in launcher,
         shares_local_files=capabilities.results_local,
         remote_place=backend.remote_location(launcher),
         chain=backend.dependency_chain(launcher),

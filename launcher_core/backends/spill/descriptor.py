@@ -23,15 +23,32 @@ def _settings(params: Mapping[str, Any]) -> Any:
 
 def _capabilities(config: Mapping[str, Any]) -> Capabilities:
     """Detached when some target's jobs outlive the launch (a relaunch re-attaches them and
-    ``pull`` collects them); results are local only when every target writes them here."""
-    from launcher_core.backends.registry import descriptor
-
-    found = [descriptor(str(t["backend"])).capabilities(t.get("config") or {}) for t in config.get("targets") or []]
+    ``pull`` collects them); results are local only when every target writes them here. From a
+    stored config (each target's backend and config) or a launcher config (each target's preset)."""
+    found = [_target_capabilities(t) for t in config.get("targets") or []]
     return Capabilities(
         detached=any(c.detached for c in found),
         results_local=bool(found) and all(c.results_local for c in found),
         remote_copy=any(c.remote_copy for c in found),
     )
+
+
+def _target_capabilities(target: Mapping[str, Any]) -> Capabilities:
+    from launcher_core.backends.registry import descriptor
+
+    if "backend" in target:  # stored by a launch
+        return descriptor(str(target["backend"])).capabilities(target.get("config") or {})
+    from launcher_core import clusters
+    from launcher_core.errors import ConfigError
+
+    try:  # a launcher config (a pipeline stage's): its cluster preset says
+        cfg = clusters.apply_overrides(
+            clusters.load(clusters.resolve(str(target["cluster"]))), target.get("overrides") or []
+        )
+        name = clusters.launcher_of(cfg, str(target["cluster"]))
+        return descriptor(name).capabilities(clusters.launcher_params(cfg))
+    except (ConfigError, KeyError):
+        return Capabilities()  # not known here: nothing is assumed shared or collectable
 
 
 DESCRIPTOR = BackendDescriptor(
