@@ -108,6 +108,7 @@ SCHEMAS = [
     config.RemoteSSHLauncherConf,
     config.SlurmArrayLauncherConf,
     config.Ec2LauncherConf,
+    config.SpillLauncherConf,
     config.PairedSweeperConf,
 ]
 
@@ -175,7 +176,7 @@ def test_every_schema_has_a_settings_table_and_every_table_names_a_schema() -> N
         assert dataclasses.is_dataclass(getattr(config, name, None)), f"<!-- keys: {name} --> names no config dataclass"
 
 
-@pytest.mark.parametrize("schema", [*SCHEMAS, config.ContainerConf], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("schema", [*SCHEMAS, config.ContainerConf, config.SpillTargetConf], ids=lambda c: c.__name__)
 def test_settings_table_lists_every_key_with_its_declared_default(schema: type) -> None:
     tables = settings_tables()
     own = [t for t in tables if t.cls == schema.__name__]

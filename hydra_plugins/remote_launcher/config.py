@@ -14,7 +14,7 @@ from launcher_core.backends.ec2.schema import Ec2LauncherConf
 from launcher_core.backends.local_pool.schema import LocalPoolLauncherConf
 from launcher_core.backends.remote_ssh.schema import RemoteSSHEnvConf, RemoteSSHLauncherConf
 from launcher_core.backends.slurm.schema import SlurmArrayLauncherConf
-from launcher_core.backends.spill.schema import SpillLauncherConf
+from launcher_core.backends.spill.schema import SpillLauncherConf, SpillTargetConf
 from launcher_core.container_schema import ContainerConf
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "RemoteSSHLauncherConf",
     "SlurmArrayLauncherConf",
     "SpillLauncherConf",
+    "SpillTargetConf",
     "register_configs",
 ]
 

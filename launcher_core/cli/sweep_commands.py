@@ -73,7 +73,10 @@ def render_status(sweep_dir: Path, console: Any, show_jobs: bool = True, limit: 
     summary.add_column("total", justify="right")
     summary.add_row(*[str(counts.get(s, 0)) for s in STATE_STYLE if s != "pulled"], str(pulled), str(len(rows)))
     console.print(summary)
-    console.print(f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}   code: {_code_label(meta)}")
+    cost = f"   cost so far: ${float(meta['cost_usd']):.2f}" if meta.get("cost_usd") is not None else ""
+    console.print(
+        f"dir: {sweep_dir}   launched: {_fmt_time(meta.get('launched_at'))}   code: {_code_label(meta)}{cost}"
+    )
     from launcher_core.collect.autopull import status_line
 
     detached = capabilities_of(meta).detached

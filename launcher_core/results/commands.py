@@ -21,6 +21,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     table = load(one_sweep(args.sweep), metrics_file=args.metrics)
     selected, columns = select(table, where=args.where, sort=args.sort, top=args.top, columns=args.columns)
     print_results(selected, columns, args.format)
+    cost = table.meta.get("cost_usd") if table.meta else None
+    if cost is not None:  # on stderr: the table on stdout stays machine-readable
+        print(f"cost so far: ${float(cost):.2f} (the EC2 targets' instance-hours)", file=sys.stderr)
     return 0
 
 
