@@ -274,12 +274,15 @@ class SweepController:
             return True
         return self._resumed(row) and row.state in (JobState.COMPLETED, JobState.FAILED)
 
-    def start(self, specs: Sequence[JobSpec]) -> dict[str, Handle]:
+    def start(self, specs: Sequence[JobSpec], reattached: Mapping[str, Handle] | None = None) -> dict[str, Handle]:
         """Submit the jobs, or, with a backend that takes only so many at a time
         (:meth:`~launcher_core.backends.base.Backend.room`), as many as it has room for: the rest
-        are held and offered as room frees up (:meth:`fill`)."""
+        are held and offered as room frees up (:meth:`fill`). Such a backend is polled about the
+        re-attached jobs first, so that its room counts them."""
         if self.backend.room() is None:
             return self.submit(specs)
+        if reattached:
+            self.backend.poll(reattached)  # the states are read again by the first watch cycle
         self.held.extend(specs)
         for spec in specs:
             self._set_state(spec.job_id, JobState.PENDING)  # counted as queued until placed
@@ -744,7 +747,7 @@ def _launch(
         backend.prepare(sweep)
         if not options.wait and backend.room() is not None:
             raise ConfigError(f"hydra.launcher.wait=false: the {backend.name} launcher places jobs while it runs")
-        active = {**reattached, **controller.start(to_submit)}
+        active = {**reattached, **controller.start(to_submit, reattached)}
         if not options.wait:
             store.mark_collected(s.job_id for s in specs)  # the pull daemon takes them from here
             returns = _detached_returns(specs, sweep, backend.name)

@@ -189,9 +189,33 @@ def ec2_target(request: pytest.FixtureRequest, project: Path, name: str) -> Targ
     return Ec2Target("ec2", "ec2", project, remote_copy=True, builder=build, aws=aws)
 
 
+def spill_target(request: pytest.FixtureRequest, project: Path, name: str) -> Target:
+    """The spill backend over two local_pool targets: every contract call goes through it to the
+    target each job was placed on (the first target's slots, then the second's)."""
+    from launcher_core.backends.local_pool import LocalPoolBackend
+    from launcher_core.backends.spill import SpillBackend, TargetSettings
+    from launcher_core.backends.spill import Target as SpillTarget
+
+    def build(task_function: Any, hydra_context: Any) -> Backend:
+        targets = [
+            SpillTarget(
+                settings=TargetSettings(name=f"local{i}", cluster="local", max_jobs=jobs, position=i),
+                backend=LocalPoolBackend(
+                    n_jobs=2, timeout_s=None, kill_grace_s=1.0, task_function=task_function, hydra_context=hydra_context
+                ),
+                interval_s=0.05,
+            )
+            for i, jobs in enumerate((1, 50))
+        ]
+        return SpillBackend(targets)
+
+    return Target("spill", "spill", project, remote_copy=False, builder=build, forks_from_here=True)
+
+
 # ONE entry per backend: every test of this module runs against each of them.
 TARGETS = [
     pytest.param(local_pool_target, id="local_pool"),
+    pytest.param(spill_target, id="spill"),
     pytest.param(remote_ssh_target, id="remote_ssh", marks=[pytest.mark.ssh, pytest.mark.slow]),
     pytest.param(slurm_target, id="slurm", marks=[pytest.mark.slurm, pytest.mark.slow]),
     pytest.param(slurm_login_target, id="slurm_login", marks=[pytest.mark.slurm, pytest.mark.ssh, pytest.mark.slow]),

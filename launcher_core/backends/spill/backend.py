@@ -480,6 +480,7 @@ class SpillBackend(Backend):
         everyone = self._by_target(sweep_handles) if sweep_handles is not None else {}
         mine = self._by_target(handles)
         all_clean = True
+        parts: list[tuple[str, CleanReport]] = []
         for target in [t for t in self.targets if t in mine or t in everyone]:
             group = mine.get(target, {})
             whole = everyone.get(target)
@@ -490,8 +491,12 @@ class SpillBackend(Backend):
                 dry_run=dry_run,
             )
             all_clean = all_clean and (part.sweep_cleaned or bool(part.nothing_to_clean))
+            parts.append((target.name, part))
             _merge(report, part, target.name)
         report.sweep_cleaned = sweep_handles is not None and all_clean
+        if parts and all(p.nothing_to_clean for _n, p in parts):  # no target keeps a copy anywhere
+            report.nothing_to_clean = "; ".join(f"{n}: {p.nothing_to_clean}" for n, p in parts)
+            report.notes = []
         return report
 
     def stored_config(self) -> dict[str, Any]:
