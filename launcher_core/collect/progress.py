@@ -42,6 +42,7 @@ class SweepProgress:
         self._last_emit = 0.0
         self._bar: Any = None
         self._task: Any = None
+        self._detail_tasks: list[Any] = []
         if total and getattr(self.stream, "isatty", lambda: False)():
             self._start_bar()
 
@@ -64,21 +65,31 @@ class SweepProgress:
         self._task = self._bar.add_task(self.label, total=self.total, detail="")
 
     def update(self, counts: Mapping[JobState, int], details: Sequence[str] = ()) -> None:
-        """Show the counts; ``details`` (one line per spill target) go with them."""
+        """Show the counts; each of ``details`` (one per spill target) on a line of its own."""
         line = _counts_line(counts, self.total)
-        if details:
-            line += " | " + " | ".join(details)
         finished = sum(counts.get(s, 0) for s in (*_DONE, JobState.FAILED, JobState.CANCELLED))
         now = time.monotonic()
         if self._bar is not None:
             self._bar.update(self._task, completed=finished, detail=line)
+            self._show_details(details)
             if now - self._last_emit >= 0.1 or finished == self.total:  # redrawing costs ~1 ms
                 self._bar.refresh()
                 self._last_emit = now
             return
-        if line != self._last_line and (now - self._last_emit >= self.interval_s or finished == self.total):
+        shown = "\n".join([line, *details])
+        if shown != self._last_line and (now - self._last_emit >= self.interval_s or finished == self.total):
             log.info("%s: %s", self.label, line)
-            self._last_line, self._last_emit = line, now
+            for detail in details:
+                log.info("  %s", detail)
+            self._last_line, self._last_emit = shown, now
+
+    def _show_details(self, details: Sequence[str]) -> None:
+        """One row under the bar per detail line (the spill launcher's targets)."""
+        for i, detail in enumerate(details):
+            if i == len(self._detail_tasks):
+                self._detail_tasks.append(self._bar.add_task("", total=None, detail=""))
+            name, _, rest = detail.partition(": ")
+            self._bar.update(self._detail_tasks[i], description=f"  {name}", detail=rest)
 
     def close(self) -> None:
         if self._bar is not None:
