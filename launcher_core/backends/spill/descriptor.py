@@ -51,12 +51,27 @@ def _target_capabilities(target: Mapping[str, Any]) -> Capabilities:
         return Capabilities()  # not known here: nothing is assumed shared or collectable
 
 
+def _for_preflight(settings: Any) -> Any:
+    """``launcher-core cluster test`` of a spill preset: every target's own pre-flight, each row
+    shown (a failing target is reported, not skipped); None when no target has anything to check."""
+    from launcher_core import clusters
+    from launcher_core.backends.spill.backend import SpillBackend, Target
+
+    targets = []
+    for t in settings.targets:
+        _cfg, launcher, checked = clusters.checked_preset(t.cluster, t.overrides, None, f"{t.key} ({t.cluster})")
+        backend = clusters.backend_for(launcher, checked)
+        if backend is not None:
+            targets.append(Target(settings=t, backend=backend, interval_s=1.0))
+    return SpillBackend(targets, require_all=True) if targets else None
+
+
 DESCRIPTOR = BackendDescriptor(
     name="spill",
     launcher_class="SpillLauncher",
     from_config=_from_config,
     settings=_settings,
-    for_preflight=lambda settings: None,  # each target is checked with its own preset
+    for_preflight=_for_preflight,
     capabilities=_capabilities,
     handle_type=SpillHandle,
     remote_hint="one target (a spill stage's jobs run on several file systems)",
