@@ -38,6 +38,7 @@ from launcher_core.state import JobRow, StateStore, SweepIndex
 log = logging.getLogger("launcher_core")
 
 MAX_LOGGED_JOBS = 50
+MAX_TAKE_BACK_TRIES = 30  # polls in a row a backend may fail to take back queued jobs before the launch stops
 
 
 @dataclass
@@ -136,6 +137,8 @@ class SweepController:
         self.retried: dict[str, list[str]] = {}  # job id -> how its earlier attempts of this launch ended
         self.held: collections.deque[JobSpec] = collections.deque()  # waiting for the backend's room()
         self._spent: float | None = None  # the backend's cost so far, as last written to the store
+        self._moving: dict[str, Handle] = {}  # jobs recorded as moving, not yet confirmed taken back
+        self._take_back_failures = 0
 
     def _set_state(self, job_id: str, state: JobState) -> None:
         old = self.states.get(job_id)
@@ -210,6 +213,7 @@ class SweepController:
             back = self.backend.withdraw(moving)
         except (BackendError, OSError) as exc:
             log.warning("could not finish moving %d jobs an interrupted launch began moving: %s", len(moving), exc)
+            self._moving.update(moving)  # tried again by the launch loop (move_overdue)
             return
         self.store.finish_moves(moving, withdrawn=back)
         log.info(
@@ -321,17 +325,38 @@ class SweepController:
         back and held to be placed elsewhere. The move is recorded before the backend is asked,
         and each job taken back is pending again (no handle) in one transaction after it confirmed
         the job is gone without having started: a kill at any point never runs a job twice."""
-        ids = [j for j in self.backend.overdue(statuses, active) if j in active]
-        if not ids:
+        ids = [j for j in self.backend.overdue(statuses, active) if j in active and j not in self._moving]
+        if ids:
+            handles = {j: active[j] for j in ids}
+            self.store.record_moves(handles)
+            self._moving.update(handles)
+        if self._moving:
+            self._take_back(active)
+
+    def _take_back(self, active: dict[str, Any]) -> None:
+        """Ask the backend to take back the jobs being moved (again, after a failed try: it is
+        idempotent, and a job it cancelled before the failure is found gone then)."""
+        moving = dict(self._moving)
+        try:
+            back = self.backend.withdraw(moving)
+        except (BackendError, OSError) as exc:
+            self._take_back_failures += 1
+            if self._take_back_failures >= MAX_TAKE_BACK_TRIES:
+                raise BackendError(
+                    f"could not take back {len(moving)} queued jobs in {MAX_TAKE_BACK_TRIES} tries: {exc}; "
+                    "run the same command again when the backend answers: it finishes the move first"
+                ) from exc
+            log.warning("taking back %d queued jobs failed; trying again at the next poll: %s", len(moving), exc)
             return
-        handles = {j: active[j] for j in ids}
-        self.store.record_moves(handles)
-        back = self.backend.withdraw(handles)
-        self.store.finish_moves(handles, withdrawn=back)
-        for job_id in [j for j in ids if j in back]:
-            del active[job_id]
+        self._take_back_failures = 0
+        self._moving.clear()
+        self.store.finish_moves(moving, withdrawn=back)
+        for job_id in [j for j in moving if j in back]:
+            active.pop(job_id, None)  # (a poll in between may have seen it cancelled and let it go)
             self._set_state(job_id, JobState.PENDING)
-            self.held.appendleft(self.specs[job_id])
+            spec = self.specs.get(job_id)
+            if spec is not None:
+                self.held.appendleft(spec)
         if back:
             log.info("%d jobs that waited too long in a queue were taken back to run elsewhere", len(back))
 
@@ -387,7 +412,7 @@ class SweepController:
         dirs = {j: spec.output_dir for j, spec in specs_by_id.items()}
         progress.update(self.counts)
         try:
-            while active or self.held:
+            while active or self.held or self._moving:
                 result, pulled = collector.cycle(active, self.states, dirs)
                 for job_id, (state, _reason) in result.changed.items():
                     self._set_state(job_id, state)
@@ -396,7 +421,7 @@ class SweepController:
                 for job_id in result.finished:
                     del active[job_id]
                 active.update(result.retried)  # their next attempt's handles
-                if self.held or result.statuses:
+                if self.held or result.statuses or self._moving:
                     self.move_overdue(result.statuses, active)
                     placed = self.fill()
                     active.update(placed)
