@@ -104,6 +104,9 @@ def build(
                     "pid_file": f"{launcher_dir}/pid",
                     "exit_file": f"{launcher_dir}/exit_status",
                     "runner_pid_file": f"{remote_sweep}/runner.pid",
+                    "batch": "bench",
+                    "remote_cwd": f"/home/{user}/{BENCH_DIR}/snapshots/{sweep_id}/bench",
+                    "local_cwd": str(root),
                     "local_sweep_dir": str(sweep_dir),
                 }
             with StateStore.for_sweep_dir(sweep_dir) as store:

@@ -52,13 +52,15 @@ class GpuReading:
 
 @dataclass
 class HostReading:
-    """A machine: its 1-minute load, CPUs, GPUs (none without ``nvidia-smi``), and the process
-    group of each process using a GPU (``{gpu uuid: {pgid, ...}}``)."""
+    """A machine: its 1-minute load, CPUs, GPUs (none without ``nvidia-smi``), the process
+    group of each process using a GPU (``{gpu uuid: {pgid, ...}}``), and why its GPUs could not
+    be read when that failed (``note``: the rest of the reading stands)."""
 
     load1: float | None = None
     cpus: int | None = None
     gpus: list[GpuReading] = field(default_factory=list)
     gpu_groups: dict[str, set[int]] = field(default_factory=dict)
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,6 @@ def probe_script(jobs: Iterable[tuple[str, str]], pid_file: str) -> str:
     whatever the number of jobs: the per-job part is shell builtins only."""
     jobs = list(jobs)
     calls = "\n".join(f"hrl_job {shlex.quote(k)} {shlex.quote(d)}" for k, d in jobs)
-    query = f"--query-gpu={GPU_FIELDS} {NVIDIA_SMI_FORMAT}"
-    apps = f"--query-compute-apps={APP_FIELDS} {NVIDIA_SMI_FORMAT}"
     return f"""
 echo {_PROBE}
 read -r hrl_l _ < /proc/loadavg 2>/dev/null || hrl_l=-
@@ -120,8 +120,19 @@ if [ -n "$hrl_pids" ]; then
   set -- $hrl_pids
   hrl_path=$(tr '\\000' '\\n' < "/proc/$1/environ" 2>/dev/null | sed -n 's/^PATH=//p')
 fi
-hrl_smi=$(command -v nvidia-smi 2>/dev/null) || hrl_smi=""
-if [ -z "$hrl_smi" ] && [ -n "$hrl_path" ]; then
+{gpu_query_script()}
+{tail_script(jobs)}
+"""
+
+
+def gpu_query_script() -> str:
+    """The GPU part of a probe: ``nvidia-smi``'s readings of each GPU and the process group of each
+    process on one (:func:`parse_probe` reads them). ``nvidia-smi`` is looked up on the PATH, else
+    on ``$hrl_path`` (a running job's PATH: set-up lines may bring it); without it, nothing."""
+    query = f"--query-gpu={GPU_FIELDS} {NVIDIA_SMI_FORMAT}"
+    apps = f"--query-compute-apps={APP_FIELDS} {NVIDIA_SMI_FORMAT}"
+    return f"""hrl_smi=$(command -v nvidia-smi 2>/dev/null) || hrl_smi=""
+if [ -z "$hrl_smi" ] && [ -n "${{hrl_path:-}}" ]; then
   hrl_smi=$(PATH=$hrl_path; command -v nvidia-smi 2>/dev/null) || hrl_smi=""
 fi
 if [ -n "$hrl_smi" ]; then
@@ -131,9 +142,7 @@ if [ -n "$hrl_smi" ]; then
     read -r s < "/proc/$ap/stat"; s=${{s##*) }}; set -- $s
     echo "{_APP} $au $3"
   done
-fi
-{tail_script(jobs)}
-"""
+fi"""
 
 
 def tail_script(jobs: Sequence[tuple[str, str]]) -> str:

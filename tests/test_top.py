@@ -395,12 +395,166 @@ def test_slurm_sweeps_cost_one_sacct_per_refresh(slurm_cluster: SlurmCluster, tm
         nodes = {j.host for s in snapshot.sweeps for j in s.running}
         assert len(nodes) == 1 and None not in nodes, shown
         node = snapshot.host(str(nodes.pop()))
-        assert node.running == 4 and node.cpus and node.gpus == [], shown  # GPUs of Slurm nodes are not read
+        # the tasks hold no GPU: the node is not probed (no step), it shows no GPU rows
+        assert node.running == 4 and node.cpus and node.gpus == [], shown
+        assert snapshot.commands["srun"] == 0 and snapshot.commands["scontrol"] == 2, shown
         text = _top_once(None)
         assert f"sweep {ids[0]} (slurm)  pending 0  submitted 0  running 2" in text, text
         assert "epoch 3/3 x=11" in text, text
     finally:
         release.touch()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("hydra_restore_singletons")
+def test_slurm_node_shows_its_gpus_and_the_task_holding_each(
+    slurm_cluster: SlurmCluster, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two one-GPU jobs on the test node (its 4 GPUs are Slurm gres; the stand-in nvidia-smi is on
+    the jobs' PATH only): one step in one of the tasks reads the node's GPUs, and each job is named
+    on the GPU Slurm gave it, as the job itself reads it from ``scontrol``. Then the node's
+    nvidia-smi hangs: the step times out and the node shows its load, no GPUs and why."""
+    from launcher_core.backends.slurm import nodes
+    from tests.slurm_cluster import launch_sweep
+
+    release = tmp_path / "release"
+    bin_dir = tmp_path / "bin"
+    _standin(bin_dir, util=[11, 22, 33, 44], mem=[100, 200, 300, 400])
+
+    def task(cfg):
+        import os
+        import re
+        import subprocess
+        import time
+
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        shown = subprocess.run(["scontrol", "-d", "show", "job", job], capture_output=True, text=True, timeout=30)
+        print(f"x={cfg.x} gpu={','.join(re.findall(r'[(]IDX:([0-9,-]+)[)]', shown.stdout))}", flush=True)
+        deadline = time.time() + 120
+        while not os.path.exists(cfg.release) and time.time() < deadline:
+            time.sleep(0.1)
+        return cfg.x
+
+    sweep = tmp_path / "sweep"
+    overrides = [
+        f"hydra.sweep.dir={sweep}",
+        "hydra.launcher.timeout_min=5",
+        "hydra.launcher.wait=false",
+        "hydra.launcher.gpus_per_node=1",
+        f"hydra.launcher.setup_commands=['export PATH={bin_dir}:$PATH']",
+    ]
+    try:
+        launch_sweep(task, [[f"+x={i}", f"+release={release}"] for i in range(2)], overrides)
+        sweep_id = _sweep_id(sweep)
+
+        def both_on_gpus(snapshot: Snapshot) -> bool:
+            running = snapshot.sweep(sweep_id).running if snapshot.sweeps else []
+            hosts = [h for h in snapshot.hosts if h.name == (running[0].host if running else None)]
+            return len(running) == 2 and all("gpu=" in (j.last_line or "") for j in running) and bool(hosts[0].gpus)
+
+        with Overview() as overview:
+            seen: list[Snapshot] = []
+            try:
+                _wait("2 jobs running on their GPUs", lambda: seen.append(overview.refresh()) or both_on_gpus(seen[-1]))
+            except AssertionError:
+                raise AssertionError(render_text(seen[-1])) from None
+            snapshot = overview.refresh()
+        shown = render_text(snapshot)
+        # per refresh: sacct, sinfo, one scontrol for the one array, one step on the one node
+        assert snapshot.commands["sacct"] == 1 and snapshot.commands["sinfo"] == 1, shown
+        assert snapshot.commands["scontrol"] == 1 and snapshot.commands["srun"] == 1, shown
+        view = snapshot.sweep(sweep_id)
+        gpu_of = {j.idx: (j.last_line or "").split("gpu=")[1] for j in view.running}  # the job's own word
+        assert sorted(gpu_of) == [0, 1] and len(set(gpu_of.values())) == 2, shown
+        assert all(g in ("0", "1", "2", "3") for g in gpu_of.values()), shown
+        node = snapshot.host(str(view.running[0].host))
+        assert node.running == 2 and node.cpus and node.load1 is not None and node.note is None, shown
+        assert [(g.index, g.utilization_pct, g.memory_used_mib) for g in node.gpus] == [
+            ("0", 11.0, 100.0),
+            ("1", 22.0, 200.0),
+            ("2", 33.0, 300.0),
+            ("3", 44.0, 400.0),
+        ], shown
+        holders = {g.index: g.holders for g in node.gpus}
+        assert holders == {
+            str(i): tuple(f"{sweep_id}#{idx}" for idx, gpu in gpu_of.items() if gpu == str(i)) for i in range(4)
+        }, shown
+
+        text = _top_once(None)  # as a user runs it; its own PATH has no nvidia-smi
+        for idx, gpu in gpu_of.items():
+            util, mem = 11 * (int(gpu) + 1), 100 * (int(gpu) + 1)
+            assert f"    GPU {gpu}  util {util}%  memory {mem}/81559 MiB  {sweep_id}#{idx}" in text, text
+        assert text.count("MiB  free") == 2, text
+
+        # nvidia-smi hangs on the node: the step is given up, the rest of the refresh stands
+        hung = bin_dir / ".hung"
+        hung.write_text("#!/bin/sh\nexec sleep 60\n")
+        hung.chmod(0o755)
+        os.replace(hung, bin_dir / "nvidia-smi")
+        monkeypatch.setattr(nodes, "PROBE_TIMEOUT_S", 2.0)
+        with Overview() as overview:
+            tic = time.monotonic()
+            stuck = overview.refresh()
+            took = time.monotonic() - tic
+        shown = render_text(stuck)
+        node = stuck.host(node.name)
+        assert node.gpus == [] and node.running == 2 and node.cpus and node.load1 is not None, shown
+        assert (node.note or "").startswith("GPUs not read: no answer within 2 s (a step in task "), shown
+        assert f"  {node.name}  running 2  load " in shown and f"\n    {node.note}\n" in shown, shown
+        assert stuck.sweep(sweep_id).counts["running"] == 2 and took < 30, shown
+    finally:
+        release.touch()
+
+
+def test_slurm_gpu_ids_and_probe_answers_are_read_as_slurm_and_the_step_print_them() -> None:
+    """``scontrol -o -d show job`` lines as Slurm 22.05 prints them (typed GPUs, several nodes, a
+    pending task), and the probe's answers: constrained devices, a refused step, no nvidia-smi."""
+    from launcher_core.backends.slurm.nodes import TaskGpus, parse_probes, parse_task_gpus, read_node_gpus
+    from launcher_core.errors import BackendError
+
+    lines = [
+        "JobId=4 ArrayJobId=2 ArrayTaskId=0 JobName=wrap JobState=RUNNING Reason=None NumNodes=1 "
+        "NodeList=vm JOB_GRES=gpu:2   Nodes=vm CPU_IDs=2 Mem=100 GRES=gpu:2(IDX:2-3) MinCPUsNode=1",
+        "JobId=5 ArrayJobId=2 ArrayTaskId=1 JOB_GRES=gpu:a100:3   Nodes=n[1-2] CPU_IDs=0 Mem=1 "
+        "GRES=gpu:a100:1(IDX:0),gpu:a100:2(IDX:2,5) Nodes=n3 CPU_IDs=1 Mem=1 GRES=gpu:a100:1(IDX:1)",
+        "JobId=2 ArrayJobId=2 ArrayTaskId=2-9 JobState=PENDING Reason=Resources NumNodes=1",
+        "JobId=6 ArrayJobId=2 ArrayTaskId=3 JobState=COMPLETING NumNodes=1 Nodes=vm GRES=gpu:1(IDX:0)",
+    ]
+    found = parse_task_gpus(lines)
+    assert found.job_ids == {"2_0": "4", "2_1": "5"}
+    assert found.gpus == {("vm", "2_0"): ("2", "3"), ("n[1-2]", "2_1"): ("0", "2", "5"), ("n3", "2_1"): ("1",)}
+    assert found.on("vm", "2_0") == ("2", "3") and found.on("n1", "2_1") == ()
+
+    probes = [("a", "2_0"), ("b", "2_1"), ("c", "3_0")]
+    answer = "\n".join(
+        [
+            "HRL-PROBED 0 0",
+            "HRL-OUT 0 HRL-STEP gpus=4,6 cuda=0,1",  # devices constrained: the step sees its task's GPUs
+            "HRL-OUT 0 HRL-GPU 0, GPU-a, 90, 1000, 81559",
+            "HRL-OUT 0 HRL-GPU 1, GPU-b, 80, 2000, 81559",
+            "HRL-PROBED 1 1",
+            "HRL-ERR 1 srun: error: Unable to create step for job 5: Job/step already completing or completed",
+            "HRL-PROBED 2 0",
+            "HRL-OUT 2 HRL-STEP gpus= cuda=",  # no nvidia-smi there: no rows, no note
+        ]
+    )
+    read = parse_probes(answer, probes)
+    assert [g.index for g in read.gpus["a"]] == ["0", "1"] and read.held == {("a", "2_0"): ("0", "1")}
+    assert read.notes == {
+        "b": "GPUs not read: a step in task 2_1 failed (exit 1): srun: error: Unable to create step for job 5: "
+        "Job/step already completing or completed"
+    }
+    assert read.gpus["c"] == [] and "c" not in read.notes and read.commands == {"srun": 3}
+
+    class Unreachable:
+        def shell(self, text: str, *, what: str, timeout_s: float | None = None) -> str:
+            raise BackendError("reading the nodes' GPUs on host login failed: connection refused")
+
+    allocated = TaskGpus({"2_0": "4"}, {("vm", "2_0"): ("0",)})
+    cut = read_node_gpus(Unreachable(), {"vm": ["2_0"], "cpu-node": ["7_0"]}, allocated)
+    assert cut.notes == {"vm": "GPUs not read: reading the nodes' GPUs on host login failed: connection refused"}
+    assert read_node_gpus(Unreachable(), {"cpu-node": ["7_0"]}, allocated).commands == {}  # no GPU of ours: no step
 
 
 # --- the host probe, run by sh here against real processes -------------------------------------
@@ -482,11 +636,16 @@ def test_slurm_login_host_the_nodes_and_logs_ride_with_the_sacct_session(
     slurm_cluster: SlurmCluster, ssh_env: SSHTestEnv, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through ``login_host`` every Slurm command is a session on the login node: a refresh is the
-    sacct session (with sinfo and the log tails in it) on the master kept from the first one."""
+    sacct session (with sinfo, scontrol and the log tails in it), then one session for the steps
+    reading the nodes' GPUs, on the master kept from the first one."""
     from tests.slurm_cluster import launch_sweep
     from tests.sshd import shared_dir
 
-    release = shared_dir("hrl-top-login") / "release"
+    shared = shared_dir("hrl-top-login")
+    release = shared / "release"
+    bin_dir = shared / "bin"
+    bin_dir.mkdir(mode=0o755)
+    _standin(bin_dir, util=[5, 6, 7, 8])
     project = tmp_path / "proj"
     project.mkdir()
     monkeypatch.chdir(project)
@@ -512,6 +671,8 @@ def test_slurm_login_host_the_nodes_and_logs_ride_with_the_sacct_session(
         f"hydra.launcher.login_setup=['export SLURM_CONF={slurm_cluster.conf}']",
         "hydra.launcher.timeout_min=5",
         "hydra.launcher.wait=false",
+        "hydra.launcher.gpus_per_node=1",
+        f"hydra.launcher.setup_commands=['export PATH={bin_dir}:$PATH']",
     ]
     host = ssh_env.server.alias()
     try:
@@ -527,11 +688,15 @@ def test_slurm_login_host_the_nodes_and_logs_ride_with_the_sacct_session(
             snapshot = overview.refresh()
         shown = render_text(snapshot)
         assert snapshot.commands["sacct"] == 1 and snapshot.commands["sinfo"] == 1, shown
-        assert snapshot.commands[f"ssh {host}"] == 1 and snapshot.commands[f"ssh login {host}"] == 0, shown
+        assert snapshot.commands["scontrol"] == 1 and snapshot.commands["srun"] == 1, shown
+        assert snapshot.commands[f"ssh {host}"] == 2 and snapshot.commands[f"ssh login {host}"] == 0, shown
         assert _logins(ssh_env.server) == before + 1  # the first refresh's only
         view = snapshot.sweep(sweep_id)
         assert sorted(j.last_line or "" for j in view.running) == ["epoch 3/3 x=0", "epoch 3/3 x=1"], shown
         node = snapshot.host(str(view.running[0].host))
-        assert node.running == 2 and node.cpus, shown
+        assert node.running == 2 and node.cpus and node.note is None, shown
+        assert [(g.index, g.utilization_pct) for g in node.gpus] == [("0", 5.0), ("1", 6.0), ("2", 7.0), ("3", 8.0)]
+        held = sorted(h for g in node.gpus for h in g.holders)  # one GPU each (Slurm's gres)
+        assert held == [f"{sweep_id}#0", f"{sweep_id}#1"] and all(len(g.holders) <= 1 for g in node.gpus), shown
     finally:
         release.touch()

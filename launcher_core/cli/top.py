@@ -68,6 +68,8 @@ def _host_lines(host: HostView) -> list[str]:
     lines = [f"  {host.name}  running {host.running}  load {load} / {host.cpus or '?'} CPUs"]
     if host.error:
         lines.append(f"    error: {host.error}")
+    if host.note:
+        lines.append(f"    {host.note}")
     lines += [f"    {gpu_text(gpu)}" for gpu in host.gpus]
     return lines
 
@@ -179,7 +181,8 @@ def render_live(snapshot: Snapshot, selection: Selection, prompt: str = "") -> A
         hosts.add_column(col)
     for host in snapshot.hosts:
         load = "-" if host.load1 is None else f"{host.load1:.2f} / {host.cpus or '?'}"
-        gpus = "\n".join(gpu_text(g) for g in host.gpus) or (host.error or "")
+        gpus = "\n".join([*(gpu_text(g) for g in host.gpus), *([host.note] if host.note else [])])
+        gpus = gpus or (host.error or "")
         hosts.add_row(host.name, str(host.running), load, gpus)
     footer = Text(prompt or selection.message or "q: quit", style="bold" if prompt else "dim")
     return Group(sweeps, jobs, hosts, footer)

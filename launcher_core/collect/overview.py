@@ -113,6 +113,7 @@ class HostView:
     cpus: int | None = None
     gpus: list[GpuView] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None  # why its GPUs could not be read (its load still shows)
 
 
 @dataclass
@@ -361,7 +362,7 @@ def _host_views(
         reading = readings.get(name, HostReading())
         on_host = jobs_on.get(name, {})
         gpus = [_gpu_view(g, reading, on_host, labels) for g in reading.gpus]
-        hosts.append(HostView(name, running[name], reading.load1, reading.cpus, gpus, errors.get(name)))
+        hosts.append(HostView(name, running[name], reading.load1, reading.cpus, gpus, errors.get(name), reading.note))
     return hosts
 
 

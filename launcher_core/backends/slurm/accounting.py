@@ -74,6 +74,22 @@ class SlurmCommands:
         except subprocess.TimeoutExpired as exc:
             raise BackendError(f"{argv[0]} did not answer within {timeout_s or self.timeout_s:g} s") from exc
 
+    def shell(self, text: str, *, what: str, timeout_s: float | None = None) -> str:
+        """Run a POSIX sh script where Slurm's commands run (here); its stdout. Raises
+        ``BackendError`` when it cannot run, fails or does not finish in time."""
+        timeout = timeout_s or self.timeout_s
+        try:
+            proc = subprocess.run(
+                ["sh", "-s"], input=text, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BackendError(f"{what}: no answer within {timeout:g} s") from exc
+        except OSError as exc:
+            raise BackendError(f"{what}: cannot run sh: {exc}") from exc
+        if proc.returncode != 0:
+            raise BackendError(f"{what} failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        return proc.stdout
+
     def close(self) -> None:
         """Nothing to release for local commands."""
 

@@ -54,6 +54,7 @@ from launcher_core.jobs import (
 )
 
 if TYPE_CHECKING:
+    from launcher_core.backends.slurm.nodes import TaskGpus
     from launcher_core.machines import Observation
     from launcher_core.preflight import Check, PreflightRequest
 
@@ -223,9 +224,12 @@ class SlurmBackend(Backend):
         return with_setup_reasons(self.accounting.statuses(typed, self.site.exit_info), typed, self.site.read_log)
 
     def observe(self, handles: Mapping[str, dict[str, Any]]) -> Observation:
-        """The poll (one ``sacct``), the load of the nodes running the jobs (one ``sinfo``) and
-        each running job's last stdout line (read in the shared sweep dir, or one session on the
-        login node). GPUs of the nodes are not read: that needs a step inside each job."""
+        """The poll (one ``sacct``), the load of the nodes running the jobs (one ``sinfo``), each
+        running job's last stdout line (read in the shared sweep dir, or one session on the login
+        node), and the GPUs of the nodes where our running tasks hold some: one ``scontrol`` per
+        array with a running task and one ``srun --overlap`` step per such node, side by side in
+        one script where Slurm's commands run (on the login node: one more session); see
+        :mod:`.nodes`. A node whose step fails or times out shows without GPUs, with a note."""
         from launcher_core.machines import Observation
 
         before = Counter(self.commands.calls)
@@ -238,11 +242,36 @@ class SlurmBackend(Backend):
             raise
         running = {j: handles[j] for j, st in seen.statuses.items() if st.state is JobState.RUNNING}
         nodes = {str(seen.statuses[j].host) for j in running if seen.statuses[j].host}
-        loads, seen.jobs = self.site.nodes_and_tails(running)
+        loads, seen.jobs, allocated = self.site.nodes_and_tails(running)
         seen.hosts = {n: r for n, r in loads.items() if n in nodes}
+        self._read_gpus(seen, running, allocated)
         seen.commands.update(Counter(self.commands.calls) - before)
         seen.commands.update(Counter(self._sessions()) - Counter(sessions))
         return seen
+
+    def _read_gpus(self, seen: Observation, running: Mapping[str, Handle], allocated: TaskGpus) -> None:
+        """Each node's GPUs into ``seen.hosts`` and the GPUs each running job's task holds
+        (``allocated``: Slurm's word) into ``seen.jobs`` (its ``visible_gpus``: the rows' indices)."""
+        from launcher_core.backends.slurm.nodes import read_node_gpus
+        from launcher_core.machines import HostReading, JobReading
+
+        where: dict[str, tuple[str, str]] = {}  # job -> (node, task)
+        tasks: dict[str, list[str]] = {}
+        for job_id, handle in running.items():
+            node, task = seen.statuses[job_id].host, SlurmHandle.of(handle).slurm_job_id
+            if node and task:
+                where[job_id] = (node, task)
+                if task not in tasks.setdefault(node, []):
+                    tasks[node].append(task)
+        found = read_node_gpus(self.commands, tasks, allocated)
+        self.commands.calls.update(found.commands)
+        for node in {*found.gpus, *found.notes}:
+            reading = seen.hosts.setdefault(node, HostReading())
+            reading.gpus, reading.note = found.gpus.get(node, []), found.notes.get(node)
+        for job_id, place in where.items():
+            held = found.held.get(place)
+            if held:
+                seen.jobs[job_id] = dataclasses.replace(seen.jobs.get(job_id) or JobReading(), visible_gpus=held)
 
     def _sessions(self) -> dict[str, int]:
         """SSH commands and logins to the login node so far (none on a shared file system)."""

@@ -16,6 +16,15 @@ from typing import Any
 from launcher_core.backends.base import CleanReport, CleanRequest, Handle, remote_paths_of
 from launcher_core.backends.slurm.accounting import NODE_LOAD_ARGS, ExitInfo, SlurmCommands, parse_node_loads
 from launcher_core.backends.slurm.handle import SlurmHandle
+from launcher_core.backends.slurm.nodes import (
+    SCONTROL_LINE,
+    SCONTROL_TIMEOUT_S,
+    TaskGpus,
+    arrays_of,
+    parse_task_gpus,
+    scontrol_argv,
+    scontrol_script,
+)
 from launcher_core.backends.slurm.options import SlurmOptions
 from launcher_core.backends.slurm.sbatch import EXIT_FILE, RANKS_DIR, SLURM_DIR, TIMEOUTS_FILE
 from launcher_core.errors import BackendError
@@ -79,16 +88,25 @@ class LocalSite:
     def before_poll(self, handles: Mapping[str, Handle]) -> None:
         """Nothing to prepare: :meth:`nodes_and_tails` reads here."""
 
-    def nodes_and_tails(self, running: Mapping[str, Handle]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The nodes' load (one ``sinfo``) and the last stdout line of each running job, read in
-        the shared sweep dir."""
+    def nodes_and_tails(self, running: Mapping[str, Handle]) -> tuple[dict[str, Any], dict[str, Any], TaskGpus]:
+        """The nodes' load (one ``sinfo``), the last stdout line of each running job, read in the
+        shared sweep dir, and the GPUs of the running tasks (one ``scontrol`` per array)."""
         from launcher_core.machines import read_local_job
 
         if not running:
-            return {}, {}
+            return {}, {}, TaskGpus()
         proc = self.commands.run(["sinfo", *NODE_LOAD_ARGS])
         loads = parse_node_loads(proc.stdout if proc.returncode == 0 else "")
-        return loads, {j: read_local_job(Path(SlurmHandle.of(h).launcher_dir), None) for j, h in running.items()}
+        tails = {j: read_local_job(Path(SlurmHandle.of(h).launcher_dir), None) for j, h in running.items()}
+        lines: list[str] = []
+        for array in arrays_of(SlurmHandle.of(h).slurm_job_id for h in running.values()):
+            try:
+                answer = self.commands.run(scontrol_argv(array), timeout_s=SCONTROL_TIMEOUT_S)
+            except BackendError as exc:  # the GPUs go unnamed; the rest of the view stands
+                log.debug("scontrol for array %s: %s", array, exc)
+                continue
+            lines += answer.stdout.splitlines() if answer.returncode == 0 else []
+        return loads, tails, parse_task_gpus(lines)
 
     def read_log(self, handle: SlurmHandle, name: str, offset: int) -> bytes:
         try:
@@ -142,6 +160,11 @@ class RemoteSlurmCommands(SlurmCommands):
         code, _, stderr = rest.partition("\n")
         return subprocess.CompletedProcess(list(argv), int(code.strip() or 1), stdout, stderr)
 
+    def shell(self, text: str, *, what: str, timeout_s: float | None = None) -> str:
+        """Run a sh script on the login node after the ``login_setup`` lines (Slurm's commands
+        work there as in :meth:`run`): one session."""
+        return self.script("\n".join([*self.setup, text]), what=what, timeout_s=timeout_s)
+
     def script(self, text: str, *, what: str, timeout_s: float | None = None) -> str:
         """Run a sh script on the login node (bounded, retried on transport errors)."""
         timeout = timeout_s or self.timeout_s
@@ -169,6 +192,7 @@ class LoginSite:
         self.job_env: dict[str, str] = {}  # the login node's own snapshot is the frozen code
         self.default_python = "python3"
         self._runtime_files: list[str] = []  # the shipped runtime, relative to the local sweep dir
+        self._arrays: list[str] = []  # the arrays whose GPUs ride along with the next poll
 
     def prepare(self, sweep: SweepInfo, script_dirs: Sequence[str], dry_run: bool) -> None:
         """Claim the mirrored sweep dir, sync the code into a new snapshot, ship the runtime and
@@ -270,16 +294,18 @@ class LoginSite:
         return info
 
     def before_poll(self, handles: Mapping[str, Handle]) -> None:
-        """The nodes' load (``sinfo``) and the jobs' log tails ride along with the poll's first
-        command on the login node: one session for all (:meth:`nodes_and_tails` reads them)."""
+        """The nodes' load (``sinfo``), the GPUs of the running tasks (``scontrol`` per array) and
+        the jobs' log tails ride along with the poll's first command on the login node: one
+        session for all (:meth:`nodes_and_tails` reads them)."""
         from launcher_core.machines import tail_script
 
         jobs = [(j, SlurmHandle.of(h).launcher_dir) for j, h in handles.items()]
+        self._arrays = arrays_of(SlurmHandle.of(h).slurm_job_id for h in handles.values())
         sinfo = shlex.join(["sinfo", *NODE_LOAD_ARGS])
-        self.commands.rider = f"{sinfo} | sed 's/^/{NODE_LINE} /'\n{tail_script(jobs)}"
+        self.commands.rider = f"{sinfo} | sed 's/^/{NODE_LINE} /'\n{scontrol_script(self._arrays)}\n{tail_script(jobs)}"
         self.commands.rider_output = None
 
-    def nodes_and_tails(self, running: Mapping[str, Handle]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def nodes_and_tails(self, running: Mapping[str, Handle]) -> tuple[dict[str, Any], dict[str, Any], TaskGpus]:
         """What :meth:`before_poll` sent along (in a session of its own if no command took it)."""
         from launcher_core.machines import parse_probe
 
@@ -289,13 +315,14 @@ class LoginSite:
             out = self.commands.script(rider, what="reading the nodes and job logs")
         self.commands.rider_output = None
         if out is None:
-            return {}, {}
+            return {}, {}, TaskGpus()
         self.commands.calls["sinfo"] += 1
-        loads = parse_node_loads(
-            "\n".join(line[len(NODE_LINE) + 1 :] for line in out.split("\n") if line.startswith(NODE_LINE))
-        )
+        self.commands.calls["scontrol"] += len(self._arrays)
+        lines = out.split("\n")
+        loads = parse_node_loads("\n".join(line[len(NODE_LINE) + 1 :] for line in lines if line.startswith(NODE_LINE)))
+        gpus = parse_task_gpus(line[len(SCONTROL_LINE) + 1 :] for line in lines if line.startswith(SCONTROL_LINE))
         tails = parse_probe(out)[1]
-        return loads, {j: tails[j] for j in running if j in tails}
+        return loads, {j: tails[j] for j in running if j in tails}, gpus
 
     def fetch(self, jobs: Mapping[str, SlurmHandle], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
         from launcher_core.remote.workspace import fetch_job_dirs
