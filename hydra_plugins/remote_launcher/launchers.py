@@ -280,7 +280,12 @@ class SpillLauncher(BackendLauncher):
 
         assert self.config is not None and self.hydra_context is not None
         label = f"{target.key} (cluster {target.cluster})"
-        cfg, name, _checked = checked_preset(target.cluster, target.overrides, _app_conf_dir(self.config), label)
+        try:
+            cfg, name, _checked = checked_preset(target.cluster, target.overrides, _app_conf_dir(self.config), label)
+        except ConfigError as exc:  # e.g. no such preset: say which target names it
+            if target.key in str(exc):
+                raise
+            raise ConfigError(f"{label}: {exc}") from exc
         if name == "spill":
             raise ConfigError(f"{label}: a target cannot itself be a spill launcher")
         try:

@@ -142,7 +142,8 @@ class SpillBackend(Backend):
                 failures.extend(bad)
                 self._drop(target, f"pre-flight failed on {bad[0].host}: {bad[0].check}: {bad[0].detail}")
                 continue
-            rows.extend(found)
+            # a failed row names its target (``ssh_dead/deadhost``): the refusal says which target to fix
+            rows.extend(r if r.ok else dataclasses.replace(r, host=where(target.name, r.host)) for r in found)
         if not self._enabled():
             return failures or rows
         return rows
