@@ -741,3 +741,27 @@ class BackendContract:
         final = clean(handles, sweep_id=sweep_id, sweep_handles=handles)
         assert final.errors == [], f"{sweep.label}: {final.errors}"
         assert (spec.output_dir / "out.txt").read_text() == "x=8\n" and result_of(spec).return_value["x"] == 8
+
+    # --- 7. withdraw -----------------------------------------------------------------------------------
+    def test_withdraw_never_takes_back_a_job_that_started(self, contract_sweep: Sweep) -> None:
+        """Whatever a backend can take back (``withdraw``; nothing by default), a job that runs is
+        neither returned nor stopped, and asking again changes nothing."""
+        sweep = contract_sweep
+        pid_file = sweep.pid_file(9)
+        (spec,) = sweep.specs({"x": 9, "seconds": 300, "pid_file": pid_file})
+        handles = sweep.submit([spec])
+
+        def started() -> int | None:
+            pid = read_pid(pid_file)
+            if pid is None:
+                sweep.poll(handles)  # a backend may start queued jobs in poll
+            return pid
+
+        pid = wait_until(f"{sweep.label}: the job to start (its PID in {pid_file})", started)
+
+        for _ in range(2):  # safe to repeat
+            taken = sweep.backend.withdraw(handles)
+            assert taken == set(), f"{sweep.label}: withdraw took back a running job: {taken}"
+            assert pid_alive(pid), f"{sweep.label}: withdraw stopped a running job"
+            status = sweep.poll(handles).get(spec.job_id)
+            assert status is None or status.state.is_active, f"{sweep.label}: a job left running polled as {status}"

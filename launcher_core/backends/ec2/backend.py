@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher_core.backends.base import Backend, CleanReport, CleanRequest, Handle
-from launcher_core.backends.ec2.aws import AwsClient, root_volume_mapping
+from launcher_core.backends.ec2.aws import TAG_TERMINATED_BY, AwsClient, root_volume_mapping
+from launcher_core.backends.ec2.billing import MachineHours, cached_price
 from launcher_core.backends.ec2.cleaning import clean_sweep_files
 from launcher_core.backends.ec2.fleet import Fleet, job_status
 from launcher_core.backends.ec2.handle import Ec2Handle
@@ -66,6 +67,7 @@ class Ec2Backend(Backend):
         self._reasons: dict[str, str] = {}
         self._types_in_use: list[str] | None = None  # instance types the jobs of this launch need
         self._entries: dict[str, dict[str, dict[str, Any]]] = {}  # group -> its jobs' entries (this submit)
+        self.machine_hours = MachineHours(settings.max_runtime_s)  # what this process saw of instances
 
     def stored_config(self) -> dict[str, Any]:
         """The settings :func:`from_config` rebuilds this backend from (kept in the state store):
@@ -273,6 +275,7 @@ class Ec2Backend(Backend):
         statuses: dict[str, JobStatus] = {}
         for (bucket, base, sweep_id), group in by_sweep.items():
             instances = self.fleet.describe_sweep_instances(sweep_id)
+            self.machine_hours.observe(instances)
             markers = self.store.list_markers(bucket, markers_prefix(base))
             for job_id, handle in group.items():
                 statuses[job_id] = job_status(job_id, handle, markers, instances, self._failed_reason)
@@ -360,6 +363,101 @@ class Ec2Backend(Backend):
         markers = self.store.list_markers(bucket, markers_prefix(base, run), run)
         finished = {job_id for (_run, job_id), states in markers.items() if {"done", "failed"} & set(states)}
         return {str(j["job_id"]) for j in plan.get("jobs", [])} - finished
+
+    # --- optional: withdraw, billing ---------------------------------------------------------------
+    def withdraw(self, handles: Mapping[str, Handle]) -> set[str]:
+        """Take back jobs no instance has started: an instance still ``pending`` (it has not run
+        its user-data, so no agent started anything) all of whose jobs are asked for and none of
+        whose jobs left a marker is terminated (tagged as terminated by the launcher), and its
+        jobs are returned once a second look at the markers shows none of them started (EC2
+        cannot terminate "only while pending": an agent that marked a job running in between
+        keeps its jobs out of the answer). A ``running`` instance is left alone, as its agent may
+        have started a job, and so is one with jobs not asked for. Safe to repeat: an instance
+        already terminated by the launcher before any of its jobs left a marker returns its jobs
+        again (while EC2 still lists it: about an hour).
+
+        Calls: one DescribeInstances, one GET of each such instance's plan, and one marker
+        listing per run before and after the terminations."""
+        by_instance: dict[str, dict[str, Ec2Handle]] = {}
+        typed = Ec2Handle.typed(handles)
+        for job_id, handle in typed.items():
+            if handle.instance_id:
+                by_instance.setdefault(handle.instance_id, {})[job_id] = handle
+        if not by_instance:
+            return set()
+        self.aws.connect()
+        instances = self.fleet.describe_jobs_instances({h.sweep_id for h in typed.values()})
+        self.machine_hours.observe(instances)
+        candidates: dict[str, tuple[Ec2Handle, set[str], bool]] = {}  # iid -> (a handle, its jobs, pending)
+        for iid, jobs in by_instance.items():
+            inst = instances.get(iid, {})
+            state = inst.get("State", {}).get("Name")
+            tags = {t.get("Key"): t.get("Value") for t in inst.get("Tags", [])}
+            ours_ended = state in ("shutting-down", "terminated") and TAG_TERMINATED_BY in tags
+            if state != "pending" and not ours_ended:
+                continue
+            handle = next(iter(jobs.values()))
+            on_it = self._jobs_on(handle)
+            if on_it and on_it <= set(jobs):
+                candidates[iid] = (handle, on_it, state == "pending")
+        unstarted = self._unstarted(candidates)
+        self.terminate_instances(sorted(i for i in unstarted if candidates[i][2]))  # the pending ones
+        confirmed = self._unstarted({i: c for i, c in candidates.items() if i in unstarted})
+        if confirmed:
+            log.info("withdrew the jobs of %d EC2 instances that had not started them", len(confirmed))
+        return {job_id for iid in confirmed for job_id in candidates[iid][1]}
+
+    def _jobs_on(self, handle: Ec2Handle) -> set[str]:
+        """The jobs of the instance running ``handle``'s job, from its plan (empty: unreadable)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            plan = self.store.get_json(handle.bucket, group_key(handle.base, handle.run, handle.group, "plan.json"))
+        except ClientError:
+            return set()
+        return {str(j["job_id"]) for j in plan.get("jobs", [])}
+
+    def _unstarted(self, candidates: Mapping[str, tuple[Ec2Handle, set[str], bool]]) -> set[str]:
+        """The instances none of whose jobs left a marker of its agent (running, done, failed;
+        a ``cancel`` request is the launcher's own): one listing per run."""
+        listed: dict[tuple[str, str, str], Mapping[tuple[str, str], Mapping[str, str]]] = {}
+        out = set()
+        for iid, (handle, on_it, _pending) in candidates.items():
+            key = (handle.bucket, handle.base, handle.run)
+            if key not in listed:
+                prefix = markers_prefix(handle.base, handle.run)
+                listed[key] = self.store.list_markers(handle.bucket, prefix, handle.run)
+            if not any(set(listed[key].get((handle.run, job_id), {})) - {"cancel"} for job_id in on_it):
+                out.add(iid)
+        return out
+
+    def billed_hours(self, handles: Mapping[str, Handle]) -> float:
+        """Machine-hours of the distinct instances of these jobs so far, from one DescribeInstances:
+        each from its LaunchTime to its end, at least a minute (the approximation:
+        :mod:`.billing`)."""
+        launched: dict[str, float] = {}
+        typed = Ec2Handle.typed(handles)
+        for handle in typed.values():
+            if handle.instance_id:
+                launched.setdefault(handle.instance_id, float(handle.launched_at or 0) or time.time())
+        if not launched:
+            return 0.0
+        self.aws.connect()
+        instances = self.fleet.describe_jobs_instances({h.sweep_id for h in typed.values()})
+        return self.machine_hours.hours(launched, instances)
+
+    def hourly_price_usd(self) -> float | None:
+        """Spot: the newest spot price history entry of the instance type (Linux/UNIX; in the
+        subnet's zone when ``subnet_id`` is set; the dearest of the launch's instance types and
+        zones otherwise), or None when EC2 gives none. On-demand: None (the user gives the
+        price). Asked once per process."""
+        s = self.settings
+        if not s.spot:
+            return None
+        types = sorted(self.instance_types_in_use())
+        self.aws.connect()
+        key = (s.endpoint_url, self.region, tuple(types), s.subnet_id)
+        return cached_price(key, lambda: self.fleet.spot_price(types))
 
     def terminate_instances(self, instance_ids: Sequence[str]) -> None:
         """Terminate instances; ids already gone are ignored."""

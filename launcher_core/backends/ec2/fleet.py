@@ -113,6 +113,40 @@ class Fleet:
                 found.setdefault(str(tags.get(TAG_INTENT)), iid)
         return found
 
+    def describe_jobs_instances(self, sweep_ids: set[str]) -> dict[str, dict[str, Any]]:
+        """The instances of these sweeps in one DescribeInstances (by the sweep tag; every
+        launcher instance when the jobs come from several sweeps)."""
+        return self.describe_sweep_instances(next(iter(sweep_ids)) if len(sweep_ids) == 1 else None)
+
+    def spot_price(self, instance_types: Sequence[str]) -> float | None:
+        """The spot price of these instance types now (Linux/UNIX), in the zone of ``subnet_id``
+        when it is set, the dearest type and zone otherwise (:func:`.billing.latest_spot_price`);
+        None when EC2 gives none. One DescribeSubnets (with ``subnet_id``), one
+        DescribeSpotPriceHistory from now on (EC2 answers with the price in effect then)."""
+        from datetime import datetime, timezone
+
+        from launcher_core.backends.ec2.billing import LINUX_PRODUCTS, latest_spot_price
+
+        zone = None
+        if self.settings.subnet_id:
+            subnets = self.aws.call("describe_subnets", SubnetIds=[self.settings.subnet_id]).get("Subnets", [])
+            zone = str(subnets[0].get("AvailabilityZone") or "") or None if subnets else None
+        kwargs: dict[str, Any] = {
+            "InstanceTypes": list(instance_types),
+            "ProductDescriptions": list(LINUX_PRODUCTS),
+            "StartTime": datetime.now(timezone.utc),
+        }
+        if zone:
+            kwargs["AvailabilityZone"] = zone
+        history: list[dict[str, Any]] = []
+        for _page in range(20):  # a page per zone and product at most: bounded all the same
+            page = self.aws.call("describe_spot_price_history", **kwargs)
+            history += page.get("SpotPriceHistory", [])
+            kwargs["NextToken"] = page.get("NextToken")
+            if not kwargs["NextToken"]:
+                break
+        return latest_spot_price(history, instance_types, zone)
+
     def _describe(self, filters: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """DescribeInstances with ``filters``, every page: id -> description."""
         found: dict[str, dict[str, Any]] = {}

@@ -253,6 +253,17 @@ class SlurmAccounting:
         self._note_health(ok)
         return records
 
+    def records(self, arrays: Sequence[str]) -> tuple[bool, dict[str, SlurmRecord]]:
+        """(whether accounting answered, the records of these arrays' tasks): one ``sacct``, or,
+        while it fails, one ``squeue`` (what slurmctld still holds: finished tasks for
+        ``MinJobAge`` only). ``(False, {})`` when neither answers."""
+        if arrays and time.time() >= self._sacct_down_until:
+            ok, records = self._sacct(arrays)
+            if ok:
+                return True, records
+        _ok, queued = self._squeue()
+        return False, queued
+
     def _confirm_lost(self, handles: Mapping[str, SlurmHandle], records: dict[str, SlurmRecord]) -> None:
         """A task sacct reports NODE_FAIL, BOOT_FAIL or PREEMPTED may already be requeued (our
         scripts carry ``--requeue``; accounting records the failed run before the requeue): the

@@ -303,6 +303,17 @@ class SlurmBackend(Backend):
         if proc.returncode != 0:
             log.warning("scancel %s: %s", " ".join(ids[:10]), proc.stderr.strip())
 
+    def withdraw(self, handles: Mapping[str, Handle]) -> set[str]:
+        """Take back array tasks still pending: split them off their array's pending record, one
+        ``scancel --state=PENDING`` (Slurm spares a task that started meanwhile), then one
+        ``sacct`` per confirmation round (bounded) until each is known cancelled before it ever
+        got a node; only those tasks' jobs are returned. A packed task goes only when all its
+        jobs are asked for. Safe to repeat. Details: :mod:`.withdrawal`."""
+        from launcher_core.backends.slurm.withdrawal import withdraw_tasks
+
+        typed = SlurmHandle.typed(handles)
+        return withdraw_tasks(self.commands, self.accounting, self.site.exit_info, typed) if typed else set()
+
     def close(self) -> None:
         self.site.close()
 
@@ -565,8 +576,10 @@ class SlurmBackend(Backend):
                 launcher_dir=f"{job_dir}/{LAUNCHER_DIR}",
                 submitted_at=now,
                 timeout_min=self.options.for_resources(chunk.resources).timeout_min,
-                # its state comes from its own exit file, the task's from sacct
-                packed=chunk.jobs_per_task if chunk.jobs_per_task > 1 else None,
+                # its state comes from its own exit file, the task's from sacct; the number of
+                # jobs its task runs (a chunk's last task may run fewer) says when a withdrawal
+                # asks for all of them
+                packed=chunk.jobs_in_task(task) if chunk.jobs_per_task > 1 else None,
                 **mirror,
             )
         return out

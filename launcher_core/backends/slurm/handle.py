@@ -25,7 +25,7 @@ class SlurmHandle(JobHandle):
     launcher_dir: str
     submitted_at: float = 0.0
     timeout_min: int | None = None
-    packed: int | None = written_with("packed")  # jobs in the packed task (None: a task of its own)
+    packed: int | None = written_with("packed")  # jobs its packed task runs (None: a task of its own)
     login_host: str | None = written_with(_LOGIN)
     rel: str | None = written_with(_LOGIN)
     remote_sweep_dir: str | None = written_with(_LOGIN)

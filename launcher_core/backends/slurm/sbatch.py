@@ -56,6 +56,10 @@ class Chunk:
     def tasks(self) -> int:
         return -(-len(self.specs) // self.jobs_per_task)
 
+    def jobs_in_task(self, task: int) -> int:
+        """How many jobs array index ``task`` runs (the last one may run fewer)."""
+        return min(self.jobs_per_task, len(self.specs) - task * self.jobs_per_task)
+
     def task_of(self, position: int) -> int:
         """The array index that runs ``specs[position]``."""
         return position // self.jobs_per_task
