@@ -308,6 +308,19 @@ class SweepController:
                 break
         return started
 
+    def _stop_if_given_up(self, active: Mapping[str, Any]) -> None:
+        """Every job still running is where the backend lost contact (and nothing more can be
+        placed): stop the launch with its message; the jobs are left for a relaunch."""
+        if not active or self._moving or (self.held and (self.backend.room() or 0) > 0):
+            return
+        why = self.backend.given_up(active)
+        if why:
+            held = f"; {len(self.held)} jobs not started yet start then" if self.held else ""
+            raise BackendError(
+                f"{why}\n{len(active)} jobs keep running there as far as anyone knows: run the same command "
+                f"again to re-attach and collect them{held}"
+            )
+
     def end_unplaceable(self, active: Mapping[str, Any]) -> None:
         """Held jobs with nothing running and no room left: they end failed, with the backend's reason."""
         if not self.held or active or (self.backend.room() or 0) > 0:
@@ -429,6 +442,7 @@ class SweepController:
                     self.record_spent()
                     if placed:
                         result.changed.update({j: (JobState.SUBMITTED, None) for j in placed})
+                self._stop_if_given_up(active)
                 if result.changed or result.finished:
                     progress.update(self.counts, self.backend.progress_lines())
                 # a detached backend's poll asks another machine (sacct, ssh, S3): never back to back,

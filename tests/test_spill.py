@@ -251,18 +251,19 @@ def test_sshd_stopped_for_good_mid_sweep_runs_nothing_twice(
     ssh_env: SSHTestEnv, extra_sshd: SSHServer, tmp_path: Path
 ) -> None:
     """The ssh target's sshd is stopped for good while its two jobs run (they go on on the host):
-    the local target runs every other job; once the ssh target's ``reconnect_grace_s`` is over the
-    launch stops saying how to re-attach, with the ssh jobs unfinished (never taken as lost, never
-    placed elsewhere, never run twice). With the sshd back, the same command re-attaches them."""
+    the ssh target's ``reconnect_grace_s`` ends long before the local target is done, and the local
+    target still runs every other job (one target's outage never stops the others); then the launch
+    stops saying how to re-attach, with the ssh jobs unfinished (never taken as lost, never placed
+    elsewhere, never run twice). With the sshd back, the same command re-attaches them."""
     n_jobs = 10
     proj = _project(tmp_path / "proj")
     _local_preset(proj)
-    _ssh_preset(proj, ssh_env, "ssh_t", server=extra_sshd, reconnect_grace_s=12)
+    _ssh_preset(proj, ssh_env, "ssh_t", server=extra_sshd, reconnect_grace_s=2)
     record = shared_file("hrl-spill-down")
     sweep_dir = proj / "multirun" / "s"
     targets = _targets("{cluster: ssh_t, max_jobs: 2}", "{cluster: loc_a, max_jobs: 2}")
     argv = _argv(
-        proj, sweep_dir, record, targets, n_jobs, 0.5, "hold_s=10", f"hold_where=[{SSH_USER}]", "hold_on=[0,1]"
+        proj, sweep_dir, record, targets, n_jobs, 1.5, "hold_s=10", f"hold_where=[{SSH_USER}]", "hold_on=[0,1]"
     )
     launch = subprocess.Popen(
         [sys.executable, *argv], cwd=proj, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -279,6 +280,7 @@ def test_sshd_stopped_for_good_mid_sweep_runs_nothing_twice(
     said = out + err
     assert launch.returncode != 0, said[-4000:]
     assert f"lost contact with {extra_sshd.alias()}" in said and "run the same command again to re-attach" in said
+    assert "target ssh_t (remote_ssh) does not answer; its 2 jobs are left as they are" in said, said[-4000:]
     starts = _starts(record)
     assert starts == dict.fromkeys(range(n_jobs), 1), _lines(record)
     done = _done(record)

@@ -313,6 +313,13 @@ class Backend(abc.ABC):
         another target has room). Default: none."""
         return []
 
+    def given_up(self, handles: Mapping[str, Handle]) -> str | None:
+        """Why these jobs, all still running as far as anyone knows, will not be heard of in this
+        launch (the spill backend: every one is on a target that lost contact): the launch stops
+        with this message, leaving them for a relaunch to re-attach. None: keep watching (a
+        backend that cannot reach its jobs raises from :meth:`poll` instead). Default: None."""
+        return None
+
     def withdraw(self, handles: Mapping[str, Handle]) -> set[str]:
         """Take back jobs that have not started: cancel each only while it is still queued, and
         return the ids confirmed gone without ever having started (a job that started meanwhile

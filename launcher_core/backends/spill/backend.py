@@ -35,6 +35,8 @@ from launcher_core.jobs import JobSpec, JobState, JobStatus, PullFilter, SweepIn
 
 log = logging.getLogger("launcher_core")
 
+LOST_CONTACT_RETRY_S = 60.0  # how often a target that lost contact is asked again
+
 
 @dataclass(eq=False)  # one object per target: a dict key by identity
 class Target:
@@ -47,6 +49,7 @@ class Target:
     enabled: bool = True  # False: its pre-flight or start-up failed (a warning said so)
     congested: bool = False  # a job was taken back from its queue: no new jobs until one of its jobs runs
     budget_note: str | None = None  # set once max_cost_usd is reached: no new jobs
+    lost_contact: str | None = None  # its poll gave up (an outage past its grace): no new jobs, asked rarely
     active: set[str] = field(default_factory=set)  # jobs of the sweep there now (queued or running)
     cannot: dict[str, str] = field(default_factory=dict)  # job id -> why it cannot run there
     resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # job id -> its resources there
@@ -66,7 +69,7 @@ class Target:
 
     @property
     def usable(self) -> bool:
-        return self.enabled and not self.congested and self.budget_note is None
+        return self.enabled and not self.congested and self.budget_note is None and self.lost_contact is None
 
     @property
     def free(self) -> int:
@@ -287,11 +290,21 @@ class SpillBackend(Backend):
         now = time.monotonic()
         statuses: dict[str, JobStatus] = {}
         for target, group in self._by_target(handles).items():
-            if target.backend.detached and now - target.last_poll < target.interval_s:
+            interval = LOST_CONTACT_RETRY_S if target.lost_contact else target.interval_s
+            if target.backend.detached and now - target.last_poll < interval:
                 target.active = set(group)
                 continue
             target.last_poll = now
-            found = target.backend.poll({j: dict(h.inner) for j, h in group.items()})
+            try:
+                found = target.backend.poll({j: dict(h.inner) for j, h in group.items()})
+            except BackendError as exc:
+                if not target.backend.detached:
+                    raise
+                self._lost_contact(target, group, exc)
+                continue
+            if target.lost_contact is not None:
+                target.lost_contact = None
+                log.warning("spill: target %s answers again: it takes new jobs", target.label)
             for job_id, st in found.items():
                 if job_id in group:
                     statuses[job_id] = _placed_status(target, st)
@@ -299,6 +312,28 @@ class SpillBackend(Backend):
             self._count(target, group, found)
             self._check_budget(target)
         return statuses
+
+    def _lost_contact(self, target: Target, group: Mapping[str, SpillHandle], exc: BackendError) -> None:
+        """A target whose poll gave up (its outage outlasted its own grace): its jobs are left as
+        they are (unknown: they may still run), it takes no new jobs, and the other targets go
+        on; it is asked again every :data:`LOST_CONTACT_RETRY_S`."""
+        target.active = set(group)
+        if target.lost_contact is None:
+            log.warning(
+                "spill: target %s does not answer; its %d jobs are left as they are and the other targets go on: %s",
+                target.label,
+                len(group),
+                str(exc).splitlines()[0],
+            )
+        target.lost_contact = str(exc)
+
+    def given_up(self, handles: Mapping[str, Handle]) -> str | None:
+        """When every job still running is on targets that lost contact: their message (the
+        launch stops, and a relaunch re-attaches those jobs)."""
+        by_target = self._by_target(handles)
+        if not by_target or any(t.lost_contact is None for t in by_target):
+            return None
+        return "; ".join(f"target {t.name}: {t.lost_contact}" for t in by_target)
 
     def _count(self, target: Target, group: Mapping[str, SpillHandle], found: Mapping[str, JobStatus]) -> None:
         running = sum(1 for st in found.values() if st.state is JobState.RUNNING)
