@@ -130,6 +130,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--job-s", type=float, default=3.0, help="how long each job sleeps")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--only", choices=["spill"], help="run the spill sweep alone (no side-by-side anchors)")
     args = parser.parse_args()
     reason = sshd.skip_reason() or ensure_packages()
     if reason:
@@ -151,7 +152,7 @@ def main() -> int:
             targets = ",".join(f"{{cluster: {n}, max_jobs: {k}}}" for n, k in SLOTS.items())
             sweeps = {
                 "spill": ["hydra/launcher=spill", f"hydra.launcher.targets=[{targets}]"],
-                **{f"{n} alone": [f"+cluster={n}"] for n in SLOTS},
+                **({} if args.only else {f"{n} alone": [f"+cluster={n}"] for n in SLOTS}),
             }
             say(f"sshd and Slurm up; {args.jobs} jobs of {args.job_s:g} s per sweep")
             for name, launcher in sweeps.items():
@@ -188,6 +189,16 @@ def main() -> int:
         f"spill makespan {spill['wall_s']:.1f} s = {spill['wall_s'] / ideal:.2f}x ideal "
         f"({spill['wall_s'] / goal:.2f}x the goal): goal {'met' if met else 'NOT met'}"
     )
+    alone = [r for r in runs if r["name"].endswith(" alone") and r["ok"] and r["span_s"] > 0]
+    if len(alone) == len(SLOTS):
+        # what the targets can do together at the pace each showed alone (its own per-job start-up
+        # included): the bound no placement can beat on this machine
+        paced = args.jobs / sum(args.jobs / r["span_s"] for r in alone)
+        print(
+            f"at each target's own pace alone: {paced:.1f} s of job span for {args.jobs} jobs; spill job span "
+            f"{spill['span_s']:.1f} s = {spill['span_s'] / paced:.2f}x that (1.2x + {args.job_s:g} s = "
+            f"{1.2 * paced + args.job_s:.1f} s: {'within' if spill['span_s'] <= 1.2 * paced + args.job_s else 'over'})"
+        )
     print("makespan: the launching command's wall time (Hydra start-up, pre-flight and pulling results included)")
     if args.json:
         numbers = {"jobs": args.jobs, "job_s": args.job_s, "ideal_s": ideal, "goal_s": goal, "runs": runs}
