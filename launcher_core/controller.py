@@ -321,9 +321,10 @@ class SweepController:
                 f"again to re-attach and collect them{held}"
             )
 
-    def end_unplaceable(self, active: Mapping[str, Any]) -> None:
-        """Held jobs with nothing running and no room left: they end failed, with the backend's reason."""
-        if not self.held or active or (self.backend.room() or 0) > 0:
+    def end_unplaceable(self, active: Mapping[str, Any], placed: Mapping[str, Any]) -> None:
+        """Held jobs the backend took none of while nothing runs (no room, or no place with room
+        can run them): nothing will change, so they end failed, with the backend's reason."""
+        if not self.held or active or placed or self._moving:
             return
         reason = f"not run: {self.backend.no_room_reason()}"
         log.error("%d jobs were not run: %s", len(self.held), self.backend.no_room_reason())
@@ -438,7 +439,7 @@ class SweepController:
                     self.move_overdue(result.statuses, active)
                     placed = self.fill()
                     active.update(placed)
-                    self.end_unplaceable(active)
+                    self.end_unplaceable(active, placed)
                     self.record_spent()
                     if placed:
                         result.changed.update({j: (JobState.SUBMITTED, None) for j in placed})

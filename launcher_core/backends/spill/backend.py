@@ -192,6 +192,10 @@ class SpillBackend(Backend):
         return sum(t.free for t in self.targets)
 
     def no_room_reason(self) -> str:
+        roomy = [t for t in self.targets if t.free > 0]
+        if roomy:
+            why = "; ".join(f"{t.name}: {next(iter(t.cannot.values()), 'refused them')}" for t in roomy)
+            return f"the targets with free slots cannot run them ({why})"
         parts = []
         for t in self.targets:
             if not t.enabled:
