@@ -113,3 +113,55 @@ def test_cluster_test_of_a_spill_preset_checks_each_target(
     assert main(["cluster", "test", "both"]) == 1
     out = capsys.readouterr().out
     assert "pre-flight of cluster both (spill)" in out and "nowhere" in out
+
+
+SECRET_APP = """\
+import os
+
+import hydra
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg):
+    return os.environ.get("TOKEN")
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_a_secret_in_a_target_override_reaches_the_job_and_no_file(tmp_path: Path) -> None:
+    """``overrides: ["env_vars.TOKEN=..."]`` of a target sets the job's variable; Hydra's records
+    (multirun.yaml, each job's .hydra/) and the state store carry REDACTED, never the value."""
+    import os
+    import subprocess
+    import sys
+
+    from launcher_core.runtime.worker import load_job_return
+
+    (tmp_path / "conf" / "cluster").mkdir(parents=True)
+    (tmp_path / "app.py").write_text(SECRET_APP)
+    (tmp_path / "conf" / "config.yaml").write_text("x: 0\n")
+    (tmp_path / "conf" / "cluster" / "here.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: local_pool\n"
+    )
+    secret = "s3cret-value-42"
+    targets = f'hydra.launcher.targets=[{{cluster: here, max_jobs: 1, overrides: ["env_vars.TOKEN={secret}"]}}]'
+    sweep = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, "app.py", "-m", "hydra/launcher=spill", targets, "x=1,2", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_job_return(sweep / "0" / ".launcher" / "result.pkl").return_value == secret
+    leaks = [p for p in sweep.rglob("*") if p.is_file() and secret.encode() in p.read_bytes() and p.suffix != ".pkl"]
+    assert leaks == []
+    assert "TOKEN=REDACTED" in (sweep / "multirun.yaml").read_text()
+    assert secret not in proc.stdout + proc.stderr

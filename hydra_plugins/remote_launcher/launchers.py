@@ -268,6 +268,38 @@ class SpillLauncher(BackendLauncher):
         self.settings = spill_settings(self.params)
         self._children = [(t, self._target_launcher(t)) for t in self.settings.targets]
 
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._redact_target_secrets(config)
+
+    def _redact_target_secrets(self, config: DictConfig) -> None:
+        """A target's ``overrides`` that set one of its launcher's secret keys (``env_vars.TOKEN=...``)
+        are written by Hydra as ``REDACTED`` (in ``.hydra/hydra.yaml`` and ``multirun.yaml``), and a
+        command-line ``hydra.launcher.targets=...`` holding one is recorded without its value."""
+        from omegaconf import OmegaConf, open_dict, read_write
+
+        from launcher_core.redact import REDACTED, redact_override
+
+        secrets: list[str] = []
+        with read_write(config.hydra), open_dict(config.hydra):
+            for position, (_settings, launcher) in enumerate(self._children):
+                keys = getattr(launcher, "secret_keys", ())
+                node = OmegaConf.select(config, f"hydra.launcher.targets.{position}.overrides")
+                for i, line in enumerate(list(node or [])):
+                    bare = str(line) if str(line).startswith("hydra.") else f"hydra.launcher.{line}"
+                    key, _, value = str(line).partition("=")
+                    if keys and value and redact_override(bare, keys) != bare:
+                        node[i] = f"{key}={REDACTED}"
+                        secrets.append(value)
+            # the override line stays one a job can compose again: only the values are replaced
+            overrides = config.hydra.overrides.hydra
+            for i, line in enumerate(OmegaConf.to_container(overrides, resolve=False) if secrets else []):
+                redacted = str(line)
+                for value in secrets:
+                    redacted = redacted.replace(value, REDACTED)
+                if redacted != line:
+                    overrides[i] = redacted
+
     def _target_launcher(self, target: Any) -> Launcher:
         import copy
 
