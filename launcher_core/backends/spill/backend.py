@@ -499,7 +499,7 @@ class SpillBackend(Backend):
         seen = Observation()
         for target, group in self._by_target(handles).items():
             part = target.backend.observe({j: dict(h.inner) for j, h in group.items()})
-            seen.statuses.update({j: _placed_status(target, st) for j, st in part.statuses.items()})
+            seen.statuses.update(part.statuses)  # the machines' own names: top's host rows are machines
             seen.hosts.update(part.hosts)
             seen.jobs.update(part.jobs)
             seen.commands.update(part.commands)
