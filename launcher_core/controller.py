@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -39,6 +40,11 @@ log = logging.getLogger("launcher_core")
 
 MAX_LOGGED_JOBS = 50
 MAX_TAKE_BACK_TRIES = 30  # polls in a row a backend may fail to take back queued jobs before the launch stops
+#: test hook, not a setting: SIGKILL the launching process right after its N-th withdrawal that took
+#: jobs back returns and before the state store closes the move (tests/test_spill_moves.py): the
+#: queue no longer holds the jobs while the store still holds their handles
+TEST_KILL_AFTER_WITHDRAW_ENV = "HYDRA_LAUNCHER_TEST_HOOK_KILL_AFTER_WITHDRAW"
+_withdrawals = 0
 
 
 @dataclass
@@ -363,6 +369,8 @@ class SweepController:
             log.warning("taking back %d queued jobs failed; trying again at the next poll: %s", len(moving), exc)
             return
         self._take_back_failures = 0
+        if back:
+            _after_withdrawal()
         self._moving.clear()
         self.store.finish_moves(moving, withdrawn=back)
         for job_id in [j for j in moving if j in back]:
@@ -531,6 +539,16 @@ class SweepController:
         log.warning("interrupted: cancelling %d running jobs", len(active))
         self.backend.cancel(active)
         self.store.update_states({j: (JobState.CANCELLED, "interrupted (Ctrl-C)") for j in active})
+
+
+def _after_withdrawal() -> None:
+    """Test hook: count a withdrawal that took jobs back; with :data:`TEST_KILL_AFTER_WITHDRAW_ENV`
+    set to N, the N-th one kills this process with SIGKILL (before the move is closed)."""
+    global _withdrawals
+    _withdrawals += 1
+    wanted = os.environ.get(TEST_KILL_AFTER_WITHDRAW_ENV, "")
+    if wanted.isdigit() and int(wanted) == _withdrawals:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _was_lost(row: JobRow) -> bool:
