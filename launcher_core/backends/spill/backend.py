@@ -165,9 +165,10 @@ class SpillBackend(Backend):
     def _price(self, target: Target) -> None:
         """The instance-hour price of a target with ``max_cost_usd``: the user's, else the
         provider's (EC2 spot price history); a budget without a price is refused."""
-        if target.settings.max_cost_usd is None:
-            return
         price = target.settings.price_per_hour_usd
+        if target.settings.max_cost_usd is None:
+            target.price_per_hour_usd = price  # with a price alone the cost is counted, nothing stops
+            return
         if price is None:
             price = target.backend.hourly_price_usd()
         if price is None:
@@ -353,13 +354,13 @@ class SpillBackend(Backend):
 
     def _check_budget(self, target: Target) -> None:
         limit = target.settings.max_cost_usd
-        if limit is None or target.price_per_hour_usd is None or not target.billed:
+        if target.price_per_hour_usd is None or not target.billed:
             return
         hours = target.backend.billed_hours(target.billed)
         if hours is None:
             return
         target.cost_usd = hours * target.price_per_hour_usd
-        if target.cost_usd >= limit and target.budget_note is None:
+        if limit is not None and target.cost_usd >= limit and target.budget_note is None:
             target.budget_note = f"its cost ${target.cost_usd:.2f} reached max_cost_usd=${limit:g}"
             log.warning("spill: target %s: %s; no more jobs go there", target.label, target.budget_note)
 
