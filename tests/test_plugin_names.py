@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.conftest import REPO_ROOT, run_app
 
-OURS = ("LocalPoolLauncher", "RemoteSSHLauncher", "SlurmArrayLauncher", "Ec2Launcher")
+OURS = ("LocalPoolLauncher", "RemoteSSHLauncher", "SlurmArrayLauncher", "Ec2Launcher", "SpillLauncher")
 
 
 def test_each_launcher_is_listed_once_under_its_own_name() -> None:
