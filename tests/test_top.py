@@ -17,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,17 @@ def _wait(what: str, check, timeout_s: float = 90.0, interval_s: float = 0.3):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached after {timeout_s:g} s")
         time.sleep(interval_s)
+
+
+def _refresh_until(overview: Overview, what: str, done: Callable[[Snapshot], bool]) -> Snapshot:
+    """Refresh until ``done`` holds for a snapshot (that one is returned); on a timeout the error
+    shows the last snapshot as top draws it."""
+    seen: list[Snapshot] = []
+    try:
+        _wait(what, lambda: seen.append(overview.refresh()) or done(seen[-1]))
+    except AssertionError:
+        raise AssertionError(render_text(seen[-1])) from None
+    return seen[-1]
 
 
 @pytest.fixture(name="home")
@@ -298,14 +309,7 @@ def test_remote_ssh_one_command_per_host_and_no_new_login_per_refresh(
             assert first.commands[f"ssh login {host}"] == 1 and first.commands[f"ssh login {other_host}"] == 1
             assert _logins(ssh_env.server) == before + 2
             wanted = {ids["top-a"]: 2, ids["top-b"]: 2, ids["top-c"]: 1}
-            seen: list[Snapshot] = []
-            try:
-                snapshot = _wait(
-                    "every job running",
-                    lambda: seen.append(overview.refresh()) or _settled(seen[-1], wanted) and seen[-1],
-                )
-            except AssertionError:
-                raise AssertionError(render_text(seen[-1])) from None
+            snapshot = _refresh_until(overview, "every job running", lambda seen: _settled(seen, wanted))
             for _ in range(3):
                 again = overview.refresh()
                 ssh = {k: n for k, n in again.commands.items() if k.startswith("ssh ")}
@@ -375,14 +379,7 @@ def test_slurm_sweeps_cost_one_sacct_per_refresh(slurm_cluster: SlurmCluster, tm
             launch_sweep(task, jobs, overrides)
         ids = [_sweep_id(s) for s in sweeps]
         with Overview() as overview:
-            seen: list[Snapshot] = []
-            try:
-                _wait(
-                    "4 jobs running",
-                    lambda: seen.append(overview.refresh()) or _settled(seen[-1], dict.fromkeys(ids, 2)),
-                )
-            except AssertionError:
-                raise AssertionError(render_text(seen[-1])) from None
+            _refresh_until(overview, "4 jobs running", lambda seen: _settled(seen, dict.fromkeys(ids, 2)))
             snapshot = overview.refresh()
         shown = render_text(snapshot)
         # sacct's own lag may add a squeue (SACCT_LAG_S): never a second sacct or sinfo
@@ -454,11 +451,7 @@ def test_slurm_node_shows_its_gpus_and_the_task_holding_each(
             return len(running) == 2 and all("gpu=" in (j.last_line or "") for j in running) and bool(hosts[0].gpus)
 
         with Overview() as overview:
-            seen: list[Snapshot] = []
-            try:
-                _wait("2 jobs running on their GPUs", lambda: seen.append(overview.refresh()) or both_on_gpus(seen[-1]))
-            except AssertionError:
-                raise AssertionError(render_text(seen[-1])) from None
+            _refresh_until(overview, "2 jobs running on their GPUs", both_on_gpus)
             snapshot = overview.refresh()
         shown = render_text(snapshot)
         # per refresh: sacct, sinfo, one scontrol for the one array, one step on the one node
@@ -680,11 +673,7 @@ def test_slurm_login_host_the_nodes_and_logs_ride_with_the_sacct_session(
         sweep_id = _sweep_id(sweep)
         before = _logins(ssh_env.server)
         with Overview() as overview:
-            seen: list[Snapshot] = []
-            try:
-                _wait("2 jobs running", lambda: seen.append(overview.refresh()) or _settled(seen[-1], {sweep_id: 2}))
-            except AssertionError:
-                raise AssertionError(render_text(seen[-1])) from None
+            _refresh_until(overview, "2 jobs running", lambda seen: _settled(seen, {sweep_id: 2}))
             snapshot = overview.refresh()
         shown = render_text(snapshot)
         assert snapshot.commands["sacct"] == 1 and snapshot.commands["sinfo"] == 1, shown
