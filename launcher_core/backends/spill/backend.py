@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher_core.backends.base import Backend, CleanReport, Handle, handle_json
+from launcher_core.backends.base import Backend, CleanReport, CleanRequest, Handle, handle_json
 from launcher_core.backends.spill.handle import SpillHandle, where
 from launcher_core.backends.spill.settings import TargetSettings
 from launcher_core.errors import BackendError, ConfigError, SubmitError
@@ -301,7 +301,7 @@ class SpillBackend(Backend):
                 continue
             target.last_poll = now
             try:
-                found = target.backend.poll({j: dict(h.inner) for j, h in group.items()})
+                found = target.backend.poll(_inner(group))
             except BackendError as exc:
                 if not target.backend.detached:
                     raise
@@ -394,7 +394,7 @@ class SpillBackend(Backend):
         that gave jobs back takes no new ones until one of its jobs runs."""
         taken: set[str] = set()
         for target, group in self._by_target(handles).items():
-            back = set(target.backend.withdraw({j: dict(h.inner) for j, h in group.items()})) & set(group)
+            back = set(target.backend.withdraw(_inner(group))) & set(group)
             if not back:
                 continue
             taken |= back
@@ -452,11 +452,11 @@ class SpillBackend(Backend):
         self, jobs: Mapping[str, Handle], local_dirs: Mapping[str, Path], pull_filter: PullFilter | None = None
     ) -> None:
         for target, group in self._by_target(jobs).items():
-            target.backend.fetch({j: dict(h.inner) for j, h in group.items()}, local_dirs, pull_filter)
+            target.backend.fetch(_inner(group), local_dirs, pull_filter)
 
     def cancel(self, handles: Mapping[str, Handle]) -> None:
         for target, group in self._by_target(handles).items():
-            target.backend.cancel({j: dict(h.inner) for j, h in group.items()})
+            target.backend.cancel(_inner(group))
             target.active -= set(group)
 
     def reattachable(self, handle: Handle) -> bool:
@@ -471,14 +471,6 @@ class SpillBackend(Backend):
     def unreachable(self) -> list[str]:
         return [where(t.name, place) for t in self.targets for place in t.backend.unreachable()]
 
-    def billed_hours(self, handles: Mapping[str, Handle]) -> float | None:
-        found = [
-            t.backend.billed_hours({j: dict(h.inner) for j, h in group.items()})
-            for t, group in self._by_target(handles).items()
-        ]
-        known = [h for h in found if h is not None]
-        return sum(known) if known else None
-
     def read_log(self, handle: Handle, stream: str, offset: int = 0) -> bytes | None:
         spill = SpillHandle.of(handle)
         target = self._by_name.get(spill.target)
@@ -488,7 +480,7 @@ class SpillBackend(Backend):
         out: dict[str, list[tuple[str, int]]] = {}
         listed = False
         for target, group in self._by_target(handles).items():
-            found = target.backend.list_files({j: dict(h.inner) for j, h in group.items()})
+            found = target.backend.list_files(_inner(group))
             if found is not None:
                 listed = True
                 out.update(found)
@@ -499,7 +491,7 @@ class SpillBackend(Backend):
 
         seen = Observation()
         for target, group in self._by_target(handles).items():
-            part = target.backend.observe({j: dict(h.inner) for j, h in group.items()})
+            part = target.backend.observe(_inner(group))
             seen.statuses.update(part.statuses)  # the machines' own names: top's host rows are machines
             seen.hosts.update(part.hosts)
             seen.jobs.update(part.jobs)
@@ -507,34 +499,27 @@ class SpillBackend(Backend):
             seen.errors.update(part.errors)
         return seen
 
-    def clean(
-        self,
-        handles: Mapping[str, Handle],
-        *,
-        sweep_id: str,
-        sweep_handles: Mapping[str, Handle] | None = None,
-        dry_run: bool = False,
-    ) -> CleanReport:
+    def clean_backend_files(self, request: CleanRequest) -> CleanReport:
         """Each target cleans its jobs' files; a target's sweep-level leftovers go once all of its
         jobs are clean."""
         report = CleanReport()
-        everyone = self._by_target(sweep_handles) if sweep_handles is not None else {}
-        mine = self._by_target(handles)
+        everyone = self._by_target(request.sweep_handles) if request.sweep_handles is not None else {}
+        mine = self._by_target(request.handles)
         all_clean = True
         parts: list[tuple[str, CleanReport]] = []
         for target in [t for t in self.targets if t in mine or t in everyone]:
             group = mine.get(target, {})
             whole = everyone.get(target)
             part = target.backend.clean(
-                {j: dict(h.inner) for j, h in group.items()},
-                sweep_id=sweep_id,
-                sweep_handles=None if whole is None else {j: dict(h.inner) for j, h in whole.items()},
-                dry_run=dry_run,
+                _inner(group),
+                sweep_id=request.sweep_id,
+                sweep_handles=None if whole is None else _inner(whole),
+                dry_run=request.dry_run,
             )
             all_clean = all_clean and (part.sweep_cleaned or bool(part.nothing_to_clean))
             parts.append((target.name, part))
             _merge(report, part, target.name)
-        report.sweep_cleaned = sweep_handles is not None and all_clean
+        report.sweep_cleaned = request.sweep_handles is not None and all_clean
         if parts and all(p.nothing_to_clean for _n, p in parts):  # no target keeps a copy anywhere
             report.nothing_to_clean = "; ".join(f"{n}: {p.nothing_to_clean}" for n, p in parts)
             report.notes = []
@@ -579,6 +564,11 @@ class SpillBackend(Backend):
                 )
             out.setdefault(target, {})[job_id] = spill
         return out
+
+
+def _inner(group: Mapping[str, SpillHandle]) -> dict[str, dict[str, Any]]:
+    """The target backend's own handles of these jobs (what its contract methods take)."""
+    return {job_id: dict(h.inner) for job_id, h in group.items()}
 
 
 def _placed_status(target: Target, status: JobStatus) -> JobStatus:
