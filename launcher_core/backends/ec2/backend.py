@@ -432,7 +432,8 @@ class Ec2Backend(Backend):
         return out
 
     def billed_hours(self, handles: Mapping[str, Handle]) -> float:
-        """Machine-hours of the distinct instances of these jobs so far, from one DescribeInstances:
+        """Machine-hours of the distinct instances of these jobs so far, from the DescribeInstances
+        of the poll just made (one of its own when there was none within ``poll_interval_s``):
         each from its LaunchTime to its end, at least a minute (the approximation:
         :mod:`.billing`)."""
         launched: dict[str, float] = {}
@@ -442,8 +443,10 @@ class Ec2Backend(Backend):
                 launched.setdefault(handle.instance_id, float(handle.launched_at or 0) or time.time())
         if not launched:
             return 0.0
-        self.aws.connect()
-        instances = self.fleet.describe_jobs_instances({h.sweep_id for h in typed.values()})
+        instances = self.machine_hours.described(launched, self.settings.poll_interval_s)
+        if instances is None:  # not just described by a poll
+            self.aws.connect()
+            instances = self.fleet.describe_jobs_instances({h.sweep_id for h in typed.values()})
         return self.machine_hours.hours(launched, instances)
 
     def hourly_price_usd(self) -> float | None:

@@ -60,16 +60,25 @@ class MachineHours:
         self._last_running: dict[str, float] = {}
         self._first_ended: dict[str, float] = {}
         self._counted: dict[str, tuple[float, float | None]] = {}  # instance -> (launch, end if ended)
+        self._described: dict[str, Mapping[str, Any]] = {}  # the last DescribeInstances answer seen
+        self._described_at = float("-inf")  # when (time.monotonic())
 
     def observe(self, instances: Mapping[str, Mapping[str, Any]], now: float | None = None) -> None:
         """Note the states of described instances (a poll's DescribeInstances)."""
         now = time.time() if now is None else now
+        self._described, self._described_at = dict(instances), time.monotonic()
         for iid, inst in instances.items():
             state = inst.get("State", {}).get("Name")
             if state in _LIVE:
                 self._last_running[iid] = now
             elif state in ENDED:
                 self._first_ended.setdefault(iid, now)
+
+    def described(self, instance_ids: Iterable[str], max_age_s: float) -> Mapping[str, Mapping[str, Any]] | None:
+        """The last described instances when they list all of ``instance_ids`` and are at most
+        ``max_age_s`` old (a poll just described them: no second DescribeInstances), else None."""
+        fresh = time.monotonic() - self._described_at <= max_age_s
+        return self._described if fresh and set(instance_ids) <= self._described.keys() else None
 
     def hours(
         self,
