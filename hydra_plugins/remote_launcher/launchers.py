@@ -313,7 +313,11 @@ class SpillLauncher(BackendLauncher):
         assert self.config is not None and self.hydra_context is not None
         label = f"{target.key} (cluster {target.cluster})"
         try:
-            cfg, name, _checked = checked_preset(target.cluster, target.overrides, _app_conf_dir(self.config), label)
+            # the preset's own checks say "cluster <label>: ...": "cluster local (hydra.launcher.targets[0])"
+            preset_label = f"{target.cluster} ({target.key})"
+            cfg, name, _checked = checked_preset(
+                target.cluster, target.overrides, _app_conf_dir(self.config), preset_label
+            )
         except ConfigError as exc:  # e.g. no such preset: say which target names it
             if target.key in str(exc):
                 raise
