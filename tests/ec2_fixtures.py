@@ -513,13 +513,25 @@ class AwsWorld:
     def running_instances(self) -> dict[str, dict[str, Any]]:
         return self.instances(("pending", "running", "stopping", "stopped"))
 
+    def s3_keys(self) -> list[str]:
+        s3 = self.client("s3")
+        try:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+            return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        finally:
+            s3.close()
+
     def s3_objects(self) -> dict[str, bytes]:
+        """Every object's body; one deleted between the listing and its read (the launcher and
+        the agents clean up while a test polls) is left out."""
         s3 = self.client("s3")
         try:
             objects = {}
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
-                for obj in page.get("Contents", []):
-                    objects[obj["Key"]] = s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+            for key in self.s3_keys():
+                try:
+                    objects[key] = s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                except s3.exceptions.NoSuchKey:
+                    continue
             return objects
         finally:
             s3.close()
@@ -788,7 +800,7 @@ def collect(sweep_dir: Path, timeout: float = 60.0) -> dict[int, Any]:
 
 
 def marker_count(world: AwsWorld, suffix: str) -> int:
-    return sum(1 for key in world.s3_objects() if "/markers/" in key and key.endswith(suffix))
+    return sum(1 for key in world.s3_keys() if "/markers/" in key and key.endswith(suffix))
 
 
 def assert_no_credentials(world: AwsWorld, *texts: str) -> int:

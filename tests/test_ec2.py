@@ -124,7 +124,7 @@ def test_spot_instances_and_interruption_notice(aws: AwsWorld) -> None:
     (iid, inst), *_ = aws.instances().items()
     assert inst["InstanceLifecycle"] == "spot"
     # both jobs wrote their artifact and a periodic sync uploaded it
-    synced = lambda: sum(k.endswith("/out/artifact.txt") for k in aws.s3_objects()) == 2  # noqa: E731
+    synced = lambda: sum(k.endswith("/out/artifact.txt") for k in aws.s3_keys()) == 2  # noqa: E731
     wait_for(synced, 30, "both jobs to start")
     aws.metadata.set_spot_action(iid)
     statuses = collect(sweep_dir, timeout=30)

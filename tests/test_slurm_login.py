@@ -114,9 +114,10 @@ def test_login_host_submits_watches_fetches_and_cancels_over_ssh(
     ]
     with pytest.raises(ValueError, match="failed on the cluster"):
         _ = returns[6].return_value
-    assert (
-        calls.calls("sbatch") == 2 and calls.calls("sacct") >= 1 and calls.calls("squeue") == 0
-    )  # 7 jobs, MaxArraySize 5
+    # 7 jobs, MaxArraySize 5: two arrays, watched by sacct. squeue is only the fallback for a
+    # task accounting has not listed yet (it lags under load), never one call per poll.
+    assert calls.calls("sbatch") == 2 and calls.calls("sacct") >= 1
+    assert calls.calls("squeue") <= max(1, calls.calls("sacct") // 4)
     for num in range(6):  # results and outputs came home, with local paths
         assert (sweep / str(num) / "out.txt").read_text() == f"x={num}"
         assert returns[num].working_dir in (str(sweep / str(num)), str(project))
