@@ -433,9 +433,9 @@ def test_without_pidfds_wait_wakes_when_a_job_exits(
     finally:
         backend.close()
     assert status.state is JobState.COMPLETED
-    # woken by the exit, never at the 30 s timeout; then at most a few 10 ms polls until the ended
-    # job can be reaped, not a busy loop on its readable pipe
-    assert woken[0] < 10 and len(woken) <= 10 and all(w > 0.001 for w in woken[1:]), woken
+    # woken by the exit, never at the 30 s timeout; then 10 ms polls until the ended job can be
+    # reaped (a loaded machine may take a while to reap it), not a busy loop on its readable pipe
+    assert woken[0] < 10 and len(woken) <= 100 and all(w > 0.001 for w in woken[1:]), woken
     assert load_result(specs[0].result_path) == 3
 
 
