@@ -111,18 +111,45 @@ def run_sweep(name: str, launcher: list[str], proj: Path, jobs: int, job_s: floa
         f"x=range({jobs})",
         f"t={job_s}",
         f"record={record}",
+        *(["hydra.verbose=[launcher_core]"] if os.environ.get("HRL_BENCH_VERBOSE") else []),
     ]
     started = time.monotonic()
+    began = time.time()
     proc = subprocess.run(argv, cwd=proj, env=env, capture_output=True, text=True, timeout=900, check=False)
     wall = time.monotonic() - started
+    ended = time.time()
     lines = [ln.split() for ln in record.read_text().splitlines()]
     where = Counter(w[1] for w in lines)
     span = max(float(w[3]) for w in lines) - min(float(w[2]) for w in lines) if lines else float("nan")
     ok = proc.returncode == 0 and sorted(int(w[0]) for w in lines) == list(range(jobs))
     if not ok:
         say(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if os.environ.get("HRL_BENCH_LOG_DIR"):  # the launch's own log (run with HRL_BENCH_VERBOSE=1 for its debug lines)
+        (Path(os.environ["HRL_BENCH_LOG_DIR"]) / f"{name}.log").write_text(proc.stdout + proc.stderr)
     per_target = {{"slurm": "slurm", "root": "loc"}.get(k, "ssh"): v for k, v in where.items()}
-    return {"name": name, "ok": ok, "wall_s": round(wall, 2), "span_s": round(span, 2), "where": per_target}
+    return {
+        "name": name,
+        "ok": ok,
+        "wall_s": round(wall, 2),
+        "span_s": round(span, 2),
+        "where": per_target,
+        "first_start_s": round(min(float(w[2]) for w in lines) - began, 2) if lines else None,
+        "after_last_s": round(ended - max(float(w[3]) for w in lines), 2) if lines else None,
+        "paces": _paces(lines, job_s),
+    }
+
+
+def _paces(lines: list[list[str]], job_s: float) -> dict[str, float]:
+    """Per target: the mean time a slot spent per job beyond the job's own sleep (start-up,
+    noticing the end, placing the next one), from the slot's busy span."""
+    out = {}
+    for who in sorted({w[1] for w in lines}):
+        mine = [w for w in lines if w[1] == who]
+        name = {"slurm": "slurm", "root": "loc"}.get(who, "ssh")
+        span = max(float(w[3]) for w in mine) - min(float(w[2]) for w in mine)
+        rounds = len(mine) / SLOTS[name]
+        out[name] = round(span / max(rounds, 1) - job_s, 2)
+    return out
 
 
 def main() -> int:
@@ -159,7 +186,11 @@ def main() -> int:
                 say(f"{name} ...")
                 run = run_sweep(name.replace(" ", "_"), launcher, proj, args.jobs, args.job_s, env)
                 run["name"] = name
-                say(f"{name}: {run['wall_s']:.1f} s, jobs per target {run['where']}")
+                say(
+                    f"{name}: {run['wall_s']:.1f} s, jobs per target {run['where']}, first job after "
+                    f"{run['first_start_s']} s, command ended {run['after_last_s']} s after the last job, "
+                    f"per-job slot overhead {run['paces']}"
+                )
                 runs.append(run)
                 cluster.run("scancel", "--me", check=False)
     finally:
