@@ -526,19 +526,28 @@ class SweepController:
         return handles
 
     def _interrupted(self, active: dict[str, dict[str, Any]]) -> None:
-        if self.backend.detached:
+        """Ctrl-C: jobs that run on without this process keep running (said how to collect or
+        stop them); the others (local processes) are cancelled."""
+        keep = self.backend.outlives_launcher(active)
+        if keep:
             log.warning(
                 "interrupted: %d jobs keep running on %s. Collect them with `python -m "
                 "launcher_core.pull %s`, stop them with `python -m launcher_core cancel %s`.",
-                len(active),
+                len(keep),
                 self.backend.name,
                 self.sweep.sweep_dir,
                 self.sweep.sweep_id,
             )
-            return
-        log.warning("interrupted: cancelling %d running jobs", len(active))
-        self.backend.cancel(active)
-        self.store.update_states({j: (JobState.CANCELLED, "interrupted (Ctrl-C)") for j in active})
+        stop = {j: h for j, h in active.items() if j not in keep}
+        if stop:
+            log.warning("interrupted: cancelling %d running jobs", len(stop))
+            self.backend.cancel(stop)
+            self.store.update_states({j: (JobState.CANCELLED, "interrupted (Ctrl-C)") for j in stop})
+        if self.held:
+            log.warning(
+                "%d jobs were not started: run the same command again to start them (it re-attaches the running ones)",
+                len(self.held),
+            )
 
 
 def _after_withdrawal() -> None:

@@ -50,6 +50,7 @@ BINARIES = ("slurmctld", "slurmd", "slurmdbd", "sbatch", "sacct", "sacctmgr", "m
 CLUSTER_NAME = "hrltest"
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 MUNGE_PID_FILE = Path("/run/munge/munged.pid")
+STOP_TIMES_LOG = Path(tempfile.gettempdir()) / "hrl-slurm-stop-times.log"  # see SlurmCluster.stop
 
 
 class ClusterError(RuntimeError):
@@ -248,16 +249,24 @@ class SlurmCluster:
             raise
 
     def stop(self) -> None:
-        """Cancel remaining jobs, then stop our daemons (newest first) by PID file; bounded."""
+        """Cancel remaining jobs, then stop our daemons (newest first) by PID file; bounded. How
+        long each step took goes to ``STOP_TIMES_LOG`` (a slow teardown shows which step)."""
+        steps: list[str] = []
+        tic = time.monotonic()
         if "slurmctld" in self.started:
             try:
                 self.run("scancel", "--full", "--quiet", f"--partition={self.partition}", timeout_s=10, check=False)
                 wait_for("empty queue", self.queue_empty, 20.0, interval_s=0.3)
             except (ClusterError, OSError, subprocess.TimeoutExpired):
                 pass
+            steps.append(f"empty queue {time.monotonic() - tic:.1f}s")
         for name in reversed(self.started):
+            tic = time.monotonic()
             self._stop_daemon(name)
+            steps.append(f"{name} {time.monotonic() - tic:.1f}s")
         self.started.clear()
+        with contextlib.suppress(OSError), STOP_TIMES_LOG.open("a") as log:
+            log.write(f"{time.strftime('%H:%M:%S')} {self.root}: {', '.join(steps)}\n")
 
     def _stop_daemon(self, name: str) -> None:
         """Stop by PID file (or the PID we started), then reap our child so no zombie is left."""

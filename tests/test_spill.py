@@ -414,6 +414,72 @@ def test_kill_9_mid_sweep_then_relaunch_runs_every_job_once(ssh_env: SSHTestEnv,
         assert load_job_return(sweep_dir / str(n) / ".launcher" / "result.pkl").return_value["num"] == n
 
 
+@pytest.mark.slow
+@pytest.mark.ssh
+@pytest.mark.timeout(240)
+def test_ctrl_c_cancels_local_jobs_and_leaves_ssh_jobs_running_then_relaunch_finishes(
+    ssh_env: SSHTestEnv, tmp_path: Path
+) -> None:
+    """Ctrl-C (SIGINT to the launch's process group, as a terminal sends it) while two jobs run on
+    each target and two are held back: the local_pool jobs are cancelled, the ssh jobs run on to
+    their end without the launcher, and the message says so. The same command then re-attaches
+    the ssh jobs (never run again), runs the cancelled ones again and places the held ones."""
+    n_jobs, hold_s = 6, 6.0
+    proj = _project(tmp_path / "proj")
+    _local_preset(proj)
+    _ssh_preset(proj, ssh_env, "ssh_t")
+    record = shared_file("hrl-spill-ctrl-c")
+    sweep_dir = proj / "multirun" / "s"
+    targets = _targets("{cluster: loc_a, max_jobs: 2}", "{cluster: ssh_t, max_jobs: 2}")
+    holds = [f"hold_s={hold_s}", f"hold_where=[{ROOT},{SSH_USER}]", "hold_on=[0,1,2,3]"]
+    argv = _argv(proj, sweep_dir, record, targets, n_jobs, 0.5, *holds)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        running = lambda: {w[3] for w in _lines(record) if w[0] == "start"} == {ROOT, SSH_USER}  # noqa: E731
+        _wait_until("jobs running on both targets", lambda: running() and len(_starts(record)) == 4, 90, proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    said = out + err  # Hydra's log lines go to stdout
+    assert proc.returncode != 0
+    assert "interrupted: 2 jobs keep running on spill" in said and "launcher_core.pull" in said, said[-3000:]
+    assert "interrupted: cancelling 2 running jobs" in said, said[-3000:]
+    assert "2 jobs were not started: run the same command again" in said, said[-3000:]
+    rows = _rows(sweep_dir)
+    where_started = {int(w[1]): w[3] for w in _lines(record) if w[0] == "start"}
+    local = sorted(n for n, who in where_started.items() if who == ROOT)
+    remote = sorted(n for n, who in where_started.items() if who == SSH_USER)
+    assert len(local) == 2 and len(remote) == 2, where_started
+    assert {rows[n].state for n in local} == {JobState.CANCELLED}
+    assert {rows[n].state for n in remote} <= {JobState.SUBMITTED, JobState.RUNNING}
+    assert {rows[n].state for n in (4, 5)} == {JobState.PENDING}
+    # the ssh jobs finish on their own, with no launcher alive; the cancelled local ones never do
+    _wait_until("the ssh jobs' own end", lambda: set(remote) <= set(_done(record)), hold_s + 30)
+    assert not set(local) & set(_done(record))
+
+    proc2 = _run(argv, proj)
+    assert proc2.returncode == 0, _output(proc2)
+    starts = _starts(record)
+    assert {n: starts[n] for n in remote} == dict.fromkeys(remote, 1)  # re-attached, not run again
+    assert {n: starts[n] for n in local} == dict.fromkeys(local, 2)  # cancelled, so run again
+    assert starts[4] == starts[5] == 1
+    assert {r.state for r in _rows(sweep_dir).values()} == {JobState.PULLED}
+    for n in range(n_jobs):
+        assert load_job_return(sweep_dir / str(n) / ".launcher" / "result.pkl").return_value["num"] == n
+
+
 # --- 4. settings and pre-flight, local targets ---------------------------------------------
 def _dead_ssh_preset(proj: Path, name: str = "ssh_dead") -> None:
     """A remote_ssh preset whose host is a loopback port nothing listens on."""

@@ -291,6 +291,12 @@ class Backend(abc.ABC):
         again) rather than started anew. Detached backends always can; others say per job."""
         return self.detached
 
+    def outlives_launcher(self, handles: Mapping[str, Handle]) -> set[str]:
+        """The jobs among ``handles`` that run on when the launching process stops: Ctrl-C leaves
+        them running (a relaunch or ``pull`` collects them) and cancels the others. Default: all
+        of them on a detached backend, none on another."""
+        return set(handles) if self.detached else set()
+
     def retry_resources(self, spec: JobSpec, mem_factor: float) -> dict[str, Any]:
         """The resources of the next attempt of a job that ran out of memory
         (``retry_on: [out_of_memory]``): ``mem_factor`` times its memory where the backend has a

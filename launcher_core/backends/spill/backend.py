@@ -464,6 +464,14 @@ class SpillBackend(Backend):
         target = self._by_name.get(spill.target)
         return target is not None and (target.backend.detached or target.backend.reattachable(dict(spill.inner)))
 
+    def outlives_launcher(self, handles: Mapping[str, Handle]) -> set[str]:
+        """Each target says which of its jobs run on without this process (a local target's do not)."""
+        return {
+            j
+            for target, group in self._by_target(handles).items()
+            for j in target.backend.outlives_launcher(_inner(group))
+        }
+
     def retry_resources(self, spec: JobSpec, mem_factor: float) -> dict[str, Any]:
         target = self._by_name.get(self._home.get(spec.job_id, ""))
         return dict(spec.resources) if target is None else target.backend.retry_resources(spec, mem_factor)
