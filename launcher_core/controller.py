@@ -39,6 +39,7 @@ from launcher_core.state import JobRow, StateStore, SweepIndex
 log = logging.getLogger("launcher_core")
 
 MAX_LOGGED_JOBS = 50
+NOT_RUN_PREFIX = "not run: "  # the reason of a held job no place could take (JobNotRunError)
 MAX_TAKE_BACK_TRIES = 30  # polls in a row a backend may fail to take back queued jobs before the launch stops
 #: test hook, not a setting: SIGKILL the launching process right after its N-th withdrawal that took
 #: jobs back returns and before the state store closes the move (tests/test_spill_moves.py): the
@@ -332,7 +333,7 @@ class SweepController:
         can run them): nothing will change, so they end failed, with the backend's reason."""
         if not self.held or active or placed or self._moving:
             return
-        reason = f"not run: {self.backend.no_room_reason()}"
+        reason = f"{NOT_RUN_PREFIX}{self.backend.no_room_reason()}"
         log.error("%d jobs were not run: %s", len(self.held), self.backend.no_room_reason())
         updates = {s.job_id: (JobState.FAILED, reason) for s in self.held}
         self.store.update_states(updates)
@@ -591,7 +592,7 @@ def _shown(state: JobState) -> JobState:
 
 def collect_returns(specs: Sequence[JobSpec], store: StateStore) -> list[Any]:
     """One ``JobReturn`` per spec, in order; jobs without a result become FAILED returns."""
-    from launcher_core.runtime.worker import JobLostError, JobTimeoutError, failed_job_return, load_job_return
+    from launcher_core.runtime.worker import JobLostError, failed_job_return, load_job_return
 
     rows = {r.job_id: r for r in store.jobs(job_ids=[s.job_id for s in specs])}
     returns = []
@@ -606,13 +607,24 @@ def collect_returns(specs: Sequence[JobSpec], store: StateStore) -> list[Any]:
         elif result_path.exists() and not reason.startswith("timeout"):
             returns.append(load_job_return(result_path))
         else:
-            err_cls = JobTimeoutError if reason.startswith("timeout") else JobLostError
+            err_cls = _error_class(reason)
             message = f"job #{spec.idx} ({' '.join(spec.overrides)}) failed: {reason}"
             stderr_tail = _tail(spec.launcher_dir / "stderr.log")
             if stderr_tail:
                 message += f"\n--- last lines of {spec.launcher_dir / 'stderr.log'} ---\n{stderr_tail}"
             returns.append(failed_job_return(spec.config, err_cls(message), str(spec.output_dir)))
     return returns
+
+
+def _error_class(reason: str) -> type[Exception]:
+    """What Hydra gets for a job that left no result, from the reason the store gives."""
+    from launcher_core.runtime.worker import JobLostError, JobNotRunError, JobTimeoutError
+
+    if reason.startswith("timeout"):
+        return JobTimeoutError
+    if reason.startswith(NOT_RUN_PREFIX):
+        return JobNotRunError
+    return JobLostError
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -182,6 +182,8 @@ def test_jobs_no_target_can_take_within_the_budget_end_failed_naming_it(aws: Aws
         assert row.exit_reason and budget_reason.search(row.exit_reason), row.exit_reason
     said = proc.stdout + proc.stderr
     assert re.search(r"2 jobs were not run: no target can take more jobs \(ec2_t: its cost", said), _output(proc)
+    # what Hydra raises for them says they never ran (not that a process was lost)
+    assert re.search(r"JobNotRunError: job #1 \(.*\) failed: not run: no target can take more jobs", said), said[-3000:]
     table = {row.num: row for row in res.load(sweep_dir)}
     assert table[0].state == "completed" and table[0].where == "ec2_t"
     assert table[1].failed and table[2].failed

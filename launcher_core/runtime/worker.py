@@ -50,6 +50,11 @@ class JobLostError(RuntimeError):
     """A job's process died without writing a result (killed, crashed, out of disk, ...)."""
 
 
+class JobNotRunError(JobLostError):
+    """A job that never started: no place could take it (a spill sweep whose targets were full,
+    over their budget or skipped). A ``JobLostError`` too, so code that catches that still does."""
+
+
 def _format_exception(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
