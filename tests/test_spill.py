@@ -232,7 +232,7 @@ def test_three_targets_share_a_sweep_each_within_its_max_jobs(
     assert {row.num: row.where for row in table} == ran_on
     for row in table:
         assert row.state == "completed", row
-        assert row.host is not None and row.host.startswith(f"{ran_on[row.num]}/"), row.host
+        assert row.host is not None and row.host.startswith(f"{ran_on[row.num]}/"), (row, _status(sweep_dir))
         assert row.values["num"] == row.num
     for n in range(n_jobs):
         ret = load_job_return(sweep_dir / str(n) / ".launcher" / "result.pkl")
