@@ -117,6 +117,15 @@ def _slurm_preset(proj: Path, name: str = "slurm_t", parallel: int = 4) -> None:
     _preset(proj, name, "slurm", {"poll_interval_s": 0.3, "timeout_min": 5, "array_parallelism": parallel})
 
 
+def _local_and_ssh(tmp_path: Path, env: SSHTestEnv, record_prefix: str) -> tuple[Path, Path, Path]:
+    """A project with the targets loc_a (local_pool) and ssh_t (the test sshd): (project, record
+    file, sweep dir)."""
+    proj = _project(tmp_path / "proj")
+    _local_preset(proj)
+    _ssh_preset(proj, env, "ssh_t")
+    return proj, shared_file(record_prefix), proj / "multirun" / "s"
+
+
 def _targets(*entries: str) -> str:
     return "hydra.launcher.targets=[" + ",".join(entries) + "]"
 
@@ -136,9 +145,15 @@ def _argv(proj: Path, sweep_dir: Path, record: Path, targets: str, n_jobs: int, 
     ]
 
 
+def _app_env() -> dict[str, str]:
+    """The environment a user's launch gets (Hydra's short errors, not HYDRA_FULL_ERROR's)."""
+    return {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+
+
 def _run(argv: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_app_env()
+    )
 
 
 def _lines(record: Path) -> list[list[str]]:
@@ -324,11 +339,7 @@ def test_a_job_lost_in_a_reboot_runs_again_on_another_target_with_retry_elsewher
     """A reboot of the ssh target's host, as test_retry_lost.py stands it in (the job's monitor and
     the job killed -9, the recorded boot id made another): with ``retry_elsewhere: true`` the lost
     job runs again as attempt 2 on the local target, the others once where they were placed."""
-    proj = _project(tmp_path / "proj")
-    _local_preset(proj)
-    _ssh_preset(proj, ssh_env, "ssh_t")
-    record = shared_file("hrl-spill-lost")
-    sweep_dir = proj / "multirun" / "s"
+    proj, record, sweep_dir = _local_and_ssh(tmp_path, ssh_env, "hrl-spill-lost")
     targets = _targets("{cluster: ssh_t, max_jobs: 2}", "{cluster: loc_a, max_jobs: 2}")
     argv = _argv(
         proj,
@@ -387,11 +398,7 @@ def test_a_job_lost_in_a_reboot_runs_again_on_another_target_with_retry_elsewher
 @pytest.mark.timeout(240)
 def test_kill_9_mid_sweep_then_relaunch_runs_every_job_once(ssh_env: SSHTestEnv, tmp_path: Path) -> None:
     n_jobs = 12
-    proj = _project(tmp_path / "proj")
-    _local_preset(proj)
-    _ssh_preset(proj, ssh_env, "ssh_t")
-    record = shared_file("hrl-spill-kill")
-    sweep_dir = proj / "multirun" / "s"
+    proj, record, sweep_dir = _local_and_ssh(tmp_path, ssh_env, "hrl-spill-kill")
     targets = _targets("{cluster: loc_a, max_jobs: 2}", "{cluster: ssh_t, max_jobs: 2}")
     argv = _argv(proj, sweep_dir, record, targets, n_jobs, 1.0)
 
@@ -425,19 +432,14 @@ def test_ctrl_c_cancels_local_jobs_and_leaves_ssh_jobs_running_then_relaunch_fin
     their end without the launcher, and the message says so. The same command then re-attaches
     the ssh jobs (never run again), runs the cancelled ones again and places the held ones."""
     n_jobs, hold_s = 6, 6.0
-    proj = _project(tmp_path / "proj")
-    _local_preset(proj)
-    _ssh_preset(proj, ssh_env, "ssh_t")
-    record = shared_file("hrl-spill-ctrl-c")
-    sweep_dir = proj / "multirun" / "s"
+    proj, record, sweep_dir = _local_and_ssh(tmp_path, ssh_env, "hrl-spill-ctrl-c")
     targets = _targets("{cluster: loc_a, max_jobs: 2}", "{cluster: ssh_t, max_jobs: 2}")
     holds = [f"hold_s={hold_s}", f"hold_where=[{ROOT},{SSH_USER}]", "hold_on=[0,1,2,3]"]
     argv = _argv(proj, sweep_dir, record, targets, n_jobs, 0.5, *holds)
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     proc = subprocess.Popen(
         [sys.executable, *argv],
         cwd=proj,
-        env=env,
+        env=_app_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
