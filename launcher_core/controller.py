@@ -333,9 +333,9 @@ class SweepController:
         can run them): nothing will change, so they end failed, with the backend's reason."""
         if not self.held or active or placed or self._moving:
             return
-        reason = f"{NOT_RUN_PREFIX}{self.backend.no_room_reason()}"
-        log.error("%d jobs were not run: %s", len(self.held), self.backend.no_room_reason())
-        updates = {s.job_id: (JobState.FAILED, reason) for s in self.held}
+        why = self.backend.no_room_reason()
+        log.error("%d jobs were not run: %s", len(self.held), why)
+        updates = {s.job_id: (JobState.FAILED, f"{NOT_RUN_PREFIX}{why}") for s in self.held}
         self.store.update_states(updates)
         for job_id in updates:
             self._set_state(job_id, JobState.FAILED)
