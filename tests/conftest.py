@@ -1,13 +1,15 @@
 """Fixtures shared by every test module.
 
 Backend-specific fixtures (the loopback sshd, the Slurm cluster, the moto server) live in their
-own modules (tests/sshd.py, tests/slurm_cluster.py, tests/ec2_fixtures.py) and are imported by
-the test modules that need them.
+own modules (tests/sshd.py, tests/slurm_cluster.py, tests/ec2_fixtures.py), registered here as
+plugins. Test modules must not import the fixture functions: pytest would then make each
+importing module a fixture of its own, and a "session" cluster would start once per module.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,7 +18,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.warning_policy", "pytester"]
+_HAS_AWS_TOOLS = all(importlib.util.find_spec(name) for name in ("boto3", "moto"))
+# without boto3 and moto only the ec2 tests skip (their modules importorskip them)
+pytest_plugins = [
+    "tests.warning_policy",
+    "pytester",
+    "tests.sshd",
+    "tests.slurm_cluster",
+    *(["tests.ec2_fixtures"] if _HAS_AWS_TOOLS else []),
+]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -26,7 +26,7 @@ Facts this relies on (Debian 12, Slurm 22.05):
 * PID 1 here reaps slowly: a killed daemon can linger as a zombie, so "gone" means "no such
   PID or state Z in /proc/PID/status".
 
-The pytest fixtures at the bottom are imported by the ``tests/test_slurm*.py`` modules.
+The pytest fixtures at the bottom are registered as a plugin by tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -648,7 +648,7 @@ def wait_until(what: str, check, timeout_s: float, interval_s: float = 0.5):
 
 
 # --- pytest fixtures ---------------------------------------------------------------------------
-# Imported by the test modules (``from tests.slurm_cluster import slurm_cluster_fixture``); the cluster is
+# Registered as a plugin by tests/conftest.py (never imported by a test module); the cluster is
 # started once per session however many modules use it.
 try:
     import pytest

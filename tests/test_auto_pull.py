@@ -17,7 +17,7 @@ import pytest
 from launcher_core.cli import main as cli_main
 from launcher_core.collect import autopull
 from launcher_core.jobs import JobState
-from tests.sshd import SSHTestEnv, make_project, shared_file, ssh_env_fixture  # noqa: F401  (fixtures)
+from tests.sshd import SSHTestEnv, make_project, shared_file
 from tests.test_remote_ssh import launch, states
 
 pytestmark = pytest.mark.ssh

@@ -20,14 +20,7 @@ from launcher_core.collect import autopull
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.sshd import (  # noqa: F401  (fixtures)
-    SSHServer,
-    SSHTestEnv,
-    extra_sshd_fixture,
-    make_project,
-    shared_file,
-    ssh_env_fixture,
-)
+from tests.sshd import SSHServer, SSHTestEnv, make_project, shared_file
 from tests.test_auto_pull import _daemons, _wait
 from tests.test_remote_ssh import launch, states
 

@@ -30,12 +30,8 @@ import pytest
 
 from launcher_core.backends import Backend
 from launcher_core.contract import JOB_TIMEOUT_S, BackendContract, Target, files_under, pid_alive
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
-
-# the ec2 fixtures need boto3 and moto at import time: without them only the ec2 tests skip
-with contextlib.suppress(pytest.skip.Exception):
-    from tests.ec2_fixtures import aws_fixture, metadata_server_fixture, moto_server_fixture  # noqa: F401
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,17 +13,7 @@ from launcher_core.collect.clean import CleanRefused
 from launcher_core.collect.pull import PullOptions, pull_sweep_once
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    meta,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    rows,
-    stored_backend,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld, meta, multirun, rows, stored_backend, wait_for
 
 pytestmark = [pytest.mark.ec2, pytest.mark.usefixtures("hydra_restore_singletons")]
 

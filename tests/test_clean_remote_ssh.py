@@ -20,7 +20,7 @@ from launcher_core.collect.pull import poll_into_store
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.sshd import SSHTestEnv
 from tests.test_pull import blob_project, blob_sha, cli, launch_detached, rows
 
 pytestmark = pytest.mark.ssh

@@ -12,8 +12,8 @@ import pytest
 from launcher_core import cli
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.slurm_cluster import CommandLog, SlurmCluster, launch_sweep, slurm_cluster_fixture  # noqa: F401
-from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import CommandLog, SlurmCluster, launch_sweep
+from tests.sshd import SSHTestEnv, shared_dir
 from tests.test_slurm_login import _login_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]

@@ -20,16 +20,13 @@ from hydra.core.utils import JobStatus
 from launcher_core.controller import DetachedResult
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.runtime.worker import JobLostError, JobTimeoutError
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
+from tests.ec2_fixtures import (
     BUCKET,
     AwsWorld,
     assert_no_credentials,
-    aws_fixture,
     collect,
     marker_count,
     meta,
-    metadata_server_fixture,
-    moto_server_fixture,
     multirun,
     result,
     rows,

@@ -21,20 +21,15 @@ from launcher_core.backends.ec2 import (
 from launcher_core.errors import BackendError, ConfigError
 from launcher_core.jobs import JobSpec, JobState
 from launcher_core.state import StateStore, SweepIndex
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
+from tests.ec2_fixtures import (
     FAKE_ACCESS_KEY_ID,
     FAKE_SECRET_ACCESS_KEY,
     REGION,
     TAG_SWEEP,
     AwsWorld,
     FaultProxy,
-    assert_no_credentials,
-    aws_fixture,
     credential_leaks,
-    fault_proxy_fixture,
     files_under,
-    metadata_server_fixture,
-    moto_server_fixture,
     multirun,
     rows,
     wait_for,

@@ -12,14 +12,7 @@ from omegaconf import OmegaConf
 
 from launcher_core.backends.ec2 import Ec2Settings
 from tests.conftest import REPO_ROOT, run_app
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    assert_no_credentials,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld, assert_no_credentials, wait_for
 
 pytestmark = [pytest.mark.ec2, pytest.mark.usefixtures("hydra_restore_singletons")]
 

@@ -21,15 +21,7 @@ from omegaconf import OmegaConf
 
 from launcher_core.runtime.worker import job_entry, omega_literal, relocate_config
 from launcher_core.sweep import quote_value
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    meta,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld, meta, multirun, wait_for
 from tests.hostile import hostile_values, sweep_override
 
 pytestmark = [pytest.mark.ec2, pytest.mark.usefixtures("hydra_restore_singletons")]

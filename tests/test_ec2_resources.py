@@ -11,14 +11,7 @@ from hydra.core.utils import JobStatus
 from launcher_core.backends.ec2.placement import plan_typed_groups
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobSpec
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    rows,
-)
+from tests.ec2_fixtures import AwsWorld, multirun, rows
 
 pytestmark = [pytest.mark.ec2, pytest.mark.usefixtures("hydra_restore_singletons")]
 

@@ -28,13 +28,7 @@ from launcher_core.backends.ec2.billing import (
 )
 from launcher_core.contract import Sweep, Target, pid_alive, prepared_sweep, read_pid, wait_until
 from launcher_core.jobs import JobState
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    REGION,
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-)
+from tests.ec2_fixtures import REGION, AwsWorld
 
 pytestmark = [pytest.mark.timeout(300)]
 

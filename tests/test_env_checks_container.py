@@ -24,24 +24,8 @@ from hydra.core.utils import JobStatus
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from tests.conftest import REPO_ROOT
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    STANDIN_DIR,
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    skeleton_image,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-)
-from tests.sshd import (  # noqa: F401  (fixtures)
-    REMOTE_SITE,
-    REMOTE_VENV,
-    USERS,
-    SSHTestEnv,
-    make_project,
-    shared_dir,
-    ssh_env_fixture,
-)
+from tests.slurm_cluster import STANDIN_DIR, CommandLog, SlurmCluster, launch_sweep, skeleton_image
+from tests.sshd import REMOTE_SITE, REMOTE_VENV, USERS, SSHTestEnv, make_project, shared_dir
 from tests.test_env_checks_ssh import HERE, OLD_OMEGACONF, old_omegaconf_site
 from tests.test_remote_ssh import launch, outcomes, states
 from tests.test_remote_ssh_container import _path_prepend, _userns_problem

@@ -15,15 +15,7 @@ import pytest
 
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import JobLostError
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    rows,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld, multirun, rows, wait_for
 from tests.test_env_checks_ssh import OLD_OMEGACONF, old_omegaconf_site
 
 pytestmark = [pytest.mark.ec2, pytest.mark.usefixtures("hydra_restore_singletons")]

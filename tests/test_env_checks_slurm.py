@@ -24,16 +24,7 @@ from launcher_core import cli
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    LMOD_SITE_DIR,
-    CommandLog,
-    SlurmCluster,
-    ensure_lmod,
-    launch_sweep,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-    wait_until,
-)
+from tests.slurm_cluster import LMOD_SITE_DIR, CommandLog, SlurmCluster, ensure_lmod, launch_sweep, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 

@@ -20,15 +20,7 @@ from pathlib import Path
 import pytest
 
 from launcher_core.jobs import JobState
-from tests.sshd import (  # noqa: F401  (fixtures)
-    BASE,
-    USERS,
-    SSHTestEnv,
-    _machine_lock,
-    make_project,
-    shared_dir,
-    ssh_env_fixture,
-)
+from tests.sshd import BASE, USERS, SSHTestEnv, _machine_lock, make_project, shared_dir
 from tests.test_remote_ssh import launch, outcomes, result, states
 
 pytestmark = pytest.mark.ssh

@@ -24,8 +24,8 @@ import pytest
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, make_project, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv, make_project, shared_file
 
 N_JOBS = 8
 SLEEP_S = 0.4

@@ -25,19 +25,9 @@ from launcher_core.errors import BackendError
 from launcher_core.intents import TEST_KILL_AFTER_SUBMIT_ENV
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    FaultProxy,
-    aws_fixture,
-    fault_proxy_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    rows,
-    wait_for,
-)
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, make_project, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.ec2_fixtures import AwsWorld, FaultProxy, multirun, rows, wait_for
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv, make_project, shared_file
 from tests.test_ec2_hydra import launcher_overrides
 from tests.test_exactly_once import N_JOBS, _check_exactly_once, _login_host_overrides, _states
 

@@ -20,8 +20,8 @@ import pytest
 from launcher_core import cli
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, make_project, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv, make_project, shared_file
 
 pytestmark = pytest.mark.slow
 N_JOBS = 4

@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import run_app
 from tests.gpu_standin import install_nvidia_smi
-from tests.sshd import SSHTestEnv, shared_dir, shared_file, ssh_env_fixture  # noqa: F401  (fixtures)
+from tests.sshd import SSHTestEnv, shared_dir, shared_file
 from tests.test_local_pool_gpus import assert_never_shared, gpu_ids, peak_per_gpu, project, records
 
 pytestmark = pytest.mark.ssh

@@ -36,13 +36,7 @@ import pytest
 from launcher_core.collect.pull import PullOptions, pull_sweep_once
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld, wait_for
 from tests.sshd import make_project
 from tests.test_ec2_hydra import launcher_overrides
 from tests.test_exactly_once import _lines, _states

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from launcher_core.runtime.worker import load_job_return
-from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.sshd import SSHTestEnv
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is in the test extra")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]

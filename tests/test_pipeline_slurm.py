@@ -17,7 +17,7 @@ import pytest
 
 from launcher_core.state import StateStore
 from tests.pipeline_project import EXPECTED_RUNS, check_outputs, make_pipeline_project, pipeline_yaml, runs
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 LAUNCHER_CORE = [sys.executable, "-m", "launcher_core"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline_project import EXPECTED_RUNS, check_outputs, make_pipeline_project, pipeline_yaml, runs
-from tests.sshd import SSHTestEnv, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.sshd import SSHTestEnv, shared_file
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
 LAUNCHER_CORE = [sys.executable, "-m", "launcher_core"]

@@ -12,15 +12,7 @@ import pytest
 
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    REGION,
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    rows,
-)
+from tests.ec2_fixtures import REGION, AwsWorld, multirun, rows
 from tests.test_clusters import cli_main_with
 
 pytestmark = [pytest.mark.ec2, pytest.mark.usefixtures("hydra_restore_singletons")]

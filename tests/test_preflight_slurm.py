@@ -13,14 +13,7 @@ import pytest
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    TEST_MAX_ARRAY_SIZE,
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-)
+from tests.slurm_cluster import TEST_MAX_ARRAY_SIZE, CommandLog, SlurmCluster, launch_sweep
 from tests.test_clusters import cli_main_with
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]

@@ -16,14 +16,7 @@ from pathlib import Path
 import pytest
 
 from launcher_core.jobs import JobState
-from tests.sshd import (  # noqa: F401  (fixtures)
-    REMOTE_SITE,
-    USERS,
-    SSHTestEnv,
-    make_project,
-    shared_dir,
-    ssh_env_fixture,
-)
+from tests.sshd import REMOTE_SITE, USERS, SSHTestEnv, make_project, shared_dir
 from tests.test_remote_ssh import launch, states
 
 pytestmark = pytest.mark.ssh

@@ -21,7 +21,7 @@ import pytest
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
 from tests.conftest import run_app
-from tests.sshd import SSHTestEnv, make_project, shared_dir, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.sshd import SSHTestEnv, make_project, shared_dir
 
 pytestmark = pytest.mark.ssh
 

@@ -25,14 +25,7 @@ from launcher_core.runtime.worker import JobLostError
 from launcher_core.state import StateStore
 from launcher_core.sweep import quote_value
 from tests.hostile import hostile_values, sweep_override
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    SlurmCluster,
-    launch_sweep,
-    pid_alive,
-    read_pid,
-    slurm_cluster_fixture,
-    wait_until,
-)
+from tests.slurm_cluster import SlurmCluster, launch_sweep, pid_alive, read_pid, wait_until
 from tests.test_slurm import _jobs, _overrides, _rows, _sacct_states
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]

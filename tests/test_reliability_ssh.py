@@ -26,16 +26,7 @@ import pytest
 from launcher_core.jobs import JobState
 from launcher_core.remote.scripts import poll_script
 from launcher_core.runtime.procs import process_start_time
-from tests.sshd import (  # noqa: F401  (fixtures)
-    USERS,
-    SSHServer,
-    SSHTestEnv,
-    extra_sshd_fixture,
-    make_project,
-    shared_dir,
-    shared_file,
-    ssh_env_fixture,
-)
+from tests.sshd import USERS, SSHServer, SSHTestEnv, make_project, shared_dir, shared_file
 from tests.test_remote_ssh import launch, outcomes, rows, states
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

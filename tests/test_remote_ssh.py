@@ -21,14 +21,7 @@ import pytest
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.state import StateStore
 from tests.conftest import run_app
-from tests.sshd import (  # noqa: F401  (fixtures)
-    USERS,
-    SSHTestEnv,
-    make_project,
-    shared_dir,
-    shared_file,
-    ssh_env_fixture,
-)
+from tests.sshd import USERS, SSHTestEnv, make_project, shared_dir, shared_file
 
 pytestmark = pytest.mark.ssh
 

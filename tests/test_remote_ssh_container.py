@@ -25,16 +25,7 @@ from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from tests.conftest import REPO_ROOT
 from tests.slurm_cluster import STANDIN_DIR, skeleton_image
-from tests.sshd import (  # noqa: F401  (fixtures)
-    REMOTE_SITE,
-    REMOTE_VENV,
-    USERS,
-    SSHTestEnv,
-    make_project,
-    shared_dir,
-    shared_file,
-    ssh_env_fixture,
-)
+from tests.sshd import REMOTE_SITE, REMOTE_VENV, USERS, SSHTestEnv, make_project, shared_dir, shared_file
 from tests.test_remote_ssh import launch, outcomes, result, rows, states
 
 pytestmark = pytest.mark.ssh

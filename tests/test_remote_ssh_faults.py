@@ -13,15 +13,7 @@ from pathlib import Path
 import pytest
 
 from launcher_core.jobs import JobState
-from tests.sshd import (  # noqa: F401  (fixtures)
-    USERS,
-    SSHServer,
-    SSHTestEnv,
-    extra_sshd_fixture,
-    make_project,
-    shared_file,
-    ssh_env_fixture,
-)
+from tests.sshd import USERS, SSHServer, SSHTestEnv, make_project, shared_file
 from tests.test_remote_ssh import launch, result, states
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]

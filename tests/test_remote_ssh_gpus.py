@@ -20,7 +20,7 @@ from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from tests.conftest import run_app
 from tests.gpu_standin import install_nvidia_smi
-from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (fixtures)
+from tests.sshd import SSHTestEnv, shared_dir
 from tests.test_remote_ssh import states
 
 pytestmark = pytest.mark.ssh

@@ -25,7 +25,7 @@ from hydra.test_utils.launcher_common_tests import (
     LauncherTestSuite,
 )
 
-from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (fixtures)
+from tests.sshd import SSHTestEnv, shared_dir
 
 pytestmark = pytest.mark.ssh
 

@@ -24,12 +24,8 @@ from launcher_core.jobs import JobState
 from launcher_core.results.browse import link_sweep
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.sshd import SSHTestEnv, shared_file
 from tests.test_exactly_once import launch_and_kill
-
-with __import__("contextlib").suppress(pytest.skip.Exception):
-    from tests.ec2_fixtures import aws_fixture, metadata_server_fixture, moto_server_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

@@ -18,9 +18,6 @@ from launcher_core import cli, results, sweeps
 from launcher_core.jobs import JobState, PullFilter
 from launcher_core.state import StateStore
 from tests.conftest import run_app
-from tests.ec2_fixtures import aws_fixture, metadata_server_fixture, moto_server_fixture  # noqa: F401  (fixtures)
-from tests.slurm_cluster import slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import ssh_env_fixture  # noqa: F401  (fixture)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -27,7 +27,7 @@ import pytest
 from launcher_core.jobs import Ending, JobState, JobStatus, LossCause
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.sshd import SSHTestEnv, shared_file, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.sshd import SSHTestEnv, shared_file
 from tests.test_exactly_once import launch_and_kill
 
 APP = """\

@@ -13,17 +13,7 @@ from hydra.core.utils import JobStatus
 
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    marker_count,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-    rows,
-    stored_backend,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld, marker_count, multirun, rows, stored_backend, wait_for
 
 pytestmark = [pytest.mark.ec2, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 

@@ -21,7 +21,7 @@ import pytest
 from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
 from tests.test_retry_lost import _events, _project, _row, _started
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -24,15 +24,9 @@ import pytest
 
 from launcher_core.state import StateStore
 from tests.conftest import run_app
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    wait_for,
-)
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.ec2_fixtures import AwsWorld, wait_for
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv
 
 ENV_SECRET = "hrl-env-s3cr3t-" + os.urandom(6).hex()
 SETUP_SECRET = "hrl-setup-s3cr3t-" + os.urandom(6).hex()

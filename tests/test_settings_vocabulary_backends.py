@@ -15,19 +15,9 @@ import pytest
 
 from launcher_core.settings import NOTES
 from tests.conftest import run_app
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    multirun,
-)
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    SlurmCluster,
-    launch_sweep,
-    slurm_cluster_fixture,
-)
-from tests.sshd import SSHTestEnv, make_project, ssh_env_fixture  # noqa: F401  (fixtures)
+from tests.ec2_fixtures import AwsWorld, multirun
+from tests.slurm_cluster import SlurmCluster, launch_sweep
+from tests.sshd import SSHTestEnv, make_project
 
 # the set-up line sees the job variables, and what it exports reaches the job
 SSH_SETUP = "HRL_TEST_TOKEN=$HRL_TEST_TOKEN-setup; export HRL_TEST_TOKEN"

@@ -21,15 +21,7 @@ from launcher_core.errors import ConfigError
 from launcher_core.jobs import RESULT_FILE, JobState
 from launcher_core.runtime.worker import JobLostError, JobTimeoutError
 from launcher_core.state import StateStore
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    TEST_MAX_ARRAY_SIZE,
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-    wait_until,
-)
+from tests.slurm_cluster import TEST_MAX_ARRAY_SIZE, CommandLog, SlurmCluster, launch_sweep, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 

@@ -13,15 +13,7 @@ import pytest
 from hydra.core.utils import JobStatus
 
 from tests.conftest import REPO_ROOT
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    STANDIN_DIR,
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    skeleton_image,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-)
+from tests.slurm_cluster import STANDIN_DIR, CommandLog, SlurmCluster, launch_sweep, skeleton_image
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 

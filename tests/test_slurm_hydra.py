@@ -9,8 +9,6 @@ from hydra.test_utils.launcher_common_tests import (
     LauncherTestSuite,
 )
 
-from tests.slurm_cluster import slurm_cluster_fixture  # noqa: F401  (fixture)
-
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster"), pytest.mark.timeout(180)]
 
 FAST_POLL = "hydra.launcher.poll_interval_s=0.3"

@@ -16,15 +16,8 @@ from hydra.core.utils import JobStatus
 from launcher_core.backends import backend_for_meta
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    TEST_MAX_ARRAY_SIZE,
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    slurm_cluster_fixture,
-    wait_until,
-)
-from tests.sshd import SSHTestEnv, shared_dir, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import TEST_MAX_ARRAY_SIZE, CommandLog, SlurmCluster, launch_sweep, wait_until
+from tests.sshd import SSHTestEnv, shared_dir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ssh, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 

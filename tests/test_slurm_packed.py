@@ -13,14 +13,7 @@ from hydra.core.utils import JobStatus
 from launcher_core.backends.slurm import EXIT_FILE
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-    wait_until,
-)
+from tests.slurm_cluster import CommandLog, SlurmCluster, launch_sweep, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("hydra_restore_singletons")]
 

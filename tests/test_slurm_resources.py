@@ -16,15 +16,7 @@ from hydra.core.utils import JobStatus
 from launcher_core.errors import ConfigError
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
-from tests.slurm_cluster import (  # noqa: F401  (fixtures)
-    TEST_GPUS,
-    CommandLog,
-    SlurmCluster,
-    launch_sweep,
-    slurm_calls_fixture,
-    slurm_cluster_fixture,
-    wait_until,
-)
+from tests.slurm_cluster import TEST_GPUS, CommandLog, SlurmCluster, launch_sweep, wait_until
 
 pytestmark = [pytest.mark.usefixtures("hydra_restore_singletons")]
 

@@ -17,8 +17,8 @@ import pytest
 from launcher_core.backends.slurm import SlurmBackend, SlurmOptions
 from launcher_core.backends.slurm.withdrawal import CONFIRM_ROUNDS
 from launcher_core.contract import Sweep, Target, pid_alive, prepared_sweep, read_pid, wait_until
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -31,15 +31,8 @@ from launcher_core import results as res
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import (  # noqa: F401  (fixtures)
-    USERS,
-    SSHServer,
-    SSHTestEnv,
-    extra_sshd_fixture,
-    shared_file,
-    ssh_env_fixture,
-)
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import USERS, SSHServer, SSHTestEnv, shared_file
 from tests.test_exactly_once import launch_and_kill
 
 APP = '''\

@@ -21,13 +21,7 @@ import pytest
 
 from launcher_core import results as res
 from launcher_core.jobs import JobState
-from tests.ec2_fixtures import (  # noqa: F401  (fixtures)
-    AwsWorld,
-    aws_fixture,
-    metadata_server_fixture,
-    moto_server_fixture,
-    wait_for,
-)
+from tests.ec2_fixtures import AwsWorld
 from tests.test_spill import CONFIG, _argv, _lines, _local_preset, _output, _preset, _rows, _targets
 
 pytestmark = [pytest.mark.ec2, pytest.mark.slow, pytest.mark.timeout(240)]

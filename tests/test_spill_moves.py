@@ -27,7 +27,7 @@ from launcher_core.controller import TEST_KILL_AFTER_WITHDRAW_ENV
 from launcher_core.jobs import JobState
 from launcher_core.runtime.worker import load_job_return
 from launcher_core.state import StateStore
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
 from tests.test_spill import (
     ROOT,
     _argv,

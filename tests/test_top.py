@@ -28,8 +28,8 @@ from launcher_core.collect.overview import Overview, Snapshot
 from launcher_core.jobs import JobState
 from launcher_core.state import StateStore
 from tests.conftest import REPO_ROOT
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixtures)
-from tests.sshd import SSHServer, SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixtures)
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHServer, SSHTestEnv
 
 APP = """\
 import os

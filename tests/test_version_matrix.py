@@ -23,12 +23,9 @@ import pytest
 
 from launcher_core.runtime.worker import load_job_return
 from tests.conftest import REPO_ROOT
-from tests.slurm_cluster import SlurmCluster, slurm_cluster_fixture  # noqa: F401  (fixture)
-from tests.sshd import SSHTestEnv, ssh_env_fixture  # noqa: F401  (fixture)
+from tests.slurm_cluster import SlurmCluster
+from tests.sshd import SSHTestEnv
 from tests.venvs import DEBIAN_PYTHON, NEWEST, OLDEST, ensure_venv, versions
-
-with __import__("contextlib").suppress(pytest.skip.Exception):
-    from tests.ec2_fixtures import aws_fixture, metadata_server_fixture, moto_server_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
