@@ -445,6 +445,55 @@ def load_result(path: Path) -> Any:
     return load_job_return(path).return_value
 
 
+@pytest.mark.parametrize("pidfds", [True, False], ids=["pidfd", "exit-pipe"])
+def test_a_job_child_that_fails_before_its_job_starts_never_returns_into_the_launcher(
+    grid_app: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pidfds: bool
+) -> None:
+    """Whatever goes wrong in a forked job before the job's own code runs, the child exits: it
+    never returns into the launching process's code (which would go on as a second launcher, or
+    here as a second pytest running the rest of the suite)."""
+    from launcher_core.backends import local_pool
+    from launcher_core.backends.local_pool import LocalPoolBackend
+    from launcher_core.controller import build_job_specs
+    from launcher_core.jobs import JobState, SweepInfo
+    from launcher_core.runtime.compose import composer_for
+
+    if not pidfds:
+        monkeypatch.delattr(os, "pidfd_open")
+
+    def broken_child_main(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the job's set-up failed")
+
+    monkeypatch.setattr(local_pool.backend, "_child_main", broken_child_main)
+    master, ctx = grid_app
+    specs = build_job_specs(
+        composer=composer_for(ctx, master), sweep_id="t", job_overrides=[["a=1"]], initial_job_idx=0
+    )
+    backend = LocalPoolBackend(
+        n_jobs=1, timeout_s=None, kill_grace_s=1.0, task_function=sleep_a_tenths, hydra_context=ctx
+    )
+    backend.prepare(SweepInfo("t", Path("."), Path("."), "grid_app"))
+    parent = os.getpid()
+    after_fork = tmp_path / "after-fork"
+    try:
+        handles = dict(backend.submit(specs))
+        backend.poll(handles)  # forks the job
+        with open(after_fork, "a") as f:  # an escaped child would get here too
+            f.write(f"{os.getpid()}\n")
+        if os.getpid() != parent:
+            os._exit(0)  # the escaped child of a broken build: end it, the parent's assertion fails
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            backend.wait(1.0)
+            status = backend.poll(handles)[specs[0].job_id]
+            if status.state.is_terminal:
+                break
+    finally:
+        backend.close()
+    assert status.state is not JobState.COMPLETED and status.state.is_terminal, status
+    assert after_fork.read_text().split() == [str(parent)]
+
+
 def test_process_start_time_without_proc_comes_from_ps(monkeypatch: pytest.MonkeyPatch) -> None:
     """macOS has no /proc: the start time that tells a job's process from a reused pid comes from
     ps(1) there. Checked here against /proc: the same moment, a zombie and a reaped pid count as gone."""

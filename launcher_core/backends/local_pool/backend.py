@@ -298,11 +298,18 @@ class LocalPoolBackend(Backend):
         read_end, write_end = (None, None) if self._pidfds else os.pipe()
         pid = os.fork()
         if pid == 0:  # child: never returns
-            if read_end is not None and write_end is not None:
-                os.close(read_end)
-                _hold_exit_pipe(write_end)
-            os.environ.update(self.env_vars)
-            _child_main(self._task_function, self._hydra_context, spec, self._code, env)
+            try:
+                if read_end is not None and write_end is not None:
+                    os.close(read_end)
+                    _hold_exit_pipe(write_end)
+                os.environ.update(self.env_vars)
+                _child_main(self._task_function, self._hydra_context, spec, self._code, env)
+            except BaseException:  # noqa: BLE001 - reported; the child never returns into the launcher's code
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(1)  # _child_main exits itself: this is reached only if that failed
         if write_end is not None:
             os.close(write_end)  # the child holds the only write end: its exit makes read_end readable
         return pid, read_end
