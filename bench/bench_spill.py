@@ -99,6 +99,20 @@ def project(root: Path, server: sshd.SSHServer, python: str, remote_dir: str) ->
     return root
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, user + system) since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_sweep(name: str, launcher: list[str], proj: Path, jobs: int, job_s: float, env: dict[str, str]) -> dict:
     record = sshd.shared_file(f"hrl-bench-spill-{name}")
     sweep_dir = proj / "multirun" / name
@@ -115,8 +129,10 @@ def run_sweep(name: str, launcher: list[str], proj: Path, jobs: int, job_s: floa
     ]
     started = time.monotonic()
     began = time.time()
+    cpu_before, launcher_before = machine_cpu_s(), children_cpu_s()
     proc = subprocess.run(argv, cwd=proj, env=env, capture_output=True, text=True, timeout=900, check=False)
     wall = time.monotonic() - started
+    machine_cpu, launcher_cpu = machine_cpu_s() - cpu_before, children_cpu_s() - launcher_before
     ended = time.time()
     lines = [ln.split() for ln in record.read_text().splitlines()]
     where = Counter(w[1] for w in lines)
@@ -136,6 +152,10 @@ def run_sweep(name: str, launcher: list[str], proj: Path, jobs: int, job_s: floa
         "first_start_s": round(min(float(w[2]) for w in lines) - began, 2) if lines else None,
         "after_last_s": round(ended - max(float(w[3]) for w in lines), 2) if lines else None,
         "paces": _paces(lines, job_s),
+        # busy CPU over the sweep: the whole machine, and the launching process with the children
+        # it waited for (local_pool's jobs, ssh, sbatch, sacct; not what sshd or slurmd started)
+        "cpu_s": {"machine": round(machine_cpu, 1), "launcher": round(launcher_cpu, 1)},
+        "cpu_capacity_s": round(wall * (os.cpu_count() or 1), 1),
     }
 
 
@@ -189,7 +209,8 @@ def main() -> int:
                 say(
                     f"{name}: {run['wall_s']:.1f} s, jobs per target {run['where']}, first job after "
                     f"{run['first_start_s']} s, command ended {run['after_last_s']} s after the last job, "
-                    f"per-job slot overhead {run['paces']}"
+                    f"per-job slot overhead {run['paces']}; CPU busy {run['cpu_s']['machine']} of "
+                    f"{run['cpu_capacity_s']} core-s (launcher and its children {run['cpu_s']['launcher']})"
                 )
                 runs.append(run)
                 cluster.run("scancel", "--me", check=False)
@@ -208,11 +229,16 @@ def main() -> int:
         f"\n{args.jobs} jobs of {args.job_s:g} s; targets loc (local_pool, {SLOTS['loc']}), "
         f"ssh (remote_ssh, {SLOTS['ssh']}), slurm ({SLOTS['slurm']}); {os.cpu_count()} cores, loopback only\n"
     )
-    print(f"{'sweep':14} {'makespan':>9} {'job span':>9} {'/ ideal':>8}  jobs per target")
+    header = f"{'sweep':14} {'makespan':>9} {'job span':>9} {'/ ideal':>8} {'CPU busy':>9} {'launcher':>9}"
+    print(f"{header}  jobs per target")
     for r in runs:
         placed = ", ".join(f"{k} {v}" for k, v in sorted(r["where"].items()))
         flag = "" if r["ok"] else "  FAILED"
-        print(f"{r['name']:14} {r['wall_s']:>8.1f}s {r['span_s']:>8.1f}s {r['wall_s'] / ideal:>7.2f}x  {placed}{flag}")
+        busy = r["cpu_s"]["machine"] / r["cpu_capacity_s"]
+        print(
+            f"{r['name']:14} {r['wall_s']:>8.1f}s {r['span_s']:>8.1f}s {r['wall_s'] / ideal:>7.2f}x "
+            f"{busy:>8.0%} {r['cpu_s']['launcher']:>8.1f}s  {placed}{flag}"
+        )
     spill = next(r for r in runs if r["name"] == "spill")
     met = spill["ok"] and spill["wall_s"] <= goal
     print(
@@ -231,6 +257,10 @@ def main() -> int:
             f"{1.2 * paced + args.job_s:.1f} s: {'within' if spill['span_s'] <= 1.2 * paced + args.job_s else 'over'})"
         )
     print("makespan: the launching command's wall time (Hydra start-up, pre-flight and pulling results included)")
+    print(
+        "CPU busy: the machine's busy share of all cores over the sweep; launcher: CPU seconds of the "
+        "launching process and the children it waited for (ssh, sbatch, sacct, local_pool's jobs)"
+    )
     if args.json:
         numbers = {"jobs": args.jobs, "job_s": args.job_s, "ideal_s": ideal, "goal_s": goal, "runs": runs}
         args.json.write_text(json.dumps(numbers, indent=2))
