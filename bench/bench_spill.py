@@ -141,7 +141,11 @@ def run_sweep(name: str, launcher: list[str], proj: Path, jobs: int, job_s: floa
     if not ok:
         say(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     if os.environ.get("HRL_BENCH_LOG_DIR"):  # the launch's own log (run with HRL_BENCH_VERBOSE=1 for its debug lines)
-        (Path(os.environ["HRL_BENCH_LOG_DIR"]) / f"{name}.log").write_text(proc.stdout + proc.stderr)
+        keep = Path(os.environ["HRL_BENCH_LOG_DIR"])
+        (keep / f"{name}.log").write_text(proc.stdout + proc.stderr)
+        # and what a timeline needs: the jobs' own start/end records and the state store's times
+        shutil.copy(record, keep / f"{name}.record")
+        shutil.copy(sweep_dir / ".launcher" / "state.sqlite", keep / f"{name}.sqlite")
     per_target = {{"slurm": "slurm", "root": "loc"}.get(k, "ssh"): v for k, v in where.items()}
     return {
         "name": name,
