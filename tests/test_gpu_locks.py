@@ -213,6 +213,33 @@ def test_a_place_in_line_is_not_inherited_by_a_forked_job(tmp_path: Path) -> Non
         _kill(child)
 
 
+def test_a_forked_child_keeps_a_descriptor_that_reused_the_number_of_a_closed_place_in_line(tmp_path: Path) -> None:
+    """The place in line's descriptor closed behind its back (as the test above does) and its
+    number reused by a pipe: a process forked later keeps the pipe (the line's fork hook closed
+    it in the child, and a local_pool job died at its first line)."""
+    d = gpu_locks.lock_dir(str(tmp_path / "locks"))
+    line = gpu_locks.GpuLine(d, [0])
+    line.join()
+    assert line._fd is not None
+    os.close(line._fd)
+    read_end, write_end = os.pipe()  # the lowest free numbers: one is the line's old one
+    try:
+        assert line._fd in (read_end, write_end)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.fstat(read_end)
+                os.fstat(write_end)
+                os._exit(0)
+            finally:
+                os._exit(1)
+        _pid, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # both ends still open in the child
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_the_runner_refuses_an_unusable_lock_dir_before_accepting_jobs(tmp_path: Path) -> None:
     """remote_ssh's runner on a host: a ``gpu_lock_dir`` it cannot use is an error for the
     launcher, before any job of the batch is accepted."""

@@ -172,6 +172,7 @@ class GpuLine:
         self.gpu_ids = frozenset(gpu_ids)
         self._name: str | None = None
         self._fd: int | None = None
+        self._fd_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file _fd locks
         self._fork_hook = False
 
     def ahead(self) -> bool:
@@ -195,24 +196,36 @@ class GpuLine:
             if fd is not None:
                 os.rename(hidden, self.directory / name)
                 self._name, self._fd = name, fd
+                self._fd_identity = _identity(fd)
                 if not self._fork_hook:
                     os.register_at_fork(after_in_child=self._forget)
                     self._fork_hook = True
 
     def _forget(self) -> None:
         """In a forked child (a job): the place in line stays the parent's, so it goes with the
-        parent and no job that outlives a killed launcher keeps others waiting for it."""
-        if self._fd is not None:
+        parent and no job that outlives a killed launcher keeps others waiting for it. Only our
+        own lock file's descriptor is closed: should the number have been closed and reused for
+        something else (a job's exit pipe), the child keeps it."""
+        if self._fd is not None and self._fd_identity is not None and _identity(self._fd) == self._fd_identity:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-        self._name = self._fd = None
+        self._name = self._fd = self._fd_identity = None
 
     def leave(self) -> None:
         if self._name is not None and self._fd is not None:
             with contextlib.suppress(OSError):
                 (self.directory / self._name).unlink()
             os.close(self._fd)
-        self._name = self._fd = None
+        self._name = self._fd = self._fd_identity = None
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    """(device, inode) of what ``fd`` is open on; None when it is not open."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _line_entry(name: str) -> tuple[tuple[int, int], frozenset[int]]:
