@@ -112,7 +112,8 @@ def test_failing_task_is_failed_in_sacct_store_and_job_return(slurm_cluster: Slu
     assert rows[1][1] is JobState.FAILED and rows[0][1] is JobState.COMPLETED
     assert "ValueError: bad value x=1" in (rows[1][2] or "") or rows[1][2] == "task raised an exception"
     assert _sacct_states(slurm_cluster, sweep) == {0: "COMPLETED 0:0", 1: "FAILED 1:0"}
-    assert (sweep / "1" / ".launcher" / EXIT_FILE).read_text().strip() == "1"
+    # the exit code and the node, written by the batch script (what a lagging sacct cannot tell yet)
+    assert (sweep / "1" / ".launcher" / EXIT_FILE).read_text().split() == ["1", slurm_cluster.hostname]
 
 
 def _ranked_task(cfg):
@@ -428,11 +429,12 @@ def test_without_sacct_squeue_and_exit_files_decide(
         assert backend.poll({"g": {**ghost, "submitted_at": time.time()}})["g"].state is JobState.SUBMITTED
         lost = backend.poll({"g": {**ghost, "submitted_at": time.time() - 3600}})["g"]
         assert lost.state is JobState.FAILED and "without an exit code" in (lost.exit_reason or "")
-        (tmp_path / "ghost" / EXIT_FILE).write_text("0\n")
+        (tmp_path / "ghost" / EXIT_FILE).write_text("0 ghost-node\n")
         no_result = backend.poll({"g": ghost})["g"]  # exit 0 without the job's result: no completion
         assert no_result.state is JobState.FAILED and "without a result" in (no_result.exit_reason or "")
         (tmp_path / "ghost" / RESULT_FILE).write_bytes(b"")
-        assert backend.poll({"g": ghost})["g"].state is JobState.COMPLETED
+        done = backend.poll({"g": ghost})["g"]
+        assert done.state is JobState.COMPLETED and done.host == "ghost-node"  # where it ran, from its exit file
     finally:
         slurm_cluster.restart_slurmdbd()
     assert returns[0].status == JobStatus.COMPLETED and returns[0].return_value == 0
@@ -444,7 +446,7 @@ def test_without_sacct_squeue_and_exit_files_decide(
         _ = returns[2].return_value
     rows = _rows(sweep)
     assert [rows[i][1] for i in range(3)] == [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED]
-    assert slurm_calls.calls("squeue") > 0 and (sweep / "1" / ".launcher" / EXIT_FILE).read_text().strip() == "1"
+    assert slurm_calls.calls("squeue") > 0 and (sweep / "1" / ".launcher" / EXIT_FILE).read_text().split()[0] == "1"
 
 
 @pytest.mark.timeout(180)

@@ -84,7 +84,7 @@ def test_packed_jobs_keep_their_own_result_logs_and_state(
     for i in range(n):  # each job's own logs, exit file and code record
         launcher_dir = sweep / str(i) / ".launcher"
         assert f"job x={i} says hello" in (launcher_dir / "stdout.log").read_text()
-        assert (launcher_dir / EXIT_FILE).read_text().strip() == ("1" if i == 5 else "0")
+        assert (launcher_dir / EXIT_FILE).read_text().split() == ["1" if i == 5 else "0", slurm_cluster.hostname]
         assert (launcher_dir / "code.json").exists()
     assert "ValueError: job 5 fails on its own" in (sweep / "5" / ".launcher" / "stderr.log").read_text()
 

@@ -364,3 +364,16 @@ def test_packed_chunks_split_at_max_array_size_tasks() -> None:
     chunks = plan_chunks(_specs(23), 3, jobs_per_task=4)  # 3 tasks of 4 jobs per array
     assert [(c.offset, len(c.specs), c.tasks) for c in chunks] == [(0, 12, 3), (12, 11, 3)]
     assert [chunks[1].task_of(i) for i in range(11)] == [0] * 4 + [1] * 4 + [2] * 3
+
+
+@pytest.mark.parametrize(
+    ("words", "code", "node"),
+    [(["0", "node7"], 0, "node7"), (["137"], 137, None), (["-"], None, None), ([], None, None), (["-1", "n"], -1, "n")],
+)
+def test_an_exit_file_gives_the_code_and_the_node(words: list[str], code: int | None, node: str | None) -> None:
+    """``CODE NODE`` as the batch script writes it (an older file has the code alone); ``-`` is what
+    the login node's reader prints for a job without one."""
+    from launcher_core.backends.slurm.accounting import exit_info_of
+
+    info = exit_info_of(words, has_result=True)
+    assert (info.code, info.node, info.has_result) == (code, node, True)

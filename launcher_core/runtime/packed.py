@@ -32,8 +32,8 @@ class _Stopped(Exception):
 def _finished_before(launcher_dir: Path) -> bool:
     """Whether an earlier run of this task finished the job (exit file and, if it exited 0, a result)."""
     try:
-        code = int((launcher_dir / EXIT_FILE).read_text().strip())
-    except (OSError, ValueError):
+        code = exit_code_in(launcher_dir)
+    except (OSError, ValueError, IndexError):
         return False
     return code != 0 or (launcher_dir / RESULT_FILE).exists()
 
@@ -41,7 +41,13 @@ def _finished_before(launcher_dir: Path) -> bool:
 def _write_exit(launcher_dir: Path, code: int) -> None:
     from launcher_core.runtime.files import atomic_write_bytes
 
-    atomic_write_bytes(launcher_dir / EXIT_FILE, f"{code}\n".encode())
+    node = os.environ.get("SLURMD_NODENAME", "")
+    atomic_write_bytes(launcher_dir / EXIT_FILE, f"{code} {node}".strip().encode() + b"\n")
+
+
+def exit_code_in(launcher_dir: Path) -> int:
+    """The exit code of a job's exit file (``CODE [NODE]``, as the batch script writes it)."""
+    return int((launcher_dir / EXIT_FILE).read_text().split()[0])
 
 
 def _child(sweep: Any, entry: dict[str, Any], launcher_dir: Path) -> None:
@@ -118,6 +124,6 @@ def run_packed(sweep: Any, entries: list[dict[str, Any]]) -> int:
 
 def _exit_code(launcher_dir: Path) -> int:
     try:
-        return int((launcher_dir / EXIT_FILE).read_text().strip())
-    except (OSError, ValueError):
+        return exit_code_in(launcher_dir)
+    except (OSError, ValueError, IndexError):
         return 1

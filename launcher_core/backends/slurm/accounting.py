@@ -194,10 +194,19 @@ def read_max_array_size(commands: SlurmCommands) -> int:
 
 @dataclass
 class ExitInfo:
-    """What a job's launcher dir says: the worker's exit code (None: not finished) and the result."""
+    """What a job's launcher dir says: the worker's exit code (None: not finished), the result,
+    and the node the batch script ran on (it writes ``CODE NODE``: accounting may lag behind)."""
 
     code: int | None
     has_result: bool
+    node: str | None = None
+
+
+def exit_info_of(words: Sequence[str], has_result: bool) -> ExitInfo:
+    """An exit file's words (``CODE [NODE]``; ``-`` or nothing: no code yet) as :class:`ExitInfo`."""
+    code = int(words[0]) if words and words[0].lstrip("-").isdigit() else None
+    node = words[1] if code is not None and len(words) > 1 else None
+    return ExitInfo(code, has_result, node)
 
 
 class SlurmAccounting:
@@ -371,9 +380,11 @@ class SlurmAccounting:
         """A job of a packed task (``jobs_per_task``): its own exit file says how it ended; until
         then it is as pending or running as its task, and lost if the task ended without it."""
         if files is not None and files.code is not None:
+            node = record.nodes or files.node
             if files.code == 0:
-                return JobStatus(JobState.COMPLETED, host=record.nodes)
-            return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=files.code), files))
+                return JobStatus(JobState.COMPLETED, host=node)
+            reason = _failure_reason(SlurmRecord("FAILED", exit_code=files.code), files)
+            return JobStatus(JobState.FAILED, reason, node)
         task = self._status(handle, record, files)
         if record.state == "UNKNOWN" or not task.state.is_terminal:
             return task
@@ -406,10 +417,11 @@ def _status_from_files(handle: SlurmHandle, files: ExitInfo | None) -> JobStatus
     Exit code 0 counts only with the job's result: the worker writes it before it exits 0, and a
     batch script whose ``srun`` lost its node (a node failure) records 0 without one."""
     code = files.code if files else None
+    node = files.node if files else None
     if code == 0 and files is not None and files.has_result:
-        return JobStatus(JobState.COMPLETED)
+        return JobStatus(JobState.COMPLETED, host=node)
     if code is not None and code != 0:
-        return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=code), files))
+        return JobStatus(JobState.FAILED, _failure_reason(SlurmRecord("FAILED", exit_code=code), files), node)
     if time.time() - float(handle.submitted_at or 0) > LOST_AFTER_S:
         what = "an exit code" if code is None else "a result (exit code 0)"
         return JobStatus(

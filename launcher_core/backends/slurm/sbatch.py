@@ -303,7 +303,7 @@ def _run_lines(options: SlurmSettings, argv: Sequence[str]) -> list[str]:
         "done",
         "umask 077",
         'if [ "$_hrl_code" != 0 ]; then _hrl_failed_rank; fi',
-        f'echo "$_hrl_code" >"$LAUNCHER_DIR"/{EXIT_FILE}',
+        f'echo "$_hrl_code ${{SLURMD_NODENAME:-}}" >"$LAUNCHER_DIR"/{EXIT_FILE}',  # the node: sacct may lag
         'exit "$_hrl_code"',
     ]
 
@@ -396,7 +396,7 @@ def set_up_functions(*, batch: bool) -> list[str]:
             f' >"$LAUNCHER_DIR"/{SETUP_FAILED_FILE}',
             '  echo "[hydra-remote-launcher] set-up failed, the task was not started:'
             f' $(cat "$LAUNCHER_DIR"/{SETUP_FAILED_FILE})" >&2',
-            f'  echo {SETUP_FAILED_RC} >"$LAUNCHER_DIR"/{EXIT_FILE}',
+            f'  echo "{SETUP_FAILED_RC} ${{SLURMD_NODENAME:-}}" >"$LAUNCHER_DIR"/{EXIT_FILE}',
             f"  exit {SETUP_FAILED_RC}",
             "}",
         ]

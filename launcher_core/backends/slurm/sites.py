@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher_core.backends.base import CleanReport, CleanRequest, Handle, remote_paths_of
-from launcher_core.backends.slurm.accounting import NODE_LOAD_ARGS, ExitInfo, SlurmCommands, parse_node_loads
+from launcher_core.backends.slurm.accounting import (
+    NODE_LOAD_ARGS,
+    ExitInfo,
+    SlurmCommands,
+    exit_info_of,
+    parse_node_loads,
+)
 from launcher_core.backends.slurm.handle import SlurmHandle
 from launcher_core.backends.slurm.nodes import (
     SCONTROL_LINE,
@@ -76,10 +82,10 @@ class LocalSite:
         for job_id, handle in handles.items():
             ldir = Path(handle.launcher_dir)
             try:
-                code: int | None = int((ldir / EXIT_FILE).read_text().strip())
-            except (OSError, ValueError):
-                code = None
-            out[job_id] = ExitInfo(code, (ldir / RESULT_FILE).exists())
+                words = (ldir / EXIT_FILE).read_text().split()
+            except OSError:
+                words = []
+            out[job_id] = exit_info_of(words, (ldir / RESULT_FILE).exists())
         return out
 
     def fetch(self, jobs: Mapping[str, SlurmHandle], local_dirs: Mapping[str, Path], pull_filter: Any) -> None:
@@ -281,16 +287,15 @@ class LoginSite:
         for job_id, handle in handles.items():
             ldir = shlex.quote(handle.launcher_dir)
             lines.append(
-                f"c=-; [ -s {ldir}/{EXIT_FILE} ] && read -r c < {ldir}/{EXIT_FILE}; "
-                f'r=0; [ -f {ldir}/{RESULT_FILE} ] && r=1; echo {shlex.quote(job_id)} "$c" "$r"'
+                f"c=- n=; [ -s {ldir}/{EXIT_FILE} ] && read -r c n < {ldir}/{EXIT_FILE}; "
+                f'r=0; [ -f {ldir}/{RESULT_FILE} ] && r=1; echo {shlex.quote(job_id)} "$r" "$c" ${{n:+"$n"}}'
             )
         out = self.commands.script("\n".join(lines), what="reading exit codes") if lines else ""
         info = {}
         for line in out.splitlines():
-            words = line.split()
-            if len(words) == 3 and words[0] in handles:
-                code = int(words[1]) if words[1].lstrip("-").isdigit() and words[1] != "-" else None
-                info[words[0]] = ExitInfo(code, words[2] == "1")
+            words = line.split()  # JOB_ID 0|1 CODE|- [NODE]
+            if len(words) in (3, 4) and words[0] in handles:
+                info[words[0]] = exit_info_of(words[2:], words[1] == "1")
         return info
 
     def before_poll(self, handles: Mapping[str, Handle]) -> None:
