@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher_core.runtime.procs import close_if_still, fd_identity
+
 # The same path for every user of a machine (not per uid): a sticky, world-writable directory
 # like /tmp itself; lock files are world-readable (flock needs only a read-only descriptor).
 DEFAULT_LOCK_DIR = "/tmp/hydra-launcher-gpus"
@@ -196,7 +198,7 @@ class GpuLine:
             if fd is not None:
                 os.rename(hidden, self.directory / name)
                 self._name, self._fd = name, fd
-                self._fd_identity = _identity(fd)
+                self._fd_identity = fd_identity(fd)
                 if not self._fork_hook:
                     os.register_at_fork(after_in_child=self._forget)
                     self._fork_hook = True
@@ -206,9 +208,8 @@ class GpuLine:
         parent and no job that outlives a killed launcher keeps others waiting for it. Only our
         own lock file's descriptor is closed: should the number have been closed and reused for
         something else (a job's exit pipe), the child keeps it."""
-        if self._fd is not None and self._fd_identity is not None and _identity(self._fd) == self._fd_identity:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
+        if self._fd is not None:
+            close_if_still(self._fd, self._fd_identity)
         self._name = self._fd = self._fd_identity = None
 
     def leave(self) -> None:
@@ -217,15 +218,6 @@ class GpuLine:
                 (self.directory / self._name).unlink()
             os.close(self._fd)
         self._name = self._fd = self._fd_identity = None
-
-
-def _identity(fd: int) -> tuple[int, int] | None:
-    """(device, inode) of what ``fd`` is open on; None when it is not open."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _line_entry(name: str) -> tuple[tuple[int, int], frozenset[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -156,3 +157,20 @@ def boot_id() -> str | None:
             return f.read().strip() or None
     except OSError:
         return None
+
+
+def fd_identity(fd: int) -> tuple[int, int] | None:
+    """(device, inode) of what ``fd`` is open on; None when it is not open."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def close_if_still(fd: int, identity: tuple[int, int] | None) -> None:
+    """Close ``fd`` if it still is the file it was (``identity``, from :func:`fd_identity`): in a
+    fork hook, a number closed and reused since (a job's exit pipe) is not ours to close."""
+    if identity is not None and fd_identity(fd) == identity:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -34,7 +34,15 @@ from launcher_core.jobs import (
     SweepInfo,
 )
 from launcher_core.runtime.gpus import GpuClaim, visible_env
-from launcher_core.runtime.procs import GroupKill, become_subreaper, boot_id, kill_group_blocking, process_start_time
+from launcher_core.runtime.procs import (
+    GroupKill,
+    become_subreaper,
+    boot_id,
+    close_if_still,
+    fd_identity,
+    kill_group_blocking,
+    process_start_time,
+)
 
 if TYPE_CHECKING:
     from launcher_core.machines import Observation
@@ -481,16 +489,8 @@ def _hold_exit_pipe(write_end: int) -> None:
     runs (its end closes it, waking the controller), but not in processes the job forks
     (multiprocessing workers), which could outlive it and delay the wake-up. Programs it
     executes do not get it anyway (the fd is close-on-exec)."""
-    ident = os.fstat(write_end).st_ino
-
-    def close_in_forked_child() -> None:
-        try:
-            if os.fstat(write_end).st_ino == ident:  # still our pipe, not a reused fd number
-                os.close(write_end)
-        except OSError:
-            pass
-
-    os.register_at_fork(after_in_child=close_in_forked_child)
+    ident = fd_identity(write_end)
+    os.register_at_fork(after_in_child=lambda: close_if_still(write_end, ident))
 
 
 def _wait_readable(fds: Sequence[int], timeout_s: float) -> list[int]:
