@@ -393,6 +393,25 @@ def grid_app(tmp_path: Path, hydra_restore_singletons: None) -> Iterator[tuple[A
     GlobalHydra.instance().clear()
 
 
+def _one_job_pool(grid_app: Any, override: str) -> tuple[list[Any], Any]:
+    """One job of tests/apps/conf_grid (``override``) and a prepared one-slot local_pool that
+    runs :func:`sleep_a_tenths`, in this process."""
+    from launcher_core.backends.local_pool import LocalPoolBackend
+    from launcher_core.controller import build_job_specs
+    from launcher_core.jobs import SweepInfo
+    from launcher_core.runtime.compose import composer_for
+
+    master, ctx = grid_app
+    specs = build_job_specs(
+        composer=composer_for(ctx, master), sweep_id="t", job_overrides=[[override]], initial_job_idx=0
+    )
+    backend = LocalPoolBackend(
+        n_jobs=1, timeout_s=None, kill_grace_s=1.0, task_function=sleep_a_tenths, hydra_context=ctx
+    )
+    backend.prepare(SweepInfo("t", Path("."), Path("."), "grid_app"))
+    return specs, backend
+
+
 @pytest.mark.parametrize("with_poll", [True, False], ids=["poll", "select"])
 def test_without_pidfds_wait_wakes_when_a_job_exits(
     grid_app: Any, monkeypatch: pytest.MonkeyPatch, with_poll: bool
@@ -402,20 +421,10 @@ def test_without_pidfds_wait_wakes_when_a_job_exits(
 
     if not with_poll:
         monkeypatch.delattr(select, "poll")
-    from launcher_core.backends.local_pool import LocalPoolBackend
-    from launcher_core.controller import build_job_specs
-    from launcher_core.jobs import JobState, SweepInfo
-    from launcher_core.runtime.compose import composer_for
+    from launcher_core.jobs import JobState
 
     monkeypatch.delattr(os, "pidfd_open")
-    master, ctx = grid_app
-    specs = build_job_specs(
-        composer=composer_for(ctx, master), sweep_id="t", job_overrides=[["a=3"]], initial_job_idx=0
-    )
-    backend = LocalPoolBackend(
-        n_jobs=1, timeout_s=None, kill_grace_s=1.0, task_function=sleep_a_tenths, hydra_context=ctx
-    )
-    backend.prepare(SweepInfo("t", Path("."), Path("."), "grid_app"))
+    specs, backend = _one_job_pool(grid_app, "a=3")
     try:
         handles = dict(backend.submit(specs))
         backend.poll(handles)  # starts the job
@@ -453,10 +462,7 @@ def test_a_job_child_that_fails_before_its_job_starts_never_returns_into_the_lau
     never returns into the launching process's code (which would go on as a second launcher, or
     here as a second pytest running the rest of the suite)."""
     from launcher_core.backends import local_pool
-    from launcher_core.backends.local_pool import LocalPoolBackend
-    from launcher_core.controller import build_job_specs
-    from launcher_core.jobs import JobState, SweepInfo
-    from launcher_core.runtime.compose import composer_for
+    from launcher_core.jobs import JobState
 
     if not pidfds:
         monkeypatch.delattr(os, "pidfd_open")
@@ -465,14 +471,7 @@ def test_a_job_child_that_fails_before_its_job_starts_never_returns_into_the_lau
         raise RuntimeError("the job's set-up failed")
 
     monkeypatch.setattr(local_pool.backend, "_child_main", broken_child_main)
-    master, ctx = grid_app
-    specs = build_job_specs(
-        composer=composer_for(ctx, master), sweep_id="t", job_overrides=[["a=1"]], initial_job_idx=0
-    )
-    backend = LocalPoolBackend(
-        n_jobs=1, timeout_s=None, kill_grace_s=1.0, task_function=sleep_a_tenths, hydra_context=ctx
-    )
-    backend.prepare(SweepInfo("t", Path("."), Path("."), "grid_app"))
+    specs, backend = _one_job_pool(grid_app, "a=1")
     parent = os.getpid()
     after_fork = tmp_path / "after-fork"
     try:
